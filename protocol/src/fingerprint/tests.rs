@@ -1,0 +1,199 @@
+use super::*;
+use proptest::prelude::*;
+
+const PROFILE: &str = r#"
+app = "mysql"
+ignore_keys = ["*.pid-file"]
+
+[[resource]]
+class = "executable"
+include = ["/usr/sbin/mysqld"]
+
+[[resource]]
+class = "library"
+include = ["/usr/lib/x86_64-linux-gnu/libmysqlclient.so.*"]
+
+[[resource]]
+class = "config"
+include = ["/etc/mysql/my.cnf", "/etc/mysql/conf.d/*.cnf"]
+format = "ini"
+keys = "mysql"
+
+[[resource]]
+class = "log"
+include = ["/var/log/mysql/*.log"]
+
+[[resource]]
+class = "env"
+vars = ["TZ", "HOSTNAME"]
+"#;
+
+/// A simulated machine: what the scanner would hand the builder.
+#[derive(Clone, Debug)]
+struct Machine {
+    hostname: String,
+    ip: [u8; 4],
+    settings: Vec<(String, String)>,
+    order: Vec<usize>,
+    comments: Vec<bool>,
+    lib: Option<Vec<u8>>,
+    log_text: String,
+}
+
+impl Machine {
+    fn config_text(&self) -> String {
+        let mut out = String::from("[mysqld]\n");
+        out.push_str(&format!("bind-address = {}.{}.{}.{}\n", self.ip[0], self.ip[1], self.ip[2], self.ip[3]));
+        out.push_str(&format!("report_host = {}\n", self.hostname));
+        out.push_str(&format!("pid-file = /run/mysqld/{}.pid\n", self.hostname));
+        for (n, &i) in self.order.iter().enumerate() {
+            if self.comments.get(n).copied().unwrap_or(false) {
+                out.push_str("   # a comment that differs per host\n\n");
+            }
+            let (k, v) = &self.settings[i];
+            out.push_str(&format!("{k}   =  {v}\n"));
+        }
+        out
+    }
+
+    fn fingerprint(&self, profile: &Profile) -> Fingerprint {
+        let mut b = FingerprintBuilder::new(profile, HostContext::new(Some(&self.hostname), None));
+        b.add_matches(0, 0, vec![("/usr/sbin/mysqld".into(), Observed::Digest(Digest::of(b"mysqld 8.0")))]);
+        let lib = self.lib.as_ref().map(|l| ("/usr/lib/x86_64-linux-gnu/libmysqlclient.so.21".to_string(), Observed::Digest(Digest::of(l))));
+        b.add_matches(1, 0, lib.into_iter().collect());
+        b.add_matches(2, 0, vec![("/etc/mysql/my.cnf".into(), Observed::Text(self.config_text()))]);
+        b.add_matches(2, 1, vec![]);
+        // Log contents are never read for presence rules; the text is here to show it.
+        let _ = &self.log_text;
+        b.add_matches(3, 0, vec![("/var/log/mysql/error.log".into(), Observed::Seen)]);
+        let host = self.hostname.clone();
+        b.add_env(4, &move |v| match v {
+            "TZ" => Some("UTC".into()),
+            "HOSTNAME" => Some(host.clone()),
+            _ => None,
+        });
+        b.finish()
+    }
+}
+
+fn settings() -> impl Strategy<Value = Vec<(String, String)>> {
+    proptest::collection::btree_map("[a-z]{3,10}(_[a-z]{2,6})?", "[a-z0-9]{1,8}", 1..12)
+        .prop_map(|m| m.into_iter().collect())
+}
+
+fn machine_pair() -> impl Strategy<Value = (Machine, Machine)> {
+    (settings(), "[a-z]{2,8}[0-9]{0,3}", "[a-z]{2,8}[0-9]{0,3}", any::<[u8; 3]>(), any::<[u8; 3]>(), ".{0,50}", ".{0,50}", any::<u64>())
+        .prop_flat_map(|(settings, h1, h2, ip1, ip2, log1, log2, seed)| {
+            let n = settings.len();
+            let perm = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
+            let comments = proptest::collection::vec(any::<bool>(), n..=n);
+            (Just(settings), Just((h1, h2, ip1, ip2, log1, log2, seed)), perm.clone(), perm, comments.clone(), comments)
+        })
+        .prop_map(|(settings, (h1, h2, ip1, ip2, log1, log2, _), o1, o2, c1, c2)| {
+            let lib = Some(b"libmysqlclient 21".to_vec());
+            let a = Machine { hostname: h1, ip: [10, ip1[0], ip1[1], ip1[2]], settings: settings.clone(), order: o1, comments: c1, lib: lib.clone(), log_text: log1 };
+            let b = Machine { hostname: h2, ip: [192, ip2[0], ip2[1], ip2[2].max(1)], settings, order: o2, comments: c2, lib, log_text: log2 };
+            (a, b)
+        })
+}
+
+fn profile() -> Profile {
+    Profile::parse(PROFILE).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn host_noise_does_not_split_clusters((a, b) in machine_pair()) {
+        // Hostnames that collide with a setting value would be (rightly) normalized on
+        // one host only; such pairs say nothing about noise.
+        prop_assume!(a.settings.iter().all(|(_, v)| *v != a.hostname && *v != b.hostname));
+        let p = profile();
+        let (fa, fb) = (a.fingerprint(&p), b.fingerprint(&p));
+        prop_assert_eq!(fa.distance(&fb), 0);
+        prop_assert_eq!(fa.cluster_key(), fb.cluster_key());
+    }
+
+    #[test]
+    fn changed_value_splits_clusters((a, _) in machine_pair(), which in any::<prop::sample::Index>()) {
+        let p = profile();
+        let mut b = a.clone();
+        let i = which.index(b.settings.len());
+        b.settings[i].1.push('x');
+        prop_assert_ne!(a.fingerprint(&p).cluster_key(), b.fingerprint(&p).cluster_key());
+        prop_assert_eq!(a.fingerprint(&p).distance(&b.fingerprint(&p)), 1);
+    }
+
+    #[test]
+    fn changed_or_missing_library_splits_clusters((a, _) in machine_pair(), byte in any::<u8>()) {
+        let p = profile();
+        let mut changed = a.clone();
+        changed.lib.as_mut().unwrap().push(byte);
+        prop_assert_ne!(a.fingerprint(&p).cluster_key(), changed.fingerprint(&p).cluster_key());
+        let mut missing = a.clone();
+        missing.lib = None;
+        let fm = missing.fingerprint(&p);
+        prop_assert_ne!(a.fingerprint(&p).cluster_key(), fm.cluster_key());
+        prop_assert!(fm.items().iter().any(|i| i.class == ResourceClass::Library && i.value == ItemValue::Absent));
+    }
+
+    #[test]
+    fn fingerprints_roundtrip_through_signed_envelopes((a, _) in machine_pair()) {
+        let fp = a.fingerprint(&profile());
+        let kp = crate::Keypair::from_secret_bytes(&[1; 32]);
+        let env = crate::Envelope::sign(&kp, &fp, crate::UnixMillis(1)).unwrap();
+        let back = crate::Envelope::from_bytes(&env.to_bytes().unwrap()).unwrap().verify::<Fingerprint>().unwrap();
+        prop_assert_eq!(back.payload().cluster_key(), fp.cluster_key());
+    }
+}
+
+#[test]
+fn host_specific_settings_are_normalized_in_items() {
+    let p = profile();
+    let m = Machine {
+        hostname: "db7".into(),
+        ip: [10, 0, 0, 7],
+        settings: vec![("port".into(), "3306".into())],
+        order: vec![0],
+        comments: vec![false],
+        lib: Some(vec![1]),
+        log_text: String::new(),
+    };
+    let fp = m.fingerprint(&p);
+    let text = |key: &str| {
+        fp.items().iter().find(|i| i.key == key).map(|i| i.value.clone())
+    };
+    assert_eq!(text("mysqld.bind-address"), Some(ItemValue::Text("<ip>".into())));
+    assert_eq!(text("mysqld.report-host"), Some(ItemValue::Text("<host-specific>".into())));
+    assert_eq!(text("mysqld.pid-file"), None, "ignored by the profile");
+    assert_eq!(text("HOSTNAME"), Some(ItemValue::Text("<host-specific>".into())));
+    assert_eq!(text("TZ"), Some(ItemValue::Text("UTC".into())));
+    // The conf.d pattern matched nothing: recorded as absent, so it is visible in diffs.
+    assert!(fp.items().iter().any(|i| i.path == "/etc/mysql/conf.d/*.cnf" && i.value == ItemValue::Absent));
+}
+
+#[test]
+fn profile_revision_changes_key() {
+    let p1 = profile();
+    let p2 = Profile::parse(&PROFILE.replace("\"TZ\", ", "\"TZ\", \"LANG\", ")).unwrap();
+    let f1 = FingerprintBuilder::new(&p1, HostContext::default()).finish();
+    let f2 = FingerprintBuilder::new(&p2, HostContext::default()).finish();
+    assert_ne!(f1.cluster_key(), f2.cluster_key());
+    assert_eq!(f1.distance(&f2), 1);
+}
+
+#[test]
+fn unsorted_items_from_the_wire_are_rejected() {
+    let mut fp = Fingerprint::new(
+        "x".into(),
+        Digest([0; 32]),
+        vec![
+            Item { class: ResourceClass::Library, path: "/a".into(), key: String::new(), value: ItemValue::Present },
+            Item { class: ResourceClass::Library, path: "/b".into(), key: String::new(), value: ItemValue::Present },
+        ],
+    );
+    assert!(fp.validate().is_ok());
+    fp.items.reverse();
+    assert!(fp.validate().is_err());
+}

@@ -1,0 +1,28 @@
+//! Mirage's protocol core.
+//!
+//! Everything here is pure logic: no sockets, no files, no clocks, no threads. Time is
+//! passed in as [`UnixMillis`], randomness as an RNG argument, file contents as bytes.
+//! The `mirage` node and the `testnet` simulator drive this same code, so what the
+//! simulator shows is what the real network does.
+//!
+//! - [`identity`]: ed25519 key pairs, public keys and the libp2p peer ids they map to.
+//! - [`envelope`]: domain-separated signed envelopes; verification yields [`envelope::Verified`].
+//! - [`wire`]: the versioned, size-limited bincode encoding every message travels in.
+//! - [`fingerprint`]: application profiles, config parsing, host-noise normalization,
+//!   fingerprints, cluster keys and the distance between fingerprints.
+//! - [`manifest`] and [`report`]: upgrade manifests, test reports and problem reports.
+
+pub mod digest;
+pub mod envelope;
+pub mod fingerprint;
+pub mod identity;
+pub mod manifest;
+pub mod report;
+pub mod time;
+pub mod wire;
+
+pub use digest::Digest;
+pub use envelope::{Envelope, MessageKind, SignedPayload, Verified, VerifyError};
+pub use fingerprint::{ClusterKey, Fingerprint};
+pub use identity::{Keypair, PublicKey};
+pub use time::UnixMillis;
