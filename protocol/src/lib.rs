@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod fingerprint;
 pub mod identity;
 pub mod manifest;
+pub mod membership;
 pub mod report;
 pub mod time;
 pub mod wire;

@@ -1,0 +1,605 @@
+//! Cluster membership: who shares this machine's environment, per application.
+//!
+//! A sans-IO state machine. The node feeds it announcements (raw bytes off gossip or a
+//! request-response reply), DHT provider lists, publish outcomes and the current time;
+//! it answers with verdicts and [`Action`]s (publish this signed fingerprint, provide
+//! or look up this cluster key, fetch a fingerprint from this peer).
+//!
+//! A peer counts as a member of `(app, cluster_key)` only while we hold a signed
+//! fingerprint from it that verifies, is fresh, and hashes to that cluster key. A DHT
+//! provider record alone proves nothing: it only tells us whom to ask.
+
+use crate::envelope::{Envelope, VerifyError};
+use crate::fingerprint::{ClusterKey, Fingerprint};
+use crate::identity::{Keypair, PublicKey};
+use crate::time::UnixMillis;
+use crate::wire::{WireError, MAX_MESSAGE_BYTES};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+/// Why an announcement was dropped. Counted per reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Over [`MAX_MESSAGE_BYTES`].
+    TooLarge,
+    /// Not a well-formed envelope or fingerprint (bad wire version, garbage, wrong kind).
+    Decode,
+    /// Missing or wrong signature.
+    Signature,
+    /// Decoded and signed, but the fingerprint breaks its own rules.
+    Invalid,
+    /// Issued too long ago, or too far in the future.
+    Stale,
+    /// A fingerprint for another application than the topic's or the request's.
+    WrongApp,
+    /// Signed by someone other than the peer it came from.
+    WrongSender,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 7] = [
+        DropReason::TooLarge,
+        DropReason::Decode,
+        DropReason::Signature,
+        DropReason::Invalid,
+        DropReason::Stale,
+        DropReason::WrongApp,
+        DropReason::WrongSender,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::TooLarge => "too_large",
+            DropReason::Decode => "decode",
+            DropReason::Signature => "signature",
+            DropReason::Invalid => "invalid",
+            DropReason::Stale => "stale",
+            DropReason::WrongApp => "wrong_app",
+            DropReason::WrongSender => "wrong_sender",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Timing rules for announcements and membership.
+#[derive(Clone, Debug)]
+pub struct MembershipConfig {
+    /// Announcements older than this are stale.
+    pub max_age: Duration,
+    /// Announcements this far ahead of our clock are rejected too.
+    pub max_skew: Duration,
+    /// How often a node re-signs and re-publishes its fingerprints.
+    pub announce_interval: Duration,
+    /// A member whose newest fingerprint is older than this is forgotten.
+    pub member_ttl: Duration,
+    /// First delay between DHT provider lookups; doubles up to `lookup_interval`.
+    pub first_lookup_delay: Duration,
+    /// Steady-state delay between provider lookups.
+    pub lookup_interval: Duration,
+    /// Delay before retrying a publish that found no peers.
+    pub publish_retry: Duration,
+    /// Do not ask the same peer for its fingerprint more often than this.
+    pub fetch_backoff: Duration,
+}
+
+impl Default for MembershipConfig {
+    fn default() -> Self {
+        MembershipConfig {
+            max_age: Duration::from_secs(600),
+            max_skew: Duration::from_secs(30),
+            announce_interval: Duration::from_secs(60),
+            member_ttl: Duration::from_secs(200),
+            first_lookup_delay: Duration::from_secs(1),
+            lookup_interval: Duration::from_secs(30),
+            publish_retry: Duration::from_secs(1),
+            fetch_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Checks an announcement as received: size, decoding, signature, payload rules,
+/// freshness, application and (if known) sender, in that order.
+pub fn check_announcement(
+    bytes: &[u8],
+    expected_app: &str,
+    expected_signer: Option<&PublicKey>,
+    now: UnixMillis,
+    config: &MembershipConfig,
+) -> Result<(Envelope, crate::Verified<Fingerprint>), DropReason> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DropReason::TooLarge);
+    }
+    let envelope = Envelope::from_bytes(bytes).map_err(|e| match e {
+        WireError::TooLarge { .. } => DropReason::TooLarge,
+        _ => DropReason::Decode,
+    })?;
+    let verified = envelope.verify::<Fingerprint>().map_err(|e| match e {
+        VerifyError::KindMismatch { .. } | VerifyError::Payload(_) => DropReason::Decode,
+        VerifyError::BadSignature(_) => DropReason::Signature,
+        VerifyError::Invalid(_) => DropReason::Invalid,
+        VerifyError::Stale { .. } | VerifyError::FromTheFuture { .. } => DropReason::Stale,
+    })?;
+    verified.check_freshness(now, config.max_age, config.max_skew).map_err(|_| DropReason::Stale)?;
+    if verified.payload().app() != expected_app {
+        return Err(DropReason::WrongApp);
+    }
+    if let Some(signer) = expected_signer {
+        if verified.signer() != signer {
+            return Err(DropReason::WrongSender);
+        }
+    }
+    Ok((envelope, verified))
+}
+
+/// Something the node must do on the membership's behalf.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Publish these envelope bytes on the app's topic. Report the outcome with
+    /// [`Membership::on_publish_result`].
+    Publish { app: String, bytes: Vec<u8> },
+    /// Register as a DHT provider of the cluster key (and keep the record refreshed).
+    StartProviding { key: ClusterKey },
+    /// Withdraw a provider record (the environment changed).
+    StopProviding { key: ClusterKey },
+    /// Look up the providers of the key and report them with [`Membership::on_providers`].
+    FindProviders { app: String, key: ClusterKey },
+    /// Ask `peer` for its signed fingerprint for `app`; hand the reply to
+    /// [`Membership::on_announcement`] with the peer as expected signer.
+    Fetch { peer: PublicKey, app: String },
+}
+
+/// What became of an announcement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: forward it. `member_changed` says whether our cluster changed.
+    Accepted { member_changed: bool },
+    /// Valid but nothing new (a duplicate or older than what we hold): do not forward,
+    /// do not penalize.
+    Ignored,
+    /// Invalid: drop it, count it, penalize the sender.
+    Rejected(DropReason),
+}
+
+/// The newest verified fingerprint we hold from one peer for one app.
+#[derive(Clone, Debug)]
+pub struct PeerRecord {
+    pub cluster_key: ClusterKey,
+    pub issued_at: UnixMillis,
+    pub received_at: UnixMillis,
+}
+
+#[derive(Clone, Debug)]
+struct LocalApp {
+    fingerprint: Fingerprint,
+    cluster_key: ClusterKey,
+    /// The newest signed announcement of our fingerprint.
+    envelope: Option<Vec<u8>>,
+    next_announce: UnixMillis,
+    next_lookup: UnixMillis,
+    lookup_delay: Duration,
+}
+
+/// Membership state for one node across all its applications.
+pub struct Membership {
+    keypair: Keypair,
+    config: MembershipConfig,
+    local: BTreeMap<String, LocalApp>,
+    peers: BTreeMap<String, BTreeMap<PublicKey, PeerRecord>>,
+    last_fetch: BTreeMap<(PublicKey, String), UnixMillis>,
+    drops: BTreeMap<DropReason, u64>,
+}
+
+impl Membership {
+    pub fn new(keypair: Keypair, config: MembershipConfig) -> Self {
+        Membership {
+            keypair,
+            config,
+            local: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            last_fetch: BTreeMap::new(),
+            drops: BTreeMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> &MembershipConfig {
+        &self.config
+    }
+
+    pub fn local_key(&self) -> PublicKey {
+        self.keypair.public()
+    }
+
+    /// Sets (or replaces) our own fingerprint for its app. Announces and provides at
+    /// once when the cluster is new or changed.
+    pub fn set_local(&mut self, fingerprint: Fingerprint, now: UnixMillis) -> Vec<Action> {
+        let app = fingerprint.app().to_string();
+        let key = fingerprint.cluster_key();
+        let mut actions = Vec::new();
+        if let Some(old) = self.local.get(&app) {
+            if old.cluster_key == key {
+                return actions;
+            }
+            actions.push(Action::StopProviding { key: old.cluster_key });
+        }
+        self.local.insert(
+            app.clone(),
+            LocalApp {
+                fingerprint,
+                cluster_key: key,
+                envelope: None,
+                next_announce: now,
+                next_lookup: now,
+                lookup_delay: self.config.first_lookup_delay,
+            },
+        );
+        actions.push(Action::StartProviding { key });
+        actions.extend(self.tick(now));
+        actions
+    }
+
+    /// Our own apps and cluster keys.
+    pub fn local_apps(&self) -> impl Iterator<Item = (&str, ClusterKey)> {
+        self.local.iter().map(|(a, l)| (a.as_str(), l.cluster_key))
+    }
+
+    pub fn local_fingerprint(&self, app: &str) -> Option<&Fingerprint> {
+        self.local.get(app).map(|l| &l.fingerprint)
+    }
+
+    /// The newest signed announcement of our fingerprint for `app` (what we answer a
+    /// fetch with).
+    pub fn local_announcement(&self, app: &str) -> Option<&[u8]> {
+        self.local.get(app).and_then(|l| l.envelope.as_deref())
+    }
+
+    /// Signs a fresh announcement for `app` now and returns the publish action, outside
+    /// the regular schedule.
+    pub fn announce_now(&mut self, app: &str, now: UnixMillis) -> Option<Action> {
+        let interval = self.config.announce_interval;
+        let local = self.local.get_mut(app)?;
+        let bytes = Envelope::sign(&self.keypair, &local.fingerprint, now).ok()?.to_bytes().ok()?;
+        local.envelope = Some(bytes.clone());
+        local.next_announce = now.saturating_add(interval);
+        Some(Action::Publish { app: app.to_string(), bytes })
+    }
+
+    /// Timers: re-announcements, provider lookups, expiry of silent members.
+    pub fn tick(&mut self, now: UnixMillis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let apps: Vec<String> = self.local.keys().cloned().collect();
+        for app in apps {
+            if self.local[&app].next_announce <= now {
+                actions.extend(self.announce_now(&app, now));
+            }
+            let max = self.config.lookup_interval;
+            let local = self.local.get_mut(&app).expect("listed above");
+            if local.next_lookup <= now {
+                actions.push(Action::FindProviders { app: app.clone(), key: local.cluster_key });
+                local.next_lookup = now.saturating_add(local.lookup_delay);
+                local.lookup_delay = (local.lookup_delay * 2).min(max);
+            }
+        }
+        let ttl = self.config.member_ttl;
+        for records in self.peers.values_mut() {
+            records.retain(|_, r| now.since(r.issued_at) <= ttl);
+        }
+        self.peers.retain(|_, r| !r.is_empty());
+        let backoff = self.config.fetch_backoff;
+        self.last_fetch.retain(|_, t| now.since(*t) <= backoff);
+        actions
+    }
+
+    /// When [`Membership::tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.local.values().flat_map(|l| [l.next_announce, l.next_lookup]).min()
+    }
+
+    /// A publish of `app`'s announcement failed (typically: no peers yet). Retries soon.
+    pub fn on_publish_result(&mut self, app: &str, ok: bool, now: UnixMillis) {
+        if !ok {
+            let retry = self.config.publish_retry;
+            if let Some(l) = self.local.get_mut(app) {
+                l.next_announce = l.next_announce.min(now.saturating_add(retry));
+            }
+        }
+    }
+
+    /// An announcement for `app` arrived, from gossip (`expected_signer` = the message's
+    /// author, if known) or as a fetch reply (`expected_signer` = the peer asked).
+    pub fn on_announcement(
+        &mut self,
+        bytes: &[u8],
+        app: &str,
+        expected_signer: Option<&PublicKey>,
+        now: UnixMillis,
+    ) -> Verdict {
+        let (_, verified) = match check_announcement(bytes, app, expected_signer, now, &self.config) {
+            Ok(v) => v,
+            Err(reason) => {
+                *self.drops.entry(reason).or_default() += 1;
+                return Verdict::Rejected(reason);
+            }
+        };
+        let signer = *verified.signer();
+        if signer == self.keypair.public() {
+            return Verdict::Ignored;
+        }
+        let key = verified.payload().cluster_key();
+        let issued_at = verified.issued_at();
+        let records = self.peers.entry(app.to_string()).or_default();
+        let previous = records.get(&signer).cloned();
+        if let Some(p) = &previous {
+            if p.issued_at >= issued_at {
+                return Verdict::Ignored;
+            }
+        }
+        records.insert(signer, PeerRecord { cluster_key: key, issued_at, received_at: now });
+        let ours = self.local.get(app).map(|l| l.cluster_key);
+        let was_member = previous.is_some_and(|p| Some(p.cluster_key) == ours);
+        let is_member = Some(key) == ours;
+        Verdict::Accepted { member_changed: was_member != is_member }
+    }
+
+    /// Providers of `key` found in the DHT. Returns fetches for those whose current
+    /// fingerprint we lack (and have not asked recently).
+    pub fn on_providers(&mut self, app: &str, key: ClusterKey, providers: &[PublicKey], now: UnixMillis) -> Vec<Action> {
+        let me = self.keypair.public();
+        let known = self.peers.get(app);
+        let mut actions = Vec::new();
+        for p in providers {
+            if *p == me || known.and_then(|k| k.get(p)).is_some_and(|r| r.cluster_key == key) {
+                continue;
+            }
+            let slot = (*p, app.to_string());
+            if self.last_fetch.get(&slot).is_some_and(|t| now.since(*t) < self.config.fetch_backoff) {
+                continue;
+            }
+            self.last_fetch.insert(slot, now);
+            actions.push(Action::Fetch { peer: *p, app: app.to_string() });
+        }
+        actions
+    }
+
+    /// The members of our cluster for `app`, ourselves included, sorted.
+    pub fn members(&self, app: &str) -> Vec<PublicKey> {
+        let Some(local) = self.local.get(app) else {
+            return Vec::new();
+        };
+        let mut out: BTreeSet<PublicKey> = self
+            .peers
+            .get(app)
+            .into_iter()
+            .flat_map(|r| r.iter())
+            .filter(|(_, r)| r.cluster_key == local.cluster_key)
+            .map(|(k, _)| *k)
+            .collect();
+        out.insert(self.keypair.public());
+        out.into_iter().collect()
+    }
+
+    /// Everything we hold about `signer` for `app`.
+    pub fn peer_record(&self, app: &str, signer: &PublicKey) -> Option<&PeerRecord> {
+        self.peers.get(app)?.get(signer)
+    }
+
+    /// How many peers (in any cluster) we hold a fingerprint from for `app`.
+    pub fn known_peers(&self, app: &str) -> usize {
+        self.peers.get(app).map_or(0, |r| r.len())
+    }
+
+    /// Dropped announcements by reason.
+    pub fn drops(&self) -> &BTreeMap<DropReason, u64> {
+        &self.drops
+    }
+
+    /// Counts a drop that was decided outside [`Membership::on_announcement`].
+    pub fn count_drop(&mut self, reason: DropReason) {
+        *self.drops.entry(reason).or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fingerprint::{Item, ItemValue, ResourceClass};
+    use crate::Digest;
+
+    fn kp(seed: u8) -> Keypair {
+        Keypair::from_secret_bytes(&[seed; 32])
+    }
+
+    fn fp(app: &str, env: u8) -> Fingerprint {
+        let item = Item {
+            class: ResourceClass::Executable,
+            path: "/usr/bin/x".into(),
+            key: String::new(),
+            value: ItemValue::Digest(Digest([env; 32])),
+        };
+        Fingerprint::new(app.into(), Digest([7; 32]), vec![item])
+    }
+
+    fn announce(seed: u8, app: &str, env: u8, at: u64) -> Vec<u8> {
+        Envelope::sign(&kp(seed), &fp(app, env), UnixMillis(at)).unwrap().to_bytes().unwrap()
+    }
+
+    const T0: u64 = 1_000_000_000;
+
+    fn node() -> Membership {
+        let mut m = Membership::new(kp(1), MembershipConfig::default());
+        let actions = m.set_local(fp("web", 1), UnixMillis(T0));
+        assert!(actions.iter().any(|a| matches!(a, Action::Publish { app, .. } if app == "web")));
+        assert!(actions.contains(&Action::StartProviding { key: fp("web", 1).cluster_key() }));
+        assert!(actions.iter().any(|a| matches!(a, Action::FindProviders { .. })));
+        m
+    }
+
+    #[test]
+    fn members_are_exactly_same_environment_peers() {
+        let mut m = node();
+        let now = UnixMillis(T0 + 10);
+        assert_eq!(
+            m.on_announcement(&announce(2, "web", 1, T0), "web", None, now),
+            Verdict::Accepted { member_changed: true }
+        );
+        assert_eq!(
+            m.on_announcement(&announce(3, "web", 2, T0), "web", None, now),
+            Verdict::Accepted { member_changed: false }
+        );
+        let mut expected = vec![kp(1).public(), kp(2).public()];
+        expected.sort();
+        assert_eq!(m.members("web"), expected);
+        assert_eq!(m.known_peers("web"), 2);
+        assert!(m.members("db").is_empty());
+        // A duplicate is ignored, an older one too.
+        assert_eq!(m.on_announcement(&announce(2, "web", 1, T0), "web", None, now), Verdict::Ignored);
+        assert_eq!(m.on_announcement(&announce(2, "web", 2, T0 - 5), "web", None, now), Verdict::Ignored);
+        // A newer one moving the peer to another cluster removes it.
+        assert_eq!(
+            m.on_announcement(&announce(2, "web", 2, T0 + 5), "web", None, now),
+            Verdict::Accepted { member_changed: true }
+        );
+        assert_eq!(m.members("web"), vec![kp(1).public()]);
+        // Our own announcements echoing back change nothing.
+        assert_eq!(m.on_announcement(&announce(1, "web", 1, T0 + 6), "web", None, now), Verdict::Ignored);
+    }
+
+    #[test]
+    fn bad_announcements_are_rejected_and_counted() {
+        let mut m = node();
+        let now = UnixMillis(T0);
+        let reject = |m: &mut Membership, bytes: &[u8], signer: Option<&PublicKey>| match m.on_announcement(
+            bytes, "web", signer, now,
+        ) {
+            Verdict::Rejected(r) => r,
+            v => panic!("accepted a bad announcement: {v:?}"),
+        };
+        assert_eq!(reject(&mut m, &vec![1u8; MAX_MESSAGE_BYTES + 1], None), DropReason::TooLarge);
+        assert_eq!(reject(&mut m, b"garbage", None), DropReason::Decode);
+        assert_eq!(reject(&mut m, &[], None), DropReason::Decode);
+        let mut env = Envelope::sign(&kp(2), &fp("web", 1), now).unwrap();
+        env.signature = crate::identity::Signature([0; 64]);
+        assert_eq!(reject(&mut m, &env.to_bytes().unwrap(), None), DropReason::Signature);
+        let mut env = Envelope::sign(&kp(2), &fp("web", 1), now).unwrap();
+        env.signer = kp(3).public();
+        assert_eq!(reject(&mut m, &env.to_bytes().unwrap(), None), DropReason::Signature);
+        assert_eq!(reject(&mut m, &announce(2, "web", 1, T0 - 3_600_000), None), DropReason::Stale);
+        assert_eq!(reject(&mut m, &announce(2, "web", 1, T0 + 3_600_000), None), DropReason::Stale);
+        assert_eq!(reject(&mut m, &announce(2, "db", 1, T0), None), DropReason::WrongApp);
+        assert_eq!(reject(&mut m, &announce(2, "web", 1, T0), Some(&kp(3).public())), DropReason::WrongSender);
+        // A signed manifest-kind envelope is not a fingerprint.
+        let report = crate::report::TestReport {
+            manifest_id: Digest([1; 32]),
+            app: "web".into(),
+            version: "1.0.0".parse().unwrap(),
+            cluster_key: ClusterKey(Digest([2; 32])),
+            outcome: crate::report::Outcome::Pass,
+            summary: String::new(),
+            logs_digest: Digest([3; 32]),
+            tests_run: 1,
+            duration_ms: 1,
+        };
+        let env = Envelope::sign(&kp(2), &report, now).unwrap();
+        assert_eq!(reject(&mut m, &env.to_bytes().unwrap(), None), DropReason::Decode);
+        let drops = m.drops();
+        assert_eq!(drops[&DropReason::TooLarge], 1);
+        assert_eq!(drops[&DropReason::Decode], 3);
+        assert_eq!(drops[&DropReason::Signature], 2);
+        assert_eq!(drops[&DropReason::Stale], 2);
+        assert_eq!(drops[&DropReason::WrongApp], 1);
+        assert_eq!(drops[&DropReason::WrongSender], 1);
+        assert_eq!(m.members("web"), vec![kp(1).public()]);
+    }
+
+    #[test]
+    fn silent_members_expire() {
+        let mut m = node();
+        m.on_announcement(&announce(2, "web", 1, T0), "web", None, UnixMillis(T0));
+        assert_eq!(m.members("web").len(), 2);
+        let ttl = m.config().member_ttl;
+        m.tick(UnixMillis(T0).saturating_add(ttl));
+        assert_eq!(m.members("web").len(), 2);
+        m.tick(UnixMillis(T0).saturating_add(ttl + Duration::from_millis(1)));
+        assert_eq!(m.members("web"), vec![kp(1).public()]);
+    }
+
+    #[test]
+    fn providers_without_fingerprints_are_fetched_once_per_backoff() {
+        let mut m = node();
+        let key = fp("web", 1).cluster_key();
+        let now = UnixMillis(T0);
+        m.on_announcement(&announce(2, "web", 1, T0), "web", None, now);
+        let providers = [kp(1).public(), kp(2).public(), kp(3).public()];
+        // We ourselves and peer 2 (known) are skipped; peer 3 is asked.
+        assert_eq!(
+            m.on_providers("web", key, &providers, now),
+            vec![Action::Fetch { peer: kp(3).public(), app: "web".into() }]
+        );
+        assert!(m.on_providers("web", key, &providers, UnixMillis(T0 + 1)).is_empty());
+        let later = now.saturating_add(m.config().fetch_backoff);
+        assert_eq!(m.on_providers("web", key, &providers, later).len(), 1);
+        // A provider claim is not membership: peer 3 is not a member until it answers.
+        assert_eq!(m.members("web").len(), 2);
+        let reply = announce(3, "web", 1, T0 + 2);
+        assert_eq!(
+            m.on_announcement(&reply, "web", Some(&kp(3).public()), later),
+            Verdict::Accepted { member_changed: true }
+        );
+        assert_eq!(m.members("web").len(), 3);
+    }
+
+    #[test]
+    fn reannounces_on_schedule_and_retries_failed_publishes() {
+        let mut m = node();
+        let cfg = m.config().clone();
+        assert!(m.local_announcement("web").is_some());
+        assert!(!m.tick(UnixMillis(T0 + 1)).iter().any(|a| matches!(a, Action::Publish { .. })));
+        m.on_publish_result("web", false, UnixMillis(T0 + 1));
+        let retry = UnixMillis(T0 + 1).saturating_add(cfg.publish_retry);
+        assert!(m.next_deadline().unwrap() <= retry);
+        assert!(m.tick(retry).iter().any(|a| matches!(a, Action::Publish { .. })));
+        let later = retry.saturating_add(cfg.announce_interval);
+        let actions = m.tick(later);
+        let Some(Action::Publish { bytes, .. }) = actions.iter().find(|a| matches!(a, Action::Publish { .. })) else {
+            panic!("no re-announcement in {actions:?}");
+        };
+        let (_, v) = check_announcement(bytes, "web", Some(&kp(1).public()), later, &cfg).unwrap();
+        assert_eq!(v.issued_at(), later);
+        assert_eq!(m.local_announcement("web"), Some(bytes.as_slice()));
+    }
+
+    #[test]
+    fn lookups_back_off_to_the_steady_interval() {
+        let mut m = node();
+        let cfg = m.config().clone();
+        let mut now = UnixMillis(T0);
+        let mut gaps = Vec::new();
+        let mut last = now;
+        while now.since(UnixMillis(T0)) < Duration::from_secs(300) {
+            now = UnixMillis(now.0 + 100);
+            if m.tick(now).iter().any(|a| matches!(a, Action::FindProviders { .. })) {
+                gaps.push(now.since(last));
+                last = now;
+            }
+        }
+        assert_eq!(gaps[0], cfg.first_lookup_delay);
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]));
+        assert_eq!(*gaps.last().unwrap(), cfg.lookup_interval);
+    }
+
+    #[test]
+    fn environment_change_moves_provider_record() {
+        let mut m = node();
+        let actions = m.set_local(fp("web", 2), UnixMillis(T0 + 1));
+        assert!(actions.contains(&Action::StopProviding { key: fp("web", 1).cluster_key() }));
+        assert!(actions.contains(&Action::StartProviding { key: fp("web", 2).cluster_key() }));
+        assert!(m.set_local(fp("web", 2), UnixMillis(T0 + 2)).is_empty());
+    }
+}
