@@ -1,1 +1,8 @@
+//! The Mirage node: everything that touches the outside world on behalf of the
+//! protocol core (files, keys, the network, the database, child processes).
 
+pub mod bench;
+pub mod clock;
+pub mod digest_cache;
+pub mod keyfile;
+pub mod scan;

@@ -1,1 +1,39 @@
-fn main() {}
+//! The `mirage` command line.
+
+mod cmd;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mirage", version, about = "Staged, environment-aware software upgrades over a peer-to-peer fleet")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a new secret key (mode 0600) and print its public key and peer id.
+    Keygen(cmd::keygen::Args),
+    /// Fingerprint an application's environment on the machine rooted at --root.
+    Fingerprint(cmd::fingerprint::Args),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Fingerprint(args) => cmd::fingerprint::run(args),
+        Command::Bench(b) => cmd::bench::run(b),
+    }
+}

@@ -21,10 +21,17 @@ pub enum KeyError {
     BadPublicKey,
 }
 
-/// A secret signing key. Not `Debug`, so it cannot leak into logs by accident.
+/// A secret signing key. Its `Debug` shows only the public half, so it cannot leak
+/// into logs by accident.
 #[derive(Clone)]
 pub struct Keypair {
     signing: SigningKey,
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keypair(public: {})", self.public().to_hex())
+    }
 }
 
 impl Keypair {

@@ -198,6 +198,7 @@ impl Rule {
     }
 }
 
+/// Path globs: `*` stays within one path component, `**` crosses them.
 fn glob(text: &str) -> Result<Glob, String> {
     GlobBuilder::new(text).literal_separator(true).build().map_err(|e| e.to_string())
 }
@@ -210,11 +211,21 @@ fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Result<GlobSe
     b.build().map_err(|e| (String::new(), e.to_string()))
 }
 
+/// Key globs: config keys are not paths, so `*` matches any run of characters
+/// (`*errorlog` covers `errorlog` and `virtualhost[*:80]/errorlog`).
+fn key_glob_set<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Result<GlobSet, (String, String)> {
+    let mut b = GlobSetBuilder::new();
+    for p in patterns {
+        b.add(GlobBuilder::new(p).literal_separator(false).build().map_err(|e| (p.clone(), e.to_string()))?);
+    }
+    b.build().map_err(|e| (String::new(), e.to_string()))
+}
+
 impl Profile {
     pub fn parse(text: &str) -> Result<Self, ProfileError> {
         let file: ProfileFile = toml::from_str(text).map_err(|e| ProfileError::Toml(e.to_string()))?;
         validate_app_name(&file.app).map_err(ProfileError::App)?;
-        let ignore_keys = glob_set(&file.ignore_keys).map_err(|(p, e)| ProfileError::IgnoreKey(p, e))?;
+        let ignore_keys = key_glob_set(&file.ignore_keys).map_err(|(p, e)| ProfileError::IgnoreKey(p, e))?;
         let mut rules = Vec::with_capacity(file.resources.len());
         for (index, r) in file.resources.iter().enumerate() {
             let fail = |problem: String| ProfileError::Rule { index, class: r.class, problem };
@@ -238,7 +249,7 @@ impl Profile {
             let (names, paths): (Vec<&String>, Vec<&String>) = r.exclude.iter().partition(|p| !p.contains('/'));
             let exclude_paths = glob_set(paths).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;
             let exclude_names = glob_set(names).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;
-            let ignore = glob_set(&r.ignore_keys).map_err(|(p, e)| fail(format!("ignore_keys `{p}`: {e}")))?;
+            let ignore = key_glob_set(&r.ignore_keys).map_err(|(p, e)| fail(format!("ignore_keys `{p}`: {e}")))?;
             rules.push(Rule {
                 class: r.class,
                 name: r.name.clone(),
