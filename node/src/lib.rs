@@ -5,4 +5,5 @@ pub mod bench;
 pub mod clock;
 pub mod digest_cache;
 pub mod keyfile;
+pub mod sample_root;
 pub mod scan;
