@@ -1,1 +1,194 @@
+//! The Mirage bootstrap peer: what community mirrors run so that machines can find each
+//! other. A Kademlia server and a gossip relay with no upgrade state of its own. It
+//! subscribes to each application topic its peers use, validates every announcement
+//! before relaying it (so garbage stops here too), and scores misbehaving peers down.
 
+pub mod overlay;
+
+use futures::StreamExt;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{gossipsub, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use mirage_protocol::membership::{check_announcement, DropReason, MembershipConfig};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::time::Duration;
+use thiserror::Error;
+use tracing::{debug, info, info_span, warn};
+
+#[derive(Debug, Error)]
+pub enum BootstrapError {
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+}
+
+#[derive(NetworkBehaviour)]
+pub struct Behaviour {
+    pub limits: libp2p::connection_limits::Behaviour,
+    pub identify: identify::Behaviour,
+    pub ping: ping::Behaviour,
+    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub gossipsub: gossipsub::Behaviour,
+}
+
+pub struct BootstrapOptions {
+    pub keypair: mirage_protocol::Keypair,
+    pub listen: Vec<Multiaddr>,
+    /// Other bootstrap peers, as `/ip4/../tcp/../p2p/<id>`.
+    pub peers: Vec<Multiaddr>,
+    pub max_connections: u32,
+    pub gossip: overlay::GossipTuning,
+    pub announcements: MembershipConfig,
+}
+
+/// Builds a swarm over tcp and quic (noise, yamux) for `behaviour`.
+pub fn build_swarm<B: NetworkBehaviour>(
+    keypair: &libp2p::identity::Keypair,
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> Result<Swarm<B>, overlay::OverlayError> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| overlay::OverlayError::Transport(e.to_string()))?
+        .with_quic()
+        .with_behaviour(behaviour)
+        .map_err(|e| overlay::OverlayError::Transport(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// Runs a bootstrap peer until `shutdown` completes. Prints one `listening <addr>` line
+/// per listen address on stdout (with the peer id), so scripts can pick up ports.
+pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) -> Result<(), BootstrapError> {
+    let keypair = overlay::libp2p_keypair(&options.keypair);
+    let local = keypair.public().to_peer_id();
+    let span = info_span!("bootstrap", peer = %local);
+    let _enter = span.enter();
+    let gossip = overlay::gossipsub(&keypair, &options.gossip)?;
+    let mut swarm = build_swarm(&keypair, |k| Behaviour {
+        limits: overlay::connection_limits(options.max_connections),
+        identify: overlay::identify(k.public(), "mirage-bootstrap"),
+        ping: ping::Behaviour::default(),
+        kad: overlay::kad(local, &overlay::KadTuning::default()),
+        gossipsub: gossip,
+    })?;
+    for addr in &options.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| BootstrapError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+    }
+    for addr in &options.peers {
+        if let Some((peer, a)) = overlay::split_peer_addr(addr) {
+            swarm.behaviour_mut().kad.add_address(&peer, a);
+        }
+        if let Err(e) = swarm.dial(addr.clone()) {
+            warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+    let mut drops: BTreeMap<DropReason, u64> = BTreeMap::new();
+    let mut relayed: u64 = 0;
+    let mut report = tokio::time::interval(Duration::from_secs(60));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = report.tick() => {
+                info!(connected = swarm.connected_peers().count(), relayed, ?drops, "bootstrap status");
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    info!(%address, "listening");
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "listening {address}/p2p/{local}");
+                    let _ = out.flush();
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => debug!(peer = %peer_id, "disconnected"),
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    if overlay::speaks_kad(&info) {
+                        for addr in info.listen_addrs {
+                            swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {
+                    on_gossip(&mut swarm, event, &options.announcements, &mut drops, &mut relayed);
+                }
+                _ => {}
+            }
+        }
+    }
+    info!(relayed, ?drops, "bootstrap shutting down");
+    Ok(())
+}
+
+fn on_gossip(
+    swarm: &mut Swarm<Behaviour>,
+    event: gossipsub::Event,
+    config: &MembershipConfig,
+    drops: &mut BTreeMap<DropReason, u64>,
+    relayed: &mut u64,
+) {
+    match event {
+        gossipsub::Event::Subscribed { peer_id, topic } => {
+            let gs = &mut swarm.behaviour_mut().gossipsub;
+            let Some(app) = overlay::app_of_topic(&topic) else { return };
+            if gs.topics().any(|t| t == &topic) || gs.topics().count() >= overlay::MAX_RELAYED_TOPICS {
+                return;
+            }
+            match overlay::subscribe_app(gs, overlay::app_topic(app)) {
+                Ok(_) => info!(peer = %peer_id, app, "relaying application topic"),
+                Err(e) => warn!(app, error = %e, "cannot subscribe"),
+            }
+        }
+        gossipsub::Event::Message { propagation_source, message_id, message } => {
+            let verdict = match overlay::app_of_topic(&message.topic) {
+                None => Err(DropReason::WrongApp),
+                Some(app) => {
+                    let author = message.source.as_ref().and_then(overlay::public_key_of);
+                    check_announcement(&message.data, app, author.as_ref(), overlay::now(), config).map(|_| ())
+                }
+            };
+            let acceptance = match verdict {
+                Ok(()) => {
+                    *relayed += 1;
+                    gossipsub::MessageAcceptance::Accept
+                }
+                Err(reason) => {
+                    *drops.entry(reason).or_default() += 1;
+                    warn!(peer = %propagation_source, %reason, "dropped announcement");
+                    gossipsub::MessageAcceptance::Reject
+                }
+            };
+            swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The peer id a Mirage key pair has on the overlay.
+pub fn peer_id(keypair: &mirage_protocol::Keypair) -> PeerId {
+    overlay::libp2p_keypair(keypair).public().to_peer_id()
+}

@@ -3,7 +3,10 @@
 
 pub mod bench;
 pub mod clock;
+pub mod daemon;
 pub mod digest_cache;
 pub mod keyfile;
+pub mod net;
 pub mod sample_root;
 pub mod scan;
+pub mod store;

@@ -21,6 +21,16 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Run a bootstrap peer: DHT server and gossip relay for the overlay.
+    Bootstrap(cmd::bootstrap::Args),
+    /// The node daemon.
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
+    /// Ask a running node for its status.
+    Status(cmd::status::Args),
+    /// Test-fleet tools that talk to a running node.
+    #[command(subcommand, hide = true)]
+    Debug(cmd::status::DebugCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,5 +59,9 @@ fn run() -> Result<()> {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Fingerprint(args) => cmd::fingerprint::run(args),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Bootstrap(args) => cmd::bootstrap::run(args),
+        Command::Node(c) => cmd::node::run(c),
+        Command::Status(args) => cmd::status::run(args),
+        Command::Debug(c) => cmd::status::run_debug(c),
     }
 }

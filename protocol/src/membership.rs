@@ -350,7 +350,13 @@ impl Membership {
 
     /// Providers of `key` found in the DHT. Returns fetches for those whose current
     /// fingerprint we lack (and have not asked recently).
-    pub fn on_providers(&mut self, app: &str, key: ClusterKey, providers: &[PublicKey], now: UnixMillis) -> Vec<Action> {
+    pub fn on_providers(
+        &mut self,
+        app: &str,
+        key: ClusterKey,
+        providers: &[PublicKey],
+        now: UnixMillis,
+    ) -> Vec<Action> {
         let me = self.keypair.public();
         let known = self.peers.get(app);
         let mut actions = Vec::new();
@@ -475,9 +481,9 @@ mod tests {
     fn bad_announcements_are_rejected_and_counted() {
         let mut m = node();
         let now = UnixMillis(T0);
-        let reject = |m: &mut Membership, bytes: &[u8], signer: Option<&PublicKey>| match m.on_announcement(
-            bytes, "web", signer, now,
-        ) {
+        let reject = |m: &mut Membership, bytes: &[u8], signer: Option<&PublicKey>| match m
+            .on_announcement(bytes, "web", signer, now)
+        {
             Verdict::Rejected(r) => r,
             v => panic!("accepted a bad announcement: {v:?}"),
         };

@@ -1,0 +1,226 @@
+//! What every Mirage overlay peer agrees on: protocol names, topics, transport and the
+//! configuration of the shared libp2p behaviours (Kademlia, gossipsub with validation
+//! and peer scoring, identify, connection limits). Nodes and bootstrap peers both build
+//! their swarms from these, so they always speak the same overlay.
+
+use libp2p::{connection_limits, gossipsub, identify, identity, kad, Multiaddr, PeerId, StreamProtocol};
+use mirage_protocol::wire::MAX_MESSAGE_BYTES;
+use mirage_protocol::UnixMillis;
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroUsize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Kademlia protocol of the Mirage DHT (kept apart from the public IPFS DHT).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/mirage/id/1.0.0";
+/// Prefix of the per-application announcement topics.
+pub const APP_TOPIC_PREFIX: &str = "mirage/v1/app/";
+/// Gossipsub frames may carry a full-size message plus protobuf framing and the
+/// gossipsub signature. Messages whose *data* is over [`MAX_MESSAGE_BYTES`] still reach
+/// the validator, which drops and counts them as too large.
+pub const MAX_TRANSMIT_BYTES: usize = MAX_MESSAGE_BYTES + 64 * 1024;
+/// Most application topics a bootstrap peer relays.
+pub const MAX_RELAYED_TOPICS: usize = 4096;
+
+#[derive(Debug, Error)]
+pub enum OverlayError {
+    #[error("gossipsub configuration: {0}")]
+    Gossipsub(String),
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+/// The gossipsub topic an application's fingerprints are announced on.
+pub fn app_topic(app: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("{APP_TOPIC_PREFIX}{app}"))
+}
+
+/// The application a topic hash belongs to, if it is an announcement topic.
+pub fn app_of_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
+    topic.as_str().strip_prefix(APP_TOPIC_PREFIX).filter(|a| mirage_protocol::manifest::validate_app_name(a).is_ok())
+}
+
+/// The Kademlia key under which the members of a cluster provide.
+pub fn cluster_record_key(key: &mirage_protocol::ClusterKey) -> kad::RecordKey {
+    let mut bytes = b"mirage/v1/cluster/".to_vec();
+    bytes.extend_from_slice(&key.0 .0);
+    kad::RecordKey::new(&bytes)
+}
+
+/// Wall-clock time as the protocol core takes it.
+pub fn now() -> UnixMillis {
+    UnixMillis(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// The libp2p identity for a Mirage key pair (same peer id as `PublicKey::peer_id`).
+pub fn libp2p_keypair(keypair: &mirage_protocol::Keypair) -> identity::Keypair {
+    let mut secret = keypair.secret_bytes();
+    identity::Keypair::ed25519_from_bytes(&mut secret).expect("32 bytes are a valid ed25519 secret")
+}
+
+/// Converts a peer id to the Mirage public key it encodes (ed25519 peers only).
+pub fn public_key_of(peer: &PeerId) -> Option<mirage_protocol::PublicKey> {
+    mirage_protocol::PublicKey::from_peer_id(&peer.to_base58())
+}
+
+pub fn peer_id_of(key: &mirage_protocol::PublicKey) -> PeerId {
+    PeerId::from_bytes(&key.peer_id_bytes()).expect("an ed25519 public key is a valid peer id")
+}
+
+/// Splits `/ip4/.../tcp/N/p2p/<id>` into the peer id and the address.
+pub fn split_peer_addr(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut addr = addr.clone();
+    match addr.pop() {
+        Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some((peer, addr)),
+        _ => None,
+    }
+}
+
+/// Gossipsub timing; tests and benchmarks may tighten the heartbeat.
+#[derive(Clone, Debug)]
+pub struct GossipTuning {
+    pub heartbeat: Duration,
+}
+
+impl Default for GossipTuning {
+    fn default() -> Self {
+        GossipTuning { heartbeat: Duration::from_millis(700) }
+    }
+}
+
+/// Gossipsub in strict validation mode: messages must carry a libp2p signature and are
+/// only forwarded once the application reports them valid. Message ids are content
+/// hashes, so a relayed announcement is recognized as the same message everywhere.
+pub fn gossipsub(keypair: &identity::Keypair, tuning: &GossipTuning) -> Result<gossipsub::Behaviour, OverlayError> {
+    let config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(MAX_TRANSMIT_BYTES)
+        .heartbeat_interval(tuning.heartbeat)
+        .message_id_fn(|m: &gossipsub::Message| {
+            let mut h = blake3::Hasher::new();
+            h.update(m.topic.as_str().as_bytes());
+            h.update(&[0]);
+            h.update(&m.data);
+            gossipsub::MessageId::from(h.finalize().as_bytes()[..20].to_vec())
+        })
+        .duplicate_cache_time(Duration::from_secs(120))
+        .build()
+        .map_err(|e| OverlayError::Gossipsub(e.to_string()))?;
+    let mut behaviour = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), config)
+        .map_err(|e| OverlayError::Gossipsub(e.to_string()))?;
+    behaviour.with_peer_score(peer_score_params(), peer_score_thresholds()).map_err(OverlayError::Gossipsub)?;
+    Ok(behaviour)
+}
+
+/// Peer scoring. Co-location on loopback is whitelisted (test fleets and benchmarks run
+/// every peer on 127.0.0.1); everything else keeps libp2p's defaults.
+pub fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        ip_colocation_factor_whitelist: HashSet::from([
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]),
+        ..Default::default()
+    }
+}
+
+pub fn peer_score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    }
+}
+
+/// Scoring for an announcement topic. Announcements are rare (one per node per minute),
+/// so mesh delivery-rate penalties (P3, P3b) are off: they would punish honest quiet
+/// peers. Invalid messages (P4) cost 1 × count², decaying over about ten minutes: one
+/// bad announcement drops a peer below the gossip threshold after a few repeats, and a
+/// flood of them graylists it.
+pub fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_decay: gossipsub::score_parameter_decay(Duration::from_secs(600)),
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -1.0,
+        invalid_message_deliveries_decay: gossipsub::score_parameter_decay(Duration::from_secs(600)),
+        ..Default::default()
+    }
+}
+
+/// Subscribes to an application's announcement topic with its scoring parameters.
+pub fn subscribe_app(behaviour: &mut gossipsub::Behaviour, topic: gossipsub::IdentTopic) -> Result<bool, OverlayError> {
+    behaviour.set_topic_params(topic.clone(), topic_score_params()).map_err(|e| OverlayError::Gossipsub(e.into()))?;
+    behaviour.subscribe(&topic).map_err(|e| OverlayError::Gossipsub(e.to_string()))
+}
+
+/// Kademlia timing; provider records are re-published well before they expire.
+#[derive(Clone, Debug)]
+pub struct KadTuning {
+    pub provider_ttl: Duration,
+    pub provider_republish: Duration,
+}
+
+impl Default for KadTuning {
+    fn default() -> Self {
+        KadTuning { provider_ttl: Duration::from_secs(3600), provider_republish: Duration::from_secs(1200) }
+    }
+}
+
+/// A Kademlia behaviour in server mode, with room for large clusters under one key.
+pub fn kad(peer: PeerId, tuning: &KadTuning) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut config = kad::Config::new(KAD_PROTOCOL);
+    config
+        .set_provider_record_ttl(Some(tuning.provider_ttl))
+        .set_provider_publication_interval(Some(tuning.provider_republish))
+        .set_query_timeout(Duration::from_secs(20))
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(60)))
+        .set_replication_factor(NonZeroUsize::new(20).expect("non-zero"));
+    let store = kad::store::MemoryStore::with_config(
+        peer,
+        kad::store::MemoryStoreConfig {
+            max_records: 1024,
+            max_value_bytes: 64 * 1024,
+            max_providers_per_key: 10_000,
+            max_provided_keys: 1024,
+        },
+    );
+    let mut behaviour = kad::Behaviour::with_config(peer, store, config);
+    behaviour.set_mode(Some(kad::Mode::Server));
+    behaviour
+}
+
+pub fn identify(public: identity::PublicKey, agent: &str) -> identify::Behaviour {
+    identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_VERSION.to_string(), public)
+            .with_agent_version(format!("{agent}/{}", env!("CARGO_PKG_VERSION")))
+            .with_interval(Duration::from_secs(120)),
+    )
+}
+
+pub fn connection_limits(max_established: u32) -> connection_limits::Behaviour {
+    connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(max_established))
+            .with_max_established_per_peer(Some(2))
+            .with_max_pending_incoming(Some(128))
+            .with_max_pending_outgoing(Some(128)),
+    )
+}
+
+/// Whether identify says the peer speaks our DHT.
+pub fn speaks_kad(info: &identify::Info) -> bool {
+    info.protocols.contains(&KAD_PROTOCOL)
+}

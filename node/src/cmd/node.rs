@@ -1,0 +1,167 @@
+//! `mirage node run`: the daemon, configured from flags and an optional TOML file.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use mirage_bootstrap::overlay::{GossipTuning, KadTuning};
+use mirage_node::daemon::{self, NodeOptions};
+use mirage_protocol::membership::MembershipConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Run the node: fingerprint the apps, join the overlay, find cluster members.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// A TOML file with the same settings (flags win over it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the node keeps its database (and its key, unless --key says otherwise).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The node's secret key; created on first run if absent. Default: DATA_DIR/node.key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Listen address, e.g. /ip4/0.0.0.0/tcp/4701 or /ip4/0.0.0.0/udp/4701/quic-v1 (repeatable).
+    #[arg(long)]
+    listen: Vec<String>,
+    /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// An application profile to fingerprint and announce (repeatable).
+    #[arg(long = "app")]
+    apps: Vec<PathBuf>,
+    /// The machine's root to fingerprint. Default: /.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Local control API address. Default: 127.0.0.1:4700.
+    #[arg(long)]
+    api: Option<SocketAddr>,
+    /// Seconds between re-announcements of our fingerprints.
+    #[arg(long, hide = true)]
+    announce_interval_secs: Option<u64>,
+    /// Seconds between steady-state DHT provider lookups.
+    #[arg(long, hide = true)]
+    lookup_interval_secs: Option<u64>,
+    /// Seconds between rescans of the apps' environments.
+    #[arg(long, hide = true)]
+    rescan_interval_secs: Option<u64>,
+    /// Gossipsub heartbeat in milliseconds.
+    #[arg(long, hide = true)]
+    heartbeat_ms: Option<u64>,
+    #[arg(long, hide = true)]
+    max_connections: Option<u32>,
+    #[arg(long, hide = true)]
+    target_peers: Option<usize>,
+    /// Allow `mirage debug inject` (test fleets only).
+    #[arg(long, hide = true)]
+    allow_debug: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    key: Option<PathBuf>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    #[serde(default)]
+    apps: Vec<PathBuf>,
+    root: Option<PathBuf>,
+    api: Option<SocketAddr>,
+    announce_interval_secs: Option<u64>,
+    lookup_interval_secs: Option<u64>,
+    rescan_interval_secs: Option<u64>,
+    max_connections: Option<u32>,
+    target_peers: Option<usize>,
+}
+
+fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if flag.is_empty() {
+        file
+    } else {
+        flag
+    }
+}
+
+fn options(args: RunArgs) -> Result<NodeOptions> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<ConfigFile>(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let Some(data_dir) = args.data_dir.or(file.data_dir) else {
+        bail!("--data-dir (or data_dir in --config) is required");
+    };
+    let key = args.key.or(file.key).unwrap_or_else(|| data_dir.join("node.key"));
+    let parse = |list: Vec<String>, what: &str| -> Result<Vec<libp2p::Multiaddr>> {
+        list.iter().map(|a| a.parse().with_context(|| format!("bad {what} address `{a}`"))).collect()
+    };
+    let mut listen = parse(pick(args.listen, file.listen), "listen")?;
+    if listen.is_empty() {
+        listen = vec!["/ip4/0.0.0.0/tcp/4701".parse()?, "/ip4/0.0.0.0/udp/4701/quic-v1".parse()?];
+    }
+    let bootstrap = parse(pick(args.bootstrap, file.bootstrap), "bootstrap")?;
+    for b in &bootstrap {
+        if mirage_bootstrap::overlay::split_peer_addr(b).is_none() {
+            bail!("bootstrap address `{b}` must end in /p2p/<peer id>");
+        }
+    }
+    let mut membership = MembershipConfig::default();
+    if let Some(s) = args.announce_interval_secs.or(file.announce_interval_secs) {
+        membership.announce_interval = Duration::from_secs(s.max(1));
+        // Members stay while they keep announcing: three missed rounds and they are gone.
+        membership.member_ttl = membership.member_ttl.max(membership.announce_interval * 3);
+        membership.max_age = membership.max_age.max(membership.member_ttl);
+    }
+    if let Some(s) = args.lookup_interval_secs.or(file.lookup_interval_secs) {
+        membership.lookup_interval = Duration::from_secs(s.max(1));
+    }
+    let mut gossip = GossipTuning::default();
+    if let Some(ms) = args.heartbeat_ms {
+        gossip.heartbeat = Duration::from_millis(ms.max(50));
+    }
+    Ok(NodeOptions {
+        key,
+        listen,
+        bootstrap,
+        apps: pick(args.apps, file.apps),
+        root: args.root.or(file.root).unwrap_or_else(|| PathBuf::from("/")),
+        api: args.api.or(file.api).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4700))),
+        membership,
+        gossip,
+        kad: KadTuning::default(),
+        rescan_interval: Duration::from_secs(
+            args.rescan_interval_secs.or(file.rescan_interval_secs).unwrap_or(300).max(1),
+        ),
+        max_connections: args.max_connections.or(file.max_connections).unwrap_or(256),
+        target_peers: args.target_peers.or(file.target_peers).unwrap_or(8),
+        allow_debug: args.allow_debug,
+        data_dir,
+    })
+}
+
+pub fn run(command: NodeCommand) -> Result<()> {
+    match command {
+        NodeCommand::Run(args) => {
+            let options = options(args)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            runtime
+                .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
+                .context("the node stopped with an error")
+        }
+    }
+}

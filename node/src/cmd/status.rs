@@ -1,0 +1,124 @@
+//! `mirage status`: ask a running node how it is doing; `mirage debug`: test-fleet tools.
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use mirage_node::daemon::api::{self, InjectKind, Request};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct Target {
+    /// The node's control API address.
+    #[arg(long, default_value = "127.0.0.1:4700")]
+    api: String,
+    /// Read the API address from a node's data directory instead.
+    #[arg(long, conflicts_with = "api")]
+    data_dir: Option<PathBuf>,
+}
+
+impl Target {
+    fn addr(&self) -> Result<String> {
+        match &self.data_dir {
+            Some(dir) => {
+                let path = dir.join(mirage_node::daemon::API_ADDR_FILE);
+                Ok(std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {} (is the node running?)", path.display()))?
+                    .trim()
+                    .to_string())
+            }
+            None => Ok(self.api.clone()),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
+    /// Print the full status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn call(target: &Target, request: Request) -> Result<serde_json::Value> {
+    let addr = target.addr()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(runtime.block_on(api::call(&addr, &request, Duration::from_secs(10)))?)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let status = call(&args.target, Request::Status)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    println!("peer id:          {}", s(&status["peer_id"]));
+    println!("connected peers:  {}", status["connected_peers"]);
+    for c in status["clusters"].as_array().into_iter().flatten() {
+        let members = c["members"].as_array().cloned().unwrap_or_default();
+        println!(
+            "app {}: cluster {} with {} member(s)",
+            s(&c["app"]),
+            &s(&c["cluster_key"])[..16.min(s(&c["cluster_key"]).len())],
+            members.len()
+        );
+        for m in members {
+            println!("  {}", s(&m));
+        }
+    }
+    for a in status["apps_pending_scan"].as_array().into_iter().flatten() {
+        println!("app {}: not fingerprinted yet", s(a));
+    }
+    let drops: Vec<String> = status["dropped_announcements"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !drops.is_empty() {
+        println!("dropped announcements: {}", drops.join(" "));
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum DebugCommand {
+    /// Make a node (started with --allow-debug) publish a bad announcement to its peers.
+    Inject {
+        #[command(flatten)]
+        target: Target,
+        /// malformed, oversized, unsigned, wrong-signature, stale or wrong-app.
+        #[arg(long)]
+        kind: InjectKind,
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Make a node re-sign and publish its fingerprints now; prints the issue time.
+    Announce {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// What a node holds from a peer for an app (issue and receive times).
+    Seen {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        peer: String,
+    },
+}
+
+pub fn run_debug(command: DebugCommand) -> Result<()> {
+    let reply = match command {
+        DebugCommand::Inject { target, kind, app } => call(&target, Request::Inject { kind, app })?,
+        DebugCommand::Announce { target, app } => call(&target, Request::Announce { app })?,
+        DebugCommand::Seen { target, app, peer } => call(&target, Request::Seen { app, peer })?,
+    };
+    println!("{}", serde_json::to_string(&reply)?);
+    Ok(())
+}

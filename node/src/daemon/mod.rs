@@ -1,0 +1,606 @@
+//! `mirage node run`: the node's event loop. It turns swarm events, API requests,
+//! rescans and timers into calls on the protocol core's [`Membership`], and carries out
+//! the [`Action`]s it returns on the network and in the database.
+
+pub mod api;
+
+use crate::net::{self, Behaviour, BehaviourEvent, FetchRequest, FetchResponse};
+use crate::store::{KnownPeer, Store, StoreError};
+use api::{InjectKind, Request};
+use futures::StreamExt;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, request_response, Multiaddr, PeerId, Swarm};
+use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
+use mirage_protocol::fingerprint::Profile;
+use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
+use mirage_protocol::{Envelope, Fingerprint, Keypair, PublicKey, UnixMillis};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyFileError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("profile {path}: {reason}")]
+    Profile { path: PathBuf, reason: String },
+    #[error("two profiles are for app `{0}`")]
+    DuplicateApp(String),
+    #[error("scanning {app}: {reason}")]
+    Scan { app: String, reason: String },
+    #[error(transparent)]
+    Overlay(#[from] overlay::OverlayError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("control API on {addr}: {source}")]
+    Api { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything `mirage node run` needs; the binary fills it from flags and the config file.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    pub data_dir: PathBuf,
+    pub key: PathBuf,
+    pub listen: Vec<Multiaddr>,
+    pub bootstrap: Vec<Multiaddr>,
+    pub apps: Vec<PathBuf>,
+    pub root: PathBuf,
+    pub api: SocketAddr,
+    pub membership: MembershipConfig,
+    pub gossip: GossipTuning,
+    pub kad: KadTuning,
+    pub rescan_interval: Duration,
+    pub max_connections: u32,
+    /// Keep at least this many connections, dialing peers from the DHT's routing table.
+    pub target_peers: usize,
+    /// Allow the `inject` API request (test fleets only).
+    pub allow_debug: bool,
+}
+
+/// The file in the data directory holding the API's bound address (the port may be 0).
+pub const API_ADDR_FILE: &str = "api.addr";
+const DB_FILE: &str = "node.redb";
+
+struct LocalApp {
+    profile: Profile,
+}
+
+struct Node {
+    swarm: Swarm<Behaviour>,
+    store: Store,
+    membership: Membership,
+    keypair: Keypair,
+    local_peer: PeerId,
+    apps: BTreeMap<String, LocalApp>,
+    lookups: HashMap<kad::QueryId, (String, mirage_protocol::ClusterKey)>,
+    fetches: HashMap<request_response::OutboundRequestId, (PublicKey, String)>,
+    stored_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    allow_debug: bool,
+    target_peers: usize,
+}
+
+/// Runs the node until `shutdown` resolves.
+pub async fn run(options: NodeOptions, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(|e| DaemonError::DataDir { path: options.data_dir.clone(), source: e })?;
+    let keypair = crate::keyfile::load_or_create(&options.key)?;
+    let peer_id = keypair.public().peer_id();
+    let span = info_span!("node", peer = %peer_id);
+    run_inner(options, keypair, shutdown).instrument(span).await
+}
+
+async fn run_inner(
+    options: NodeOptions,
+    keypair: Keypair,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let store = Store::open(&options.data_dir.join(DB_FILE))?;
+    store.check_identity(&keypair.public().peer_id())?;
+    let cache = Arc::new(crate::digest_cache::DigestCache::in_database(store.database()));
+
+    let mut apps = BTreeMap::new();
+    for path in &options.apps {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| DaemonError::Profile { path: path.clone(), reason: e.to_string() })?;
+        let profile =
+            Profile::parse(&text).map_err(|e| DaemonError::Profile { path: path.clone(), reason: e.to_string() })?;
+        let app = profile.app().to_string();
+        if apps.insert(app.clone(), LocalApp { profile }).is_some() {
+            return Err(DaemonError::DuplicateApp(app));
+        }
+    }
+
+    let lp_key = overlay::libp2p_keypair(&keypair);
+    let local_peer = lp_key.public().to_peer_id();
+    let swarm = net::build(
+        &lp_key,
+        &net::NetOptions {
+            max_connections: options.max_connections,
+            gossip: options.gossip.clone(),
+            kad: options.kad.clone(),
+        },
+    )?;
+    let mut node = Node {
+        swarm,
+        store,
+        membership: Membership::new(keypair.clone(), options.membership.clone()),
+        keypair,
+        local_peer,
+        apps,
+        lookups: HashMap::new(),
+        fetches: HashMap::new(),
+        stored_addrs: HashMap::new(),
+        allow_debug: options.allow_debug,
+        target_peers: options.target_peers,
+    };
+
+    for addr in &options.listen {
+        node.swarm
+            .listen_on(addr.clone())
+            .map_err(|e| DaemonError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+    }
+    let app_names: Vec<String> = node.apps.keys().cloned().collect();
+    for app in &app_names {
+        overlay::subscribe_app(&mut node.swarm.behaviour_mut().gossipsub, overlay::app_topic(app))?;
+    }
+    node.restore_announcements()?;
+    node.dial_initial(&options.bootstrap)?;
+
+    // Fingerprints: scanned off the event loop; the first scan gates announcements.
+    let (scan_tx, mut scan_rx) = mpsc::channel::<Result<Fingerprint, DaemonError>>(16);
+    let profiles: Vec<Profile> = node.apps.values().map(|a| a.profile.clone()).collect();
+    let root = options.root.clone();
+    spawn_scans(profiles.clone(), root.clone(), cache.clone(), scan_tx.clone());
+    let mut rescan = tokio::time::interval_at(
+        tokio::time::Instant::now() + options.rescan_interval,
+        options.rescan_interval.max(Duration::from_secs(1)),
+    );
+
+    let (listener, api_addr) =
+        api::bind(options.api).await.map_err(|e| DaemonError::Api { addr: options.api, source: e })?;
+    let (api_tx, mut api_rx) = mpsc::channel::<api::Incoming>(64);
+    let api_task = tokio::spawn(api::serve(listener, api_tx));
+    write_api_addr(&options.data_dir, api_addr).map_err(|e| DaemonError::Api { addr: api_addr, source: e })?;
+    info!(api = %api_addr, apps = ?app_names, "node running");
+
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut maintain = tokio::time::interval(Duration::from_secs(3));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            event = node.swarm.select_next_some() => node.on_swarm_event(event),
+            Some((req, reply)) = api_rx.recv() => {
+                let _ = reply.send(node.on_api(req));
+            }
+            Some(scanned) = scan_rx.recv() => match scanned {
+                Ok(fp) => {
+                    let app = fp.app().to_string();
+                    let key = fp.cluster_key();
+                    let actions = node.membership.set_local(fp, overlay::now());
+                    if !actions.is_empty() {
+                        info!(app, cluster = %key, "environment fingerprinted");
+                    }
+                    node.execute(actions);
+                }
+                Err(e) => warn!(error = %e, "scan failed"),
+            },
+            _ = rescan.tick() => spawn_scans(profiles.clone(), root.clone(), cache.clone(), scan_tx.clone()),
+            _ = tick.tick() => {
+                let actions = node.membership.tick(overlay::now());
+                node.execute(actions);
+            }
+            _ = maintain.tick() => node.maintain_connections(),
+        }
+    }
+    info!("shutting down");
+    api_task.abort();
+    let _ = std::fs::remove_file(options.data_dir.join(API_ADDR_FILE));
+    Ok(())
+}
+
+fn write_api_addr(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{API_ADDR_FILE}.tmp"));
+    std::fs::write(&tmp, addr.to_string())?;
+    std::fs::rename(tmp, dir.join(API_ADDR_FILE))
+}
+
+fn spawn_scans(
+    profiles: Vec<Profile>,
+    root: PathBuf,
+    cache: Arc<crate::digest_cache::DigestCache>,
+    tx: mpsc::Sender<Result<Fingerprint, DaemonError>>,
+) {
+    tokio::task::spawn_blocking(move || {
+        for profile in profiles {
+            let result = crate::scan::scan(&profile, &root, Some(&cache))
+                .map(|s| s.fingerprint)
+                .map_err(|e| DaemonError::Scan { app: profile.app().to_string(), reason: e.to_string() });
+            if tx.blocking_send(result).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+impl Node {
+    fn restore_announcements(&mut self) -> Result<(), StoreError> {
+        let now = overlay::now();
+        let apps: Vec<String> = self.apps.keys().cloned().collect();
+        for app in apps {
+            for (peer, bytes) in self.store.announcements(&app)? {
+                let signer = PublicKey::from_peer_id(&peer);
+                if signer.is_none()
+                    || check_announcement(&bytes, &app, signer.as_ref(), now, self.membership.config()).is_err()
+                {
+                    self.store.remove_announcement(&app, &peer)?;
+                    continue;
+                }
+                self.membership.on_announcement(&bytes, &app, signer.as_ref(), now);
+            }
+        }
+        Ok(())
+    }
+
+    fn dial_initial(&mut self, bootstrap: &[Multiaddr]) -> Result<(), StoreError> {
+        for addr in bootstrap {
+            if let Some((peer, a)) = overlay::split_peer_addr(addr) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, a);
+            }
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        // Peers known from earlier runs: re-dial the most recent ones.
+        for (peer, known) in self.store.known_peers()?.into_iter().take(32) {
+            let Ok(peer) = peer.parse::<PeerId>() else { continue };
+            let addrs: Vec<Multiaddr> = known.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            for a in &addrs {
+                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            }
+            self.stored_addrs.insert(peer, addrs.clone());
+            let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build());
+        }
+        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+            debug!(error = %e, "no peers for a DHT bootstrap yet");
+        }
+        Ok(())
+    }
+
+    /// Keeps the node connected to enough peers for a healthy gossip mesh.
+    fn maintain_connections(&mut self) {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        if connected.len() >= self.target_peers {
+            return;
+        }
+        let mut candidates = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                let peer = *entry.node.key.preimage();
+                if !connected.contains(&peer) {
+                    candidates.push(peer);
+                }
+            }
+        }
+        for peer in candidates.into_iter().take(self.target_peers - connected.len()) {
+            let _ = self.swarm.dial(peer);
+        }
+    }
+
+    fn execute(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Publish { app, bytes } => {
+                    if let Err(e) = self.store.put_own_fingerprint(&app, &bytes) {
+                        warn!(app, error = %e, "cannot store own fingerprint");
+                    }
+                    let ok = self.publish(&app, bytes);
+                    self.membership.on_publish_result(&app, ok, overlay::now());
+                }
+                Action::StartProviding { key } => {
+                    let _span = info_span!("provide", cluster = %key).entered();
+                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(overlay::cluster_record_key(&key)) {
+                        warn!(error = %e, "cannot register as provider");
+                    }
+                }
+                Action::StopProviding { key } => {
+                    self.swarm.behaviour_mut().kad.stop_providing(&overlay::cluster_record_key(&key));
+                }
+                Action::FindProviders { app, key } => {
+                    let id = self.swarm.behaviour_mut().kad.get_providers(overlay::cluster_record_key(&key));
+                    self.lookups.insert(id, (app, key));
+                }
+                Action::Fetch { peer, app } => {
+                    let peer_id = overlay::peer_id_of(&peer);
+                    debug!(peer = %peer_id, app, "fetching fingerprint");
+                    let id = self.swarm.behaviour_mut().fetch.send_request(&peer_id, FetchRequest { app: app.clone() });
+                    self.fetches.insert(id, (peer, app));
+                }
+            }
+        }
+    }
+
+    fn publish(&mut self, app: &str, bytes: Vec<u8>) -> bool {
+        match self.swarm.behaviour_mut().gossipsub.publish(overlay::app_topic(app), bytes) {
+            Ok(_) => true,
+            Err(gossipsub::PublishError::Duplicate) => true,
+            Err(e) => {
+                debug!(app, error = %e, "publish failed; will retry");
+                false
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                debug!(peer = %peer_id, "disconnected")
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                self.on_identify(peer_id, info)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event),
+            _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, info: identify::Info) {
+        if !overlay::speaks_kad(&info) {
+            return;
+        }
+        let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
+        for a in &addrs {
+            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+        }
+        if self.stored_addrs.get(&peer) != Some(&addrs) {
+            let known =
+                KnownPeer { addrs: addrs.iter().map(|a| a.to_string()).collect(), last_seen_ms: overlay::now().0 };
+            if let Err(e) = self.store.put_known_peer(&peer.to_base58(), &known) {
+                warn!(error = %e, "cannot store known peer");
+            }
+            self.stored_addrs.insert(peer, addrs);
+        }
+    }
+
+    fn on_gossip(&mut self, event: gossipsub::Event) {
+        let gossipsub::Event::Message { propagation_source, message_id, message } = event else { return };
+        let acceptance = match overlay::app_of_topic(&message.topic).map(str::to_string) {
+            Some(app) if self.apps.contains_key(&app) => {
+                let author = message.source.as_ref().and_then(overlay::public_key_of);
+                let _span = info_span!("announcement", from = %propagation_source, app).entered();
+                self.on_announcement(&message.data, &app, author.as_ref())
+            }
+            _ => {
+                self.membership.count_drop(DropReason::WrongApp);
+                gossipsub::MessageAcceptance::Reject
+            }
+        };
+        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            &message_id,
+            &propagation_source,
+            acceptance,
+        );
+    }
+
+    /// Shared by gossip and fetch replies: verdict, persistence, acceptance.
+    fn on_announcement(&mut self, bytes: &[u8], app: &str, signer: Option<&PublicKey>) -> gossipsub::MessageAcceptance {
+        let now = overlay::now();
+        match self.membership.on_announcement(bytes, app, signer, now) {
+            Verdict::Accepted { member_changed } => {
+                if let Ok(env) = Envelope::from_bytes(bytes) {
+                    let peer = env.signer.peer_id();
+                    let ours = self.membership.members(app).contains(&env.signer);
+                    let result = if ours {
+                        self.store.put_announcement(app, &peer, bytes)
+                    } else if member_changed {
+                        self.store.remove_announcement(app, &peer)
+                    } else {
+                        Ok(())
+                    };
+                    if let Err(e) = result {
+                        warn!(error = %e, "cannot store announcement");
+                    }
+                    if member_changed {
+                        info!(app, %peer, member = ours, members = self.membership.members(app).len(), "cluster changed");
+                    }
+                }
+                gossipsub::MessageAcceptance::Accept
+            }
+            Verdict::Ignored => gossipsub::MessageAcceptance::Ignore,
+            Verdict::Rejected(reason) => {
+                warn!(app, %reason, "dropped announcement");
+                gossipsub::MessageAcceptance::Reject
+            }
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { id, result, step, .. } = event else { return };
+        match result {
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                if let Some((app, key)) = self.lookups.get(&id).cloned() {
+                    let keys: Vec<PublicKey> = providers.iter().filter_map(overlay::public_key_of).collect();
+                    let _span = info_span!("providers", cluster = %key, app).entered();
+                    debug!(found = keys.len(), "providers");
+                    let actions = self.membership.on_providers(&app, key, &keys, overlay::now());
+                    self.execute(actions);
+                }
+            }
+            kad::QueryResult::GetProviders(Err(e)) => debug!(error = %e, "provider lookup failed"),
+            kad::QueryResult::StartProviding(Err(e)) => debug!(error = %e, "provider registration incomplete"),
+            kad::QueryResult::Bootstrap(Err(e)) => debug!(error = %e, "DHT bootstrap failed"),
+            _ => {}
+        }
+        if step.last {
+            self.lookups.remove(&id);
+        }
+    }
+
+    fn on_fetch(&mut self, event: request_response::Event<FetchRequest, FetchResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    let announcement = self.membership.local_announcement(&request.app).map(<[u8]>::to_vec);
+                    debug!(%peer, app = request.app, found = announcement.is_some(), "fingerprint requested");
+                    let _ = self.swarm.behaviour_mut().fetch.send_response(channel, FetchResponse { announcement });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    let Some((signer, app)) = self.fetches.remove(&request_id) else { return };
+                    if let Some(bytes) = response.announcement {
+                        let _span = info_span!("fetched", from = %peer, app).entered();
+                        self.on_announcement(&bytes, &app, Some(&signer));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                self.fetches.remove(&request_id);
+                debug!(%peer, %error, "fingerprint fetch failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_api(&mut self, req: Request) -> api::Reply {
+        match req {
+            Request::Status => Ok(self.status()),
+            Request::Announce { app } => {
+                let now = overlay::now();
+                let apps: Vec<String> = match app {
+                    Some(a) if self.apps.contains_key(&a) => vec![a],
+                    Some(a) => return Err(format!("this node has no app `{a}`")),
+                    None => self.apps.keys().cloned().collect(),
+                };
+                let mut published = Vec::new();
+                for a in apps {
+                    if let Some(action) = self.membership.announce_now(&a, now) {
+                        self.execute(vec![action]);
+                        published.push(a);
+                    }
+                }
+                Ok(serde_json::json!({ "issued_at_ms": now.0, "apps": published }))
+            }
+            Request::Seen { app, peer } => {
+                let key =
+                    PublicKey::from_peer_id(&peer).ok_or_else(|| format!("`{peer}` is not an ed25519 peer id"))?;
+                Ok(match self.membership.peer_record(&app, &key) {
+                    None => serde_json::Value::Null,
+                    Some(r) => serde_json::json!({
+                        "cluster_key": r.cluster_key.to_hex(),
+                        "issued_at_ms": r.issued_at.0,
+                        "received_at_ms": r.received_at.0,
+                    }),
+                })
+            }
+            Request::Inject { kind, app } => {
+                if !self.allow_debug {
+                    return Err("injection is disabled (start the node with --allow-debug)".into());
+                }
+                let app = match app {
+                    Some(a) => a,
+                    None => self.apps.keys().next().cloned().ok_or("this node has no apps")?,
+                };
+                let bytes = self.bad_announcement(kind, &app)?;
+                let size = bytes.len();
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(overlay::app_topic(&app), bytes)
+                    .map_err(|e| format!("publish: {e}"))?;
+                warn!(?kind, app, size, "published a bad announcement on request");
+                Ok(serde_json::json!({ "message_id": id.to_string(), "bytes": size }))
+            }
+        }
+    }
+
+    /// Builds the bad announcement `kind` stands for.
+    fn bad_announcement(&self, kind: InjectKind, app: &str) -> Result<Vec<u8>, String> {
+        let fp = self.membership.local_fingerprint(app).ok_or("no fingerprint yet for that app")?.clone();
+        let now = overlay::now();
+        let sign = |fp: &Fingerprint, at: UnixMillis| Envelope::sign(&self.keypair, fp, at).map_err(|e| e.to_string());
+        let encode = |env: Envelope| env.to_bytes().map_err(|e| e.to_string());
+        Ok(match kind {
+            InjectKind::Malformed => {
+                let mut junk = vec![mirage_protocol::wire::WIRE_VERSION];
+                junk.extend_from_slice(&now.0.to_le_bytes());
+                junk.extend_from_slice(b"definitely not an envelope");
+                junk
+            }
+            InjectKind::Oversized => {
+                let mut big = vec![mirage_protocol::wire::WIRE_VERSION];
+                big.resize(mirage_protocol::wire::MAX_MESSAGE_BYTES + 1024, (now.0 % 251) as u8);
+                big
+            }
+            InjectKind::Unsigned => {
+                let mut env = sign(&fp, now)?;
+                env.signature = mirage_protocol::identity::Signature([0; 64]);
+                encode(env)?
+            }
+            InjectKind::WrongSignature => {
+                let other = Keypair::generate(&mut rand::rngs::OsRng);
+                let mut env = Envelope::sign(&other, &fp, now).map_err(|e| e.to_string())?;
+                env.signer = self.keypair.public();
+                encode(env)?
+            }
+            InjectKind::Stale => {
+                let old = now.saturating_sub(self.membership.config().max_age * 2);
+                encode(sign(&fp, old)?)?
+            }
+            InjectKind::WrongApp => {
+                let other = if app == "other-app" { "another-app" } else { "other-app" };
+                let wrong = Fingerprint::new(other.to_string(), fp.profile_id(), fp.items().to_vec());
+                encode(sign(&wrong, now)?)?
+            }
+        })
+    }
+
+    fn status(&mut self) -> serde_json::Value {
+        let clusters: Vec<serde_json::Value> = self
+            .membership
+            .local_apps()
+            .map(|(app, key)| {
+                serde_json::json!({
+                    "app": app,
+                    "cluster_key": key.to_hex(),
+                    "members": self.membership.members(app).iter().map(|m| m.peer_id()).collect::<Vec<_>>(),
+                    "known_peers": self.membership.known_peers(app),
+                })
+            })
+            .collect();
+        let pending: Vec<&String> =
+            self.apps.keys().filter(|a| self.membership.local_fingerprint(a).is_none()).collect();
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), self.membership.drops().get(r).copied().unwrap_or(0).into()))
+            .collect();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let gs = &self.swarm.behaviour().gossipsub;
+        let scores: serde_json::Map<String, serde_json::Value> =
+            connected.iter().filter_map(|p| gs.peer_score(p).map(|s| (p.to_base58(), s.into()))).collect();
+        serde_json::json!({
+            "peer_id": self.local_peer.to_base58(),
+            "connected_peers": connected.len(),
+            "listen_addrs": self.swarm.listeners().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "clusters": clusters,
+            "apps_pending_scan": pending,
+            "dropped_announcements": drops,
+            "peer_scores": scores,
+        })
+    }
+}

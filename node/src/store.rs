@@ -1,0 +1,231 @@
+//! The node's redb database: identity, known peers (re-dialed on restart), our own
+//! signed fingerprints and the signed announcements that make up cluster membership.
+//! Every write happens in one transaction. The digest cache shares the same file.
+
+use mirage_protocol::wire;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("node_meta");
+/// peer id → [`KnownPeer`].
+const KNOWN_PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("known_peers");
+/// app → our newest signed fingerprint envelope.
+const OWN_FINGERPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("own_fingerprints");
+/// (app, peer id) → the newest verified announcement we accepted from that peer.
+const ANNOUNCEMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("peer_announcements");
+
+/// Most known peers kept; the least recently seen go first.
+pub const MAX_KNOWN_PEERS: usize = 1024;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database {path}: {source}")]
+    Open { path: String, source: redb::DatabaseError },
+    #[error("database: {0}")]
+    Db(String),
+    #[error("this database belongs to peer {stored}, but the key is for {given}")]
+    WrongIdentity { stored: String, given: String },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(impl From<$t> for StoreError {
+        fn from(e: $t) -> Self { StoreError::Db(e.to_string()) }
+    })*};
+}
+db_err!(redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownPeer {
+    pub addrs: Vec<String>,
+    pub last_seen_ms: u64,
+}
+
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path` and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db =
+            Database::create(path).map_err(|e| StoreError::Open { path: path.display().to_string(), source: e })?;
+        let tx = db.begin_write()?;
+        tx.open_table(META)?;
+        tx.open_table(KNOWN_PEERS)?;
+        tx.open_table(OWN_FINGERPRINTS)?;
+        tx.open_table(ANNOUNCEMENTS)?;
+        tx.commit()?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// The database, for other users of the same file (the digest cache).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
+    /// Records the node's peer id on first run; afterwards refuses a different key, so a
+    /// restarted node always rejoins as itself.
+    pub fn check_identity(&self, peer_id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(META)?;
+            let stored = t.get("peer_id")?.map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            match stored {
+                Some(s) if s != peer_id => {
+                    return Err(StoreError::WrongIdentity { stored: s, given: peer_id.to_string() });
+                }
+                Some(_) => {}
+                None => {
+                    t.insert("peer_id", peer_id.as_bytes())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn put_known_peer(&self, peer_id: &str, peer: &KnownPeer) -> Result<(), StoreError> {
+        let bytes = wire::encode(peer).map_err(|e| StoreError::Db(e.to_string()))?;
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(KNOWN_PEERS)?;
+            t.insert(peer_id, bytes.as_slice())?;
+            if t.len()? > MAX_KNOWN_PEERS as u64 {
+                let mut oldest: Option<(String, u64)> = None;
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let seen = wire::decode::<KnownPeer>(v.value()).map_or(0, |p| p.last_seen_ms);
+                    if oldest.as_ref().is_none_or(|(_, s)| seen < *s) {
+                        oldest = Some((k.value().to_string(), seen));
+                    }
+                }
+                if let Some((k, _)) = oldest {
+                    t.remove(k.as_str())?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Known peers, most recently seen first. Unreadable rows are skipped.
+    pub fn known_peers(&self) -> Result<Vec<(String, KnownPeer)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(KNOWN_PEERS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            if let Ok(p) = wire::decode::<KnownPeer>(v.value()) {
+                out.push((k.value().to_string(), p));
+            }
+        }
+        out.sort_by(|a, b| b.1.last_seen_ms.cmp(&a.1.last_seen_ms));
+        Ok(out)
+    }
+
+    pub fn put_own_fingerprint(&self, app: &str, envelope: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(OWN_FINGERPRINTS)?;
+            t.insert(app, envelope)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn own_fingerprint(&self, app: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(OWN_FINGERPRINTS)?;
+        Ok(t.get(app)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_announcement(&self, app: &str, peer_id: &str, envelope: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(ANNOUNCEMENTS)?;
+            t.insert((app, peer_id), envelope)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stored announcements for `app`: (peer id, envelope bytes). They are re-verified
+    /// (signature and freshness) when loaded into the membership.
+    pub fn announcements(&self, app: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(ANNOUNCEMENTS)?;
+        let mut out = Vec::new();
+        for row in t.range((app, "")..)? {
+            let (k, v) = row?;
+            let (a, peer) = k.value();
+            if a != app {
+                break;
+            }
+            out.push((peer.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Forgets announcements of peers no longer members (they would fail freshness anyway).
+    pub fn remove_announcement(&self, app: &str, peer_id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ANNOUNCEMENTS)?;
+            t.remove((app, peer_id))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        {
+            let s = Store::open(&path).unwrap();
+            s.check_identity("12D3KooWA").unwrap();
+            s.put_known_peer("p1", &KnownPeer { addrs: vec!["/ip4/127.0.0.1/tcp/1".into()], last_seen_ms: 5 }).unwrap();
+            s.put_known_peer("p2", &KnownPeer { addrs: vec![], last_seen_ms: 9 }).unwrap();
+            s.put_own_fingerprint("web", b"env").unwrap();
+            s.put_announcement("web", "p1", b"a1").unwrap();
+            s.put_announcement("web", "p2", b"a2").unwrap();
+            s.put_announcement("db", "p1", b"d1").unwrap();
+            s.put_announcement("webx", "p1", b"x1").unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        s.check_identity("12D3KooWA").unwrap();
+        assert!(matches!(s.check_identity("12D3KooWB"), Err(StoreError::WrongIdentity { .. })));
+        let peers = s.known_peers().unwrap();
+        assert_eq!(peers.iter().map(|p| p.0.as_str()).collect::<Vec<_>>(), ["p2", "p1"]);
+        assert_eq!(s.own_fingerprint("web").unwrap().as_deref(), Some(&b"env"[..]));
+        assert_eq!(s.own_fingerprint("db").unwrap(), None);
+        assert_eq!(
+            s.announcements("web").unwrap(),
+            vec![("p1".to_string(), b"a1".to_vec()), ("p2".to_string(), b"a2".to_vec())]
+        );
+        s.remove_announcement("web", "p1").unwrap();
+        assert_eq!(s.announcements("web").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn known_peers_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        for i in 0..(MAX_KNOWN_PEERS + 3) {
+            s.put_known_peer(&format!("p{i}"), &KnownPeer { addrs: vec![], last_seen_ms: i as u64 + 1 }).unwrap();
+        }
+        let peers = s.known_peers().unwrap();
+        assert_eq!(peers.len(), MAX_KNOWN_PEERS);
+        assert!(!peers.iter().any(|p| p.0 == "p0" || p.0 == "p1" || p.0 == "p2"));
+    }
+}
