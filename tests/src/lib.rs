@@ -1,1 +1,283 @@
-//! End-to-end test helpers.
+//! End-to-end test helpers: the `mirage` binary, child processes that are always
+//! killed (even when a test panics), generated machine roots and loopback fleets of a
+//! bootstrap peer and nodes driven through `mirage status --json`.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use mirage_node::sample_root::{write_mysql_machine, SampleMachine};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ lives in the workspace").to_path_buf()
+}
+
+/// The shipped MySQL profile the generated machines are made for.
+pub fn mysql_profile() -> PathBuf {
+    workspace().join("profiles/mysql.toml")
+}
+
+/// The `mirage` binary next to the running test or benchmark, built first if needed
+/// (a package's tests do not build another package's binaries).
+pub fn mirage_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        let mut dir = exe.parent().expect("exe dir").to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bin = dir.join("mirage");
+        let release = dir.ends_with("release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace()).args(["build", "--quiet", "-p", "mirage-node", "--bin", "mirage"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let built = cmd.status().map(|s| s.success()).unwrap_or(false);
+        assert!(built || bin.exists(), "cannot build the mirage binary");
+        bin
+    })
+    .clone()
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `mirage args...` with stderr to `log` and stdout piped.
+    pub fn spawn(name: &str, args: &[String], log: &Path) -> Proc {
+        let err = std::fs::File::create(log).expect("log file");
+        let child = Command::new(mirage_bin())
+            .args(args)
+            .env("MIRAGE_LOG", std::env::var("MIRAGE_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("running")
+    }
+
+    /// Kills (SIGKILL) and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit; kills it if it hangs.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let pid = self.pid();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child().try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        None
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        match &mut self.child {
+            None => false,
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// Reads stdout lines until one satisfies `pick`, for up to `timeout`. Keeps
+    /// draining stdout in the background afterwards.
+    pub fn read_stdout_until(&mut self, timeout: Duration, pick: impl Fn(&str) -> bool + Send + 'static) -> String {
+        let out = self.child().stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if !sent && pick(&line) {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        rx.recv_timeout(timeout).unwrap_or_else(|_| panic!("{} printed no expected line in {timeout:?}", self.name))
+    }
+
+    /// The last `n` lines of the process's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() && std::env::var_os("MIRAGE_TEST_LOGS").is_some() {
+            eprintln!("---- {} log tail ----\n{}", self.name, self.log_tail(40));
+        }
+        self.kill();
+    }
+}
+
+/// Polls `f` every `every` until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(every);
+    }
+}
+
+/// Runs `mirage args...` to completion and returns its stdout, or the error output.
+pub fn mirage(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(mirage_bin()).args(args).output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A bootstrap peer on 127.0.0.1 with an ephemeral port.
+pub struct Bootstrap {
+    pub proc: Proc,
+    /// `/ip4/127.0.0.1/tcp/N/p2p/<peer id>`.
+    pub addr: String,
+}
+
+impl Bootstrap {
+    pub fn start(dir: &Path, extra: &[&str]) -> Bootstrap {
+        std::fs::create_dir_all(dir).expect("bootstrap dir");
+        let mut args: Vec<String> = vec![
+            "bootstrap".into(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--key".into(),
+            dir.join("bootstrap.key").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut proc = Proc::spawn("bootstrap", &args, &dir.join("bootstrap.log"));
+        let line =
+            proc.read_stdout_until(Duration::from_secs(60), |l| l.starts_with("listening ") && l.contains("/tcp/"));
+        let addr = line.trim_start_matches("listening ").trim().to_string();
+        Bootstrap { proc, addr }
+    }
+}
+
+/// One node of a test fleet: its machine, its directories and its process.
+pub struct Node {
+    pub index: usize,
+    pub machine: SampleMachine,
+    pub dir: PathBuf,
+    pub args: Vec<String>,
+    pub proc: Proc,
+    restarts: usize,
+}
+
+impl Node {
+    /// Writes the machine's root under `dir` and starts `mirage node run` for it.
+    pub fn start(dir: &Path, index: usize, machine: SampleMachine, bootstrap: &str, extra: &[&str]) -> Node {
+        let root = dir.join("root");
+        write_mysql_machine(&root, &machine).expect("write machine root");
+        let data = dir.join("data");
+        let mut args: Vec<String> = [
+            "node",
+            "run",
+            "--data-dir",
+            &data.display().to_string(),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            bootstrap,
+            "--app",
+            &mysql_profile().display().to_string(),
+            "--root",
+            &root.display().to_string(),
+            "--api",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let proc = Proc::spawn(&format!("node{index}"), &args, &dir.join("node.log"));
+        Node { index, machine, dir: dir.to_path_buf(), args, proc, restarts: 0 }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Starts the node again with the same arguments (same key, same database).
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let _ = std::fs::remove_file(self.data_dir().join("api.addr"));
+        self.restarts += 1;
+        self.proc = Proc::spawn(
+            &format!("node{}", self.index),
+            &self.args,
+            &self.dir.join(format!("node.restart{}.log", self.restarts)),
+        );
+    }
+
+    /// The API address, once the node has written it.
+    pub fn api(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("api.addr")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// `mirage status --json` for this node.
+    pub fn status(&self) -> Option<Value> {
+        let api = self.api()?;
+        let out = mirage(&["status", "--api", &api, "--json"]).ok()?;
+        serde_json::from_str(&out).ok()
+    }
+
+    pub fn wait_status(&self, timeout: Duration) -> Value {
+        wait_for(&format!("node{} status", self.index), timeout, Duration::from_millis(200), || self.status())
+    }
+}
+
+/// The cluster members a status reports for `app`.
+pub fn members(status: &Value, app: &str) -> Option<BTreeSet<String>> {
+    let cluster = status["clusters"].as_array()?.iter().find(|c| c["app"] == app)?;
+    Some(cluster["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+}
+
+pub fn peer_id(status: &Value) -> String {
+    status["peer_id"].as_str().expect("status has a peer_id").to_string()
+}
+
+/// Resident memory of a process in KiB (Linux).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
