@@ -19,6 +19,7 @@ pub mod identity;
 pub mod manifest;
 pub mod membership;
 pub mod report;
+pub mod staging;
 pub mod time;
 pub mod wire;
 

@@ -1,0 +1,324 @@
+//! What every node of an app knows in common about the current rollout: the release
+//! being rolled out, cluster membership, the stage plan and schedule, and every
+//! cluster's gate.
+//!
+//! Everything here is a function of signed data (manifests, test reports), membership
+//! and time. That is what lets the simulator keep one `Campaign` for the whole fleet
+//! (every simulated node would compute the same one) while each node keeps only its
+//! own [`Member`](super::Member) progress.
+
+use super::gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
+use super::plan::StagePlan;
+use super::schedule::StageSchedule;
+use crate::envelope::Verified;
+use crate::fingerprint::ClusterKey;
+use crate::identity::PublicKey;
+use crate::manifest::UpgradeManifest;
+use crate::report::TestReport;
+use crate::time::UnixMillis;
+use crate::Digest;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ReleaseIgnored {
+    #[error("this manifest is already being rolled out")]
+    AlreadyKnown,
+    #[error("manifest is for another app")]
+    OtherApp,
+    #[error("manifest version {offered} is not newer than {current}")]
+    NotNewer {
+        offered: semver::Version,
+        current: semver::Version,
+    },
+}
+
+/// A verified manifest, reduced to what the rollout needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub manifest: UpgradeManifest,
+    pub id: Digest,
+    /// The vendor's signed issue time: the campaign clock starts here.
+    pub issued_at: UnixMillis,
+}
+
+impl Release {
+    pub fn from_verified(m: &Verified<UpgradeManifest>) -> Self {
+        Release {
+            manifest: m.payload().clone(),
+            id: m.payload().id(),
+            issued_at: m.issued_at(),
+        }
+    }
+}
+
+/// What one member needs to know about its cluster to decide its next step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct View {
+    pub manifest: Digest,
+    /// The cluster's stage is open: fetching and testing may start.
+    pub open: bool,
+    /// This member holds a representative seat.
+    pub seated: bool,
+    pub verdict: Verdict,
+}
+
+#[derive(Clone, Debug)]
+struct Active {
+    release: Release,
+    plan: StagePlan,
+    schedule: StageSchedule,
+    gates: BTreeMap<ClusterKey, ClusterGate>,
+    evaluations: BTreeMap<ClusterKey, Evaluation>,
+}
+
+/// The shared rollout state of one app.
+#[derive(Clone, Debug, Default)]
+pub struct Campaign {
+    members: BTreeMap<ClusterKey, Vec<PublicKey>>,
+    active: Option<Active>,
+}
+
+impl Campaign {
+    pub fn new() -> Self {
+        Campaign::default()
+    }
+
+    pub fn release(&self) -> Option<&Release> {
+        self.active.as_ref().map(|a| &a.release)
+    }
+
+    pub fn plan(&self) -> Option<&StagePlan> {
+        self.active.as_ref().map(|a| &a.plan)
+    }
+
+    pub fn schedule(&self) -> Option<&StageSchedule> {
+        self.active.as_ref().map(|a| &a.schedule)
+    }
+
+    pub fn gate(&self, cluster: &ClusterKey) -> Option<&ClusterGate> {
+        self.active.as_ref().and_then(|a| a.gates.get(cluster))
+    }
+
+    pub fn evaluation(&self, cluster: &ClusterKey) -> Option<&Evaluation> {
+        self.active
+            .as_ref()
+            .and_then(|a| a.evaluations.get(cluster))
+    }
+
+    pub fn members(&self, cluster: &ClusterKey) -> &[PublicKey] {
+        self.members.get(cluster).map_or(&[], |m| m.as_slice())
+    }
+
+    /// What `me`, a member of `cluster`, sees of the current release.
+    pub fn view(&self, cluster: &ClusterKey, me: &PublicKey) -> Option<View> {
+        let a = self.active.as_ref()?;
+        let (open, seated, verdict) = match a.evaluations.get(cluster) {
+            Some(e) => (e.verdict != Verdict::NotOpen, e.is_seated(me), e.verdict),
+            None => (false, false, Verdict::NotOpen),
+        };
+        Some(View {
+            manifest: a.release.id,
+            open,
+            seated,
+            verdict,
+        })
+    }
+
+    /// Replaces what is known of one cluster's membership; returns clusters whose view
+    /// may have changed.
+    pub fn set_members(
+        &mut self,
+        cluster: ClusterKey,
+        members: Vec<PublicKey>,
+        now: UnixMillis,
+    ) -> Vec<ClusterKey> {
+        self.members.insert(cluster, members);
+        let Some(a) = self.active.as_mut() else {
+            return Vec::new();
+        };
+        a.plan = StagePlan::new(&a.release.manifest.policy, &sizes(&self.members));
+        a.schedule.replan(&a.plan);
+        let members = &self.members[&cluster];
+        match a.gates.get_mut(&cluster) {
+            Some(g) => g.set_members(members),
+            None => {
+                let g = ClusterGate::new(&a.release.manifest, a.release.id, cluster, members);
+                a.gates.insert(cluster, g);
+            }
+        }
+        let mut changed: Vec<ClusterKey> = a
+            .open_gate_if_stage_open(cluster, now)
+            .into_iter()
+            .collect();
+        changed.extend(a.refresh(cluster, now));
+        changed.extend(a.open_ready_stages(now));
+        changed
+    }
+
+    /// Starts rolling out a newer release. A release that comes while the campaign is
+    /// unfinished (some cluster never held, or stages are still closed) continues it:
+    /// that is how a vendor's fix restarts exactly the halted clusters, in stages that
+    /// are already open, without walking the earlier stages again.
+    pub fn start_release(
+        &mut self,
+        manifest: &Verified<UpgradeManifest>,
+        now: UnixMillis,
+    ) -> Result<Vec<ClusterKey>, ReleaseIgnored> {
+        let release = Release::from_verified(manifest);
+        if let Some(a) = &self.active {
+            let current = &a.release.manifest;
+            if a.release.id == release.id {
+                return Err(ReleaseIgnored::AlreadyKnown);
+            }
+            if current.app != release.manifest.app {
+                return Err(ReleaseIgnored::OtherApp);
+            }
+            if release.manifest.version <= current.version {
+                return Err(ReleaseIgnored::NotNewer {
+                    offered: release.manifest.version.clone(),
+                    current: current.version.clone(),
+                });
+            }
+        }
+        let policy = &release.manifest.policy;
+        let plan = StagePlan::new(policy, &sizes(&self.members));
+        let timeout = Duration::from_secs(policy.stage_timeout_secs as u64);
+        let schedule = match self.active.take() {
+            Some(a) if !a.schedule.is_complete(&a.plan) => {
+                let mut s = a.schedule;
+                s.replan(&plan);
+                s
+            }
+            _ => StageSchedule::start(&plan, release.issued_at, timeout),
+        };
+        let gates = self
+            .members
+            .iter()
+            .map(|(c, m)| (*c, ClusterGate::new(&release.manifest, release.id, *c, m)))
+            .collect::<BTreeMap<_, _>>();
+        let mut a = Active {
+            release,
+            plan,
+            schedule,
+            gates,
+            evaluations: BTreeMap::new(),
+        };
+        let clusters: Vec<ClusterKey> = a.gates.keys().copied().collect();
+        let mut changed = clusters.clone();
+        for c in clusters {
+            a.open_gate_if_stage_open(c, now);
+            a.refresh(c, now);
+        }
+        changed.extend(a.open_ready_stages(now));
+        self.active = Some(a);
+        changed.sort_unstable();
+        changed.dedup();
+        Ok(changed)
+    }
+
+    /// Admits a verified report into its cluster's gate.
+    pub fn admit(
+        &mut self,
+        report: &Verified<TestReport>,
+        now: UnixMillis,
+    ) -> Result<Vec<ClusterKey>, ReportRejected> {
+        let Some(a) = self.active.as_mut() else {
+            return Err(ReportRejected::OtherUpgrade);
+        };
+        if report.payload().manifest_id != a.release.id {
+            return Err(ReportRejected::OtherUpgrade);
+        }
+        let cluster = report.payload().cluster_key;
+        let mut changed = Vec::new();
+        if !a.gates.contains_key(&cluster) {
+            // A report can outrun membership; keep it under a gate that has no members
+            // yet (so it counts for nothing until the members are known).
+            let g = ClusterGate::new(&a.release.manifest, a.release.id, cluster, &[]);
+            a.gates.insert(cluster, g);
+            changed.extend(a.open_gate_if_stage_open(cluster, now));
+        }
+        a.gates
+            .get_mut(&cluster)
+            .map(|g| g.admit(report))
+            .unwrap_or(Err(ReportRejected::OtherCluster))?;
+        changed.extend(a.refresh(cluster, now));
+        changed.extend(a.open_ready_stages(now));
+        Ok(changed)
+    }
+
+    /// Handles the passage of time: seats passing on, stages opening by timeout.
+    pub fn tick(&mut self, now: UnixMillis) -> Vec<ClusterKey> {
+        let Some(a) = self.active.as_mut() else {
+            return Vec::new();
+        };
+        let due: Vec<ClusterKey> = a
+            .evaluations
+            .iter()
+            .filter(|(_, e)| e.next_deadline.is_some_and(|d| d <= now))
+            .map(|(c, _)| *c)
+            .collect();
+        let mut changed = Vec::new();
+        for c in due {
+            changed.extend(a.refresh(c, now));
+        }
+        changed.extend(a.open_ready_stages(now));
+        changed
+    }
+
+    /// The next time [`Campaign::tick`] may change something.
+    pub fn next_timeout(&self) -> Option<UnixMillis> {
+        let a = self.active.as_ref()?;
+        let gates = a.evaluations.values().filter_map(|e| e.next_deadline);
+        gates.chain(a.schedule.next_timeout(&a.plan)).min()
+    }
+}
+
+impl Active {
+    /// Re-evaluates one gate; returns the cluster if its evaluation changed.
+    fn refresh(&mut self, cluster: ClusterKey, now: UnixMillis) -> Option<ClusterKey> {
+        let gate = self.gates.get(&cluster)?;
+        let e = gate.evaluate(now);
+        if let Verdict::Holds { at } = e.verdict {
+            self.schedule.settle(&self.plan, cluster, at);
+        }
+        if self.evaluations.get(&cluster) == Some(&e) {
+            return None;
+        }
+        self.evaluations.insert(cluster, e);
+        Some(cluster)
+    }
+
+    fn open_gate_if_stage_open(
+        &mut self,
+        cluster: ClusterKey,
+        now: UnixMillis,
+    ) -> Option<ClusterKey> {
+        let opened = self.schedule.opened_at(self.plan.stage_of(&cluster))?;
+        let gate = self.gates.get_mut(&cluster)?;
+        gate.open(opened.max(self.release.issued_at));
+        self.refresh(cluster, now)
+    }
+
+    /// Opens stages until none is ready; gates that hold at once (no testing) may open
+    /// further stages in the same call.
+    fn open_ready_stages(&mut self, now: UnixMillis) -> Vec<ClusterKey> {
+        let mut changed = Vec::new();
+        loop {
+            let opened = self.schedule.advance(&self.plan, now);
+            if opened.is_empty() {
+                return changed;
+            }
+            for stage in opened {
+                for cluster in self.plan.stages()[stage].clone() {
+                    changed.extend(self.open_gate_if_stage_open(cluster, now));
+                }
+            }
+        }
+    }
+}
+
+fn sizes(members: &BTreeMap<ClusterKey, Vec<PublicKey>>) -> BTreeMap<ClusterKey, u64> {
+    members.iter().map(|(c, m)| (*c, m.len() as u64)).collect()
+}

@@ -1,0 +1,252 @@
+//! Who tests an upgrade for a cluster: representatives by rendezvous hashing, with
+//! seats that pass down the ranking when their holder misses its report deadline.
+//!
+//! Every member ranks the cluster's members by `blake3(manifest id, cluster key, peer id)`,
+//! so all members who know the same membership compute the same ranking with no
+//! coordinator, and a new manifest reshuffles who carries the testing load.
+//!
+//! Replacement is a pure function of signed data (report issue times) and the current
+//! time, not of arrival order: a node that hears a late-delivered but on-time report
+//! recomputes the same seats as a node that heard it early.
+
+use crate::fingerprint::ClusterKey;
+use crate::identity::PublicKey;
+use crate::time::UnixMillis;
+use crate::Digest;
+use std::time::Duration;
+
+/// Domain tag so rendezvous scores can never collide with another blake3 use.
+const RANK_DOMAIN: &[u8] = b"mirage/v1/representative-rank";
+
+/// A member's rendezvous score for one (manifest, cluster): lower ranks first.
+pub fn rank_score(manifest: &Digest, cluster: &ClusterKey, peer: &PublicKey) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(RANK_DOMAIN);
+    h.update(&manifest.0);
+    h.update(&cluster.0 .0);
+    h.update(&peer.peer_id_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Orders `members` by rendezvous score (duplicates removed). Every member computes the
+/// same order from the same membership.
+pub fn rank_members(
+    manifest: &Digest,
+    cluster: &ClusterKey,
+    members: &[PublicKey],
+) -> Vec<PublicKey> {
+    let mut scored: Vec<([u8; 32], PublicKey)> = members
+        .iter()
+        .map(|m| (rank_score(manifest, cluster, m), *m))
+        .collect();
+    scored.sort_unstable();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    scored.into_iter().map(|(_, m)| m).collect()
+}
+
+/// A representative seat: who holds it and since when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seat {
+    /// Index of the holder in the ranking.
+    pub rank: usize,
+    pub holder: PublicKey,
+    pub elected_at: UnixMillis,
+    /// The holder's report must be issued by then, or the seat passes on.
+    pub deadline: UnixMillis,
+    /// The holder issued a report in time, so the seat can no longer pass on.
+    pub settled: bool,
+}
+
+/// How many representatives a cluster of `members` machines gets, and how many passes
+/// its gate needs: the policy's numbers, capped so tiny clusters are not stuck waiting
+/// for representatives they do not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quorum {
+    pub seats: usize,
+    pub threshold: usize,
+}
+
+impl Quorum {
+    pub fn new(representatives: u16, threshold: u16, members: usize) -> Self {
+        let seats = (representatives as usize).min(members);
+        Quorum {
+            seats,
+            threshold: (threshold as usize).min(seats),
+        }
+    }
+}
+
+/// Computes the seats at `now`, given when testing started, the report deadline and a
+/// lookup of the earliest report issue time per member.
+///
+/// All seats start at `start`. Every `deadline` after that, each unsettled seat whose
+/// holder has issued no report within its term passes to the next unused member in the
+/// ranking (seats in order, so the result is deterministic). A seat stays with its last
+/// holder when the ranking is exhausted.
+pub fn seats_at(
+    ranking: &[PublicKey],
+    seats: usize,
+    start: UnixMillis,
+    deadline: Duration,
+    now: UnixMillis,
+    reported_at: impl Fn(&PublicKey) -> Option<UnixMillis>,
+) -> Vec<Seat> {
+    let seats = seats.min(ranking.len());
+    let term = deadline.as_millis().clamp(1, u64::MAX as u128) as u64;
+    let on_time = |holder: &PublicKey, from: UnixMillis, until: UnixMillis| {
+        reported_at(holder).is_some_and(|t| t >= from && t <= until)
+    };
+    let mut out: Vec<Seat> = (0..seats)
+        .map(|rank| {
+            let holder = ranking[rank];
+            let deadline = UnixMillis(start.0.saturating_add(term));
+            Seat {
+                rank,
+                holder,
+                elected_at: start,
+                deadline,
+                settled: on_time(&holder, start, deadline),
+            }
+        })
+        .collect();
+    let mut next = seats;
+    // Each round passes on the seats whose term ended without a report. Seats share
+    // terms, so one round per elapsed deadline covers them all.
+    while next < ranking.len() {
+        let mut open: Vec<usize> = Vec::new();
+        for (i, s) in out.iter().enumerate() {
+            if !s.settled && now >= s.deadline {
+                open.push(i);
+            }
+        }
+        if open.is_empty() {
+            break;
+        }
+        for i in open {
+            if next >= ranking.len() {
+                break;
+            }
+            let elected_at = out[i].deadline;
+            let holder = ranking[next];
+            let deadline = UnixMillis(elected_at.0.saturating_add(term));
+            out[i] = Seat {
+                rank: next,
+                holder,
+                elected_at,
+                deadline,
+                settled: on_time(&holder, start, deadline),
+            };
+            next += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn peers(n: u8) -> Vec<PublicKey> {
+        (0..n).map(|i| PublicKey([i; 32])).collect()
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn ranking_is_a_permutation_independent_of_input_order() {
+        let m = Digest([1; 32]);
+        let c = ClusterKey(Digest([2; 32]));
+        let p = peers(20);
+        let mut rev = p.clone();
+        rev.reverse();
+        rev.push(p[3]);
+        let a = rank_members(&m, &c, &p);
+        assert_eq!(a, rank_members(&m, &c, &rev));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, p);
+    }
+
+    #[test]
+    fn ranking_changes_with_the_manifest() {
+        let c = ClusterKey(Digest([2; 32]));
+        let p = peers(20);
+        assert_ne!(
+            rank_members(&Digest([1; 32]), &c, &p),
+            rank_members(&Digest([9; 32]), &c, &p)
+        );
+    }
+
+    #[test]
+    fn quorum_is_capped_for_tiny_clusters() {
+        assert_eq!(
+            Quorum::new(2, 2, 1),
+            Quorum {
+                seats: 1,
+                threshold: 1
+            }
+        );
+        assert_eq!(
+            Quorum::new(3, 2, 10),
+            Quorum {
+                seats: 3,
+                threshold: 2
+            }
+        );
+        assert_eq!(
+            Quorum::new(0, 0, 10),
+            Quorum {
+                seats: 0,
+                threshold: 0
+            }
+        );
+    }
+
+    #[test]
+    fn silent_holders_are_replaced_in_rank_order_each_deadline() {
+        let p = peers(6);
+        let start = UnixMillis(1_000);
+        let none = |_: &PublicKey| None;
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 59_999), none);
+        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![0, 1]);
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 60_000), none);
+        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(s[0].elected_at, UnixMillis(61_000));
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 120_000), none);
+        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 5]);
+        // Exhausted: the last holders keep their seats for good.
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(10_000_000), none);
+        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 5]);
+    }
+
+    #[test]
+    fn an_on_time_report_settles_a_seat_even_if_heard_late() {
+        let p = peers(6);
+        let start = UnixMillis(0);
+        let mut reports = BTreeMap::new();
+        reports.insert(p[0], UnixMillis(59_000));
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), |k| {
+            reports.get(k).copied()
+        });
+        assert_eq!(s[0].rank, 0);
+        assert!(s[0].settled);
+        // Seat 1 passed on at every deadline: ranks 2, 3, 4, 5 (exhausted).
+        assert_eq!(s[1].rank, 5);
+        // A report issued after the term does not settle it.
+        reports.insert(p[1], UnixMillis(61_000));
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), |k| {
+            reports.get(k).copied()
+        });
+        assert_eq!(s[1].rank, 2);
+    }
+
+    #[test]
+    fn reports_issued_before_testing_started_do_not_count() {
+        let p = peers(3);
+        let s = seats_at(&p, 1, UnixMillis(10_000), MIN, UnixMillis(10_000), |_| {
+            Some(UnixMillis(5_000))
+        });
+        assert!(!s[0].settled);
+    }
+}

@@ -1,0 +1,276 @@
+//! One cluster's gate for one upgrade: which reports count, and whether the cluster may
+//! apply (holds), must not (halted), or waits (pending).
+//!
+//! The gate stores reports and decides from them on demand, so its verdict is a pure
+//! function of (membership, signed reports, open time, now). Nodes that have heard the
+//! same reports agree, whatever order the reports arrived in.
+
+use super::election::{rank_members, seats_at, Quorum, Seat};
+use crate::envelope::Verified;
+use crate::fingerprint::ClusterKey;
+use crate::identity::PublicKey;
+use crate::manifest::{PolicyKind, UpgradeManifest};
+use crate::report::{Outcome, TestReport};
+use crate::time::UnixMillis;
+use crate::Digest;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Reports kept from signers the node does not (yet) know as members of the cluster:
+/// membership may arrive after a report, but strangers must not grow memory unbounded.
+pub const MAX_STRANGER_REPORTS: usize = 32;
+
+/// Why a verified report does not enter a gate. Tests inject each of these.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ReportRejected {
+    #[error("report is for another upgrade")]
+    OtherUpgrade,
+    #[error("report names this upgrade's id but another app or version")]
+    WrongRelease,
+    #[error("report is for another cluster")]
+    OtherCluster,
+    #[error("this exact report was already counted")]
+    Replay,
+    #[error("the signer already reported earlier; its first report stands")]
+    Duplicate,
+    #[error("too many reports from signers outside the cluster")]
+    TooManyStrangers,
+}
+
+/// Where a cluster stands for one upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The cluster's stage has not opened.
+    NotOpen,
+    /// Representatives are testing.
+    Pending,
+    /// Enough elected representatives passed (the time is the issue time of the pass
+    /// that completed the threshold).
+    Holds { at: UnixMillis },
+    /// An elected representative reported failure: nobody in the cluster applies.
+    Halted { at: UnixMillis, by: PublicKey },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReportRecord {
+    id: Digest,
+    issued_at: UnixMillis,
+    outcome: Outcome,
+}
+
+/// The gate's decision at one instant, with who holds the representative seats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    pub seats: Vec<Seat>,
+    /// When a seat may next pass on, if it still can.
+    pub next_deadline: Option<UnixMillis>,
+}
+
+impl Evaluation {
+    pub fn is_seated(&self, peer: &PublicKey) -> bool {
+        self.seats.iter().any(|s| &s.holder == peer)
+    }
+}
+
+/// The gate of one cluster for one manifest.
+#[derive(Clone, Debug)]
+pub struct ClusterGate {
+    manifest: Digest,
+    app: String,
+    version: semver::Version,
+    cluster: ClusterKey,
+    representatives: u16,
+    threshold: u16,
+    deadline: Duration,
+    ranking: Vec<PublicKey>,
+    opened_at: Option<UnixMillis>,
+    reports: BTreeMap<PublicKey, ReportRecord>,
+}
+
+impl ClusterGate {
+    pub fn new(
+        manifest: &UpgradeManifest,
+        manifest_id: Digest,
+        cluster: ClusterKey,
+        members: &[PublicKey],
+    ) -> Self {
+        let policy = &manifest.policy;
+        // No staging means no testing: the gate holds the moment the stage opens.
+        let (representatives, threshold) = match policy.kind {
+            PolicyKind::NoStaging => (0, 0),
+            PolicyKind::FrontLoading | PolicyKind::Balanced => {
+                (policy.representatives, policy.threshold)
+            }
+        };
+        ClusterGate {
+            manifest: manifest_id,
+            app: manifest.app.clone(),
+            version: manifest.version.clone(),
+            cluster,
+            representatives,
+            threshold,
+            deadline: Duration::from_secs(policy.report_deadline_secs as u64),
+            ranking: rank_members(&manifest_id, &cluster, members),
+            opened_at: None,
+            reports: BTreeMap::new(),
+        }
+    }
+
+    pub fn cluster(&self) -> ClusterKey {
+        self.cluster
+    }
+
+    pub fn manifest_id(&self) -> Digest {
+        self.manifest
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.ranking.len()
+    }
+
+    pub fn opened_at(&self) -> Option<UnixMillis> {
+        self.opened_at
+    }
+
+    pub fn quorum(&self) -> Quorum {
+        Quorum::new(self.representatives, self.threshold, self.ranking.len())
+    }
+
+    /// The cluster's members in representative order.
+    pub fn ranking(&self) -> &[PublicKey] {
+        &self.ranking
+    }
+
+    /// Replaces the membership. Reports already stored are kept: a signer that was a
+    /// stranger may turn out to be a member.
+    pub fn set_members(&mut self, members: &[PublicKey]) {
+        self.ranking = rank_members(&self.manifest, &self.cluster, members);
+    }
+
+    /// Starts testing (the cluster's stage opened). The first opening time stands.
+    pub fn open(&mut self, at: UnixMillis) {
+        self.opened_at.get_or_insert(at);
+    }
+
+    /// Stores a verified report if it concerns this gate. Whether it counts is decided
+    /// at evaluation, since seats move with time.
+    pub fn admit(&mut self, report: &Verified<TestReport>) -> Result<(), ReportRejected> {
+        let r = report.payload();
+        if r.manifest_id != self.manifest {
+            return Err(ReportRejected::OtherUpgrade);
+        }
+        if r.app != self.app || r.version != self.version {
+            return Err(ReportRejected::WrongRelease);
+        }
+        if r.cluster_key != self.cluster {
+            return Err(ReportRejected::OtherCluster);
+        }
+        let record = ReportRecord {
+            id: report.id(),
+            issued_at: report.issued_at(),
+            outcome: r.outcome,
+        };
+        let signer = *report.signer();
+        if let Some(old) = self.reports.get(&signer) {
+            if old.id == record.id {
+                return Err(ReportRejected::Replay);
+            }
+            // One voice per signer. The earliest statement stands (ties by id), so every
+            // node keeps the same one whatever the arrival order.
+            if (old.issued_at, old.id) <= (record.issued_at, record.id) {
+                return Err(ReportRejected::Duplicate);
+            }
+        } else if !self.ranking.contains(&signer) {
+            let strangers = self
+                .reports
+                .keys()
+                .filter(|k| !self.ranking.contains(k))
+                .count();
+            if strangers >= MAX_STRANGER_REPORTS {
+                return Err(ReportRejected::TooManyStrangers);
+            }
+        }
+        self.reports.insert(signer, record);
+        Ok(())
+    }
+
+    /// The verdict at `now`.
+    pub fn evaluate(&self, now: UnixMillis) -> Evaluation {
+        let Some(start) = self.opened_at else {
+            return Evaluation {
+                verdict: Verdict::NotOpen,
+                seats: Vec::new(),
+                next_deadline: None,
+            };
+        };
+        let quorum = self.quorum();
+        let reported_at = |k: &PublicKey| self.reports.get(k).map(|r| r.issued_at);
+        let mut seats = seats_at(
+            &self.ranking,
+            quorum.seats,
+            start,
+            self.deadline,
+            now,
+            reported_at,
+        );
+        // Replacements take ranks in order, so the highest seated rank tells how far down
+        // the ranking the seats have gone.
+        let exhausted = seats.iter().map(|s| s.rank + 1).max().unwrap_or(0) >= self.ranking.len();
+        // With no one left to pass a seat to, a late report from its holder is all the
+        // cluster will get, so it counts.
+        if exhausted {
+            for s in &mut seats {
+                if reported_at(&s.holder).is_some_and(|t| t >= start) {
+                    s.settled = true;
+                }
+            }
+        }
+        let counted: Vec<(UnixMillis, Outcome, PublicKey)> = seats
+            .iter()
+            .filter(|s| s.settled)
+            .filter_map(|s| {
+                self.reports
+                    .get(&s.holder)
+                    .map(|r| (r.issued_at, r.outcome, s.holder))
+            })
+            .collect();
+        let next_deadline = if exhausted {
+            None
+        } else {
+            seats
+                .iter()
+                .filter(|s| !s.settled)
+                .map(|s| s.deadline)
+                .min()
+        };
+        let first_fail = counted
+            .iter()
+            .filter(|c| c.1 == Outcome::Fail)
+            .min_by_key(|c| (c.0, c.2));
+        let verdict = if let Some(&(at, _, by)) = first_fail {
+            Verdict::Halted { at, by }
+        } else {
+            let mut passes: Vec<UnixMillis> = counted.iter().map(|c| c.0).collect();
+            passes.sort_unstable();
+            if self.representatives == 0 {
+                Verdict::Holds { at: start }
+            } else if quorum.threshold == 0 {
+                // Members unknown yet: nobody can be elected, so nothing can pass.
+                Verdict::Pending
+            } else if passes.len() >= quorum.threshold {
+                Verdict::Holds {
+                    at: passes[quorum.threshold - 1].max(start),
+                }
+            } else {
+                Verdict::Pending
+            }
+        };
+        Evaluation {
+            verdict,
+            seats,
+            next_deadline,
+        }
+    }
+}

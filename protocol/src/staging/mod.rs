@@ -1,0 +1,33 @@
+//! Staged rollout: who tests an upgrade, when each cluster may apply it, and in which
+//! order clusters go. Pure logic, driven by the node and by the simulator alike.
+//!
+//! - [`election`]: representatives by rendezvous hashing; seats pass down the ranking
+//!   when a holder misses its report deadline.
+//! - [`plan`]: clusters into stages (`no-staging`, `front-loading`, `balanced`).
+//! - [`gate`]: one cluster's gate for one upgrade: which reports count, holds/halted.
+//! - [`schedule`]: when each stage opens.
+//! - [`campaign`]: what every node of an app knows in common (release, membership,
+//!   plan, schedule, gates). The simulator keeps one for the whole fleet.
+//! - [`member`]: one node's own progress; tiny, so the simulator keeps one per machine.
+//! - [`rollout`]: the per-(node, app) core the node drives: events in, actions out.
+
+pub mod campaign;
+pub mod election;
+pub mod gate;
+pub mod member;
+pub mod plan;
+pub mod rollout;
+pub mod schedule;
+
+#[cfg(test)]
+mod tests;
+
+pub use campaign::{Campaign, Release, ReleaseIgnored, View};
+pub use election::{rank_members, Quorum, Seat};
+pub use gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
+pub use member::{Member, Phase, Step, Work};
+pub use plan::StagePlan;
+pub use rollout::{
+    Action, ApplyResult, Event, Ignored, NodeConfig, Rollout, Snapshot, Status, TestRun,
+};
+pub use schedule::StageSchedule;

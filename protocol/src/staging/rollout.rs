@@ -1,0 +1,497 @@
+//! The per-(node, app) staging core the node drives: events in, actions out, time
+//! passed in.
+//!
+//! It composes the shared [`Campaign`] (what every node of the app knows) with this
+//! node's own [`Member`] progress, and turns member steps into actions with full
+//! payloads. Every change of persisted state is emitted as [`Action::Persist`] before
+//! the actions it guards, so a node that crashes between the two redoes the action
+//! after [`Rollout::restore`] instead of losing it.
+
+use super::campaign::{Campaign, ReleaseIgnored, View};
+use super::gate::{ReportRejected, Verdict};
+use super::member::{Member, Phase, Step, Work};
+use crate::envelope::Verified;
+use crate::fingerprint::{ClusterKey, Fingerprint};
+use crate::identity::PublicKey;
+use crate::manifest::UpgradeManifest;
+use crate::report::{
+    excerpt_tail, Outcome, ProblemReport, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES,
+};
+use crate::time::UnixMillis;
+use crate::Digest;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Who this node is, for one app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub app: String,
+    pub me: PublicKey,
+    /// The node's fingerprint for the app; its cluster key is the node's cluster.
+    pub fingerprint: Fingerprint,
+}
+
+/// What a finished test run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRun {
+    pub outcome: Outcome,
+    pub summary: String,
+    pub logs_digest: Digest,
+    pub tests_run: u32,
+    pub duration_ms: u64,
+    pub failed_tests: Vec<String>,
+    pub output: String,
+}
+
+/// How applying a release ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApplyResult {
+    /// Installed and the health check (if any) passed.
+    Healthy,
+    /// Installed but the health check failed: the core rolls back and tells the vendor.
+    Unhealthy { logs_digest: Digest, output: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A manifest whose vendor signature checked out.
+    Manifest(Verified<UpgradeManifest>),
+    /// The members of a cluster (this node's or another's) as the DHT now shows them.
+    Members {
+        cluster: ClusterKey,
+        members: Vec<PublicKey>,
+    },
+    /// The release's artifact (and test bundle) is fetched and verified.
+    ContentReady {
+        manifest: Digest,
+    },
+    TestFinished {
+        manifest: Digest,
+        run: TestRun,
+    },
+    /// A test report whose signature checked out, including this node's own, fed back.
+    Report(Verified<TestReport>),
+    /// The time set by the last [`Action::SetTimer`] has come.
+    Timer,
+    ApplyFinished {
+        manifest: Digest,
+        result: ApplyResult,
+    },
+    RollbackFinished {
+        manifest: Digest,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Store this state durably before carrying out the actions after it.
+    Persist(Snapshot),
+    /// Fetch and verify the artifact (and test bundle) the manifest describes.
+    Fetch { manifest: Digest },
+    /// Run the manifest's tests in a sandbox, then send [`Event::TestFinished`].
+    RunTests { manifest: Digest },
+    /// Sign, gossip on the app topic, and feed back as [`Event::Report`].
+    PublishTestReport(TestReport),
+    /// Sign and send to the vendor.
+    PublishProblemReport(ProblemReport),
+    /// Apply atomically, run the health check, then send [`Event::ApplyFinished`].
+    Apply {
+        manifest: Digest,
+        version: semver::Version,
+    },
+    /// Restore the version that ran before `manifest` was applied.
+    RollBack { manifest: Digest },
+    /// Send [`Event::Timer`] at this time (replaces any earlier timer).
+    SetTimer(UnixMillis),
+}
+
+/// The node's durable staging state. Manifests and reports are stored by the node as
+/// the signed envelopes they came in and fed back as events after a restart, so the
+/// snapshot only holds what no one else can tell the node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub app: String,
+    pub work: Option<Work>,
+    /// The version being applied, so a restart can re-issue `Apply`.
+    pub work_version: Option<semver::Version>,
+    /// The last version applied healthily: releases not newer than it are ignored.
+    pub running: Option<semver::Version>,
+    /// This node's report on the current release, re-published after a restart.
+    pub own_report: Option<TestReport>,
+}
+
+/// Why an event changed nothing. Returned for logging and tests; never fatal.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum Ignored {
+    #[error("manifest for another app")]
+    OtherApp,
+    #[error("manifest expired")]
+    Expired,
+    #[error("manifest version {offered} is not newer than running {running}")]
+    NotNewerThanRunning {
+        offered: semver::Version,
+        running: semver::Version,
+    },
+    #[error(transparent)]
+    Release(#[from] ReleaseIgnored),
+    #[error(transparent)]
+    Report(#[from] ReportRejected),
+}
+
+/// What `mirage status` shows for an app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Status {
+    pub running: Option<semver::Version>,
+    pub target: Option<semver::Version>,
+    pub phase: Option<Phase>,
+    pub stage: Option<usize>,
+    pub open_stages: usize,
+    pub stage_count: usize,
+    pub verdict: Option<Verdict>,
+    pub representative: bool,
+}
+
+pub struct Rollout {
+    config: NodeConfig,
+    cluster: ClusterKey,
+    campaign: Campaign,
+    member: Member,
+    running: Option<semver::Version>,
+    applying: Option<semver::Version>,
+    own_report: Option<TestReport>,
+    timer: Option<UnixMillis>,
+    last_ignored: Option<Ignored>,
+}
+
+/// Data an event carried that the resulting step needs for its payload.
+enum Detail {
+    Run(TestRun),
+    Unhealthy { logs_digest: Digest, output: String },
+}
+
+impl Rollout {
+    pub fn new(config: NodeConfig) -> Self {
+        let cluster = config.fingerprint.cluster_key();
+        Rollout {
+            config,
+            cluster,
+            campaign: Campaign::new(),
+            member: Member::new(),
+            running: None,
+            applying: None,
+            own_report: None,
+            timer: None,
+            last_ignored: None,
+        }
+    }
+
+    /// Rebuilds a node's core from its snapshot. The returned actions re-issue whatever
+    /// was in flight; the node then feeds its stored manifests, memberships and reports
+    /// back as events.
+    pub fn restore(config: NodeConfig, snapshot: Snapshot) -> (Self, Vec<Action>) {
+        let mut r = Rollout::new(config);
+        r.member = Member::restore(snapshot.work);
+        r.running = snapshot.running;
+        r.applying = snapshot.work_version.clone();
+        r.own_report = snapshot.own_report;
+        let mut actions = Vec::new();
+        if let Some(w) = snapshot.work {
+            match w.phase {
+                Phase::Fetching => actions.push(Action::Fetch {
+                    manifest: w.manifest,
+                }),
+                Phase::Testing => actions.push(Action::RunTests {
+                    manifest: w.manifest,
+                }),
+                Phase::Applying => {
+                    if let Some(version) = snapshot.work_version {
+                        actions.push(Action::Apply {
+                            manifest: w.manifest,
+                            version,
+                        });
+                    }
+                }
+                Phase::RollingBack => actions.push(Action::RollBack {
+                    manifest: w.manifest,
+                }),
+                _ => {}
+            }
+        }
+        // Publishing is idempotent for the gate (one voice per signer), so a report
+        // that may not have left before the crash is simply sent again.
+        if let Some(report) = &r.own_report {
+            actions.push(Action::PublishTestReport(report.clone()));
+        }
+        (r, actions)
+    }
+
+    pub fn cluster(&self) -> ClusterKey {
+        self.cluster
+    }
+
+    pub fn campaign(&self) -> &Campaign {
+        &self.campaign
+    }
+
+    /// Why the last event was ignored, if it was.
+    pub fn last_ignored(&self) -> Option<&Ignored> {
+        self.last_ignored.as_ref()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            app: self.config.app.clone(),
+            work: self.member.work(),
+            work_version: self.applying.clone(),
+            running: self.running.clone(),
+            own_report: self.own_report.clone(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let view = self.view();
+        let plan = self.campaign.plan();
+        Status {
+            running: self.running.clone(),
+            target: self.work_version(),
+            phase: self.member.work().map(|w| w.phase),
+            stage: plan.map(|p| p.stage_of(&self.cluster)),
+            open_stages: self.campaign.schedule().map_or(0, |s| s.open_stages()),
+            stage_count: plan.map_or(0, |p| p.stage_count()),
+            verdict: view.map(|v| v.verdict),
+            representative: view.is_some_and(|v| v.seated),
+        }
+    }
+
+    /// Handles one event at `now` and returns what to do, in order.
+    pub fn handle(&mut self, event: Event, now: UnixMillis) -> Vec<Action> {
+        let before = self.snapshot();
+        self.last_ignored = None;
+        let (step, detail) = match self.apply_event(event, now) {
+            Ok(done) => done,
+            Err(why) => {
+                self.last_ignored = Some(why);
+                (None, None)
+            }
+        };
+        // The view may have changed under the member even if the event was not its own.
+        let step = step.or_else(|| {
+            let view = self.view();
+            self.member.observe(view.as_ref())
+        });
+        let mut actions = Vec::new();
+        let work_actions = step.map(|s| self.carry_out(s, detail)).unwrap_or_default();
+        let after = self.snapshot();
+        if after != before {
+            actions.push(Action::Persist(after));
+        }
+        actions.extend(work_actions);
+        let next = self.campaign.next_timeout();
+        if next != self.timer {
+            self.timer = next;
+            if let Some(at) = next {
+                actions.push(Action::SetTimer(at));
+            }
+        }
+        actions
+    }
+
+    fn view(&self) -> Option<View> {
+        self.campaign.view(&self.cluster, &self.config.me)
+    }
+
+    fn work_version(&self) -> Option<semver::Version> {
+        let w = self.member.work()?;
+        let release = self.campaign.release()?;
+        (release.id == w.manifest).then(|| release.manifest.version.clone())
+    }
+
+    fn apply_event(
+        &mut self,
+        event: Event,
+        now: UnixMillis,
+    ) -> Result<(Option<Step>, Option<Detail>), Ignored> {
+        match event {
+            Event::Manifest(m) => {
+                let manifest = m.payload();
+                if manifest.app != self.config.app {
+                    return Err(Ignored::OtherApp);
+                }
+                if manifest.is_expired(now) {
+                    return Err(Ignored::Expired);
+                }
+                if let Some(running) = &self.running {
+                    if &manifest.version <= running {
+                        return Err(Ignored::NotNewerThanRunning {
+                            offered: manifest.version.clone(),
+                            running: running.clone(),
+                        });
+                    }
+                }
+                self.campaign.start_release(&m, now)?;
+                if self
+                    .own_report
+                    .as_ref()
+                    .is_some_and(|r| r.manifest_id != manifest.id())
+                {
+                    self.own_report = None;
+                }
+                Ok((None, None))
+            }
+            Event::Members {
+                cluster,
+                mut members,
+            } => {
+                // A node always counts itself in its own cluster, even before the DHT
+                // shows it there.
+                if cluster == self.cluster && !members.contains(&self.config.me) {
+                    members.push(self.config.me);
+                }
+                self.campaign.set_members(cluster, members, now);
+                Ok((None, None))
+            }
+            Event::ContentReady { manifest } => {
+                let view = self.view();
+                Ok((self.member.content_ready(manifest, view.as_ref()), None))
+            }
+            Event::TestFinished { manifest, run } => Ok((
+                self.member.test_finished(manifest, run.outcome),
+                Some(Detail::Run(run)),
+            )),
+            Event::Report(r) => {
+                self.campaign.admit(&r, now)?;
+                Ok((None, None))
+            }
+            Event::Timer => {
+                self.timer = None;
+                self.campaign.tick(now);
+                Ok((None, None))
+            }
+            Event::ApplyFinished { manifest, result } => {
+                let was_applying = self
+                    .member
+                    .work()
+                    .is_some_and(|w| w.manifest == manifest && w.phase == Phase::Applying);
+                let view = self.view();
+                match result {
+                    ApplyResult::Healthy => {
+                        if was_applying {
+                            self.running = self.applying.take();
+                        }
+                        Ok((
+                            self.member.apply_finished(manifest, true, view.as_ref()),
+                            None,
+                        ))
+                    }
+                    ApplyResult::Unhealthy {
+                        logs_digest,
+                        output,
+                    } => {
+                        if was_applying {
+                            self.applying = None;
+                        }
+                        let step = self.member.apply_finished(manifest, false, view.as_ref());
+                        Ok((
+                            step,
+                            Some(Detail::Unhealthy {
+                                logs_digest,
+                                output,
+                            }),
+                        ))
+                    }
+                }
+            }
+            Event::RollbackFinished { manifest } => {
+                let view = self.view();
+                Ok((self.member.rollback_finished(manifest, view.as_ref()), None))
+            }
+        }
+    }
+
+    /// Turns a member step into actions with full payloads.
+    fn carry_out(&mut self, step: Step, detail: Option<Detail>) -> Vec<Action> {
+        let Some(release) = self.campaign.release() else {
+            return Vec::new();
+        };
+        let manifest = &release.manifest;
+        match step {
+            Step::Fetch(id) => vec![Action::Fetch { manifest: id }],
+            Step::RunTests(id) => vec![Action::RunTests { manifest: id }],
+            Step::Apply(id) => {
+                let version = manifest.version.clone();
+                self.applying = Some(version.clone());
+                vec![Action::Apply {
+                    manifest: id,
+                    version,
+                }]
+            }
+            Step::Publish(id, outcome) => {
+                let Some(Detail::Run(run)) = detail else {
+                    return Vec::new();
+                };
+                let report = TestReport {
+                    manifest_id: id,
+                    app: manifest.app.clone(),
+                    version: manifest.version.clone(),
+                    cluster_key: self.cluster,
+                    outcome,
+                    summary: excerpt_tail(&run.summary, MAX_SUMMARY_BYTES),
+                    logs_digest: run.logs_digest,
+                    tests_run: run.tests_run,
+                    duration_ms: run.duration_ms,
+                };
+                let mut actions = vec![Action::PublishTestReport(report.clone())];
+                if outcome == Outcome::Fail {
+                    actions.push(Action::PublishProblemReport(self.problem_report(
+                        id,
+                        run.failed_tests,
+                        run.logs_digest,
+                        &run.output,
+                    )));
+                }
+                self.own_report = Some(report);
+                actions
+            }
+            Step::RollBack(id) => {
+                let mut actions = vec![Action::RollBack { manifest: id }];
+                if let Some(Detail::Unhealthy {
+                    logs_digest,
+                    output,
+                }) = detail
+                {
+                    let failed = vec![HEALTH_CHECK.to_string()];
+                    actions.push(Action::PublishProblemReport(self.problem_report(
+                        id,
+                        failed,
+                        logs_digest,
+                        &output,
+                    )));
+                }
+                actions
+            }
+        }
+    }
+
+    fn problem_report(
+        &self,
+        id: Digest,
+        failed_tests: Vec<String>,
+        logs_digest: Digest,
+        output: &str,
+    ) -> ProblemReport {
+        let release = self.campaign.release().map(|r| &r.manifest);
+        ProblemReport {
+            manifest_id: id,
+            app: self.config.app.clone(),
+            version: release.map_or_else(|| semver::Version::new(0, 0, 0), |m| m.version.clone()),
+            cluster_key: self.cluster,
+            fingerprint: self.config.fingerprint.clone(),
+            failed_tests,
+            logs_digest,
+            output_excerpt: excerpt_tail(output, MAX_EXCERPT_BYTES),
+        }
+    }
+}
+
+/// The name a failed post-apply health check goes by in problem reports.
+pub const HEALTH_CHECK: &str = "health-check";

@@ -1,0 +1,970 @@
+//! Scenario tests of the staging core: gates, stages, the node's rollout, restarts,
+//! and properties over arbitrary event orders.
+
+use super::*;
+use crate::fingerprint::{ClusterKey, Fingerprint};
+use crate::identity::{Keypair, PublicKey};
+use crate::manifest::{ArtifactInfo, PolicyKind, StagingPolicy, UpgradeManifest, MIN_CHUNK_SIZE};
+use crate::report::{Outcome, TestReport};
+use crate::time::UnixMillis;
+use crate::{Digest, Envelope, Verified};
+use proptest::prelude::*;
+
+const APP: &str = "mysql";
+const SEC: u64 = 1000;
+
+fn vendor() -> Keypair {
+    Keypair::from_secret_bytes(&[200; 32])
+}
+
+fn keypair(cluster: u8, i: u8) -> Keypair {
+    let mut secret = [0u8; 32];
+    secret[0] = cluster;
+    secret[1] = i;
+    secret[2] = 7;
+    Keypair::from_secret_bytes(&secret)
+}
+
+fn fingerprint(cluster: u8) -> Fingerprint {
+    Fingerprint::new(APP.into(), Digest([cluster; 32]), Vec::new())
+}
+
+fn cluster_key(cluster: u8) -> ClusterKey {
+    fingerprint(cluster).cluster_key()
+}
+
+fn policy(kind: PolicyKind) -> StagingPolicy {
+    StagingPolicy {
+        kind,
+        representatives: 2,
+        threshold: 2,
+        report_deadline_secs: 600,
+        stages: 2,
+        stage_timeout_secs: 3600,
+        order: crate::manifest::StageOrder::SmallestFirst,
+    }
+}
+
+fn manifest(version: &str, policy: StagingPolicy) -> UpgradeManifest {
+    UpgradeManifest {
+        app: APP.into(),
+        version: version.parse().unwrap(),
+        artifact: ArtifactInfo::describe(version.as_bytes(), MIN_CHUNK_SIZE),
+        test_bundle: None,
+        tests: Vec::new(),
+        health_check: None,
+        policy,
+        expires_at: UnixMillis(u64::MAX),
+        notes: String::new(),
+    }
+}
+
+fn signed_manifest(m: &UpgradeManifest, at: u64) -> Verified<UpgradeManifest> {
+    Envelope::sign(&vendor(), m, UnixMillis(at))
+        .unwrap()
+        .verify()
+        .unwrap()
+}
+
+fn report_for(
+    signer: &Keypair,
+    m: &UpgradeManifest,
+    cluster: ClusterKey,
+    outcome: Outcome,
+    at: u64,
+) -> Verified<TestReport> {
+    let r = TestReport {
+        manifest_id: m.id(),
+        app: m.app.clone(),
+        version: m.version.clone(),
+        cluster_key: cluster,
+        outcome,
+        summary: String::new(),
+        logs_digest: Digest([0; 32]),
+        tests_run: 1,
+        duration_ms: 1,
+    };
+    Envelope::sign(signer, &r, UnixMillis(at))
+        .unwrap()
+        .verify()
+        .unwrap()
+}
+
+/// A fleet for campaign-level tests: cluster `c` has `sizes[c]` members.
+struct Fleet {
+    keys: Vec<Vec<Keypair>>,
+}
+
+impl Fleet {
+    fn new(sizes: &[u8]) -> Self {
+        Fleet {
+            keys: sizes
+                .iter()
+                .enumerate()
+                .map(|(c, n)| (0..*n).map(|i| keypair(c as u8, i)).collect())
+                .collect(),
+        }
+    }
+
+    fn members(&self, c: usize) -> Vec<PublicKey> {
+        self.keys[c].iter().map(|k| k.public()).collect()
+    }
+
+    fn campaign(&self) -> Campaign {
+        let mut campaign = Campaign::new();
+        for c in 0..self.keys.len() {
+            campaign.set_members(cluster_key(c as u8), self.members(c), UnixMillis(0));
+        }
+        campaign
+    }
+
+    /// The keypair of the member ranked `rank` in cluster `c` for manifest `m`.
+    fn ranked(&self, campaign: &Campaign, c: usize, rank: usize) -> &Keypair {
+        let gate = campaign.gate(&cluster_key(c as u8)).unwrap();
+        let pk = gate.ranking()[rank];
+        self.keys[c].iter().find(|k| k.public() == pk).unwrap()
+    }
+}
+
+fn verdict(campaign: &Campaign, c: u8) -> Verdict {
+    campaign.evaluation(&cluster_key(c)).unwrap().verdict
+}
+
+#[test]
+fn only_elected_representatives_count_and_each_once() {
+    let fleet = Fleet::new(&[6]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    let c = cluster_key(0);
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+
+    // Passes from members ranked below the seats are stored but do not count.
+    for rank in 2..6 {
+        let r = report_for(
+            fleet.ranked(&campaign, 0, rank),
+            &m,
+            c,
+            Outcome::Pass,
+            10 * SEC,
+        );
+        campaign.admit(&r, UnixMillis(10 * SEC)).unwrap();
+    }
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+
+    // One representative's pass, replayed, is one pass.
+    let first = report_for(
+        fleet.ranked(&campaign, 0, 0),
+        &m,
+        c,
+        Outcome::Pass,
+        20 * SEC,
+    );
+    campaign.admit(&first, UnixMillis(20 * SEC)).unwrap();
+    assert_eq!(
+        campaign.admit(&first, UnixMillis(21 * SEC)),
+        Err(ReportRejected::Replay)
+    );
+    let again = report_for(
+        fleet.ranked(&campaign, 0, 0),
+        &m,
+        c,
+        Outcome::Pass,
+        22 * SEC,
+    );
+    assert_eq!(
+        campaign.admit(&again, UnixMillis(22 * SEC)),
+        Err(ReportRejected::Duplicate)
+    );
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+
+    let second = report_for(
+        fleet.ranked(&campaign, 0, 1),
+        &m,
+        c,
+        Outcome::Pass,
+        30 * SEC,
+    );
+    campaign.admit(&second, UnixMillis(30 * SEC)).unwrap();
+    assert_eq!(
+        verdict(&campaign, 0),
+        Verdict::Holds {
+            at: UnixMillis(30 * SEC)
+        }
+    );
+}
+
+#[test]
+fn reports_for_other_clusters_upgrades_or_releases_are_ignored() {
+    let fleet = Fleet::new(&[3, 3]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    let rep = fleet.ranked(&campaign, 0, 0).clone();
+
+    // Another upgrade.
+    let other = manifest("0.9.0", policy(PolicyKind::FrontLoading));
+    let r = report_for(&rep, &other, cluster_key(0), Outcome::Fail, SEC);
+    assert_eq!(
+        campaign.admit(&r, UnixMillis(SEC)),
+        Err(ReportRejected::OtherUpgrade)
+    );
+
+    // Right id, but claims another version: forged or broken, ignored.
+    let mut wrong = m.clone();
+    wrong.version = "1.0.1".parse().unwrap();
+    let bad = TestReport {
+        manifest_id: m.id(),
+        app: APP.into(),
+        version: wrong.version.clone(),
+        cluster_key: cluster_key(0),
+        outcome: Outcome::Fail,
+        summary: String::new(),
+        logs_digest: Digest([0; 32]),
+        tests_run: 1,
+        duration_ms: 1,
+    };
+    let bad = Envelope::sign(&rep, &bad, UnixMillis(SEC))
+        .unwrap()
+        .verify()
+        .unwrap();
+    assert_eq!(
+        campaign.admit(&bad, UnixMillis(SEC)),
+        Err(ReportRejected::WrongRelease)
+    );
+
+    // A representative of cluster 0 reporting on cluster 1: it is not seated there.
+    let r = report_for(&rep, &m, cluster_key(1), Outcome::Fail, SEC);
+    campaign.admit(&r, UnixMillis(SEC)).unwrap();
+    assert_eq!(verdict(&campaign, 1), Verdict::Pending);
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+
+    // An outsider with its own key, claiming cluster 0: a stranger, never counted.
+    let outsider = Keypair::from_secret_bytes(&[99; 32]);
+    let r = report_for(&outsider, &m, cluster_key(0), Outcome::Fail, SEC);
+    campaign.admit(&r, UnixMillis(SEC)).unwrap();
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+}
+
+#[test]
+fn forged_reports_never_become_verified() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let rep = keypair(0, 0);
+    let r = report_for(&rep, &m, cluster_key(0), Outcome::Pass, SEC);
+    let mut env = Envelope::sign(&rep, r.payload(), UnixMillis(SEC)).unwrap();
+    // Claim a representative's identity without its key.
+    env.signer = keypair(0, 1).public();
+    assert!(env.verify::<TestReport>().is_err());
+}
+
+#[test]
+fn too_many_strangers_are_refused() {
+    let fleet = Fleet::new(&[2]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    let mut refused = 0;
+    for i in 0..=gate::MAX_STRANGER_REPORTS as u8 {
+        let k = Keypair::from_secret_bytes(&[i.wrapping_add(100); 32]);
+        if campaign
+            .admit(
+                &report_for(&k, &m, cluster_key(0), Outcome::Pass, SEC),
+                UnixMillis(SEC),
+            )
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 1);
+}
+
+#[test]
+fn a_silent_representative_is_replaced_after_the_deadline() {
+    let fleet = Fleet::new(&[5]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    let c = cluster_key(0);
+    let r0 = report_for(
+        fleet.ranked(&campaign, 0, 0),
+        &m,
+        c,
+        Outcome::Pass,
+        100 * SEC,
+    );
+    campaign.admit(&r0, UnixMillis(100 * SEC)).unwrap();
+    assert_eq!(campaign.next_timeout(), Some(UnixMillis(600 * SEC)));
+
+    // Rank 2 tests early, but only counts once it holds a seat.
+    let r2 = report_for(
+        fleet.ranked(&campaign, 0, 2),
+        &m,
+        c,
+        Outcome::Pass,
+        590 * SEC,
+    );
+    campaign.admit(&r2, UnixMillis(590 * SEC)).unwrap();
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+    assert_eq!(campaign.tick(UnixMillis(599 * SEC)), vec![]);
+    assert_eq!(campaign.tick(UnixMillis(600 * SEC)), vec![c]);
+    let e = campaign.evaluation(&c).unwrap();
+    assert!(e.is_seated(&fleet.ranked(&campaign, 0, 2).public()));
+    assert!(!e.is_seated(&fleet.ranked(&campaign, 0, 1).public()));
+    assert_eq!(
+        e.verdict,
+        Verdict::Holds {
+            at: UnixMillis(590 * SEC)
+        }
+    );
+
+    // The replaced representative's late report changes nothing.
+    let late = report_for(
+        fleet.ranked(&campaign, 0, 1),
+        &m,
+        c,
+        Outcome::Fail,
+        800 * SEC,
+    );
+    campaign.admit(&late, UnixMillis(800 * SEC)).unwrap();
+    assert_eq!(
+        verdict(&campaign, 0),
+        Verdict::Holds {
+            at: UnixMillis(590 * SEC)
+        }
+    );
+}
+
+#[test]
+fn tiny_clusters_need_only_the_representatives_they_have() {
+    let fleet = Fleet::new(&[1]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    assert_eq!(
+        campaign.gate(&cluster_key(0)).unwrap().quorum(),
+        Quorum {
+            seats: 1,
+            threshold: 1
+        }
+    );
+    let r = report_for(&fleet.keys[0][0], &m, cluster_key(0), Outcome::Pass, SEC);
+    campaign.admit(&r, UnixMillis(SEC)).unwrap();
+    assert_eq!(
+        verdict(&campaign, 0),
+        Verdict::Holds {
+            at: UnixMillis(SEC)
+        }
+    );
+}
+
+#[test]
+fn a_failing_representative_halts_and_a_fix_restarts_the_cluster() {
+    let fleet = Fleet::new(&[4, 4]);
+    let mut campaign = fleet.campaign();
+    let v1 = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&v1, 0), UnixMillis(0))
+        .unwrap();
+    let c0 = cluster_key(0);
+    let fail = report_for(
+        fleet.ranked(&campaign, 0, 1),
+        &v1,
+        c0,
+        Outcome::Fail,
+        50 * SEC,
+    );
+    campaign.admit(&fail, UnixMillis(50 * SEC)).unwrap();
+    let pass = report_for(
+        fleet.ranked(&campaign, 0, 0),
+        &v1,
+        c0,
+        Outcome::Pass,
+        60 * SEC,
+    );
+    campaign.admit(&pass, UnixMillis(60 * SEC)).unwrap();
+    assert!(matches!(
+        verdict(&campaign, 0),
+        Verdict::Halted {
+            at: UnixMillis(50_000),
+            ..
+        }
+    ));
+
+    // An older or equal release does not replace it; a newer one (the fix) does.
+    let old = manifest("0.9.0", policy(PolicyKind::FrontLoading));
+    assert!(matches!(
+        campaign.start_release(&signed_manifest(&old, SEC), UnixMillis(SEC)),
+        Err(ReleaseIgnored::NotNewer { .. })
+    ));
+    let v2 = manifest("1.0.1", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&v2, 100 * SEC), UnixMillis(100 * SEC))
+        .unwrap();
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+    assert_eq!(
+        campaign.gate(&c0).unwrap().opened_at(),
+        Some(UnixMillis(100 * SEC))
+    );
+    // The old failure is a report on another upgrade now.
+    assert_eq!(
+        campaign.admit(&fail, UnixMillis(101 * SEC)),
+        Err(ReportRejected::OtherUpgrade)
+    );
+    for rank in 0..2 {
+        let r = report_for(
+            fleet.ranked(&campaign, 0, rank),
+            &v2,
+            c0,
+            Outcome::Pass,
+            200 * SEC,
+        );
+        campaign.admit(&r, UnixMillis(200 * SEC)).unwrap();
+    }
+    assert_eq!(
+        verdict(&campaign, 0),
+        Verdict::Holds {
+            at: UnixMillis(200 * SEC)
+        }
+    );
+}
+
+#[test]
+fn balanced_stages_open_in_order_by_gates_or_timeout() {
+    // Cluster 0 (2 machines) goes first, cluster 1 (10 machines) second.
+    let fleet = Fleet::new(&[2, 10]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::Balanced));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    assert_eq!(campaign.plan().unwrap().stage_count(), 2);
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+    assert_eq!(verdict(&campaign, 1), Verdict::NotOpen);
+    for rank in 0..2 {
+        let r = report_for(
+            fleet.ranked(&campaign, 0, rank),
+            &m,
+            cluster_key(0),
+            Outcome::Pass,
+            300 * SEC,
+        );
+        campaign.admit(&r, UnixMillis(310 * SEC)).unwrap();
+    }
+    assert_eq!(verdict(&campaign, 1), Verdict::Pending);
+    assert_eq!(
+        campaign.gate(&cluster_key(1)).unwrap().opened_at(),
+        Some(UnixMillis(300 * SEC))
+    );
+
+    // Same fleet, but the first stage halts: the second opens at the timeout.
+    let mut campaign = fleet.campaign();
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    let r = report_for(
+        fleet.ranked(&campaign, 0, 0),
+        &m,
+        cluster_key(0),
+        Outcome::Fail,
+        300 * SEC,
+    );
+    campaign.admit(&r, UnixMillis(300 * SEC)).unwrap();
+    assert_eq!(campaign.next_timeout(), Some(UnixMillis(3600 * SEC)));
+    campaign.tick(UnixMillis(3599 * SEC));
+    assert_eq!(verdict(&campaign, 1), Verdict::NotOpen);
+    campaign.tick(UnixMillis(3600 * SEC));
+    assert_eq!(verdict(&campaign, 1), Verdict::Pending);
+}
+
+#[test]
+fn no_staging_holds_everywhere_at_once() {
+    let fleet = Fleet::new(&[2, 10, 3]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    campaign
+        .start_release(&signed_manifest(&m, 5), UnixMillis(5))
+        .unwrap();
+    for c in 0..3 {
+        assert_eq!(verdict(&campaign, c), Verdict::Holds { at: UnixMillis(5) });
+        assert!(campaign
+            .evaluation(&cluster_key(c))
+            .unwrap()
+            .seats
+            .is_empty());
+    }
+    assert_eq!(campaign.next_timeout(), None);
+}
+
+// ---- The node's rollout ----
+
+/// A node in cluster 0 of `Fleet::new(&[size])`, ranked `rank` for the manifest.
+struct Node {
+    rollout: Rollout,
+    fleet: Fleet,
+    me: Keypair,
+}
+
+fn node(size: u8, rank: usize, m: &UpgradeManifest) -> Node {
+    let fleet = Fleet::new(&[size]);
+    let ranking = rank_members(&m.id(), &cluster_key(0), &fleet.members(0));
+    let me = fleet.keys[0]
+        .iter()
+        .find(|k| k.public() == ranking[rank])
+        .unwrap()
+        .clone();
+    let config = NodeConfig {
+        app: APP.into(),
+        me: me.public(),
+        fingerprint: fingerprint(0),
+    };
+    let mut rollout = Rollout::new(config);
+    rollout.handle(
+        Event::Members {
+            cluster: cluster_key(0),
+            members: fleet.members(0),
+        },
+        UnixMillis(0),
+    );
+    Node { rollout, fleet, me }
+}
+
+impl Node {
+    fn key_ranked(&self, m: &UpgradeManifest, rank: usize) -> Keypair {
+        let ranking = rank_members(&m.id(), &cluster_key(0), &self.fleet.members(0));
+        self.fleet.keys[0]
+            .iter()
+            .find(|k| k.public() == ranking[rank])
+            .unwrap()
+            .clone()
+    }
+}
+
+fn persist_precedes_every_action(actions: &[Action]) {
+    let first_effect = actions
+        .iter()
+        .position(|a| !matches!(a, Action::Persist(_) | Action::SetTimer(_)));
+    if let Some(i) = first_effect {
+        assert!(
+            actions[..i].iter().any(|a| matches!(a, Action::Persist(_))),
+            "no persist before {actions:?}"
+        );
+    }
+}
+
+fn phase(n: &Node) -> Option<Phase> {
+    n.rollout.status().phase
+}
+
+fn run(outcome: Outcome) -> TestRun {
+    TestRun {
+        outcome,
+        summary: "1 test".into(),
+        logs_digest: Digest([4; 32]),
+        tests_run: 1,
+        duration_ms: 10,
+        failed_tests: if outcome == Outcome::Fail {
+            vec!["smoke".into()]
+        } else {
+            Vec::new()
+        },
+        output: "boom".into(),
+    }
+}
+
+#[test]
+fn a_representative_tests_reports_and_applies_once_the_gate_holds() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let id = m.id();
+    let mut n = node(4, 0, &m);
+    let a = n
+        .rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    persist_precedes_every_action(&a);
+    assert!(a.contains(&Action::Fetch { manifest: id }));
+    assert!(a.contains(&Action::SetTimer(UnixMillis(600 * SEC))));
+    assert_eq!(phase(&n), Some(Phase::Fetching));
+
+    let a = n
+        .rollout
+        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    persist_precedes_every_action(&a);
+    assert!(a.contains(&Action::RunTests { manifest: id }));
+    assert!(n.rollout.status().representative);
+
+    let a = n.rollout.handle(
+        Event::TestFinished {
+            manifest: id,
+            run: run(Outcome::Pass),
+        },
+        UnixMillis(2 * SEC),
+    );
+    persist_precedes_every_action(&a);
+    let Some(Action::PublishTestReport(report)) =
+        a.iter().find(|a| matches!(a, Action::PublishTestReport(_)))
+    else {
+        panic!("no report in {a:?}");
+    };
+    assert_eq!(report.cluster_key, cluster_key(0));
+    assert_eq!(phase(&n), Some(Phase::Passed));
+    let own = Envelope::sign(&n.me, report, UnixMillis(2 * SEC))
+        .unwrap()
+        .verify()
+        .unwrap();
+    let a = n.rollout.handle(Event::Report(own), UnixMillis(3 * SEC));
+    assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. })));
+
+    let other = report_for(
+        &n.key_ranked(&m, 1),
+        &m,
+        cluster_key(0),
+        Outcome::Pass,
+        4 * SEC,
+    );
+    let a = n.rollout.handle(Event::Report(other), UnixMillis(4 * SEC));
+    persist_precedes_every_action(&a);
+    assert!(a.contains(&Action::Apply {
+        manifest: id,
+        version: m.version.clone()
+    }));
+
+    let a = n.rollout.handle(
+        Event::ApplyFinished {
+            manifest: id,
+            result: ApplyResult::Healthy,
+        },
+        UnixMillis(5 * SEC),
+    );
+    assert!(matches!(a.as_slice(), [Action::Persist(_)]));
+    assert_eq!(phase(&n), Some(Phase::Applied));
+    assert_eq!(n.rollout.status().running, Some(m.version.clone()));
+}
+
+#[test]
+fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let id = m.id();
+    let mut rep = node(4, 0, &m);
+    rep.rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    rep.rollout
+        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    let a = rep.rollout.handle(
+        Event::TestFinished {
+            manifest: id,
+            run: run(Outcome::Fail),
+        },
+        UnixMillis(2 * SEC),
+    );
+    let problem = a.iter().find_map(|a| match a {
+        Action::PublishProblemReport(p) => Some(p.clone()),
+        _ => None,
+    });
+    let problem = problem.expect("problem report");
+    assert_eq!(problem.fingerprint, fingerprint(0));
+    assert_eq!(problem.failed_tests, vec!["smoke".to_string()]);
+    assert_eq!(phase(&rep), Some(Phase::Failed));
+
+    // A plain member of the same cluster hears the failure and halts.
+    let mut member = node(4, 3, &m);
+    member
+        .rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    member
+        .rollout
+        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    assert_eq!(phase(&member), Some(Phase::WaitingForGate));
+    let fail = report_for(&rep.me, &m, cluster_key(0), Outcome::Fail, 2 * SEC);
+    member
+        .rollout
+        .handle(Event::Report(fail), UnixMillis(3 * SEC));
+    assert_eq!(phase(&member), Some(Phase::Halted));
+    let pass = report_for(
+        &member.key_ranked(&m, 1),
+        &m,
+        cluster_key(0),
+        Outcome::Pass,
+        4 * SEC,
+    );
+    let a = member
+        .rollout
+        .handle(Event::Report(pass), UnixMillis(4 * SEC));
+    assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. })));
+
+    // The vendor's fix restarts the cluster: the member applies it once it passes.
+    let fix = manifest("1.0.1", policy(PolicyKind::FrontLoading));
+    let a = member.rollout.handle(
+        Event::Manifest(signed_manifest(&fix, 100 * SEC)),
+        UnixMillis(100 * SEC),
+    );
+    assert!(a.contains(&Action::Fetch { manifest: fix.id() }));
+    member.rollout.handle(
+        Event::ContentReady { manifest: fix.id() },
+        UnixMillis(101 * SEC),
+    );
+    let mut applied = false;
+    for rank in 0..2 {
+        let r = report_for(
+            &member.key_ranked(&fix, rank),
+            &fix,
+            cluster_key(0),
+            Outcome::Pass,
+            200 * SEC,
+        );
+        let a = member
+            .rollout
+            .handle(Event::Report(r), UnixMillis(200 * SEC));
+        applied |= a.contains(&Action::Apply {
+            manifest: fix.id(),
+            version: fix.version.clone(),
+        });
+    }
+    assert!(applied);
+}
+
+#[test]
+fn no_staging_applies_on_receipt_and_rolls_back_an_unhealthy_release() {
+    let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    let id = m.id();
+    let mut n = node(3, 0, &m);
+    let a = n
+        .rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    assert!(a.contains(&Action::Fetch { manifest: id }));
+    let a = n
+        .rollout
+        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    assert!(a.contains(&Action::Apply {
+        manifest: id,
+        version: m.version.clone()
+    }));
+    let result = ApplyResult::Unhealthy {
+        logs_digest: Digest([1; 32]),
+        output: "crash".into(),
+    };
+    let a = n.rollout.handle(
+        Event::ApplyFinished {
+            manifest: id,
+            result,
+        },
+        UnixMillis(2 * SEC),
+    );
+    persist_precedes_every_action(&a);
+    assert!(a.contains(&Action::RollBack { manifest: id }));
+    assert!(a.iter().any(|a| matches!(a, Action::PublishProblemReport(p) if p.failed_tests == [rollout::HEALTH_CHECK])));
+    n.rollout.handle(
+        Event::RollbackFinished { manifest: id },
+        UnixMillis(3 * SEC),
+    );
+    assert_eq!(phase(&n), Some(Phase::RolledBack));
+    assert_eq!(n.rollout.status().running, None);
+}
+
+#[test]
+fn manifests_for_other_apps_or_not_newer_than_running_are_ignored() {
+    let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    let mut n = node(1, 0, &m);
+    let mut other = m.clone();
+    other.app = "postgres".into();
+    assert!(n
+        .rollout
+        .handle(Event::Manifest(signed_manifest(&other, 0)), UnixMillis(0))
+        .is_empty());
+    assert_eq!(n.rollout.last_ignored(), Some(&Ignored::OtherApp));
+    n.rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    n.rollout
+        .handle(Event::ContentReady { manifest: m.id() }, UnixMillis(1));
+    n.rollout.handle(
+        Event::ApplyFinished {
+            manifest: m.id(),
+            result: ApplyResult::Healthy,
+        },
+        UnixMillis(2),
+    );
+    let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot());
+    let older = manifest("0.5.0", policy(PolicyKind::NoStaging));
+    assert!(restored
+        .handle(Event::Manifest(signed_manifest(&older, 3)), UnixMillis(3))
+        .is_empty());
+    assert!(matches!(
+        restored.last_ignored(),
+        Some(Ignored::NotNewerThanRunning { .. })
+    ));
+}
+
+impl Node {
+    fn rollout_config(&self) -> NodeConfig {
+        NodeConfig {
+            app: APP.into(),
+            me: self.me.public(),
+            fingerprint: fingerprint(0),
+        }
+    }
+}
+
+#[test]
+fn restore_reissues_what_was_in_flight() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let id = m.id();
+    let mut n = node(4, 0, &m);
+    n.rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    let a = n
+        .rollout
+        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    let Some(Action::Persist(snapshot)) = a.first() else {
+        panic!("{a:?}")
+    };
+    // The snapshot survives the node's database encoding.
+    let bytes = crate::wire::encode(snapshot).unwrap();
+    let snapshot: Snapshot = crate::wire::decode(&bytes).unwrap();
+    let (mut r, actions) = Rollout::restore(n.rollout_config(), snapshot);
+    assert_eq!(actions, vec![Action::RunTests { manifest: id }]);
+    // Fed its stored manifest and membership again, it carries on from where it was.
+    r.handle(
+        Event::Members {
+            cluster: cluster_key(0),
+            members: n.fleet.members(0),
+        },
+        UnixMillis(2 * SEC),
+    );
+    let a = r.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(2 * SEC));
+    assert!(!a
+        .iter()
+        .any(|a| matches!(a, Action::Fetch { .. } | Action::RunTests { .. })));
+    let a = r.handle(
+        Event::TestFinished {
+            manifest: id,
+            run: run(Outcome::Pass),
+        },
+        UnixMillis(3 * SEC),
+    );
+    let Some(Action::Persist(snapshot)) = a.first() else {
+        panic!("{a:?}")
+    };
+    // Crash between persist and publish: the report goes out again after restore.
+    let (_, actions) = Rollout::restore(n.rollout_config(), snapshot.clone());
+    assert!(matches!(actions.as_slice(), [Action::PublishTestReport(r)] if r.manifest_id == id));
+}
+
+// ---- Properties ----
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every member computes the same representatives whatever order it learned the
+    /// membership in.
+    #[test]
+    fn all_members_agree_on_representatives(size in 1u8..30, seed in any::<u64>(), elapsed in 0u64..5000) {
+        let fleet = Fleet::new(&[size]);
+        let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+        let release = signed_manifest(&m, 0);
+        let mut views = Vec::new();
+        for shift in [0usize, 7, 13] {
+            let mut members = fleet.members(0);
+            let by = (seed as usize + shift) % members.len();
+            members.rotate_left(by);
+            if shift == 13 {
+                members.reverse();
+            }
+            let mut campaign = Campaign::new();
+            campaign.set_members(cluster_key(0), members, UnixMillis(0));
+            campaign.start_release(&release, UnixMillis(0)).unwrap();
+            campaign.tick(UnixMillis(elapsed * SEC));
+            let seats: Vec<PublicKey> =
+                campaign.evaluation(&cluster_key(0)).unwrap().seats.iter().map(|s| s.holder).collect();
+            views.push(seats);
+        }
+        prop_assert_eq!(&views[0], &views[1]);
+        prop_assert_eq!(&views[0], &views[2]);
+        prop_assert_eq!(views[0].len(), (size as usize).min(2));
+    }
+
+    /// Under any order of reports (from representatives, other members and outsiders),
+    /// timers and the node's own completions, a node applies only while its cluster's
+    /// gate holds, and never once a seated representative's failure was counted.
+    #[test]
+    fn never_applies_without_the_gate_or_after_a_counted_failure(
+        size in 1u8..8,
+        rank in 0usize..8,
+        events in prop::collection::vec((0u8..6, 0usize..10, any::<bool>(), 0u64..2000), 1..40),
+    ) {
+        let rank = rank % size as usize;
+        let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+        let id = m.id();
+        let mut n = node(size, rank, &m);
+        let mut now = 0;
+        n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+        let mut halted = false;
+        for (kind, who, pass, dt) in events {
+            now += dt * SEC;
+            let outcome = if pass { Outcome::Pass } else { Outcome::Fail };
+            let event = match kind {
+                0 | 1 => {
+                    let signer = n.key_ranked(&m, who % size as usize);
+                    Event::Report(report_for(&signer, &m, cluster_key(0), outcome, now))
+                }
+                2 => Event::Timer,
+                3 => Event::ContentReady { manifest: id },
+                4 => Event::TestFinished { manifest: id, run: run(outcome) },
+                _ => Event::Report(report_for(&Keypair::from_secret_bytes(&[who as u8 + 50; 32]), &m, cluster_key(0), Outcome::Pass, now)),
+            };
+            let actions = n.rollout.handle(event, UnixMillis(now));
+            let verdict = n.rollout.campaign().evaluation(&cluster_key(0)).unwrap().verdict;
+            if actions.iter().any(|a| matches!(a, Action::Apply { .. })) {
+                prop_assert!(matches!(verdict, Verdict::Holds { .. }), "applied under {:?}", verdict);
+                prop_assert!(!halted, "applied after a counted failure");
+            }
+            halted |= matches!(verdict, Verdict::Halted { .. });
+            persist_precedes_every_action(&actions);
+        }
+    }
+
+    /// In a cluster whose first representative fails, no member that hears the failure
+    /// within the representative's term applies that version, whatever order it hears
+    /// the other reports, timers and its own completions in. (A failure delayed past the
+    /// term can lose the race against replacements: seats are decided from what arrived.)
+    #[test]
+    fn a_failing_representative_stops_every_member(
+        size in 2u8..8,
+        rank in 0usize..8,
+        order in Just((0..6usize).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let rank = rank % size as usize;
+        let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+        let id = m.id();
+        let mut n = node(size, rank, &m);
+        let deadline = m.policy.report_deadline_secs as u64 * SEC;
+        let fail = report_for(&n.key_ranked(&m, 0), &m, cluster_key(0), Outcome::Fail, SEC);
+        let mut events: Vec<Event> = vec![
+            Event::Report(fail),
+            Event::ContentReady { manifest: id },
+            Event::Timer,
+            Event::TestFinished { manifest: id, run: run(Outcome::Pass) },
+        ];
+        for r in 1..size.min(3) as usize {
+            events.push(Event::Report(report_for(&n.key_ranked(&m, r), &m, cluster_key(0), Outcome::Pass, 10 * SEC)));
+        }
+        n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+        let mut now = 0;
+        for i in order {
+            if let Some(e) = events.get(i) {
+                now += deadline / 10;
+                let actions = n.rollout.handle(e.clone(), UnixMillis(now));
+                let applied = actions.iter().any(|a| matches!(a, Action::Apply { .. }));
+                prop_assert!(!applied, "applied despite the failure");
+            }
+        }
+    }
+}
