@@ -72,6 +72,19 @@ pub enum Step {
     RollBack(Digest),
 }
 
+impl Step {
+    /// The manifest the step is about.
+    pub fn manifest(&self) -> &Digest {
+        match self {
+            Step::Fetch(id)
+            | Step::RunTests(id)
+            | Step::Publish(id, _)
+            | Step::Apply(id)
+            | Step::RollBack(id) => id,
+        }
+    }
+}
+
 /// The release a node works on and how far it got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Work {
@@ -138,7 +151,9 @@ impl Member {
         self.observe(view)
     }
 
-    /// This node's tests finished; the outcome must be published.
+    /// This node's tests finished; the outcome must be published. The gate may hold
+    /// without this node's report, so the caller observes again once it is out (the
+    /// node does when its own report comes back to it).
     pub fn test_finished(&mut self, manifest: Digest, outcome: Outcome) -> Option<Step> {
         let next = match outcome {
             Outcome::Pass => Phase::Passed,

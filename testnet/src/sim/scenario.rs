@@ -1,0 +1,261 @@
+//! The simulated world: how many machines, how they fall into clusters, which clusters
+//! each upgrade problem breaks, and the staging policy the vendor signs.
+
+use super::timing::Timing;
+use mirage_protocol::fingerprint::ClusterKey;
+use mirage_protocol::manifest::{PolicyKind, StageOrder, StagingPolicy};
+use mirage_protocol::{Digest, Keypair, PublicKey};
+use rand::seq::index::sample;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use thiserror::Error;
+
+/// Problems are kept as a bit set per cluster.
+pub const MAX_PROBLEMS: u32 = 64;
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ScenarioError {
+    #[error("need at least one machine and one cluster")]
+    Empty,
+    #[error("{clusters} clusters cannot each get a machine out of {machines}")]
+    MoreClustersThanMachines { machines: u32, clusters: u32 },
+    #[error("at most {MAX_PROBLEMS} problems")]
+    TooManyProblems,
+    #[error("invalid staging policy: {0}")]
+    Policy(String),
+}
+
+/// Everything a run depends on. Same scenario, same seed: same result, bit for bit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scenario {
+    pub machines: u32,
+    pub clusters: u32,
+    /// Cluster sizes follow a Zipf law: the cluster ranked r gets a share ∝ 1/r^s.
+    pub zipf_exponent: f64,
+    /// Faulty behaviours in the first release, each breaking a random subset of clusters.
+    pub problems: u32,
+    /// Share of clusters each problem breaks.
+    pub problem_cluster_share: f64,
+    pub seed: u64,
+    pub timing: Timing,
+    /// The vendor's policy, apart from its kind (the kind is what a run compares).
+    pub representatives: u16,
+    pub threshold: u16,
+    pub report_deadline_secs: u32,
+    pub stages: u16,
+    pub stage_timeout_secs: u32,
+    pub order: StageOrder,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            machines: 100_000,
+            clusters: 2_000,
+            zipf_exponent: 1.0,
+            problems: 3,
+            problem_cluster_share: 0.05,
+            seed: 1,
+            timing: Timing::default(),
+            representatives: 2,
+            threshold: 2,
+            report_deadline_secs: 30 * 60,
+            stages: 3,
+            stage_timeout_secs: 60 * 60,
+            order: StageOrder::SmallestFirst,
+        }
+    }
+}
+
+impl Scenario {
+    pub fn policy(&self, kind: PolicyKind) -> StagingPolicy {
+        StagingPolicy {
+            kind,
+            representatives: self.representatives,
+            threshold: self.threshold,
+            report_deadline_secs: self.report_deadline_secs,
+            stages: self.stages,
+            stage_timeout_secs: self.stage_timeout_secs,
+            order: self.order,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        if self.machines == 0 || self.clusters == 0 {
+            return Err(ScenarioError::Empty);
+        }
+        if self.clusters > self.machines {
+            return Err(ScenarioError::MoreClustersThanMachines {
+                machines: self.machines,
+                clusters: self.clusters,
+            });
+        }
+        if self.problems > MAX_PROBLEMS {
+            return Err(ScenarioError::TooManyProblems);
+        }
+        self.policy(PolicyKind::Balanced)
+            .validate()
+            .map_err(ScenarioError::Policy)
+    }
+}
+
+/// The generated fleet, shared by the runs of every policy so they compare like for like.
+pub struct World {
+    pub scenario: Scenario,
+    /// Machine index → cluster index.
+    pub cluster_of: Vec<u32>,
+    /// Cluster index → its machines.
+    pub members: Vec<Vec<u32>>,
+    pub cluster_keys: Vec<ClusterKey>,
+    pub public_keys: Vec<PublicKey>,
+    /// Cluster index → bit set of the problems that break it.
+    pub breaks: Vec<u64>,
+    /// How long the vendor takes to fix each problem once reported. Drawn with the
+    /// world, so every policy faces the same fixes.
+    pub fix_ms: Vec<u64>,
+}
+
+impl World {
+    pub fn generate(scenario: Scenario) -> Result<World, ScenarioError> {
+        scenario.validate()?;
+        let mut rng = ChaCha8Rng::seed_from_u64(scenario.seed);
+        let sizes = zipf_sizes(scenario.machines, scenario.clusters, scenario.zipf_exponent);
+        let mut cluster_of = Vec::with_capacity(scenario.machines as usize);
+        let mut members = Vec::with_capacity(sizes.len());
+        for (c, n) in sizes.iter().enumerate() {
+            let first = cluster_of.len() as u32;
+            cluster_of.extend(std::iter::repeat_n(c as u32, *n as usize));
+            members.push((first..first + n).collect::<Vec<u32>>());
+        }
+        let cluster_keys = (0..scenario.clusters)
+            .map(|c| ClusterKey(derive(scenario.seed, b"cluster", c)))
+            .collect();
+        let public_keys = (0..scenario.machines)
+            .map(|m| secret_key(scenario.seed, m).public())
+            .collect();
+        let mut breaks = vec![0u64; scenario.clusters as usize];
+        let hit = ((scenario.clusters as f64 * scenario.problem_cluster_share).round() as usize)
+            .clamp(1, scenario.clusters as usize);
+        for p in 0..scenario.problems {
+            for c in sample(&mut rng, scenario.clusters as usize, hit) {
+                breaks[c] |= 1 << p;
+            }
+        }
+        let fix_ms = (0..scenario.problems)
+            .map(|_| scenario.timing.fix(&mut rng))
+            .collect();
+        Ok(World {
+            scenario,
+            cluster_of,
+            members,
+            cluster_keys,
+            public_keys,
+            breaks,
+            fix_ms,
+        })
+    }
+
+    pub fn keypair(&self, machine: u32) -> Keypair {
+        secret_key(self.scenario.seed, machine)
+    }
+
+    /// Machines in clusters that some problem breaks.
+    pub fn machines_in_broken_clusters(&self) -> u64 {
+        self.members
+            .iter()
+            .zip(&self.breaks)
+            .filter(|(_, b)| **b != 0)
+            .map(|(m, _)| m.len() as u64)
+            .sum()
+    }
+}
+
+fn derive(seed: u64, what: &[u8], index: u32) -> Digest {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mirage-sim/v1/");
+    h.update(what);
+    h.update(&seed.to_le_bytes());
+    h.update(&index.to_le_bytes());
+    Digest(*h.finalize().as_bytes())
+}
+
+fn secret_key(seed: u64, machine: u32) -> Keypair {
+    Keypair::from_secret_bytes(&derive(seed, b"machine", machine).0)
+}
+
+/// Splits `machines` over `clusters` by a Zipf law, every cluster getting at least one
+/// machine, largest remainders rounding up, so the sizes sum to exactly `machines`.
+pub fn zipf_sizes(machines: u32, clusters: u32, exponent: f64) -> Vec<u32> {
+    let weights: Vec<f64> = (1..=clusters)
+        .map(|r| 1.0 / (r as f64).powf(exponent))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    // Everyone gets one machine; the rest is shared by weight.
+    let spare = (machines - clusters) as f64;
+    let exact: Vec<f64> = weights.iter().map(|w| spare * w / total).collect();
+    let mut sizes: Vec<u32> = exact.iter().map(|x| 1 + x.floor() as u32).collect();
+    let mut left = machines - sizes.iter().sum::<u32>();
+    let mut by_remainder: Vec<usize> = (0..exact.len()).collect();
+    by_remainder.sort_by(|a, b| {
+        let (ra, rb) = (exact[*a] - exact[*a].floor(), exact[*b] - exact[*b].floor());
+        rb.total_cmp(&ra).then(a.cmp(b))
+    });
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        sizes[i] += 1;
+        left -= 1;
+    }
+    sizes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_sizes_sum_up_and_are_skewed() {
+        let s = zipf_sizes(100_000, 2_000, 1.0);
+        assert_eq!(s.len(), 2_000);
+        assert_eq!(s.iter().sum::<u32>(), 100_000);
+        assert!(s.iter().all(|n| *n >= 1));
+        assert!(s[0] > 100 * s[1999], "{} vs {}", s[0], s[1999]);
+        let flat = zipf_sizes(1000, 10, 0.0);
+        assert!(flat.iter().all(|n| *n == 100));
+    }
+
+    #[test]
+    fn worlds_are_reproducible() {
+        let sc = Scenario {
+            machines: 300,
+            clusters: 30,
+            ..Scenario::default()
+        };
+        let a = World::generate(sc.clone()).unwrap();
+        let b = World::generate(sc.clone()).unwrap();
+        assert_eq!(a.breaks, b.breaks);
+        assert_eq!(a.public_keys, b.public_keys);
+        let c = World::generate(Scenario { seed: 2, ..sc }).unwrap();
+        assert_ne!(a.public_keys, c.public_keys);
+        assert_eq!(a.keypair(7).public(), a.public_keys[7]);
+    }
+
+    #[test]
+    fn bad_scenarios_are_refused() {
+        let sc = Scenario {
+            machines: 10,
+            clusters: 20,
+            ..Scenario::default()
+        };
+        assert!(matches!(
+            World::generate(sc).err(),
+            Some(ScenarioError::MoreClustersThanMachines { .. })
+        ));
+        let sc = Scenario {
+            problems: 65,
+            ..Scenario::default()
+        };
+        assert_eq!(sc.validate(), Err(ScenarioError::TooManyProblems));
+    }
+}
