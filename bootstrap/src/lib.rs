@@ -106,11 +106,11 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
                 }
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => debug!(peer = %peer_id, "disconnected"),
-                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    if overlay::speaks_kad(&info) {
-                        for addr in info.listen_addrs {
-                            swarm.behaviour_mut().kad.add_address(&peer_id, addr);
-                        }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                    if overlay::speaks_kad(&info) =>
+                {
+                    for addr in info.listen_addrs {
+                        swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => {

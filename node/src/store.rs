@@ -123,7 +123,7 @@ impl Store {
                 out.push((k.value().to_string(), p));
             }
         }
-        out.sort_by(|a, b| b.1.last_seen_ms.cmp(&a.1.last_seen_ms));
+        out.sort_by_key(|p| std::cmp::Reverse(p.1.last_seen_ms));
         Ok(out)
     }
 

@@ -281,3 +281,19 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// One request to a node's control API over TCP (what `mirage status` does, without
+/// starting a process per call; benchmarks poll many nodes).
+pub fn api_call(addr: &str, request: &Value) -> Option<Value> {
+    use std::io::Write;
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut line = serde_json::to_vec(request).ok()?;
+    line.push(b'\n');
+    (&stream).write_all(&line).ok()?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).ok()?;
+    let mut v: Value = serde_json::from_str(&reply).ok()?;
+    v.get_mut("ok").map(Value::take)
+}

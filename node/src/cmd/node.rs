@@ -165,3 +165,70 @@ pub fn run(command: NodeCommand) -> Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<NodeOptions> {
+        options(Cli::try_parse_from(std::iter::once("mirage").chain(args.iter().copied()))?.run)
+    }
+
+    #[test]
+    fn config_file_supplies_settings_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("node.toml");
+        std::fs::write(
+            &cfg,
+            r#"
+data_dir = "/var/lib/mirage"
+listen = ["/ip4/127.0.0.1/tcp/4801"]
+bootstrap = ["/ip4/127.0.0.1/tcp/4701/p2p/12D3KooWE7nWm4B9Fr9gg37WMP9mkPRGq8VrdrmSgUoqMpmWk974"]
+apps = ["/etc/mirage/mysql.toml"]
+root = "/srv/root"
+api = "127.0.0.1:4999"
+announce_interval_secs = 120
+"#,
+        )
+        .unwrap();
+        let o = parse(&["--config", cfg.to_str().unwrap()]).unwrap();
+        assert_eq!(o.data_dir, PathBuf::from("/var/lib/mirage"));
+        assert_eq!(o.key, PathBuf::from("/var/lib/mirage/node.key"));
+        assert_eq!(o.listen.len(), 1);
+        assert_eq!(o.bootstrap.len(), 1);
+        assert_eq!(o.apps, vec![PathBuf::from("/etc/mirage/mysql.toml")]);
+        assert_eq!(o.root, PathBuf::from("/srv/root"));
+        assert_eq!(o.api.port(), 4999);
+        assert_eq!(o.membership.announce_interval, Duration::from_secs(120));
+        assert!(o.membership.member_ttl >= Duration::from_secs(360));
+        assert!(o.membership.max_age >= o.membership.member_ttl);
+
+        let o =
+            parse(&["--config", cfg.to_str().unwrap(), "--data-dir", "/tmp/d", "--root", "/r", "--api", "127.0.0.1:1"])
+                .unwrap();
+        assert_eq!(o.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(o.root, PathBuf::from("/r"));
+        assert_eq!(o.api.port(), 1);
+    }
+
+    #[test]
+    fn defaults_and_errors() {
+        let o = parse(&["--data-dir", "/d"]).unwrap();
+        assert_eq!(o.root, PathBuf::from("/"));
+        assert!(o.api.ip().is_loopback(), "the control API is local by default");
+        assert_eq!(o.listen.len(), 2, "tcp and quic by default");
+        assert!(parse(&[]).is_err(), "a data dir is required");
+        assert!(
+            parse(&["--data-dir", "/d", "--bootstrap", "/ip4/127.0.0.1/tcp/1"]).is_err(),
+            "bootstrap needs a peer id"
+        );
+        assert!(parse(&["--data-dir", "/d", "--listen", "nonsense"]).is_err());
+    }
+}

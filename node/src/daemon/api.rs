@@ -133,7 +133,7 @@ pub async fn call(addr: &str, request: &Request, timeout: Duration) -> Result<se
         if let Some(e) = v.get("error") {
             return Err(ClientError::Node(e.as_str().unwrap_or_default().to_string()));
         }
-        v.get_mut("ok").map(serde_json::Value::take).ok_or_else(|| ClientError::BadReply(reply))
+        v.get_mut("ok").map(serde_json::Value::take).ok_or(ClientError::BadReply(reply))
     };
     tokio::time::timeout(timeout, work).await.map_err(|_| ClientError::Timeout(timeout))?
 }
