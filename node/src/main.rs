@@ -28,6 +28,8 @@ enum Command {
     Node(cmd::node::NodeCommand),
     /// Ask a running node for its status.
     Status(cmd::status::Args),
+    /// Simulate a staged rollout over a large fleet and compare staging policies.
+    Sim(cmd::sim::Args),
     /// Test-fleet tools that talk to a running node.
     #[command(subcommand, hide = true)]
     Debug(cmd::status::DebugCommand),
@@ -62,6 +64,7 @@ fn run() -> Result<()> {
         Command::Bootstrap(args) => cmd::bootstrap::run(args),
         Command::Node(c) => cmd::node::run(c),
         Command::Status(args) => cmd::status::run(args),
+        Command::Sim(args) => cmd::sim::run(args),
         Command::Debug(c) => cmd::status::run_debug(c),
     }
 }

@@ -5,4 +5,5 @@ pub mod bootstrap;
 pub mod fingerprint;
 pub mod keygen;
 pub mod node;
+pub mod sim;
 pub mod status;

@@ -1,0 +1,132 @@
+//! `mirage sim`: the paper's staging comparison, on the protocol's own staging core.
+
+use anyhow::{Context, Result};
+use mirage_protocol::manifest::{PolicyKind, StageOrder};
+use mirage_testnet::sim::{self, Comparison, Scenario, World, ALL_POLICIES};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 100_000)]
+    machines: u32,
+    #[arg(long, default_value_t = 2_000)]
+    clusters: u32,
+    /// Problems in the first release, each breaking a random subset of clusters.
+    #[arg(long, default_value_t = 3)]
+    problems: u32,
+    /// Share of clusters each problem breaks.
+    #[arg(long, default_value_t = 0.05)]
+    problem_share: f64,
+    /// Zipf exponent of cluster sizes (0 = equal sizes).
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// `all`, or one of no-staging, front-loading, balanced.
+    #[arg(long, default_value = "all")]
+    policy: String,
+    /// Balanced: number of stages.
+    #[arg(long, default_value_t = 3)]
+    stages: u16,
+    /// Balanced: how long a stage waits for its gates before the next opens.
+    #[arg(long, default_value_t = 3600)]
+    stage_timeout_secs: u32,
+    /// Put the largest clusters first instead of the smallest.
+    #[arg(long)]
+    largest_first: bool,
+    #[arg(long, default_value_t = 2)]
+    representatives: u16,
+    #[arg(long, default_value_t = 2)]
+    threshold: u16,
+    #[arg(long, default_value_t = 1800)]
+    report_deadline_secs: u32,
+    /// Minimum hours the vendor needs to fix a reported problem (plus an exponential tail
+    /// of mean --fix-tail-hours).
+    #[arg(long, default_value_t = 4.0)]
+    fix_hours: f64,
+    #[arg(long, default_value_t = 2.0)]
+    fix_tail_hours: f64,
+}
+
+fn policies(choice: &str) -> Result<Vec<PolicyKind>> {
+    if choice == "all" {
+        return Ok(ALL_POLICIES.to_vec());
+    }
+    let one: PolicyKind = choice.parse().map_err(anyhow::Error::msg)?;
+    // The baseline always runs too: the comparison is against it.
+    Ok(if one == PolicyKind::NoStaging {
+        vec![one]
+    } else {
+        vec![PolicyKind::NoStaging, one]
+    })
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let policies = policies(&args.policy)?;
+    let hour = 3_600_000.0;
+    let mut scenario = Scenario {
+        machines: args.machines,
+        clusters: args.clusters,
+        zipf_exponent: args.zipf,
+        problems: args.problems,
+        problem_cluster_share: args.problem_share,
+        seed: args.seed,
+        representatives: args.representatives,
+        threshold: args.threshold,
+        report_deadline_secs: args.report_deadline_secs,
+        stages: args.stages,
+        stage_timeout_secs: args.stage_timeout_secs,
+        order: if args.largest_first {
+            StageOrder::LargestFirst
+        } else {
+            StageOrder::SmallestFirst
+        },
+        ..Scenario::default()
+    };
+    scenario.timing.fix_base_ms = (args.fix_hours * hour) as u64;
+    scenario.timing.fix_mean_ms = (args.fix_tail_hours * hour) as u64;
+
+    let started = Instant::now();
+    let world = World::generate(scenario).context("building the simulated fleet")?;
+    let largest = world.members.iter().map(Vec::len).max().unwrap_or(0);
+    let smallest = world.members.iter().map(Vec::len).min().unwrap_or(0);
+    println!(
+        "fleet: {} machines in {} clusters (sizes {}..{}, zipf {}), seed {}",
+        args.machines, args.clusters, smallest, largest, args.zipf, args.seed
+    );
+    println!(
+        "problems: {} in the first release, each breaking {:.0}% of clusters; {} machines in broken clusters",
+        args.problems,
+        args.problem_share * 100.0,
+        world.machines_in_broken_clusters()
+    );
+    let fixes: Vec<String> = world
+        .fix_ms
+        .iter()
+        .map(|ms| format!("{:.1} h", *ms as f64 / hour))
+        .collect();
+    println!("vendor fix times: [{}]", fixes.join(", "));
+    println!(
+        "fleet generated in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut outcomes = Vec::new();
+    for policy in policies {
+        let t = Instant::now();
+        let o = sim::run(&world, policy);
+        println!(
+            "{:<14} simulated in {:.2} s ({} events)",
+            policy.name(),
+            t.elapsed().as_secs_f64(),
+            o.events
+        );
+        outcomes.push(o);
+    }
+    println!();
+    print!("{}", Comparison { outcomes });
+    println!();
+    println!("installed faulty: machines that installed a faulty release; tested faulty: representatives");
+    println!("that tested one; hit: either. latency: first release until a machine runs a working release.");
+    Ok(())
+}
