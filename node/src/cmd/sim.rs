@@ -17,6 +17,10 @@ pub struct Args {
     /// Share of clusters each problem breaks.
     #[arg(long, default_value_t = 0.05)]
     problem_share: f64,
+    /// Share of machines a problem breaks although their cluster's representatives pass
+    /// (misplaced by clustering).
+    #[arg(long, default_value_t = 0.0)]
+    misplaced: f64,
     /// Zipf exponent of cluster sizes (0 = equal sizes).
     #[arg(long, default_value_t = 1.0)]
     zipf: f64,
@@ -70,6 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         zipf_exponent: args.zipf,
         problems: args.problems,
         problem_cluster_share: args.problem_share,
+        misplaced_share: args.misplaced,
         seed: args.seed,
         representatives: args.representatives,
         threshold: args.threshold,
@@ -100,6 +105,12 @@ pub fn run(args: Args) -> Result<()> {
         args.problem_share * 100.0,
         world.machines_in_broken_clusters()
     );
+    if !world.misplaced.is_empty() {
+        println!(
+            "misplaced: {} machines broken by a problem their cluster passes",
+            world.misplaced.len()
+        );
+    }
     let fixes: Vec<String> = world
         .fix_ms
         .iter()

@@ -42,8 +42,8 @@ enum Event {
     TestDone(Mach, Rel),
     ApplyDone(Mach, Rel),
     RollbackDone(Mach, Rel),
-    /// A problem report about this release from this cluster reached the vendor.
-    ProblemAtVendor(Rel, Clu),
+    /// A problem report about this release from this machine reached the vendor.
+    ProblemAtVendor(Rel, Mach),
     FixReady(u32),
 }
 
@@ -233,10 +233,10 @@ impl<'w> Simulation<'w> {
                     .rollback_finished(id, view.as_ref());
                 self.carry_out(m, step, now);
             }
-            Event::ProblemAtVendor(r, c) => {
-                let new = self
-                    .vendor
-                    .problem_reported(r, self.world.breaks[c as usize]);
+            Event::ProblemAtVendor(r, m) => {
+                // The report carries the machine's fingerprint and logs: the vendor
+                // learns what broke that machine.
+                let new = self.vendor.problem_reported(r, world.breaks_of(m));
                 for p in (0..64).filter(|p| new & (1u64 << p) != 0) {
                     self.queue
                         .push(now + world.fix_ms[p as usize], Event::FixReady(p));
@@ -262,7 +262,6 @@ impl<'w> Simulation<'w> {
             .vendor
             .index_of(step.manifest())
             .expect("members only work on released manifests");
-        let c = world.cluster_of[m as usize];
         match step {
             Step::Fetch(_) => self.queue.push(
                 now + timing.download(&mut self.rng),
@@ -284,7 +283,7 @@ impl<'w> Simulation<'w> {
                 // An unhealthy apply is reported to the vendor, as the node's core does.
                 self.queue.push(
                     now + timing.gossip(&mut self.rng),
-                    Event::ProblemAtVendor(release, c),
+                    Event::ProblemAtVendor(release, m),
                 );
             }
             Step::Publish(_, outcome) => {
@@ -296,7 +295,7 @@ impl<'w> Simulation<'w> {
                 if outcome == Outcome::Fail {
                     self.queue.push(
                         now + timing.gossip(&mut self.rng),
-                        Event::ProblemAtVendor(release, c),
+                        Event::ProblemAtVendor(release, m),
                     );
                 }
                 // The node hears its own report at once (it feeds it back to its core)
@@ -336,10 +335,7 @@ impl<'w> Simulation<'w> {
     }
 
     fn is_faulty(&self, m: Mach, r: Rel) -> bool {
-        self.vendor.is_faulty(
-            r,
-            self.world.breaks[self.world.cluster_of[m as usize] as usize],
-        )
+        self.vendor.is_faulty(r, self.world.breaks_of(m))
     }
 
     /// Wakes the members of changed clusters. When only the seats moved, only the seat

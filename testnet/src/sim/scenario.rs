@@ -6,8 +6,9 @@ use mirage_protocol::fingerprint::ClusterKey;
 use mirage_protocol::manifest::{PolicyKind, StageOrder, StagingPolicy};
 use mirage_protocol::{Digest, Keypair, PublicKey};
 use rand::seq::index::sample;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use thiserror::Error;
 
 /// Problems are kept as a bit set per cluster.
@@ -36,6 +37,10 @@ pub struct Scenario {
     pub problems: u32,
     /// Share of clusters each problem breaks.
     pub problem_cluster_share: f64,
+    /// Share of machines a problem also breaks outside its clusters: machines the
+    /// clustering misplaced, whose representatives cannot speak for them. The paper's
+    /// real-world clustering test found none, hence the default of zero.
+    pub misplaced_share: f64,
     pub seed: u64,
     pub timing: Timing,
     /// The vendor's policy, apart from its kind (the kind is what a run compares).
@@ -55,6 +60,7 @@ impl Default for Scenario {
             zipf_exponent: 1.0,
             problems: 3,
             problem_cluster_share: 0.05,
+            misplaced_share: 0.0,
             seed: 1,
             timing: Timing::default(),
             representatives: 2,
@@ -110,6 +116,8 @@ pub struct World {
     pub public_keys: Vec<PublicKey>,
     /// Cluster index → bit set of the problems that break it.
     pub breaks: Vec<u64>,
+    /// Misplaced machines → the problems that break them although their cluster is fine.
+    pub misplaced: HashMap<u32, u64>,
     /// How long the vendor takes to fix each problem once reported. Drawn with the
     /// world, so every policy faces the same fixes.
     pub fix_ms: Vec<u64>,
@@ -144,6 +152,15 @@ impl World {
         let fix_ms = (0..scenario.problems)
             .map(|_| scenario.timing.fix(&mut rng))
             .collect();
+        let mut misplaced = HashMap::new();
+        if scenario.problems > 0 && scenario.misplaced_share > 0.0 {
+            let n = ((scenario.machines as f64 * scenario.misplaced_share).round() as usize)
+                .min(scenario.machines as usize);
+            for m in sample(&mut rng, scenario.machines as usize, n) {
+                let p = rng.gen_range(0..scenario.problems);
+                misplaced.insert(m as u32, 1u64 << p);
+            }
+        }
         Ok(World {
             scenario,
             cluster_of,
@@ -151,8 +168,15 @@ impl World {
             cluster_keys,
             public_keys,
             breaks,
+            misplaced,
             fix_ms,
         })
+    }
+
+    /// The problems that break `machine`: its cluster's, plus its own if misplaced.
+    pub fn breaks_of(&self, machine: u32) -> u64 {
+        let cluster = self.breaks[self.cluster_of[machine as usize] as usize];
+        cluster | self.misplaced.get(&machine).copied().unwrap_or(0)
     }
 
     pub fn keypair(&self, machine: u32) -> Keypair {

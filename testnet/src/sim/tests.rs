@@ -66,3 +66,24 @@ fn a_world_without_problems_needs_one_release() {
         assert_eq!(o.never_working, 0);
     }
 }
+
+#[test]
+fn misplaced_machines_are_what_staging_cannot_protect() {
+    let world = World::generate(Scenario {
+        misplaced_share: 0.02,
+        ..small(4)
+    })
+    .unwrap();
+    assert_eq!(world.misplaced.len(), 30);
+    let cmp = compare(&world, &ALL_POLICIES);
+    let none = &cmp.outcomes[0];
+    assert!(none.installed_faulty >= world.machines_in_broken_clusters());
+    for o in &cmp.outcomes[1..] {
+        assert!(
+            o.installed_faulty > 0,
+            "misplaced members install what their representatives passed: {o:?}"
+        );
+        assert!(o.installed_faulty <= world.misplaced.len() as u64, "{o:?}");
+        assert_eq!(o.never_working, 0);
+    }
+}
