@@ -968,3 +968,43 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A gate's verdict and seats depend on which reports it holds, not on the order
+    /// they arrived in: nodes that heard the same reports agree.
+    #[test]
+    fn gate_verdicts_do_not_depend_on_arrival_order(
+        size in 1u8..10,
+        reports in prop::collection::vec((0usize..10, any::<bool>(), 0u64..3000), 0..12),
+        order in Just((0..12usize).collect::<Vec<_>>()).prop_shuffle(),
+        at in 0u64..4000,
+    ) {
+        let fleet = Fleet::new(&[size]);
+        let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+        let release = signed_manifest(&m, 0);
+        let mut a = fleet.campaign();
+        a.start_release(&release, UnixMillis(0)).unwrap();
+        let mut b = fleet.campaign();
+        b.start_release(&release, UnixMillis(0)).unwrap();
+        let signed: Vec<_> = reports
+            .iter()
+            .map(|(who, pass, t)| {
+                let signer = fleet.ranked(&a, 0, who % size as usize);
+                let outcome = if *pass { Outcome::Pass } else { Outcome::Fail };
+                report_for(signer, &m, cluster_key(0), outcome, t * SEC)
+            })
+            .collect();
+        let now = UnixMillis(at * SEC);
+        for r in &signed {
+            let _ = a.admit(r, now);
+        }
+        for i in order.iter().filter(|i| **i < signed.len()) {
+            let _ = b.admit(&signed[*i], now);
+        }
+        a.tick(now);
+        b.tick(now);
+        prop_assert_eq!(a.evaluation(&cluster_key(0)), b.evaluation(&cluster_key(0)));
+    }
+}
