@@ -11,6 +11,7 @@
 //! - [`fingerprint`]: application profiles, config parsing, host-noise normalization,
 //!   fingerprints, cluster keys and the distance between fingerprints.
 //! - [`manifest`] and [`report`]: upgrade manifests, test reports and problem reports.
+//! - [`transfer`]: swarm download planning (rarest first, verified chunks, bans).
 
 pub mod digest;
 pub mod envelope;
@@ -21,6 +22,7 @@ pub mod membership;
 pub mod report;
 pub mod staging;
 pub mod time;
+pub mod transfer;
 pub mod wire;
 
 pub use digest::Digest;
