@@ -26,6 +26,9 @@ pub struct Args {
     zipf: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Repeat with this many consecutive seeds and summarize the latency ratios.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
     /// `all`, or one of no-staging, front-loading, balanced.
     #[arg(long, default_value = "all")]
     policy: String,
@@ -91,13 +94,40 @@ pub fn run(args: Args) -> Result<()> {
     scenario.timing.fix_base_ms = (args.fix_hours * hour) as u64;
     scenario.timing.fix_mean_ms = (args.fix_tail_hours * hour) as u64;
 
+    let mut ratios: Vec<(PolicyKind, Vec<f64>)> =
+        policies.iter().map(|p| (*p, Vec::new())).collect();
+    for seed in args.seed..args.seed + args.seeds.max(1) {
+        scenario.seed = seed;
+        let cmp = run_one(&args, scenario.clone(), &policies)?;
+        for (policy, r) in &mut ratios {
+            r.extend(cmp.latency_ratio(*policy));
+        }
+    }
+    if args.seeds > 1 {
+        println!(
+            "worst-case latency vs no-staging over {} seeds (min / mean / max):",
+            args.seeds
+        );
+        for (policy, r) in ratios.iter().filter(|(p, _)| *p != PolicyKind::NoStaging) {
+            let mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
+            let min = r.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = r.iter().copied().fold(0.0, f64::max);
+            println!("  {:<14} {min:.2}x / {mean:.2}x / {max:.2}x", policy.name());
+        }
+    }
+    Ok(())
+}
+
+fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<Comparison> {
+    let hour = 3_600_000.0;
+    let seed = scenario.seed;
     let started = Instant::now();
     let world = World::generate(scenario).context("building the simulated fleet")?;
     let largest = world.members.iter().map(Vec::len).max().unwrap_or(0);
     let smallest = world.members.iter().map(Vec::len).min().unwrap_or(0);
     println!(
         "fleet: {} machines in {} clusters (sizes {}..{}, zipf {}), seed {}",
-        args.machines, args.clusters, smallest, largest, args.zipf, args.seed
+        args.machines, args.clusters, smallest, largest, args.zipf, seed
     );
     println!(
         "problems: {} in the first release, each breaking {:.0}% of clusters; {} machines in broken clusters",
@@ -123,7 +153,7 @@ pub fn run(args: Args) -> Result<()> {
     );
 
     let mut outcomes = Vec::new();
-    for policy in policies {
+    for &policy in policies {
         let t = Instant::now();
         let o = sim::run(&world, policy);
         println!(
@@ -134,10 +164,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         outcomes.push(o);
     }
+    let cmp = Comparison { outcomes };
     println!();
-    print!("{}", Comparison { outcomes });
+    print!("{cmp}");
     println!();
     println!("installed faulty: machines that installed a faulty release; tested faulty: representatives");
     println!("that tested one; hit: either. latency: first release until a machine runs a working release.");
-    Ok(())
+    println!();
+    Ok(cmp)
 }
