@@ -11,6 +11,8 @@
 //! - [`fingerprint`]: application profiles, config parsing, host-noise normalization,
 //!   fingerprints, cluster keys and the distance between fingerprints.
 //! - [`manifest`] and [`report`]: upgrade manifests, test reports and problem reports.
+//! - [`staging`]: representatives, cluster gates, stages, and the per-(node, app)
+//!   rollout state machine.
 //! - [`transfer`]: swarm download planning (rarest first, verified chunks, bans).
 
 pub mod digest;

@@ -6,6 +6,29 @@
 //! payloads. Every change of persisted state is emitted as [`Action::Persist`] before
 //! the actions it guards, so a node that crashes between the two redoes the action
 //! after [`Rollout::restore`] instead of losing it.
+//!
+//! # Driving it (what the node does)
+//!
+//! Events to feed, each with the current wall-clock time:
+//! - every manifest for the app whose vendor signature verified ([`Event::Manifest`]);
+//! - the members of this node's cluster, and of every cluster it learns of, whenever
+//!   the DHT/membership view changes ([`Event::Members`]). Without its own cluster's
+//!   members the node waits: it never elects itself on a guess;
+//! - every test report gossiped on the app topic that verified and passed the freshness
+//!   check ([`Event::Report`]), including the node's own, fed back after publishing;
+//! - completions of the actions below, and [`Event::Timer`] when the last
+//!   [`Action::SetTimer`] time comes.
+//!
+//! Actions, in order: [`Action::Persist`] must be durable before anything after it is
+//! done. Fetch, run tests, apply and roll back are long-running: start them and report
+//! back with the matching event. The core may supersede the release while one runs;
+//! stale completions are ignored, so cancelling is an optimisation, not a duty.
+//!
+//! After a restart: [`Rollout::restore`] from the last persisted snapshot, carry out the
+//! actions it returns, then replay the stored manifests, memberships and reports of the
+//! app in the order they were issued. Reports for a manifest the core does not know yet
+//! are rejected ([`ReportRejected::OtherUpgrade`]), so keep them and replay them after
+//! their manifest.
 
 use super::campaign::{Campaign, ReleaseIgnored, View};
 use super::gate::{ReportRejected, Verdict};
@@ -231,6 +254,12 @@ impl Rollout {
 
     pub fn campaign(&self) -> &Campaign {
         &self.campaign
+    }
+
+    /// When the core next needs [`Event::Timer`], for shells that poll rather than
+    /// follow [`Action::SetTimer`].
+    pub fn next_timeout(&self) -> Option<UnixMillis> {
+        self.campaign.next_timeout()
     }
 
     /// Why the last event was ignored, if it was.
