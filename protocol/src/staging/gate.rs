@@ -85,6 +85,8 @@ pub struct ClusterGate {
     threshold: u16,
     deadline: Duration,
     ranking: Vec<PublicKey>,
+    /// The same members, sorted: membership checks stay logarithmic in big clusters.
+    sorted: Vec<PublicKey>,
     opened_at: Option<UnixMillis>,
     reports: BTreeMap<PublicKey, ReportRecord>,
 }
@@ -113,9 +115,14 @@ impl ClusterGate {
             threshold,
             deadline: Duration::from_secs(policy.report_deadline_secs as u64),
             ranking: rank_members(&manifest_id, &cluster, members),
+            sorted: sorted(members),
             opened_at: None,
             reports: BTreeMap::new(),
         }
+    }
+
+    fn is_member(&self, peer: &PublicKey) -> bool {
+        self.sorted.binary_search(peer).is_ok()
     }
 
     pub fn cluster(&self) -> ClusterKey {
@@ -147,6 +154,7 @@ impl ClusterGate {
     /// stranger may turn out to be a member.
     pub fn set_members(&mut self, members: &[PublicKey]) {
         self.ranking = rank_members(&self.manifest, &self.cluster, members);
+        self.sorted = sorted(members);
     }
 
     /// Starts testing (the cluster's stage opened). The first opening time stands.
@@ -182,12 +190,8 @@ impl ClusterGate {
             if (old.issued_at, old.id) <= (record.issued_at, record.id) {
                 return Err(ReportRejected::Duplicate);
             }
-        } else if !self.ranking.contains(&signer) {
-            let strangers = self
-                .reports
-                .keys()
-                .filter(|k| !self.ranking.contains(k))
-                .count();
+        } else if !self.is_member(&signer) {
+            let strangers = self.reports.keys().filter(|k| !self.is_member(k)).count();
             if strangers >= MAX_STRANGER_REPORTS {
                 return Err(ReportRejected::TooManyStrangers);
             }
@@ -273,4 +277,11 @@ impl ClusterGate {
             next_deadline,
         }
     }
+}
+
+fn sorted(members: &[PublicKey]) -> Vec<PublicKey> {
+    let mut s = members.to_vec();
+    s.sort_unstable();
+    s.dedup();
+    s
 }

@@ -262,6 +262,35 @@ fn forged_reports_never_become_verified() {
 }
 
 #[test]
+fn reports_that_outrun_membership_count_once_members_are_known() {
+    let fleet = Fleet::new(&[3, 3]);
+    let mut campaign = Campaign::new();
+    campaign.set_members(cluster_key(0), fleet.members(0), UnixMillis(0));
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign
+        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
+        .unwrap();
+    let ranking = rank_members(&m.id(), &cluster_key(1), &fleet.members(1));
+    let key = |pk: PublicKey| fleet.keys[1].iter().find(|k| k.public() == pk).unwrap();
+    for pk in &ranking[..2] {
+        let r = report_for(key(*pk), &m, cluster_key(1), Outcome::Pass, 10 * SEC);
+        campaign.admit(&r, UnixMillis(10 * SEC)).unwrap();
+    }
+    assert_eq!(
+        verdict(&campaign, 1),
+        Verdict::Pending,
+        "no members known: nothing counts"
+    );
+    campaign.set_members(cluster_key(1), fleet.members(1), UnixMillis(20 * SEC));
+    assert_eq!(
+        verdict(&campaign, 1),
+        Verdict::Holds {
+            at: UnixMillis(10 * SEC)
+        }
+    );
+}
+
+#[test]
 fn too_many_strangers_are_refused() {
     let fleet = Fleet::new(&[2]);
     let mut campaign = fleet.campaign();
