@@ -6,6 +6,7 @@
 //! (git's "racy clean" problem).
 
 use mirage_protocol::Digest;
+use rayon::prelude::*;
 use redb::{Database, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -99,8 +100,9 @@ impl DigestCache {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![None; files.len()]),
             Err(e) => return Err(db_err(e)),
         };
+        // Lookups are independent B-tree reads: spread them over the cores.
         files
-            .iter()
+            .par_iter()
             .map(|(path, stamp)| {
                 let hit = table.get(*path).map_err(db_err)?;
                 Ok(hit.and_then(|v| FileStamp::decode(v.value())).filter(|(s, _)| s == stamp).map(|(_, d)| d))

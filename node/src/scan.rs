@@ -162,7 +162,7 @@ fn digest_files(
     stats.cache_hits = files.len() - misses.len();
     stats.files_hashed = fresh.len();
     stats.bytes_hashed = fresh.iter().map(|(i, _)| files[*i].1.size).sum();
-    if let Some(c) = cache {
+    if let (Some(c), false) = (cache, fresh.is_empty()) {
         let entries: Vec<(&str, FileStamp, Digest)> = fresh.iter().map(|(i, d)| (keys[*i].as_str(), files[*i].1, *d)).collect();
         if let Err(e) = c.store_many(&entries) {
             tracing::warn!(error = %e, "could not update digest cache");
@@ -201,22 +201,24 @@ fn logical_join(dir: &str, name: &str) -> String {
 
 /// Walks from `pattern`'s literal base, no deeper than the pattern can match, and
 /// returns the regular files it matches that the rule does not exclude.
+///
+/// Names are matched before anything is stat'ed, and the matched files are stat'ed in
+/// parallel: on a warm re-scan, stat calls are nearly all the work there is.
 fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, PathBuf, FileStamp)>, ScanError> {
-    let mut out = Vec::new();
     let Some(base_real) = resolve(root, pattern.base())? else {
-        return Ok(out);
+        return Ok(Vec::new());
     };
     let meta = std::fs::metadata(&base_real).map_err(io_err(&base_real))?;
     let wanted = |logical: &str| pattern.matches(logical) && !rule.is_excluded(logical);
     if meta.is_file() {
-        if wanted(pattern.base()) {
-            out.push((pattern.base().to_string(), base_real, FileStamp::of(&meta)));
-        }
-        return Ok(out);
+        let hit = wanted(pattern.base()).then(|| (pattern.base().to_string(), base_real, FileStamp::of(&meta)));
+        return Ok(hit.into_iter().collect());
     }
     if !meta.is_dir() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
+    // (logical path, real path, reached through a symlink) of each name that matched.
+    let mut candidates: Vec<(String, PathBuf, bool)> = Vec::new();
     // Depth-first; each directory carries its ancestors' (dev, inode) so that a
     // directory symlink pointing back up is reported instead of walked forever.
     let mut stack = vec![(pattern.base().to_string(), base_real, 0usize, vec![(meta.dev(), meta.ino())])];
@@ -230,36 +232,57 @@ fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, Path
             .map_err(io_err(&real))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            let name = entry.file_name();
-            let child_logical = logical_join(&logical, &name.to_string_lossy());
+            let child_logical = logical_join(&logical, &entry.file_name().to_string_lossy());
             let child_real = entry.path();
             let file_type = entry.file_type().map_err(io_err(&child_real))?;
-            let (target, meta) = if file_type.is_symlink() {
+            let dir_target = if file_type.is_dir() {
+                Some(child_real.clone())
+            } else if file_type.is_symlink() {
                 match resolve(root, &child_logical)? {
-                    Some(t) => {
-                        let m = std::fs::metadata(&t).map_err(io_err(&t))?;
-                        (t, m)
+                    Some(t) if t.is_dir() => Some(t),
+                    Some(_) => {
+                        if wanted(&child_logical) {
+                            candidates.push((child_logical, child_real, true));
+                        }
+                        continue;
                     }
                     None => continue, // dangling: nothing there to fingerprint
                 }
             } else {
-                let m = entry.metadata().map_err(io_err(&child_real))?;
-                (child_real, m)
+                None
             };
-            if meta.is_dir() {
-                let id = (meta.dev(), meta.ino());
-                if ancestors.contains(&id) {
-                    return Err(ScanError::SymlinkLoop(root.join(child_logical.trim_start_matches('/'))));
+            match dir_target {
+                Some(target) => {
+                    let m = std::fs::metadata(&target).map_err(io_err(&target))?;
+                    let id = (m.dev(), m.ino());
+                    if ancestors.contains(&id) {
+                        return Err(ScanError::SymlinkLoop(root.join(child_logical.trim_start_matches('/'))));
+                    }
+                    let mut next = ancestors.clone();
+                    next.push(id);
+                    stack.push((child_logical, target, depth + 1, next));
                 }
-                let mut next = ancestors.clone();
-                next.push(id);
-                stack.push((child_logical, target, depth + 1, next));
-            } else if meta.is_file() && wanted(&child_logical) {
-                out.push((child_logical, target, FileStamp::of(&meta)));
+                None if wanted(&child_logical) => candidates.push((child_logical, child_real, false)),
+                None => {}
             }
         }
     }
-    Ok(out)
+    let stamped: Vec<Option<(String, PathBuf, FileStamp)>> = candidates
+        .into_par_iter()
+        .map(|(logical, real, via_link)| {
+            let real = if via_link {
+                match resolve(root, &logical)? {
+                    Some(t) => t,
+                    None => return Ok(None),
+                }
+            } else {
+                real
+            };
+            let meta = std::fs::metadata(&real).map_err(io_err(&real))?;
+            Ok(meta.is_file().then(|| (logical, real, FileStamp::of(&meta))))
+        })
+        .collect::<Result<_, ScanError>>()?;
+    Ok(stamped.into_iter().flatten().collect())
 }
 
 /// Resolves `logical` (an absolute path on the scanned machine) to a real path inside
