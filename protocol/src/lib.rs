@@ -14,6 +14,8 @@
 //! - [`staging`]: representatives, cluster gates, stages, and the per-(node, app)
 //!   rollout state machine.
 //! - [`transfer`]: swarm download planning (rarest first, verified chunks, bans).
+//! - [`trust`]: which manifests a node accepts (trusted vendor keys, expiry, versions
+//!   only moving forward).
 
 pub mod digest;
 pub mod envelope;
@@ -25,6 +27,7 @@ pub mod report;
 pub mod staging;
 pub mod time;
 pub mod transfer;
+pub mod trust;
 pub mod wire;
 
 pub use digest::Digest;
