@@ -87,3 +87,20 @@ fn misplaced_machines_are_what_staging_cannot_protect() {
         assert_eq!(o.never_working, 0);
     }
 }
+
+#[test]
+fn hung_representatives_are_replaced_and_everyone_finishes() {
+    let mut scenario = Scenario {
+        problems: 1,
+        ..small(6)
+    };
+    scenario.timing.slow_test_fraction = 0.5;
+    let world = World::generate(scenario).unwrap();
+    for policy in [PolicyKind::FrontLoading, PolicyKind::Balanced] {
+        let o = run(&world, policy);
+        assert_eq!(o.never_working, 0, "{o:?}");
+        // Two seats per cluster and release; replacements run the extra tests.
+        let seats = 2 * world.scenario.clusters as u64 * o.releases as u64;
+        assert!(o.tests_run > seats, "{o:?}");
+    }
+}
