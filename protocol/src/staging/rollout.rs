@@ -10,7 +10,9 @@
 //! # Driving it (what the node does)
 //!
 //! Events to feed, each with the current wall-clock time:
-//! - every manifest for the app whose vendor signature verified ([`Event::Manifest`]);
+//! - every manifest for the app that verified and that `trust::TrustStore::admit`
+//!   accepted (a trusted vendor key for the app): the core checks app, expiry and
+//!   version order again, but not who signed ([`Event::Manifest`]);
 //! - the members of this node's cluster, and of every cluster it learns of, whenever
 //!   the DHT/membership view changes ([`Event::Members`]). Without its own cluster's
 //!   members the node waits: it never elects itself on a guess;
@@ -77,7 +79,8 @@ pub enum ApplyResult {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A manifest whose vendor signature checked out.
+    /// A manifest whose signature checked out and whose signer the node trusts for
+    /// the app (see `trust::TrustStore`).
     Manifest(Verified<UpgradeManifest>),
     /// The members of a cluster (this node's or another's) as the DHT now shows them.
     Members {
