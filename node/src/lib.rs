@@ -2,6 +2,7 @@
 //! protocol core (files, keys, the network, the database, child processes).
 
 pub mod bench;
+pub mod chunk_store;
 pub mod clock;
 pub mod daemon;
 pub mod digest_cache;

@@ -1,0 +1,266 @@
+//! Artifacts on disk, chunk by chunk.
+//!
+//! Layout under the store's directory, one folder per artifact (named by its blake3
+//! content hash): `data` (the artifact's bytes at their offsets), `have` (a journal of
+//! chunk indices written, 4 bytes each) and `complete` (present once the whole content
+//! hash was verified).
+//!
+//! Only chunks the download planner verified are written. The journal is not synced
+//! per chunk; instead, on reopening, every journaled chunk is hashed again against the
+//! manifest, so a crash between writing data and journal, or a torn write, costs at most
+//! a re-download of the chunks involved and never serves a wrong byte.
+
+use lru::LruCache;
+use mirage_protocol::manifest::ArtifactInfo;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+
+/// Bytes of chunks kept in memory for serving, per artifact.
+pub const SERVE_CACHE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("chunk {index} is not part of this artifact")]
+    NoSuchChunk { index: usize },
+    #[error("chunk {index} does not match the manifest")]
+    Mismatch { index: usize },
+    #[error("chunk {index} is not stored")]
+    Missing { index: usize },
+    #[error("{path} is not the artifact: its content hash differs from the manifest's")]
+    WrongContent { path: PathBuf },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io { path: path.to_path_buf(), source }
+}
+
+/// The folder holding every artifact a node has (a part of its data directory).
+#[derive(Clone, Debug)]
+pub struct ChunkStore {
+    dir: PathBuf,
+}
+
+impl ChunkStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        Ok(ChunkStore { dir: dir.to_path_buf() })
+    }
+
+    fn folder(&self, info: &ArtifactInfo) -> PathBuf {
+        self.dir.join(info.content_hash.to_hex())
+    }
+
+    /// Opens the artifact for downloading or serving, resuming whatever verified
+    /// chunks are already on disk.
+    pub fn open_artifact(&self, info: &ArtifactInfo) -> Result<StoredArtifact, StoreError> {
+        let folder = self.folder(info);
+        std::fs::create_dir_all(&folder).map_err(io(&folder))?;
+        let data_path = folder.join("data");
+        let data = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&data_path).map_err(io(&data_path))?;
+        data.set_len(info.size).map_err(io(&data_path))?;
+        let journal_path = folder.join("have");
+        let complete = folder.join("complete").exists();
+        let mut have = vec![complete; info.chunk_count()];
+        if !complete {
+            let journal = std::fs::read(&journal_path).unwrap_or_default();
+            let mut buf = Vec::new();
+            for entry in journal.chunks_exact(4) {
+                let index = u32::from_le_bytes(entry.try_into().expect("4 bytes")) as usize;
+                let Some(len) = info.chunk_len(index) else { continue };
+                if have[index] {
+                    continue;
+                }
+                buf.resize(len as usize, 0);
+                if data.read_exact_at(&mut buf, index as u64 * info.chunk_size as u64).is_ok() && info.verify_chunk(index, &buf) {
+                    have[index] = true;
+                }
+            }
+        }
+        // Rewrite the journal with exactly the chunks that verified.
+        let mut journal = OpenOptions::new().create(true).write(true).truncate(true).open(&journal_path).map_err(io(&journal_path))?;
+        let verified: Vec<u8> = have.iter().enumerate().filter(|(_, h)| **h).flat_map(|(i, _)| (i as u32).to_le_bytes()).collect();
+        journal.write_all(&verified).map_err(io(&journal_path))?;
+        let cache_chunks = (SERVE_CACHE_BYTES / info.chunk_size.max(1) as usize).max(1);
+        Ok(StoredArtifact {
+            info: info.clone(),
+            folder,
+            data,
+            journal,
+            have,
+            cache: Mutex::new(LruCache::new(NonZeroUsize::new(cache_chunks).expect("at least one"))),
+        })
+    }
+
+    /// Brings a complete artifact file into the store (a vendor seeding), verifying it.
+    pub fn import(&self, info: &ArtifactInfo, source: &Path) -> Result<StoredArtifact, StoreError> {
+        let mut artifact = self.open_artifact(info)?;
+        let file = File::open(source).map_err(io(source))?;
+        let mut buf = vec![0u8; info.chunk_size as usize];
+        for index in 0..info.chunk_count() {
+            let len = info.chunk_len(index).expect("index in range") as usize;
+            file.read_exact_at(&mut buf[..len], index as u64 * info.chunk_size as u64).map_err(io(source))?;
+            if !info.verify_chunk(index, &buf[..len]) {
+                return Err(StoreError::WrongContent { path: source.to_path_buf() });
+            }
+            artifact.write_chunk(index, &buf[..len])?;
+        }
+        artifact.finish()?;
+        Ok(artifact)
+    }
+
+    /// Removes an artifact's folder (after a newer version superseded it).
+    pub fn remove(&self, info: &ArtifactInfo) -> Result<(), StoreError> {
+        let folder = self.folder(info);
+        match std::fs::remove_dir_all(&folder) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::Io { path: folder, source: e }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One artifact's bytes on disk, as far as they have arrived.
+pub struct StoredArtifact {
+    info: ArtifactInfo,
+    folder: PathBuf,
+    data: File,
+    journal: File,
+    have: Vec<bool>,
+    cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+}
+
+impl StoredArtifact {
+    pub fn info(&self) -> &ArtifactInfo {
+        &self.info
+    }
+
+    pub fn have(&self) -> &[bool] {
+        &self.have
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.iter().all(|h| *h)
+    }
+
+    /// Where the artifact's bytes are; whole and verified once [`Self::finish`] succeeded.
+    pub fn data_path(&self) -> PathBuf {
+        self.folder.join("data")
+    }
+
+    /// Writes a chunk. Checked again here, so that no caller can store an unverified one.
+    pub fn write_chunk(&mut self, index: usize, bytes: &[u8]) -> Result<(), StoreError> {
+        if index >= self.have.len() {
+            return Err(StoreError::NoSuchChunk { index });
+        }
+        if !self.info.verify_chunk(index, bytes) {
+            return Err(StoreError::Mismatch { index });
+        }
+        if self.have[index] {
+            return Ok(());
+        }
+        let path = self.data_path();
+        self.data.write_all_at(bytes, index as u64 * self.info.chunk_size as u64).map_err(io(&path))?;
+        self.journal.write_all(&(index as u32).to_le_bytes()).map_err(io(&self.folder))?;
+        self.have[index] = true;
+        Ok(())
+    }
+
+    /// Reads a stored chunk for serving, through a bounded LRU of hot chunks.
+    pub fn read_chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, StoreError> {
+        if !self.have.get(index).copied().unwrap_or(false) {
+            return Err(StoreError::Missing { index });
+        }
+        if let Some(hit) = self.cache.lock().expect("cache lock").get(&index) {
+            return Ok(hit.clone());
+        }
+        let len = self.info.chunk_len(index).ok_or(StoreError::NoSuchChunk { index })? as usize;
+        let mut buf = vec![0u8; len];
+        let path = self.data_path();
+        self.data.read_exact_at(&mut buf, index as u64 * self.info.chunk_size as u64).map_err(io(&path))?;
+        let chunk = Arc::new(buf);
+        self.cache.lock().expect("cache lock").put(index, chunk.clone());
+        Ok(chunk)
+    }
+
+    /// Once every chunk is in: syncs, checks the whole-content hash and marks the
+    /// artifact complete.
+    pub fn finish(&mut self) -> Result<(), StoreError> {
+        let path = self.data_path();
+        self.data.sync_all().map_err(io(&path))?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_mmap_rayon(&path).map_err(io(&path))?;
+        if mirage_protocol::Digest::from(hasher.finalize()) != self.info.content_hash {
+            return Err(StoreError::WrongContent { path });
+        }
+        let marker = self.folder.join("complete");
+        File::create(&marker).and_then(|f| f.sync_all()).map_err(io(&marker))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirage_protocol::manifest::MIN_CHUNK_SIZE;
+
+    fn artifact() -> (Vec<u8>, ArtifactInfo) {
+        let bytes: Vec<u8> = (0..(MIN_CHUNK_SIZE as usize * 3 + 77)).map(|i| (i % 253) as u8).collect();
+        let info = ArtifactInfo::describe(&bytes, MIN_CHUNK_SIZE);
+        (bytes, info)
+    }
+
+    fn chunk(bytes: &[u8], i: usize) -> &[u8] {
+        let cs = MIN_CHUNK_SIZE as usize;
+        &bytes[i * cs..((i + 1) * cs).min(bytes.len())]
+    }
+
+    #[test]
+    fn resume_keeps_verified_chunks_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (bytes, info) = artifact();
+        {
+            let mut a = store.open_artifact(&info).unwrap();
+            a.write_chunk(0, chunk(&bytes, 0)).unwrap();
+            a.write_chunk(2, chunk(&bytes, 2)).unwrap();
+            assert!(matches!(a.write_chunk(1, chunk(&bytes, 2)), Err(StoreError::Mismatch { index: 1 })));
+        }
+        // Corrupt chunk 2 on disk, as a torn write or bad disk would.
+        let data = dir.path().join(info.content_hash.to_hex()).join("data");
+        let f = OpenOptions::new().write(true).open(&data).unwrap();
+        f.write_all_at(b"XX", 2 * MIN_CHUNK_SIZE as u64 + 5).unwrap();
+        let mut a = store.open_artifact(&info).unwrap();
+        assert_eq!(a.have(), &[true, false, false, false]);
+        for i in 1..4 {
+            a.write_chunk(i, chunk(&bytes, i)).unwrap();
+        }
+        assert!(a.is_complete());
+        a.finish().unwrap();
+        assert_eq!(std::fs::read(a.data_path()).unwrap(), bytes);
+        assert_eq!(*a.read_chunk(3).unwrap(), chunk(&bytes, 3));
+        assert!(store.open_artifact(&info).unwrap().is_complete());
+    }
+
+    #[test]
+    fn import_verifies_the_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(&dir.path().join("store")).unwrap();
+        let (bytes, info) = artifact();
+        let src = dir.path().join("artifact.bin");
+        std::fs::write(&src, &bytes).unwrap();
+        let a = store.import(&info, &src).unwrap();
+        assert!(a.is_complete());
+        let mut wrong = bytes.clone();
+        wrong[10] ^= 1;
+        std::fs::write(&src, &wrong).unwrap();
+        store.remove(&info).unwrap();
+        assert!(matches!(store.import(&info, &src), Err(StoreError::WrongContent { .. })));
+        assert!(matches!(a.read_chunk(9), Err(StoreError::Missing { index: 9 })));
+    }
+}
