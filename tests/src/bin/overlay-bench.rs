@@ -16,11 +16,10 @@ struct Args {
     nodes: usize,
     envs: u32,
     timeout: Duration,
-    keep: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { nodes: 50, envs: 5, timeout: Duration::from_secs(600), keep: false };
+    let mut a = Args { nodes: 50, envs: 5, timeout: Duration::from_secs(600) };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -28,8 +27,7 @@ fn args() -> Args {
             "--nodes" => a.nodes = value().parse().expect("--nodes N"),
             "--envs" => a.envs = value().parse().expect("--envs E"),
             "--timeout-secs" => a.timeout = Duration::from_secs(value().parse().expect("--timeout-secs S")),
-            "--keep" => a.keep = true,
-            other => panic!("unknown flag {other} (--nodes N --envs E --timeout-secs S --keep)"),
+            other => panic!("unknown flag {other} (--nodes N --envs E --timeout-secs S)"),
         }
     }
     assert!(a.nodes >= 2 && a.envs >= 1, "need at least 2 nodes and 1 environment");
@@ -141,10 +139,4 @@ fn main() {
         connected.iter().min().unwrap_or(&0),
         connected.iter().max().unwrap_or(&0)
     );
-    if a.keep {
-        println!("--keep: fleet left running under {}; press Ctrl-C to stop", tmp.path().display());
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
 }
