@@ -13,6 +13,7 @@
 use super::outcome::PolicyOutcome;
 use super::queue::{EventQueue, SimTime};
 use super::scenario::World;
+use super::trace::{Trace, TraceInput};
 use super::vendor::Vendor;
 use mirage_protocol::fingerprint::ClusterKey;
 use mirage_protocol::manifest::PolicyKind;
@@ -97,6 +98,7 @@ pub struct Simulation<'w> {
     seen: Vec<Option<Seen>>,
     reports: Vec<Verified<TestReport>>,
     tick_at: Option<SimTime>,
+    watched: Option<(Mach, Trace)>,
     tests_run: u64,
     reports_rejected: u64,
 }
@@ -143,20 +145,66 @@ impl<'w> Simulation<'w> {
             seen: vec![None; world.members.len()],
             reports: Vec::new(),
             tick_at: None,
+            watched: None,
             tests_run: 0,
             reports_rejected: 0,
         }
     }
 
+    /// Runs until nothing is left to happen, recording what `machine`'s node would
+    /// have been fed and what it did.
+    pub fn run_traced(mut self, machine: u32) -> (PolicyOutcome, Trace) {
+        self.watched = Some((machine, Trace::default()));
+        self.run_loop();
+        let trace = self.watched.take().map(|(_, t)| t).unwrap_or_default();
+        (self.outcome(), trace)
+    }
+
     /// Runs until nothing is left to happen.
     pub fn run(mut self) -> PolicyOutcome {
+        self.run_loop();
+        self.outcome()
+    }
+
+    fn run_loop(&mut self) {
         let first = self.vendor.release(0);
         let delay = self.world.scenario.timing.gossip(&mut self.rng);
         self.queue.push(delay, Event::ManifestHeard(first));
         while let Some((now, event)) = self.queue.pop() {
+            self.record(now, event);
             self.handle(now, event);
         }
-        self.outcome()
+    }
+
+    /// Notes the inputs the watched machine's node would handle.
+    fn record(&mut self, now: SimTime, event: Event) {
+        let Some((watched, trace)) = self.watched.as_mut() else {
+            return;
+        };
+        let id = |r: Rel| self.vendor.release_at(r).id;
+        let faulty = |m: Mach, r: Rel| self.vendor.is_faulty(r, self.world.breaks_of(m));
+        let input = match event {
+            Event::ManifestHeard(r) => {
+                TraceInput::Manifest(self.vendor.release_at(r).manifest.clone())
+            }
+            Event::ReportHeard(i) => TraceInput::Report(self.reports[i as usize].clone()),
+            Event::Tick if self.tick_at == Some(now) => TraceInput::Timer,
+            Event::FetchDone(m, r) if m == *watched => TraceInput::ContentReady(id(r)),
+            Event::TestDone(m, r) if m == *watched => {
+                let outcome = if faulty(m, r) {
+                    Outcome::Fail
+                } else {
+                    Outcome::Pass
+                };
+                TraceInput::TestFinished(id(r), outcome)
+            }
+            Event::ApplyDone(m, r) if m == *watched => {
+                TraceInput::ApplyFinished(id(r), !faulty(m, r))
+            }
+            Event::RollbackDone(m, r) if m == *watched => TraceInput::RollbackFinished(id(r)),
+            _ => return,
+        };
+        trace.inputs.push((now, input));
     }
 
     fn handle(&mut self, now: SimTime, event: Event) {
@@ -256,6 +304,9 @@ impl<'w> Simulation<'w> {
         let Some(step) = step else {
             return;
         };
+        if let Some((_, trace)) = self.watched.as_mut().filter(|(w, _)| *w == m) {
+            trace.steps.push(step);
+        }
         let world = self.world;
         let timing = &world.scenario.timing;
         let release = self

@@ -12,12 +12,14 @@
 //! - [`vendor`]: releases, problem intake and fixes.
 //! - [`engine`]: the loop that turns the core's steps into future events.
 //! - [`outcome`]: overhead and latency per policy, and the comparison table.
+//! - [`trace`]: one machine's inputs and steps, to replay into the node's core.
 
 pub mod engine;
 pub mod outcome;
 pub mod queue;
 pub mod scenario;
 pub mod timing;
+pub mod trace;
 pub mod vendor;
 
 #[cfg(test)]

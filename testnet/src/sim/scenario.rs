@@ -2,7 +2,8 @@
 //! each upgrade problem breaks, and the staging policy the vendor signs.
 
 use super::timing::Timing;
-use mirage_protocol::fingerprint::ClusterKey;
+use super::vendor::APP;
+use mirage_protocol::fingerprint::{ClusterKey, Fingerprint};
 use mirage_protocol::manifest::{PolicyKind, StageOrder, StagingPolicy};
 use mirage_protocol::{Digest, Keypair, PublicKey};
 use rand::seq::index::sample;
@@ -136,7 +137,7 @@ impl World {
             members.push((first..first + n).collect::<Vec<u32>>());
         }
         let cluster_keys = (0..scenario.clusters)
-            .map(|c| ClusterKey(derive(scenario.seed, b"cluster", c)))
+            .map(|c| cluster_fingerprint(scenario.seed, c).cluster_key())
             .collect();
         let public_keys = (0..scenario.machines)
             .map(|m| secret_key(scenario.seed, m).public())
@@ -179,6 +180,11 @@ impl World {
         cluster | self.misplaced.get(&machine).copied().unwrap_or(0)
     }
 
+    /// The environment fingerprint every machine of `cluster` shares.
+    pub fn fingerprint(&self, cluster: u32) -> Fingerprint {
+        cluster_fingerprint(self.scenario.seed, cluster)
+    }
+
     pub fn keypair(&self, machine: u32) -> Keypair {
         secret_key(self.scenario.seed, machine)
     }
@@ -201,6 +207,12 @@ fn derive(seed: u64, what: &[u8], index: u32) -> Digest {
     h.update(&seed.to_le_bytes());
     h.update(&index.to_le_bytes());
     Digest(*h.finalize().as_bytes())
+}
+
+/// Clusters are told apart by a stand-in profile id; real fingerprints would differ in
+/// their items, but only the cluster key they hash to matters here.
+fn cluster_fingerprint(seed: u64, cluster: u32) -> Fingerprint {
+    Fingerprint::new(APP.into(), derive(seed, b"cluster", cluster), Vec::new())
 }
 
 fn secret_key(seed: u64, machine: u32) -> Keypair {

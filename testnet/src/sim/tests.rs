@@ -104,3 +104,124 @@ fn hung_representatives_are_replaced_and_everyone_finishes() {
         assert!(o.tests_run > seats, "{o:?}");
     }
 }
+
+/// The simulator's split of the core (one shared campaign, one member per machine) must
+/// decide what the node's own core decides: replaying a machine's inputs into a
+/// `Rollout` reproduces the machine's steps.
+#[test]
+fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
+    use mirage_protocol::staging::{
+        Action, ApplyResult, Event, NodeConfig, Rollout, Step, TestRun,
+    };
+    use mirage_protocol::{Digest, UnixMillis};
+    use trace::TraceInput;
+
+    let mut scenario = Scenario {
+        misplaced_share: 0.02,
+        ..small(9)
+    };
+    // Members react at once, as the node's core does on every event.
+    scenario.timing.react_max_ms = 0;
+    scenario.timing.slow_test_fraction = 0.2;
+    let world = World::generate(scenario).unwrap();
+    // The smallest broken cluster, all of it: its representatives are among the watched.
+    let broken = (0..world.members.len())
+        .filter(|c| world.breaks[*c] != 0)
+        .min_by_key(|c| world.members[*c].len())
+        .unwrap();
+    let fine = (0..world.members.len())
+        .find(|c| world.breaks[*c] == 0)
+        .unwrap();
+    let misplaced = *world.misplaced.keys().min().unwrap();
+    let mut watched: Vec<u32> = world.members[broken].iter().take(10).copied().collect();
+    watched.extend(world.members[fine].iter().take(2));
+    watched.push(misplaced);
+
+    for policy in ALL_POLICIES {
+        let mut tested = 0;
+        for &m in &watched {
+            let (_, trace) = Simulation::new(&world, policy).run_traced(m);
+            let c = world.cluster_of[m as usize];
+            let config = NodeConfig {
+                app: vendor::APP.into(),
+                me: world.public_keys[m as usize],
+                fingerprint: world.fingerprint(c),
+            };
+            let mut node = Rollout::new(config);
+            for (c, machines) in world.members.iter().enumerate() {
+                let members = machines
+                    .iter()
+                    .map(|i| world.public_keys[*i as usize])
+                    .collect();
+                node.handle(
+                    Event::Members {
+                        cluster: world.cluster_keys[c],
+                        members,
+                    },
+                    UnixMillis(0),
+                );
+            }
+            let mut steps = Vec::new();
+            for (at, input) in trace.inputs {
+                let event = match input {
+                    TraceInput::Manifest(manifest) => Event::Manifest(manifest),
+                    TraceInput::Report(report) => Event::Report(report),
+                    TraceInput::Timer => Event::Timer,
+                    TraceInput::ContentReady(manifest) => Event::ContentReady { manifest },
+                    TraceInput::TestFinished(manifest, outcome) => Event::TestFinished {
+                        manifest,
+                        run: TestRun {
+                            outcome,
+                            summary: String::new(),
+                            logs_digest: Digest([0; 32]),
+                            tests_run: 1,
+                            duration_ms: 0,
+                            failed_tests: Vec::new(),
+                            output: String::new(),
+                        },
+                    },
+                    TraceInput::ApplyFinished(manifest, healthy) => Event::ApplyFinished {
+                        manifest,
+                        result: if healthy {
+                            ApplyResult::Healthy
+                        } else {
+                            ApplyResult::Unhealthy {
+                                logs_digest: Digest([0; 32]),
+                                output: String::new(),
+                            }
+                        },
+                    },
+                    TraceInput::RollbackFinished(manifest) => Event::RollbackFinished { manifest },
+                };
+                for action in node.handle(event, UnixMillis(at)) {
+                    steps.extend(match action {
+                        Action::Fetch { manifest } => Some(Step::Fetch(manifest)),
+                        Action::RunTests { manifest } => Some(Step::RunTests(manifest)),
+                        Action::PublishTestReport(r) => {
+                            Some(Step::Publish(r.manifest_id, r.outcome))
+                        }
+                        Action::Apply { manifest, .. } => Some(Step::Apply(manifest)),
+                        Action::RollBack { manifest } => Some(Step::RollBack(manifest)),
+                        Action::Persist(_)
+                        | Action::SetTimer(_)
+                        | Action::PublishProblemReport(_) => None,
+                    });
+                }
+            }
+            assert!(
+                !trace.steps.is_empty(),
+                "machine {m} did nothing under {policy}"
+            );
+            assert_eq!(
+                steps, trace.steps,
+                "machine {m} (cluster {c}) under {policy}"
+            );
+            tested += steps
+                .iter()
+                .filter(|s| matches!(s, Step::RunTests(_)))
+                .count();
+        }
+        let staged = policy != PolicyKind::NoStaging;
+        assert_eq!(tested > 0, staged, "{policy}: {tested} test runs");
+    }
+}
