@@ -224,3 +224,44 @@ pub fn connection_limits(max_established: u32) -> connection_limits::Behaviour {
 pub fn speaks_kad(info: &identify::Info) -> bool {
     info.protocols.contains(&KAD_PROTOCOL)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_and_keys() {
+        let t = app_topic("mysql");
+        assert_eq!(t.hash().as_str(), "mirage/v1/app/mysql");
+        assert_eq!(app_of_topic(&t.hash()), Some("mysql"));
+        assert_eq!(app_of_topic(&gossipsub::IdentTopic::new("other/mysql").hash()), None);
+        assert_eq!(app_of_topic(&gossipsub::IdentTopic::new("mirage/v1/app/BAD NAME").hash()), None);
+        let a = mirage_protocol::ClusterKey(mirage_protocol::Digest([1; 32]));
+        let b = mirage_protocol::ClusterKey(mirage_protocol::Digest([2; 32]));
+        assert_ne!(cluster_record_key(&a), cluster_record_key(&b));
+        assert_eq!(cluster_record_key(&a), cluster_record_key(&a));
+    }
+
+    #[test]
+    fn identities_agree_with_libp2p() {
+        let kp = mirage_protocol::Keypair::from_secret_bytes(&[5; 32]);
+        let peer = libp2p_keypair(&kp).public().to_peer_id();
+        assert_eq!(peer.to_base58(), kp.public().peer_id());
+        assert_eq!(peer_id_of(&kp.public()), peer);
+        assert_eq!(public_key_of(&peer), Some(kp.public()));
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4701/p2p/{peer}").parse().unwrap();
+        assert_eq!(split_peer_addr(&addr), Some((peer, "/ip4/127.0.0.1/tcp/4701".parse().unwrap())));
+        assert_eq!(split_peer_addr(&"/ip4/127.0.0.1/tcp/4701".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn scoring_parameters_are_valid() {
+        let mut params = peer_score_params();
+        params.topics.insert(app_topic("x").hash(), topic_score_params());
+        params.validate().unwrap();
+        peer_score_thresholds().validate().unwrap();
+        let kp = libp2p_keypair(&mirage_protocol::Keypair::from_secret_bytes(&[6; 32]));
+        let mut gs = gossipsub(&kp, &GossipTuning::default()).unwrap();
+        assert!(subscribe_app(&mut gs, app_topic("mysql")).unwrap());
+    }
+}

@@ -71,6 +71,9 @@ pub struct NodeOptions {
 /// The file in the data directory holding the API's bound address (the port may be 0).
 pub const API_ADDR_FILE: &str = "api.addr";
 const DB_FILE: &str = "node.redb";
+/// Application-score penalty per invalid fetch reply (weighted ×10 by gossipsub): two
+/// put a peer below the gossip threshold, five below the graylist threshold.
+const FETCH_PENALTY: f64 = 1.0;
 
 struct LocalApp {
     profile: Profile,
@@ -86,6 +89,8 @@ struct Node {
     lookups: HashMap<kad::QueryId, (String, mirage_protocol::ClusterKey)>,
     fetches: HashMap<request_response::OutboundRequestId, (PublicKey, String)>,
     stored_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Application-score penalties of peers whose fetch replies were invalid.
+    penalties: HashMap<PeerId, f64>,
     allow_debug: bool,
     target_peers: usize,
 }
@@ -141,6 +146,7 @@ async fn run_inner(
         lookups: HashMap::new(),
         fetches: HashMap::new(),
         stored_addrs: HashMap::new(),
+        penalties: HashMap::new(),
         allow_debug: options.allow_debug,
         target_peers: options.target_peers,
     };
@@ -167,6 +173,9 @@ async fn run_inner(
         options.rescan_interval.max(Duration::from_secs(1)),
     );
 
+    if !options.api.ip().is_loopback() {
+        warn!(api = %options.api, "the control API is reachable from other machines; it has no authentication");
+    }
     let (listener, api_addr) =
         api::bind(options.api).await.map_err(|e| DaemonError::Api { addr: options.api, source: e })?;
     let (api_tx, mut api_rx) = mpsc::channel::<api::Incoming>(64);
@@ -464,7 +473,9 @@ impl Node {
                     let Some((signer, app)) = self.fetches.remove(&request_id) else { return };
                     if let Some(bytes) = response.announcement {
                         let _span = info_span!("fetched", from = %peer, app).entered();
-                        self.on_announcement(&bytes, &app, Some(&signer));
+                        if self.on_announcement(&bytes, &app, Some(&signer)) == gossipsub::MessageAcceptance::Reject {
+                            self.penalize(peer);
+                        }
                     }
                 }
             },
@@ -474,6 +485,16 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// Scores down a peer that answered a fetch with a bad announcement. Gossip already
+    /// scores bad messages itself (P4); fetch replies go through the application score.
+    fn penalize(&mut self, peer: PeerId) {
+        let penalty = self.penalties.entry(peer).or_default();
+        *penalty += FETCH_PENALTY;
+        let score = -*penalty;
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+        warn!(%peer, application_score = score, "peer answered a fetch with a bad announcement");
     }
 
     fn on_api(&mut self, req: Request) -> api::Reply {
