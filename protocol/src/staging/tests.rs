@@ -680,6 +680,38 @@ fn a_representative_tests_reports_and_applies_once_the_gate_holds() {
 }
 
 #[test]
+fn a_node_next_in_line_starts_testing_when_the_timer_replaces_a_silent_representative() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let id = m.id();
+    let mut n = node(4, 2, &m);
+    let a = n
+        .rollout
+        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    assert!(a.contains(&Action::SetTimer(UnixMillis(600 * SEC))));
+    n.rollout
+        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    assert_eq!(phase(&n), Some(Phase::WaitingForGate));
+    assert!(!n.rollout.status().representative);
+    // Rank 0 reports in time; rank 1 stays silent.
+    let r0 = report_for(
+        &n.key_ranked(&m, 0),
+        &m,
+        cluster_key(0),
+        Outcome::Pass,
+        100 * SEC,
+    );
+    n.rollout.handle(Event::Report(r0), UnixMillis(100 * SEC));
+    let a = n.rollout.handle(Event::Timer, UnixMillis(600 * SEC));
+    assert!(n.rollout.status().representative);
+    assert!(a.contains(&Action::RunTests { manifest: id }), "{a:?}");
+    assert!(
+        a.contains(&Action::SetTimer(UnixMillis(1200 * SEC))),
+        "{a:?}"
+    );
+    persist_precedes_every_action(&a);
+}
+
+#[test]
 fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     let id = m.id();
