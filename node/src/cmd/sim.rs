@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result};
 use mirage_protocol::manifest::{PolicyKind, StageOrder};
+use mirage_protocol::staging::StagePlan;
 use mirage_testnet::sim::{self, Comparison, Scenario, World, ALL_POLICIES};
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -147,6 +149,25 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
         .map(|ms| format!("{:.1} h", *ms as f64 / hour))
         .collect();
     println!("vendor fix times: [{}]", fixes.join(", "));
+    if policies.contains(&PolicyKind::Balanced) {
+        // The same plan every node computes from the cluster sizes it knows.
+        let sizes = world
+            .cluster_keys
+            .iter()
+            .zip(&world.members)
+            .map(|(k, m)| (*k, m.len() as u64))
+            .collect::<BTreeMap<_, _>>();
+        let plan = StagePlan::new(&world.scenario.policy(PolicyKind::Balanced), &sizes);
+        let stages: Vec<String> = plan
+            .stages()
+            .iter()
+            .map(|stage| {
+                let machines: u64 = stage.iter().map(|c| sizes[c]).sum();
+                format!("{} clusters / {machines} machines", stage.len())
+            })
+            .collect();
+        println!("balanced stages: {}", stages.join("; "));
+    }
     println!(
         "fleet generated in {:.2} s",
         started.elapsed().as_secs_f64()
