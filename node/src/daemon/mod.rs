@@ -473,8 +473,10 @@ impl Node {
                     let Some((signer, app)) = self.fetches.remove(&request_id) else { return };
                     if let Some(bytes) = response.announcement {
                         let _span = info_span!("fetched", from = %peer, app).entered();
-                        if self.on_announcement(&bytes, &app, Some(&signer)) == gossipsub::MessageAcceptance::Reject {
-                            self.penalize(peer);
+                        match self.on_announcement(&bytes, &app, Some(&signer)) {
+                            gossipsub::MessageAcceptance::Reject => self.penalize(peer),
+                            gossipsub::MessageAcceptance::Accept => info!("fingerprint fetched"),
+                            gossipsub::MessageAcceptance::Ignore => debug!("fetched fingerprint was not news"),
                         }
                     }
                 }
