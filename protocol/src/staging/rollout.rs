@@ -144,6 +144,8 @@ pub struct Snapshot {
     pub running: Option<semver::Version>,
     /// This node's report on the current release, re-published after a restart.
     pub own_report: Option<TestReport>,
+    /// This node's problem report on the current release, re-sent after a restart.
+    pub own_problem: Option<ProblemReport>,
 }
 
 /// Why an event changed nothing. Returned for logging and tests; never fatal.
@@ -185,6 +187,7 @@ pub struct Rollout {
     running: Option<semver::Version>,
     applying: Option<semver::Version>,
     own_report: Option<TestReport>,
+    own_problem: Option<ProblemReport>,
     timer: Option<UnixMillis>,
     last_ignored: Option<Ignored>,
 }
@@ -206,6 +209,7 @@ impl Rollout {
             running: None,
             applying: None,
             own_report: None,
+            own_problem: None,
             timer: None,
             last_ignored: None,
         }
@@ -220,6 +224,7 @@ impl Rollout {
         r.running = snapshot.running;
         r.applying = snapshot.work_version.clone();
         r.own_report = snapshot.own_report;
+        r.own_problem = snapshot.own_problem;
         let mut actions = Vec::new();
         if let Some(w) = snapshot.work {
             match w.phase {
@@ -247,6 +252,9 @@ impl Rollout {
         // that may not have left before the crash is simply sent again.
         if let Some(report) = &r.own_report {
             actions.push(Action::PublishTestReport(report.clone()));
+        }
+        if let Some(problem) = &r.own_problem {
+            actions.push(Action::PublishProblemReport(problem.clone()));
         }
         (r, actions)
     }
@@ -277,6 +285,7 @@ impl Rollout {
             work_version: self.applying.clone(),
             running: self.running.clone(),
             own_report: self.own_report.clone(),
+            own_problem: self.own_problem.clone(),
         }
     }
 
@@ -367,6 +376,13 @@ impl Rollout {
                     .is_some_and(|r| r.manifest_id != manifest.id())
                 {
                     self.own_report = None;
+                }
+                if self
+                    .own_problem
+                    .as_ref()
+                    .is_some_and(|p| p.manifest_id != manifest.id())
+                {
+                    self.own_problem = None;
                 }
                 Ok((None, None))
             }
@@ -474,12 +490,10 @@ impl Rollout {
                 };
                 let mut actions = vec![Action::PublishTestReport(report.clone())];
                 if outcome == Outcome::Fail {
-                    actions.push(Action::PublishProblemReport(self.problem_report(
-                        id,
-                        run.failed_tests,
-                        run.logs_digest,
-                        &run.output,
-                    )));
+                    let problem =
+                        self.problem_report(id, run.failed_tests, run.logs_digest, &run.output);
+                    self.own_problem = Some(problem.clone());
+                    actions.push(Action::PublishProblemReport(problem));
                 }
                 self.own_report = Some(report);
                 actions
@@ -492,12 +506,9 @@ impl Rollout {
                 }) = detail
                 {
                     let failed = vec![HEALTH_CHECK.to_string()];
-                    actions.push(Action::PublishProblemReport(self.problem_report(
-                        id,
-                        failed,
-                        logs_digest,
-                        &output,
-                    )));
+                    let problem = self.problem_report(id, failed, logs_digest, &output);
+                    self.own_problem = Some(problem.clone());
+                    actions.push(Action::PublishProblemReport(problem));
                 }
                 actions
             }

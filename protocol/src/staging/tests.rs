@@ -823,6 +823,21 @@ fn no_staging_applies_on_receipt_and_rolls_back_an_unhealthy_release() {
     persist_precedes_every_action(&a);
     assert!(a.contains(&Action::RollBack { manifest: id }));
     assert!(a.iter().any(|a| matches!(a, Action::PublishProblemReport(p) if p.failed_tests == [rollout::HEALTH_CHECK])));
+    // A crash right after persisting loses neither the rollback nor the vendor's report.
+    let Some(Action::Persist(snapshot)) = a.first() else {
+        panic!("{a:?}")
+    };
+    let (_, again) = Rollout::restore(n.rollout_config(), snapshot.clone());
+    assert!(
+        again.contains(&Action::RollBack { manifest: id }),
+        "{again:?}"
+    );
+    assert!(
+        again
+            .iter()
+            .any(|a| matches!(a, Action::PublishProblemReport(_))),
+        "{again:?}"
+    );
     n.rollout.handle(
         Event::RollbackFinished { manifest: id },
         UnixMillis(3 * SEC),
