@@ -111,7 +111,7 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Store this state durably before carrying out the actions after it.
-    Persist(Snapshot),
+    Persist(Box<Snapshot>),
     /// Fetch and verify the artifact (and test bundle) the manifest describes.
     Fetch { manifest: Digest },
     /// Run the manifest's tests in a sandbox, then send [`Event::TestFinished`].
@@ -324,7 +324,7 @@ impl Rollout {
         let work_actions = step.map(|s| self.carry_out(s, detail)).unwrap_or_default();
         let after = self.snapshot();
         if after != before {
-            actions.push(Action::Persist(after));
+            actions.push(Action::Persist(Box::new(after)));
         }
         actions.extend(work_actions);
         let next = self.campaign.next_timeout();

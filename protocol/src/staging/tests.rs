@@ -827,7 +827,7 @@ fn no_staging_applies_on_receipt_and_rolls_back_an_unhealthy_release() {
     let Some(Action::Persist(snapshot)) = a.first() else {
         panic!("{a:?}")
     };
-    let (_, again) = Rollout::restore(n.rollout_config(), snapshot.clone());
+    let (_, again) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
     assert!(
         again.contains(&Action::RollBack { manifest: id }),
         "{again:?}"
@@ -930,7 +930,7 @@ fn restore_reissues_what_was_in_flight() {
         panic!("{a:?}")
     };
     // Crash between persist and publish: the report goes out again after restore.
-    let (_, actions) = Rollout::restore(n.rollout_config(), snapshot.clone());
+    let (_, actions) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
     assert!(matches!(actions.as_slice(), [Action::PublishTestReport(r)] if r.manifest_id == id));
 }
 
