@@ -9,6 +9,5 @@ pub mod digest_cache;
 pub mod keyfile;
 pub mod release;
 pub mod net;
-pub mod sample_root;
 pub mod scan;
 pub mod store;

@@ -30,6 +30,8 @@ enum Command {
     Status(cmd::status::Args),
     /// Simulate a staged rollout over a large fleet and compare staging policies.
     Sim(cmd::sim::Args),
+    /// Run a real testnet on 127.0.0.1: a bootstrap peer and nodes on generated machines.
+    Testnet(cmd::testnet::Args),
     /// Test-fleet tools that talk to a running node.
     #[command(subcommand, hide = true)]
     Debug(cmd::status::DebugCommand),
@@ -65,6 +67,7 @@ fn run() -> Result<()> {
         Command::Node(c) => cmd::node::run(c),
         Command::Status(args) => cmd::status::run(args),
         Command::Sim(args) => cmd::sim::run(args),
+        Command::Testnet(args) => cmd::testnet::run(args),
         Command::Debug(c) => cmd::status::run_debug(c),
     }
 }

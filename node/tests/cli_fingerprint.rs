@@ -1,6 +1,6 @@
 //! The `mirage keygen` and `mirage fingerprint` commands, run as a user would.
 
-use mirage_node::sample_root::{write_mysql_machine, SampleMachine};
+use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 use mirage_protocol::{Envelope, Fingerprint};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -10,7 +10,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use mirage_node::sample_root::{write_mysql_machine, SampleMachine};
+pub use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {

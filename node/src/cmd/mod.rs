@@ -7,3 +7,4 @@ pub mod keygen;
 pub mod node;
 pub mod sim;
 pub mod status;
+pub mod testnet;

@@ -78,33 +78,3 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
         format!("2026-11-23T10:{:02}:00Z 0 [System] mysqld ready on {hostname}\n", host % 60).as_bytes(),
     )
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scan::scan;
-    use mirage_protocol::fingerprint::Profile;
-
-    fn key(m: SampleMachine) -> mirage_protocol::ClusterKey {
-        let dir = tempfile::tempdir().unwrap();
-        write_mysql_machine(dir.path(), &m).unwrap();
-        let profile = Profile::parse(include_str!("../../profiles/mysql.toml")).unwrap();
-        scan(&profile, dir.path(), None).unwrap().fingerprint.cluster_key()
-    }
-
-    #[test]
-    fn same_environment_same_cluster_whatever_the_host() {
-        for env in 0..4 {
-            let first = key(SampleMachine { environment: env, host: 0 });
-            for host in 1..4 {
-                assert_eq!(key(SampleMachine { environment: env, host }), first, "env {env} host {host}");
-            }
-        }
-    }
-
-    #[test]
-    fn environments_differ() {
-        let keys: std::collections::HashSet<_> = (0..12).map(|e| key(SampleMachine { environment: e, host: e })).collect();
-        assert_eq!(keys.len(), 12);
-    }
-}

@@ -1,0 +1,236 @@
+//! Real loopback testnets: a bootstrap peer and `mirage node run` processes, one per
+//! generated machine, all on 127.0.0.1, driven through their control APIs.
+//!
+//! Every process is killed when its [`Process`] is dropped, so a testnet that fails
+//! half-way, or whose launcher panics, leaves nothing running.
+
+use crate::sample_root::{write_mysql_machine, SampleMachine};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum FleetError {
+    #[error("cannot start {name}: {source}")]
+    Spawn { name: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{name} did not {what} within {timeout:?}; its log ends:\n{log}")]
+    Timeout { name: String, what: String, timeout: Duration, log: String },
+    #[error("{name} exited early ({status}); its log ends:\n{log}")]
+    Exited { name: String, status: ExitStatus, log: String },
+}
+
+/// A child process that is killed and reaped when dropped.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program args...`, stderr to `log`, stdout piped.
+    pub fn spawn(program: &Path, name: &str, args: &[String], log: &Path) -> Result<Process, FleetError> {
+        let err = std::fs::File::create(log).map_err(|e| FleetError::Io { path: log.to_path_buf(), source: e })?;
+        let child = Command::new(program)
+            .args(args)
+            .env("MIRAGE_LOG", std::env::var("MIRAGE_LOG").unwrap_or_else(|_| "info".into()))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| FleetError::Spawn { name: name.to_string(), source: e })?;
+        Ok(Process { name: name.to_string(), child: Some(child), log: log.to_path_buf() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then up to `timeout` for a graceful exit, then SIGKILL.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        None
+    }
+
+    /// `Err` if the process already exited.
+    pub fn check_running(&mut self) -> Result<(), FleetError> {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => {
+                Err(FleetError::Exited { name: self.name.clone(), status, log: self.log_tail(20) })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads stdout lines until one satisfies `pick`; keeps draining stdout afterwards
+    /// so the child never blocks on a full pipe.
+    pub fn read_stdout_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pick: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<String, FleetError> {
+        let out = self.child.as_mut().and_then(|c| c.stdout.take());
+        let (tx, rx) = std::sync::mpsc::channel();
+        if let Some(out) = out {
+            std::thread::spawn(move || {
+                let mut sent = false;
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if !sent && pick(&line) {
+                        let _ = tx.send(line);
+                        sent = true;
+                    }
+                }
+            });
+        }
+        rx.recv_timeout(timeout).map_err(|_| FleetError::Timeout {
+            name: self.name.clone(),
+            what: what.to_string(),
+            timeout,
+            log: self.log_tail(20),
+        })
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One request to a node's control API (line-delimited JSON over TCP on loopback).
+pub fn api_call(addr: &str, request: &Value) -> Option<Value> {
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut line = serde_json::to_vec(request).ok()?;
+    line.push(b'\n');
+    (&stream).write_all(&line).ok()?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).ok()?;
+    let mut v: Value = serde_json::from_str(&reply).ok()?;
+    v.get_mut("ok").map(Value::take)
+}
+
+/// The cluster members a status reports for `app`.
+pub fn members(status: &Value, app: &str) -> Option<BTreeSet<String>> {
+    let cluster = status["clusters"].as_array()?.iter().find(|c| c["app"] == app)?;
+    Some(cluster["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
+}
+
+/// A bootstrap peer on an ephemeral loopback port.
+pub struct BootstrapPeer {
+    pub process: Process,
+    /// `/ip4/127.0.0.1/tcp/N/p2p/<peer id>`.
+    pub addr: String,
+}
+
+impl BootstrapPeer {
+    pub fn start(mirage: &Path, dir: &Path) -> Result<Self, FleetError> {
+        std::fs::create_dir_all(dir).map_err(|e| FleetError::Io { path: dir.to_path_buf(), source: e })?;
+        let args = vec![
+            "bootstrap".to_string(),
+            "--listen".into(),
+            "/ip4/127.0.0.1/tcp/0".into(),
+            "--key".into(),
+            dir.join("bootstrap.key").display().to_string(),
+        ];
+        let mut process = Process::spawn(mirage, "bootstrap", &args, &dir.join("bootstrap.log"))?;
+        let line = process.read_stdout_until(Duration::from_secs(60), "print its address", |l| {
+            l.starts_with("listening ") && l.contains("/tcp/")
+        })?;
+        Ok(BootstrapPeer { process, addr: line.trim_start_matches("listening ").trim().to_string() })
+    }
+}
+
+/// One node of a fleet: its generated machine, its directories, its process.
+pub struct FleetNode {
+    pub index: usize,
+    pub machine: SampleMachine,
+    pub dir: PathBuf,
+    pub process: Process,
+}
+
+impl FleetNode {
+    /// Writes the machine's root under `dir` and starts `mirage node run` for it.
+    pub fn start(
+        mirage: &Path,
+        dir: &Path,
+        index: usize,
+        machine: SampleMachine,
+        profile: &Path,
+        bootstrap: &str,
+        extra: &[String],
+    ) -> Result<Self, FleetError> {
+        let root = dir.join("root");
+        write_mysql_machine(&root, &machine).map_err(|e| FleetError::Io { path: root.clone(), source: e })?;
+        let mut args: Vec<String> = [
+            "node",
+            "run",
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--bootstrap",
+            bootstrap,
+            "--app",
+            &profile.display().to_string(),
+            "--root",
+            &root.display().to_string(),
+            "--api",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().cloned());
+        let process = Process::spawn(mirage, &format!("node{index}"), &args, &dir.join("node.log"))?;
+        Ok(FleetNode { index, machine, dir: dir.to_path_buf(), process })
+    }
+
+    /// The control API address, once the node has written it.
+    pub fn api(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("data/api.addr")).ok().map(|s| s.trim().to_string())
+    }
+
+    /// The node's status (what `mirage status --json` prints), if it answers.
+    pub fn status(&self) -> Option<Value> {
+        api_call(&self.api()?, &serde_json::json!({"cmd": "status"}))
+    }
+}
