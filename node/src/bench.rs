@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A profile that digests every file under the root: the whole tree is "the app".
-const TREE_PROFILE: &str = "app = \"bench\"\n[[resource]]\nclass = \"data\"\ninclude = [\"/**\"]\ncontribute = \"digest\"\n";
+const TREE_PROFILE: &str =
+    "app = \"bench\"\n[[resource]]\nclass = \"data\"\ninclude = [\"/**\"]\ncontribute = \"digest\"\n";
 
 /// Writes a tree with the size mix of `shared/bench/anchors.sh`: of every 2000 files,
 /// 1500 of 4-64 KiB, 450 of 256 KiB-2 MiB, 50 of 4-15 MiB (about 1 GiB), in 20

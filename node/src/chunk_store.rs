@@ -63,7 +63,13 @@ impl ChunkStore {
         let folder = self.folder(info);
         std::fs::create_dir_all(&folder).map_err(io(&folder))?;
         let data_path = folder.join("data");
-        let data = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&data_path).map_err(io(&data_path))?;
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&data_path)
+            .map_err(io(&data_path))?;
         data.set_len(info.size).map_err(io(&data_path))?;
         let journal_path = folder.join("have");
         let complete = folder.join("complete").exists();
@@ -78,14 +84,22 @@ impl ChunkStore {
                     continue;
                 }
                 buf.resize(len as usize, 0);
-                if data.read_exact_at(&mut buf, index as u64 * info.chunk_size as u64).is_ok() && info.verify_chunk(index, &buf) {
+                if data.read_exact_at(&mut buf, index as u64 * info.chunk_size as u64).is_ok()
+                    && info.verify_chunk(index, &buf)
+                {
                     have[index] = true;
                 }
             }
         }
         // Rewrite the journal with exactly the chunks that verified.
-        let mut journal = OpenOptions::new().create(true).write(true).truncate(true).open(&journal_path).map_err(io(&journal_path))?;
-        let verified: Vec<u8> = have.iter().enumerate().filter(|(_, h)| **h).flat_map(|(i, _)| (i as u32).to_le_bytes()).collect();
+        let mut journal = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&journal_path)
+            .map_err(io(&journal_path))?;
+        let verified: Vec<u8> =
+            have.iter().enumerate().filter(|(_, h)| **h).flat_map(|(i, _)| (i as u32).to_le_bytes()).collect();
         journal.write_all(&verified).map_err(io(&journal_path))?;
         let cache_chunks = (SERVE_CACHE_BYTES / info.chunk_size.max(1) as usize).max(1);
         Ok(StoredArtifact {

@@ -84,7 +84,8 @@ impl DigestCache {
             std::fs::create_dir_all(parent)
                 .map_err(|e| CacheError::Open { path: path.to_path_buf(), message: e.to_string() })?;
         }
-        let db = Database::create(path).map_err(|e| CacheError::Open { path: path.to_path_buf(), message: e.to_string() })?;
+        let db = Database::create(path)
+            .map_err(|e| CacheError::Open { path: path.to_path_buf(), message: e.to_string() })?;
         Ok(DigestCache { db: Arc::new(db) })
     }
 

@@ -7,7 +7,7 @@ pub mod clock;
 pub mod daemon;
 pub mod digest_cache;
 pub mod keyfile;
-pub mod release;
 pub mod net;
+pub mod release;
 pub mod scan;
 pub mod store;

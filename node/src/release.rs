@@ -20,7 +20,8 @@
 //! ```
 
 use mirage_protocol::manifest::{
-    ArtifactInfo, CommandSpec, StagingPolicy, TestSpec, UpgradeManifest, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    ArtifactInfo, CommandSpec, StagingPolicy, TestSpec, UpgradeManifest, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
 };
 use mirage_protocol::{Digest, UnixMillis};
 use rayon::prelude::*;
@@ -118,14 +119,18 @@ fn command(run: Vec<String>, timeout: Option<u32>, max_output: Option<u32>) -> C
 pub fn read_tests(dir: &Path) -> Result<(Vec<TestSpec>, Option<CommandSpec>), ReleaseError> {
     let path = dir.join(TESTS_FILE);
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    let file: TestsFile = toml::from_str(&text).map_err(|e| ReleaseError::Tests { path: path.clone(), reason: e.to_string() })?;
+    let file: TestsFile =
+        toml::from_str(&text).map_err(|e| ReleaseError::Tests { path: path.clone(), reason: e.to_string() })?;
     let mut tests = Vec::new();
     for t in file.test {
         tests.push(TestSpec::Command { name: t.name, command: command(t.run, t.timeout_secs, t.max_output_bytes) });
     }
     for r in file.replay {
         if !dir.join(&r.inputs).is_dir() {
-            return Err(ReleaseError::Tests { path: path.clone(), reason: format!("replay `{}`: inputs `{}` is not a directory", r.name, r.inputs) });
+            return Err(ReleaseError::Tests {
+                path: path.clone(),
+                reason: format!("replay `{}`: inputs `{}` is not a directory", r.name, r.inputs),
+            });
         }
         tests.push(TestSpec::Replay {
             name: r.name,

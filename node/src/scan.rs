@@ -7,7 +7,9 @@
 //! (path, size, mtime, inode).
 
 use crate::digest_cache::{DigestCache, FileStamp};
-use mirage_protocol::fingerprint::{FingerprintBuilder, HostContext, Need, Observed, Pattern, Profile, ResourceClass, Rule};
+use mirage_protocol::fingerprint::{
+    FingerprintBuilder, HostContext, Need, Observed, Pattern, Profile, ResourceClass, Rule,
+};
 use mirage_protocol::{Digest, Fingerprint};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -144,7 +146,8 @@ fn digest_files(
 
     let cached = match cache {
         Some(c) => {
-            let query: Vec<(&str, FileStamp)> = keys.iter().map(String::as_str).zip(files.iter().map(|f| f.1)).collect();
+            let query: Vec<(&str, FileStamp)> =
+                keys.iter().map(String::as_str).zip(files.iter().map(|f| f.1)).collect();
             c.lookup_many(&query).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "digest cache unavailable; hashing everything");
                 vec![None; files.len()]
@@ -163,7 +166,8 @@ fn digest_files(
     stats.files_hashed = fresh.len();
     stats.bytes_hashed = fresh.iter().map(|(i, _)| files[*i].1.size).sum();
     if let (Some(c), false) = (cache, fresh.is_empty()) {
-        let entries: Vec<(&str, FileStamp, Digest)> = fresh.iter().map(|(i, d)| (keys[*i].as_str(), files[*i].1, *d)).collect();
+        let entries: Vec<(&str, FileStamp, Digest)> =
+            fresh.iter().map(|(i, d)| (keys[*i].as_str(), files[*i].1, *d)).collect();
         if let Err(e) = c.store_many(&entries) {
             tracing::warn!(error = %e, "could not update digest cache");
         }
@@ -226,10 +230,8 @@ fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, Path
         if pattern.max_depth().is_some_and(|max| depth >= max) {
             continue;
         }
-        let mut entries: Vec<_> = std::fs::read_dir(&real)
-            .map_err(io_err(&real))?
-            .collect::<Result<_, _>>()
-            .map_err(io_err(&real))?;
+        let mut entries: Vec<_> =
+            std::fs::read_dir(&real).map_err(io_err(&real))?.collect::<Result<_, _>>().map_err(io_err(&real))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let child_logical = logical_join(&logical, &entry.file_name().to_string_lossy());

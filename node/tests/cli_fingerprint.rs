@@ -1,7 +1,7 @@
 //! The `mirage keygen` and `mirage fingerprint` commands, run as a user would.
 
-use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 use mirage_protocol::{Envelope, Fingerprint};
+use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -18,7 +18,8 @@ fn mirage(args: &[&str]) -> Output {
 
 fn fingerprint_json(root: &Path, extra: &[&str]) -> Value {
     let mysql = profile("mysql.toml");
-    let mut args = vec!["fingerprint", "--app", mysql.to_str().unwrap(), "--root", root.to_str().unwrap(), "--json", "--no-cache"];
+    let mut args =
+        vec!["fingerprint", "--app", mysql.to_str().unwrap(), "--root", root.to_str().unwrap(), "--json", "--no-cache"];
     args.extend_from_slice(extra);
     let out = mirage(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -71,7 +72,8 @@ fn bad_inputs_give_errors_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "app = [").unwrap();
-    let out = mirage(&["fingerprint", "--app", bad.to_str().unwrap(), "--root", dir.path().to_str().unwrap(), "--no-cache"]);
+    let out =
+        mirage(&["fingerprint", "--app", bad.to_str().unwrap(), "--root", dir.path().to_str().unwrap(), "--no-cache"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml"), "{err}");
@@ -88,7 +90,16 @@ fn bad_inputs_give_errors_naming_the_path() {
     std::fs::write(&key, "not a key").unwrap();
     let root = tempfile::tempdir().unwrap();
     write_mysql_machine(root.path(), &SampleMachine { environment: 0, host: 0 }).unwrap();
-    let out = mirage(&["fingerprint", "--app", mysql.to_str().unwrap(), "--root", root.path().to_str().unwrap(), "--sign", key.to_str().unwrap(), "--no-cache"]);
+    let out = mirage(&[
+        "fingerprint",
+        "--app",
+        mysql.to_str().unwrap(),
+        "--root",
+        root.path().to_str().unwrap(),
+        "--sign",
+        key.to_str().unwrap(),
+        "--no-cache",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains(key.to_str().unwrap()));
 }
@@ -100,7 +111,16 @@ fn cache_makes_the_second_run_read_nothing() {
     let cache = root.path().join("cache.redb");
     let mysql = profile("mysql.toml");
     let run = || {
-        let out = mirage(&["fingerprint", "--app", mysql.to_str().unwrap(), "--root", root.path().to_str().unwrap(), "--json", "--cache", cache.to_str().unwrap()]);
+        let out = mirage(&[
+            "fingerprint",
+            "--app",
+            mysql.to_str().unwrap(),
+            "--root",
+            root.path().to_str().unwrap(),
+            "--json",
+            "--cache",
+            cache.to_str().unwrap(),
+        ]);
         assert!(out.status.success());
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };

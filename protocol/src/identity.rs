@@ -160,9 +160,8 @@ impl Serialize for Signature {
 impl<'de> Deserialize<'de> for Signature {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let bytes = Vec::<u8>::deserialize(d)?;
-        let arr: [u8; 64] = bytes
-            .try_into()
-            .map_err(|v: Vec<u8>| serde::de::Error::invalid_length(v.len(), &"64 signature bytes"))?;
+        let arr: [u8; 64] =
+            bytes.try_into().map_err(|v: Vec<u8>| serde::de::Error::invalid_length(v.len(), &"64 signature bytes"))?;
         Ok(Signature(arr))
     }
 }

@@ -175,7 +175,9 @@ impl<P: Ord + Clone> Download<P> {
     fn pick_peer(&self, chunk: usize, exclude: &[InFlight<P>]) -> Option<P> {
         self.peers
             .iter()
-            .filter(|(p, s)| s.usable() && s.in_flight < self.per_peer && s.holds(chunk) && !exclude.iter().any(|r| &r.peer == *p))
+            .filter(|(p, s)| {
+                s.usable() && s.in_flight < self.per_peer && s.holds(chunk) && !exclude.iter().any(|r| &r.peer == *p)
+            })
             .min_by_key(|(_, s)| (s.in_flight, s.strikes))
             .map(|(p, _)| p.clone())
     }
@@ -301,7 +303,9 @@ impl<P: Ord + Clone> Download<P> {
         let expired: Vec<(P, usize)> = self
             .in_flight
             .iter()
-            .flat_map(|(c, reqs)| reqs.iter().filter(|r| now.since(r.since) >= self.timeout).map(|r| (r.peer.clone(), *c)))
+            .flat_map(|(c, reqs)| {
+                reqs.iter().filter(|r| now.since(r.since) >= self.timeout).map(|r| (r.peer.clone(), *c))
+            })
             .collect();
         for (peer, chunk) in expired {
             self.on_failure(&peer, chunk);

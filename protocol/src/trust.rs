@@ -73,7 +73,11 @@ impl TrustStore {
             return Err(ManifestRejection::UntrustedSigner { app: m.app.clone(), signer: manifest.signer().to_hex() });
         }
         if m.is_expired(now) {
-            return Err(ManifestRejection::Expired { app: m.app.clone(), version: m.version.clone(), expires_at: m.expires_at });
+            return Err(ManifestRejection::Expired {
+                app: m.app.clone(),
+                version: m.version.clone(),
+                expires_at: m.expires_at,
+            });
         }
         if let Some(current) = current {
             if m.version <= *current {
@@ -126,12 +130,18 @@ mod tests {
         assert_eq!(trust.admit(&good, None, None, now), Ok(()));
 
         let untrusted = signed(&mallory, &manifest("mysql", "8.0.37", 5000));
-        assert!(matches!(trust.admit(&untrusted, None, Some(&current), now), Err(ManifestRejection::UntrustedSigner { .. })));
+        assert!(matches!(
+            trust.admit(&untrusted, None, Some(&current), now),
+            Err(ManifestRejection::UntrustedSigner { .. })
+        ));
 
         let rollback = signed(&vendor, &manifest("mysql", "8.0.35", 5000));
         assert!(matches!(trust.admit(&rollback, None, Some(&current), now), Err(ManifestRejection::NotNewer { .. })));
         let replay_same = signed(&vendor, &manifest("mysql", "8.0.36", 5000));
-        assert!(matches!(trust.admit(&replay_same, None, Some(&current), now), Err(ManifestRejection::NotNewer { .. })));
+        assert!(matches!(
+            trust.admit(&replay_same, None, Some(&current), now),
+            Err(ManifestRejection::NotNewer { .. })
+        ));
 
         let expired = signed(&vendor, &manifest("mysql", "8.0.38", 900));
         assert!(matches!(trust.admit(&expired, None, Some(&current), now), Err(ManifestRejection::Expired { .. })));

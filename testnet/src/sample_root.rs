@@ -48,7 +48,7 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
     let lib = format!("\x7fELF libmysqlclient.so.21 build {}", env % 3 == 2);
     write_old(root, "/usr/lib/x86_64-linux-gnu/libmysqlclient.so.21", lib.as_bytes())?;
 
-    let mut settings = vec![
+    let mut settings = [
         format!("bind-address = 10.{}.{}.{}", host % 200, (host / 200) % 250, 1 + host % 250),
         format!("report_host = {hostname}"),
         format!("server-id = {}", 100 + host),
@@ -63,7 +63,7 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
     }
     let mut cnf = String::from("# Generated for a Mirage testnet\n[mysqld]\n");
     for (i, line) in settings.iter().enumerate() {
-        if (i as u32 + host) % 3 == 0 {
+        if (i as u32 + host).is_multiple_of(3) {
             cnf.push_str(&format!("# edited by admin on host {host}\n\n"));
         }
         cnf.push_str(line);
@@ -71,7 +71,11 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
     }
     write_old(root, "/etc/mysql/my.cnf", cnf.as_bytes())?;
     write_old(root, "/var/lib/mysql/ibdata1", b"innodb system tablespace")?;
-    write_old(root, "/var/lib/mysql/auto.cnf", format!("[auto]\nserver-uuid={:08x}-0000-4000-8000-{:012x}\n", host, host).as_bytes())?;
+    write_old(
+        root,
+        "/var/lib/mysql/auto.cnf",
+        format!("[auto]\nserver-uuid={:08x}-0000-4000-8000-{:012x}\n", host, host).as_bytes(),
+    )?;
     write_old(
         root,
         "/var/log/mysql/error.log",

@@ -45,7 +45,12 @@ fn fingerprint(args: FingerprintArgs) -> Result<()> {
         r.cold_stats.files_hashed,
         mib / r.cold.as_secs_f64()
     );
-    println!("mirage_warm_s {:.3} (cache hits {}, hashed {})", r.warm.as_secs_f64(), r.warm_stats.cache_hits, r.warm_stats.files_hashed);
+    println!(
+        "mirage_warm_s {:.3} (cache hits {}, hashed {})",
+        r.warm.as_secs_f64(),
+        r.warm_stats.cache_hits,
+        r.warm_stats.files_hashed
+    );
     if let Some(b) = r.b3sum {
         println!("cold_vs_b3sum {:.2}x (target <= 1.30x)", r.cold.as_secs_f64() / b.as_secs_f64());
     }

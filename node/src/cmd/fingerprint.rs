@@ -40,9 +40,7 @@ fn open_cache(args: &Args) -> Option<DigestCache> {
         return None;
     }
     let path = args.cache.clone().or_else(default_cache_path)?;
-    DigestCache::open(&path)
-        .map_err(|e| tracing::warn!(error = %e, "running without the digest cache"))
-        .ok()
+    DigestCache::open(&path).map_err(|e| tracing::warn!(error = %e, "running without the digest cache")).ok()
 }
 
 fn item_json(item: &Item) -> Value {
@@ -103,7 +101,13 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("app:         {}", fp.app());
     println!("cluster key: {}", fp.cluster_key());
-    println!("items:       {} ({} files matched, {} hashed, {} from cache)", fp.items().len(), result.stats.files_matched, result.stats.files_hashed, result.stats.cache_hits);
+    println!(
+        "items:       {} ({} files matched, {} hashed, {} from cache)",
+        fp.items().len(),
+        result.stats.files_matched,
+        result.stats.files_hashed,
+        result.stats.cache_hits
+    );
     for item in fp.items() {
         let value = match &item.value {
             ItemValue::Digest(d) => format!("blake3:{}", &d.to_hex()[..16]),

@@ -63,11 +63,7 @@ fn policies(choice: &str) -> Result<Vec<PolicyKind>> {
     }
     let one: PolicyKind = choice.parse().map_err(anyhow::Error::msg)?;
     // The baseline always runs too: the comparison is against it.
-    Ok(if one == PolicyKind::NoStaging {
-        vec![one]
-    } else {
-        vec![PolicyKind::NoStaging, one]
-    })
+    Ok(if one == PolicyKind::NoStaging { vec![one] } else { vec![PolicyKind::NoStaging, one] })
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -86,18 +82,13 @@ pub fn run(args: Args) -> Result<()> {
         report_deadline_secs: args.report_deadline_secs,
         stages: args.stages,
         stage_timeout_secs: args.stage_timeout_secs,
-        order: if args.largest_first {
-            StageOrder::LargestFirst
-        } else {
-            StageOrder::SmallestFirst
-        },
+        order: if args.largest_first { StageOrder::LargestFirst } else { StageOrder::SmallestFirst },
         ..Scenario::default()
     };
     scenario.timing.fix_base_ms = (args.fix_hours * hour) as u64;
     scenario.timing.fix_mean_ms = (args.fix_tail_hours * hour) as u64;
 
-    let mut ratios: Vec<(PolicyKind, Vec<f64>)> =
-        policies.iter().map(|p| (*p, Vec::new())).collect();
+    let mut ratios: Vec<(PolicyKind, Vec<f64>)> = policies.iter().map(|p| (*p, Vec::new())).collect();
     for seed in args.seed..args.seed + args.seeds.max(1) {
         scenario.seed = seed;
         let cmp = run_one(&args, scenario.clone(), &policies)?;
@@ -106,10 +97,7 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
     if args.seeds > 1 {
-        println!(
-            "worst-case latency vs no-staging over {} seeds (min / mean / max):",
-            args.seeds
-        );
+        println!("worst-case latency vs no-staging over {} seeds (min / mean / max):", args.seeds);
         for (policy, r) in ratios.iter().filter(|(p, _)| *p != PolicyKind::NoStaging) {
             let mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
             let min = r.iter().copied().fold(f64::INFINITY, f64::min);
@@ -138,16 +126,9 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
         world.machines_in_broken_clusters()
     );
     if !world.misplaced.is_empty() {
-        println!(
-            "misplaced: {} machines broken by a problem their cluster passes",
-            world.misplaced.len()
-        );
+        println!("misplaced: {} machines broken by a problem their cluster passes", world.misplaced.len());
     }
-    let fixes: Vec<String> = world
-        .fix_ms
-        .iter()
-        .map(|ms| format!("{:.1} h", *ms as f64 / hour))
-        .collect();
+    let fixes: Vec<String> = world.fix_ms.iter().map(|ms| format!("{:.1} h", *ms as f64 / hour)).collect();
     println!("vendor fix times: [{}]", fixes.join(", "));
     if policies.contains(&PolicyKind::Balanced) {
         // The same plan every node computes from the cluster sizes it knows.
@@ -168,21 +149,13 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
             .collect();
         println!("balanced stages: {}", stages.join("; "));
     }
-    println!(
-        "fleet generated in {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("fleet generated in {:.2} s", started.elapsed().as_secs_f64());
 
     let mut outcomes = Vec::new();
     for &policy in policies {
         let t = Instant::now();
         let o = sim::run(&world, policy);
-        println!(
-            "{:<14} simulated in {:.2} s ({} events)",
-            policy.name(),
-            t.elapsed().as_secs_f64(),
-            o.events
-        );
+        println!("{:<14} simulated in {:.2} s ({} events)", policy.name(), t.elapsed().as_secs_f64(), o.events);
         outcomes.push(o);
     }
     let cmp = Comparison { outcomes };

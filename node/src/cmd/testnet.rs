@@ -57,7 +57,8 @@ pub fn run(args: Args) -> Result<()> {
     let mut nodes = Vec::with_capacity(args.nodes);
     for i in 0..args.nodes {
         let machine = SampleMachine { environment: i as u32 % args.environments, host: i as u32 };
-        let node = FleetNode::start(&mirage, &dir.join(format!("node{i}")), i, machine, &profile, &bootstrap.addr, &[])?;
+        let node =
+            FleetNode::start(&mirage, &dir.join(format!("node{i}")), i, machine, &profile, &bootstrap.addr, &[])?;
         nodes.push(node);
     }
     println!("started {} nodes; each fingerprints its machine and announces it", nodes.len());
@@ -86,8 +87,7 @@ pub fn run(args: Args) -> Result<()> {
                 all_up && s.as_ref().and_then(|s| members(s, APP)).as_ref() == expected.get(&n.machine.environment)
             })
             .count();
-        let connected: Vec<u64> =
-            statuses.iter().flatten().filter_map(|s| s["connected_peers"].as_u64()).collect();
+        let connected: Vec<u64> = statuses.iter().flatten().filter_map(|s| s["connected_peers"].as_u64()).collect();
         let line = format!(
             "{}/{} nodes up, {}/{} know exactly their cluster; connections per node {}-{}",
             peers.iter().flatten().count(),
@@ -117,14 +117,24 @@ pub fn run(args: Args) -> Result<()> {
             .zip(&statuses)
             .find(|(n, _)| n.machine.environment == *env)
             .and_then(|(_, s)| s.as_ref())
-            .and_then(|s| s["clusters"].as_array()?.iter().find(|c| c["app"] == APP)?["cluster_key"].as_str().map(str::to_string))
+            .and_then(|s| {
+                s["clusters"].as_array()?.iter().find(|c| c["app"] == APP)?["cluster_key"].as_str().map(str::to_string)
+            })
             .unwrap_or_default();
         let list: Vec<&str> = peers.iter().map(|p| short(p)).collect();
-        println!("environment {env}: cluster {}…  {} members  [{}]", &key[..key.len().min(16)], peers.len(), list.join(" "));
+        println!(
+            "environment {env}: cluster {}…  {} members  [{}]",
+            &key[..key.len().min(16)],
+            peers.len(),
+            list.join(" ")
+        );
     }
 
     if args.keep_running {
-        println!("\ntestnet running; try `mirage status --api $(cat {}/node0/data/api.addr)`. Ctrl-C stops it.", dir.display());
+        println!(
+            "\ntestnet running; try `mirage status --api $(cat {}/node0/data/api.addr)`. Ctrl-C stops it.",
+            dir.display()
+        );
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(tokio::signal::ctrl_c())?;
     }
     println!("\nstopping the testnet");

@@ -160,9 +160,11 @@ impl Fingerprint {
             return Err("items are not in canonical order".into());
         }
         let too_long = |s: &str| s.len() > MAX_ITEM_TEXT;
-        if self.items.iter().any(|i| {
-            too_long(&i.path) || too_long(&i.key) || matches!(&i.value, ItemValue::Text(t) if too_long(t))
-        }) {
+        if self
+            .items
+            .iter()
+            .any(|i| too_long(&i.path) || too_long(&i.key) || matches!(&i.value, ItemValue::Text(t) if too_long(t)))
+        {
             return Err(format!("an item is over {MAX_ITEM_TEXT} bytes"));
         }
         Ok(())

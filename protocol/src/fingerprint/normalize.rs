@@ -30,7 +30,7 @@ impl HostContext {
 
     fn is_own_name(&self, token: &str) -> bool {
         let t = token.trim_end_matches('.').to_lowercase();
-        self.names.iter().any(|n| *n == t)
+        self.names.contains(&t)
     }
 }
 
@@ -65,10 +65,7 @@ fn is_separator(c: char) -> bool {
 /// tokens with placeholders.
 pub fn normalize_value(value: &str, host: &HostContext) -> String {
     let v = value.trim();
-    let v = ['"', '\'']
-        .iter()
-        .find_map(|q| v.strip_prefix(*q).and_then(|s| s.strip_suffix(*q)))
-        .unwrap_or(v);
+    let v = ['"', '\''].iter().find_map(|q| v.strip_prefix(*q).and_then(|s| s.strip_suffix(*q))).unwrap_or(v);
     let v = super::config::collapse_ws(v);
     let mut out = String::with_capacity(v.len());
     let mut token = String::new();

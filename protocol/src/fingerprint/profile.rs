@@ -245,7 +245,8 @@ impl Profile {
             if r.class == ResourceClass::Dependent && r.name.as_deref().unwrap_or("").is_empty() {
                 return Err(fail("dependent applications need a `name`".into()));
             }
-            let patterns = r.include.iter().map(|p| Pattern::compile(p)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
+            let patterns =
+                r.include.iter().map(|p| Pattern::compile(p)).collect::<Result<Vec<_>, _>>().map_err(fail)?;
             let (names, paths): (Vec<&String>, Vec<&String>) = r.exclude.iter().partition(|p| !p.contains('/'));
             let exclude_paths = glob_set(paths).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;
             let exclude_names = glob_set(names).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;

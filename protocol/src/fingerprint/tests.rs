@@ -59,7 +59,10 @@ impl Machine {
     fn fingerprint(&self, profile: &Profile) -> Fingerprint {
         let mut b = FingerprintBuilder::new(profile, HostContext::new(Some(&self.hostname), None));
         b.add_matches(0, 0, vec![("/usr/sbin/mysqld".into(), Observed::Digest(Digest::of(b"mysqld 8.0")))]);
-        let lib = self.lib.as_ref().map(|l| ("/usr/lib/x86_64-linux-gnu/libmysqlclient.so.21".to_string(), Observed::Digest(Digest::of(l))));
+        let lib = self
+            .lib
+            .as_ref()
+            .map(|l| ("/usr/lib/x86_64-linux-gnu/libmysqlclient.so.21".to_string(), Observed::Digest(Digest::of(l))));
         b.add_matches(1, 0, lib.into_iter().collect());
         b.add_matches(2, 0, vec![("/etc/mysql/my.cnf".into(), Observed::Text(self.config_text()))]);
         b.add_matches(2, 1, vec![]);
@@ -82,7 +85,16 @@ fn settings() -> impl Strategy<Value = Vec<(String, String)>> {
 }
 
 fn machine_pair() -> impl Strategy<Value = (Machine, Machine)> {
-    (settings(), "[a-z]{2,8}[0-9]{0,3}", "[a-z]{2,8}[0-9]{0,3}", any::<[u8; 3]>(), any::<[u8; 3]>(), ".{0,50}", ".{0,50}", any::<u64>())
+    (
+        settings(),
+        "[a-z]{2,8}[0-9]{0,3}",
+        "[a-z]{2,8}[0-9]{0,3}",
+        any::<[u8; 3]>(),
+        any::<[u8; 3]>(),
+        ".{0,50}",
+        ".{0,50}",
+        any::<u64>(),
+    )
         .prop_flat_map(|(settings, h1, h2, ip1, ip2, log1, log2, seed)| {
             let n = settings.len();
             let perm = Just((0..n).collect::<Vec<_>>()).prop_shuffle();
@@ -91,8 +103,24 @@ fn machine_pair() -> impl Strategy<Value = (Machine, Machine)> {
         })
         .prop_map(|(settings, (h1, h2, ip1, ip2, log1, log2, _), o1, o2, c1, c2)| {
             let lib = Some(b"libmysqlclient 21".to_vec());
-            let a = Machine { hostname: h1, ip: [10, ip1[0], ip1[1], ip1[2]], settings: settings.clone(), order: o1, comments: c1, lib: lib.clone(), log_text: log1 };
-            let b = Machine { hostname: h2, ip: [192, ip2[0], ip2[1], ip2[2].max(1)], settings, order: o2, comments: c2, lib, log_text: log2 };
+            let a = Machine {
+                hostname: h1,
+                ip: [10, ip1[0], ip1[1], ip1[2]],
+                settings: settings.clone(),
+                order: o1,
+                comments: c1,
+                lib: lib.clone(),
+                log_text: log1,
+            };
+            let b = Machine {
+                hostname: h2,
+                ip: [192, ip2[0], ip2[1], ip2[2].max(1)],
+                settings,
+                order: o2,
+                comments: c2,
+                lib,
+                log_text: log2,
+            };
             (a, b)
         })
 }
@@ -161,9 +189,7 @@ fn host_specific_settings_are_normalized_in_items() {
         log_text: String::new(),
     };
     let fp = m.fingerprint(&p);
-    let text = |key: &str| {
-        fp.items().iter().find(|i| i.key == key).map(|i| i.value.clone())
-    };
+    let text = |key: &str| fp.items().iter().find(|i| i.key == key).map(|i| i.value.clone());
     assert_eq!(text("mysqld.bind-address"), Some(ItemValue::Text("<ip>".into())));
     assert_eq!(text("mysqld.report-host"), Some(ItemValue::Text("<host-specific>".into())));
     assert_eq!(text("mysqld.pid-file"), None, "ignored by the profile");

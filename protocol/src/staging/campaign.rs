@@ -28,10 +28,7 @@ pub enum ReleaseIgnored {
     #[error("manifest is for another app")]
     OtherApp,
     #[error("manifest version {offered} is not newer than {current}")]
-    NotNewer {
-        offered: semver::Version,
-        current: semver::Version,
-    },
+    NotNewer { offered: semver::Version, current: semver::Version },
 }
 
 /// A verified manifest, reduced to what the rollout needs.
@@ -45,11 +42,7 @@ pub struct Release {
 
 impl Release {
     pub fn from_verified(m: &Verified<UpgradeManifest>) -> Self {
-        Release {
-            manifest: m.payload().clone(),
-            id: m.payload().id(),
-            issued_at: m.issued_at(),
-        }
+        Release { manifest: m.payload().clone(), id: m.payload().id(), issued_at: m.issued_at() }
     }
 }
 
@@ -102,9 +95,7 @@ impl Campaign {
     }
 
     pub fn evaluation(&self, cluster: &ClusterKey) -> Option<&Evaluation> {
-        self.active
-            .as_ref()
-            .and_then(|a| a.evaluations.get(cluster))
+        self.active.as_ref().and_then(|a| a.evaluations.get(cluster))
     }
 
     pub fn members(&self, cluster: &ClusterKey) -> &[PublicKey] {
@@ -118,22 +109,12 @@ impl Campaign {
             Some(e) => (e.verdict != Verdict::NotOpen, e.is_seated(me), e.verdict),
             None => (false, false, Verdict::NotOpen),
         };
-        Some(View {
-            manifest: a.release.id,
-            open,
-            seated,
-            verdict,
-        })
+        Some(View { manifest: a.release.id, open, seated, verdict })
     }
 
     /// Replaces what is known of one cluster's membership; returns clusters whose view
     /// may have changed.
-    pub fn set_members(
-        &mut self,
-        cluster: ClusterKey,
-        members: Vec<PublicKey>,
-        now: UnixMillis,
-    ) -> Vec<ClusterKey> {
+    pub fn set_members(&mut self, cluster: ClusterKey, members: Vec<PublicKey>, now: UnixMillis) -> Vec<ClusterKey> {
         self.members.insert(cluster, members);
         let Some(a) = self.active.as_mut() else {
             return Vec::new();
@@ -148,10 +129,7 @@ impl Campaign {
                 a.gates.insert(cluster, g);
             }
         }
-        let mut changed: Vec<ClusterKey> = a
-            .open_gate_if_stage_open(cluster, now)
-            .into_iter()
-            .collect();
+        let mut changed: Vec<ClusterKey> = a.open_gate_if_stage_open(cluster, now).into_iter().collect();
         changed.extend(a.refresh(cluster, now));
         changed.extend(a.open_ready_stages(now));
         changed
@@ -198,13 +176,7 @@ impl Campaign {
             .iter()
             .map(|(c, m)| (*c, ClusterGate::new(&release.manifest, release.id, *c, m)))
             .collect::<BTreeMap<_, _>>();
-        let mut a = Active {
-            release,
-            plan,
-            schedule,
-            gates,
-            evaluations: BTreeMap::new(),
-        };
+        let mut a = Active { release, plan, schedule, gates, evaluations: BTreeMap::new() };
         let clusters: Vec<ClusterKey> = a.gates.keys().copied().collect();
         let mut changed = clusters.clone();
         for c in clusters {
@@ -219,11 +191,7 @@ impl Campaign {
     }
 
     /// Admits a verified report into its cluster's gate.
-    pub fn admit(
-        &mut self,
-        report: &Verified<TestReport>,
-        now: UnixMillis,
-    ) -> Result<Vec<ClusterKey>, ReportRejected> {
+    pub fn admit(&mut self, report: &Verified<TestReport>, now: UnixMillis) -> Result<Vec<ClusterKey>, ReportRejected> {
         let Some(a) = self.active.as_mut() else {
             return Err(ReportRejected::OtherUpgrade);
         };
@@ -239,10 +207,7 @@ impl Campaign {
             a.gates.insert(cluster, g);
             changed.extend(a.open_gate_if_stage_open(cluster, now));
         }
-        a.gates
-            .get_mut(&cluster)
-            .map(|g| g.admit(report))
-            .unwrap_or(Err(ReportRejected::OtherCluster))?;
+        a.gates.get_mut(&cluster).map(|g| g.admit(report)).unwrap_or(Err(ReportRejected::OtherCluster))?;
         changed.extend(a.refresh(cluster, now));
         changed.extend(a.open_ready_stages(now));
         Ok(changed)
@@ -253,12 +218,8 @@ impl Campaign {
         let Some(a) = self.active.as_mut() else {
             return Vec::new();
         };
-        let due: Vec<ClusterKey> = a
-            .evaluations
-            .iter()
-            .filter(|(_, e)| e.next_deadline.is_some_and(|d| d <= now))
-            .map(|(c, _)| *c)
-            .collect();
+        let due: Vec<ClusterKey> =
+            a.evaluations.iter().filter(|(_, e)| e.next_deadline.is_some_and(|d| d <= now)).map(|(c, _)| *c).collect();
         let mut changed = Vec::new();
         for c in due {
             changed.extend(a.refresh(c, now));
@@ -290,11 +251,7 @@ impl Active {
         Some(cluster)
     }
 
-    fn open_gate_if_stage_open(
-        &mut self,
-        cluster: ClusterKey,
-        now: UnixMillis,
-    ) -> Option<ClusterKey> {
+    fn open_gate_if_stage_open(&mut self, cluster: ClusterKey, now: UnixMillis) -> Option<ClusterKey> {
         let opened = self.schedule.opened_at(self.plan.stage_of(&cluster))?;
         let gate = self.gates.get_mut(&cluster)?;
         gate.open(opened.max(self.release.issued_at));

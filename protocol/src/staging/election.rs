@@ -30,15 +30,9 @@ pub fn rank_score(manifest: &Digest, cluster: &ClusterKey, peer: &PublicKey) -> 
 
 /// Orders `members` by rendezvous score (duplicates removed). Every member computes the
 /// same order from the same membership.
-pub fn rank_members(
-    manifest: &Digest,
-    cluster: &ClusterKey,
-    members: &[PublicKey],
-) -> Vec<PublicKey> {
-    let mut scored: Vec<([u8; 32], PublicKey)> = members
-        .iter()
-        .map(|m| (rank_score(manifest, cluster, m), *m))
-        .collect();
+pub fn rank_members(manifest: &Digest, cluster: &ClusterKey, members: &[PublicKey]) -> Vec<PublicKey> {
+    let mut scored: Vec<([u8; 32], PublicKey)> =
+        members.iter().map(|m| (rank_score(manifest, cluster, m), *m)).collect();
     scored.sort_unstable();
     scored.dedup_by(|a, b| a.1 == b.1);
     scored.into_iter().map(|(_, m)| m).collect()
@@ -69,10 +63,7 @@ pub struct Quorum {
 impl Quorum {
     pub fn new(representatives: u16, threshold: u16, members: usize) -> Self {
         let seats = (representatives as usize).min(members);
-        Quorum {
-            seats,
-            threshold: (threshold as usize).min(seats),
-        }
+        Quorum { seats, threshold: (threshold as usize).min(seats) }
     }
 }
 
@@ -100,13 +91,7 @@ pub fn seats_at(
         .map(|rank| {
             let holder = ranking[rank];
             let deadline = UnixMillis(start.0.saturating_add(term));
-            Seat {
-                rank,
-                holder,
-                elected_at: start,
-                deadline,
-                settled: on_time(&holder, start, deadline),
-            }
+            Seat { rank, holder, elected_at: start, deadline, settled: on_time(&holder, start, deadline) }
         })
         .collect();
     let mut next = seats;
@@ -129,13 +114,7 @@ pub fn seats_at(
             let elected_at = out[i].deadline;
             let holder = ranking[next];
             let deadline = UnixMillis(elected_at.0.saturating_add(term));
-            out[i] = Seat {
-                rank: next,
-                holder,
-                elected_at,
-                deadline,
-                settled: on_time(&holder, start, deadline),
-            };
+            out[i] = Seat { rank: next, holder, elected_at, deadline, settled: on_time(&holder, start, deadline) };
             next += 1;
         }
     }
@@ -172,35 +151,14 @@ mod tests {
     fn ranking_changes_with_the_manifest() {
         let c = ClusterKey(Digest([2; 32]));
         let p = peers(20);
-        assert_ne!(
-            rank_members(&Digest([1; 32]), &c, &p),
-            rank_members(&Digest([9; 32]), &c, &p)
-        );
+        assert_ne!(rank_members(&Digest([1; 32]), &c, &p), rank_members(&Digest([9; 32]), &c, &p));
     }
 
     #[test]
     fn quorum_is_capped_for_tiny_clusters() {
-        assert_eq!(
-            Quorum::new(2, 2, 1),
-            Quorum {
-                seats: 1,
-                threshold: 1
-            }
-        );
-        assert_eq!(
-            Quorum::new(3, 2, 10),
-            Quorum {
-                seats: 3,
-                threshold: 2
-            }
-        );
-        assert_eq!(
-            Quorum::new(0, 0, 10),
-            Quorum {
-                seats: 0,
-                threshold: 0
-            }
-        );
+        assert_eq!(Quorum::new(2, 2, 1), Quorum { seats: 1, threshold: 1 });
+        assert_eq!(Quorum::new(3, 2, 10), Quorum { seats: 3, threshold: 2 });
+        assert_eq!(Quorum::new(0, 0, 10), Quorum { seats: 0, threshold: 0 });
     }
 
     #[test]
@@ -226,27 +184,21 @@ mod tests {
         let start = UnixMillis(0);
         let mut reports = BTreeMap::new();
         reports.insert(p[0], UnixMillis(59_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), |k| {
-            reports.get(k).copied()
-        });
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), |k| reports.get(k).copied());
         assert_eq!(s[0].rank, 0);
         assert!(s[0].settled);
         // Seat 1 passed on at every deadline: ranks 2, 3, 4, 5 (exhausted).
         assert_eq!(s[1].rank, 5);
         // A report issued after the term does not settle it.
         reports.insert(p[1], UnixMillis(61_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), |k| {
-            reports.get(k).copied()
-        });
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), |k| reports.get(k).copied());
         assert_eq!(s[1].rank, 2);
     }
 
     #[test]
     fn reports_issued_before_testing_started_do_not_count() {
         let p = peers(3);
-        let s = seats_at(&p, 1, UnixMillis(10_000), MIN, UnixMillis(10_000), |_| {
-            Some(UnixMillis(5_000))
-        });
+        let s = seats_at(&p, 1, UnixMillis(10_000), MIN, UnixMillis(10_000), |_| Some(UnixMillis(5_000)));
         assert!(!s[0].settled);
     }
 }

@@ -92,19 +92,12 @@ pub struct ClusterGate {
 }
 
 impl ClusterGate {
-    pub fn new(
-        manifest: &UpgradeManifest,
-        manifest_id: Digest,
-        cluster: ClusterKey,
-        members: &[PublicKey],
-    ) -> Self {
+    pub fn new(manifest: &UpgradeManifest, manifest_id: Digest, cluster: ClusterKey, members: &[PublicKey]) -> Self {
         let policy = &manifest.policy;
         // No staging means no testing: the gate holds the moment the stage opens.
         let (representatives, threshold) = match policy.kind {
             PolicyKind::NoStaging => (0, 0),
-            PolicyKind::FrontLoading | PolicyKind::Balanced => {
-                (policy.representatives, policy.threshold)
-            }
+            PolicyKind::FrontLoading | PolicyKind::Balanced => (policy.representatives, policy.threshold),
         };
         ClusterGate {
             manifest: manifest_id,
@@ -175,11 +168,7 @@ impl ClusterGate {
         if r.cluster_key != self.cluster {
             return Err(ReportRejected::OtherCluster);
         }
-        let record = ReportRecord {
-            id: report.id(),
-            issued_at: report.issued_at(),
-            outcome: r.outcome,
-        };
+        let record = ReportRecord { id: report.id(), issued_at: report.issued_at(), outcome: r.outcome };
         let signer = *report.signer();
         if let Some(old) = self.reports.get(&signer) {
             if old.id == record.id {
@@ -203,22 +192,11 @@ impl ClusterGate {
     /// The verdict at `now`.
     pub fn evaluate(&self, now: UnixMillis) -> Evaluation {
         let Some(start) = self.opened_at else {
-            return Evaluation {
-                verdict: Verdict::NotOpen,
-                seats: Vec::new(),
-                next_deadline: None,
-            };
+            return Evaluation { verdict: Verdict::NotOpen, seats: Vec::new(), next_deadline: None };
         };
         let quorum = self.quorum();
         let reported_at = |k: &PublicKey| self.reports.get(k).map(|r| r.issued_at);
-        let mut seats = seats_at(
-            &self.ranking,
-            quorum.seats,
-            start,
-            self.deadline,
-            now,
-            reported_at,
-        );
+        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, reported_at);
         // Replacements take ranks in order, so the highest seated rank tells how far down
         // the ranking the seats have gone.
         let exhausted = seats.iter().map(|s| s.rank + 1).max().unwrap_or(0) >= self.ranking.len();
@@ -234,25 +212,11 @@ impl ClusterGate {
         let counted: Vec<(UnixMillis, Outcome, PublicKey)> = seats
             .iter()
             .filter(|s| s.settled)
-            .filter_map(|s| {
-                self.reports
-                    .get(&s.holder)
-                    .map(|r| (r.issued_at, r.outcome, s.holder))
-            })
+            .filter_map(|s| self.reports.get(&s.holder).map(|r| (r.issued_at, r.outcome, s.holder)))
             .collect();
-        let next_deadline = if exhausted {
-            None
-        } else {
-            seats
-                .iter()
-                .filter(|s| !s.settled)
-                .map(|s| s.deadline)
-                .min()
-        };
-        let first_fail = counted
-            .iter()
-            .filter(|c| c.1 == Outcome::Fail)
-            .min_by_key(|c| (c.0, c.2));
+        let next_deadline =
+            if exhausted { None } else { seats.iter().filter(|s| !s.settled).map(|s| s.deadline).min() };
+        let first_fail = counted.iter().filter(|c| c.1 == Outcome::Fail).min_by_key(|c| (c.0, c.2));
         let verdict = if let Some(&(at, _, by)) = first_fail {
             Verdict::Halted { at, by }
         } else {
@@ -264,18 +228,12 @@ impl ClusterGate {
                 // Members unknown yet: nobody can be elected, so nothing can pass.
                 Verdict::Pending
             } else if passes.len() >= quorum.threshold {
-                Verdict::Holds {
-                    at: passes[quorum.threshold - 1].max(start),
-                }
+                Verdict::Holds { at: passes[quorum.threshold - 1].max(start) }
             } else {
                 Verdict::Pending
             }
         };
-        Evaluation {
-            verdict,
-            seats,
-            next_deadline,
-        }
+        Evaluation { verdict, seats, next_deadline }
     }
 }
 

@@ -54,10 +54,7 @@ impl Phase {
     /// An external action is under way in this phase; it must finish (or be re-issued
     /// after a restart) before the node moves on.
     pub fn in_flight(self) -> bool {
-        matches!(
-            self,
-            Phase::Fetching | Phase::Testing | Phase::Applying | Phase::RollingBack
-        )
+        matches!(self, Phase::Fetching | Phase::Testing | Phase::Applying | Phase::RollingBack)
     }
 }
 
@@ -76,11 +73,7 @@ impl Step {
     /// The manifest the step is about.
     pub fn manifest(&self) -> &Digest {
         match self {
-            Step::Fetch(id)
-            | Step::RunTests(id)
-            | Step::Publish(id, _)
-            | Step::Apply(id)
-            | Step::RollBack(id) => id,
+            Step::Fetch(id) | Step::RunTests(id) | Step::Publish(id, _) | Step::Apply(id) | Step::RollBack(id) => id,
         }
     }
 }
@@ -119,29 +112,17 @@ impl Member {
             // A newer release supersedes the current one, except mid-apply or
             // mid-rollback: those finish first, then the node moves on.
             Some(w) if w.phase == Phase::Applying || w.phase == Phase::RollingBack => return None,
-            _ => Work {
-                manifest: view.manifest,
-                phase: Phase::WaitingForStage,
-            },
+            _ => Work { manifest: view.manifest, phase: Phase::WaitingForStage },
         };
         let id = work.manifest;
         let (phase, step) = match (work.phase, view.verdict) {
             (Phase::WaitingForStage, _) if view.open => (Phase::Fetching, Some(Step::Fetch(id))),
-            (Phase::WaitingForGate | Phase::Passed, Verdict::Holds { .. }) => {
-                (Phase::Applying, Some(Step::Apply(id)))
-            }
-            (Phase::WaitingForGate | Phase::Passed, Verdict::Halted { .. }) => {
-                (Phase::Halted, None)
-            }
-            (Phase::WaitingForGate, Verdict::Pending) if view.seated => {
-                (Phase::Testing, Some(Step::RunTests(id)))
-            }
+            (Phase::WaitingForGate | Phase::Passed, Verdict::Holds { .. }) => (Phase::Applying, Some(Step::Apply(id))),
+            (Phase::WaitingForGate | Phase::Passed, Verdict::Halted { .. }) => (Phase::Halted, None),
+            (Phase::WaitingForGate, Verdict::Pending) if view.seated => (Phase::Testing, Some(Step::RunTests(id))),
             (phase, _) => (phase, None),
         };
-        self.work = Some(Work {
-            manifest: id,
-            phase,
-        });
+        self.work = Some(Work { manifest: id, phase });
         step
     }
 
@@ -159,23 +140,16 @@ impl Member {
             Outcome::Pass => Phase::Passed,
             Outcome::Fail => Phase::Failed,
         };
-        self.advance(manifest, Phase::Testing, next)
-            .then_some(Step::Publish(manifest, outcome))
+        self.advance(manifest, Phase::Testing, next).then_some(Step::Publish(manifest, outcome))
     }
 
     /// Applying finished: a healthy release is in place, an unhealthy one must go.
-    pub fn apply_finished(
-        &mut self,
-        manifest: Digest,
-        healthy: bool,
-        view: Option<&View>,
-    ) -> Option<Step> {
+    pub fn apply_finished(&mut self, manifest: Digest, healthy: bool, view: Option<&View>) -> Option<Step> {
         if healthy {
             self.advance(manifest, Phase::Applying, Phase::Applied);
             self.observe(view)
         } else {
-            self.advance(manifest, Phase::Applying, Phase::RollingBack)
-                .then_some(Step::RollBack(manifest))
+            self.advance(manifest, Phase::Applying, Phase::RollingBack).then_some(Step::RollBack(manifest))
         }
     }
 

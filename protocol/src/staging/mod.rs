@@ -27,7 +27,5 @@ pub use election::{rank_members, Quorum, Seat};
 pub use gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
 pub use member::{Member, Phase, Step, Work};
 pub use plan::StagePlan;
-pub use rollout::{
-    Action, ApplyResult, Event, Ignored, NodeConfig, Rollout, Snapshot, Status, TestRun,
-};
+pub use rollout::{Action, ApplyResult, Event, Ignored, NodeConfig, Rollout, Snapshot, Status, TestRun};
 pub use schedule::StageSchedule;

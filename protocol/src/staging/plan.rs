@@ -26,15 +26,9 @@ impl StagePlan {
             }
             PolicyKind::Balanced => balanced(sizes, policy.stages.max(1) as usize, policy.order),
         };
-        let stages: Vec<Vec<ClusterKey>> = stages
-            .into_iter()
-            .filter(|s: &Vec<ClusterKey>| !s.is_empty())
-            .collect();
-        let stage_of = stages
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| s.iter().map(move |c| (*c, i)))
-            .collect::<BTreeMap<_, _>>();
+        let stages: Vec<Vec<ClusterKey>> = stages.into_iter().filter(|s: &Vec<ClusterKey>| !s.is_empty()).collect();
+        let stage_of =
+            stages.iter().enumerate().flat_map(|(i, s)| s.iter().map(move |c| (*c, i))).collect::<BTreeMap<_, _>>();
         StagePlan { stages, stage_of }
     }
 
@@ -49,24 +43,15 @@ impl StagePlan {
     /// The stage a cluster belongs to. A cluster the plan has not heard of goes last:
     /// it joined after planning, and the last stage is the safest place for an unknown.
     pub fn stage_of(&self, cluster: &ClusterKey) -> usize {
-        self.stage_of
-            .get(cluster)
-            .copied()
-            .unwrap_or(self.stages.len().saturating_sub(1))
+        self.stage_of.get(cluster).copied().unwrap_or(self.stages.len().saturating_sub(1))
     }
 }
 
-fn balanced(
-    sizes: &BTreeMap<ClusterKey, u64>,
-    stages: usize,
-    order: StageOrder,
-) -> Vec<Vec<ClusterKey>> {
+fn balanced(sizes: &BTreeMap<ClusterKey, u64>, stages: usize, order: StageOrder) -> Vec<Vec<ClusterKey>> {
     let mut clusters: Vec<(u64, ClusterKey)> = sizes.iter().map(|(k, n)| (*n, *k)).collect();
     match order {
         StageOrder::SmallestFirst => clusters.sort_unstable(),
-        StageOrder::LargestFirst => {
-            clusters.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)))
-        }
+        StageOrder::LargestFirst => clusters.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1))),
     }
     let total: u64 = clusters.iter().map(|c| c.0).sum();
     let mut out: Vec<Vec<ClusterKey>> = vec![Vec::new(); stages];
@@ -100,12 +85,7 @@ mod tests {
     }
 
     fn policy(kind: PolicyKind, stages: u16, order: StageOrder) -> StagingPolicy {
-        StagingPolicy {
-            kind,
-            stages,
-            order,
-            ..StagingPolicy::default()
-        }
+        StagingPolicy { kind, stages, order, ..StagingPolicy::default() }
     }
 
     #[test]
@@ -122,16 +102,9 @@ mod tests {
     fn balanced_stages_have_similar_machine_counts_smallest_first() {
         // Sizes 1..=100: 5050 machines in 4 stages, about 1262 each.
         let sizes: BTreeMap<_, _> = (1..=100).map(|i| (key(i), i as u64)).collect();
-        let plan = StagePlan::new(
-            &policy(PolicyKind::Balanced, 4, StageOrder::SmallestFirst),
-            &sizes,
-        );
+        let plan = StagePlan::new(&policy(PolicyKind::Balanced, 4, StageOrder::SmallestFirst), &sizes);
         assert_eq!(plan.stage_count(), 4);
-        let loads: Vec<u64> = plan
-            .stages()
-            .iter()
-            .map(|s| s.iter().map(|c| sizes[c]).sum())
-            .collect();
+        let loads: Vec<u64> = plan.stages().iter().map(|s| s.iter().map(|c| sizes[c]).sum()).collect();
         for l in &loads {
             assert!((1100..=1450).contains(l), "{loads:?}");
         }
@@ -145,10 +118,7 @@ mod tests {
     #[test]
     fn largest_first_reverses_the_order() {
         let sizes: BTreeMap<_, _> = (1..=100).map(|i| (key(i), i as u64)).collect();
-        let plan = StagePlan::new(
-            &policy(PolicyKind::Balanced, 4, StageOrder::LargestFirst),
-            &sizes,
-        );
+        let plan = StagePlan::new(&policy(PolicyKind::Balanced, 4, StageOrder::LargestFirst), &sizes);
         assert_eq!(plan.stage_of(&key(100)), 0);
         assert_eq!(plan.stage_of(&key(1)), 3);
     }
@@ -156,10 +126,7 @@ mod tests {
     #[test]
     fn fewer_clusters_than_stages_leaves_no_empty_stage() {
         let sizes: BTreeMap<_, _> = (0..2).map(|i| (key(i), 10)).collect();
-        let plan = StagePlan::new(
-            &policy(PolicyKind::Balanced, 5, StageOrder::SmallestFirst),
-            &sizes,
-        );
+        let plan = StagePlan::new(&policy(PolicyKind::Balanced, 5, StageOrder::SmallestFirst), &sizes);
         assert_eq!(plan.stage_count(), 2);
         assert!(plan.stages().iter().all(|s| !s.is_empty()));
     }
@@ -168,10 +135,7 @@ mod tests {
     fn one_giant_cluster_gets_its_own_stage() {
         let mut sizes: BTreeMap<_, _> = (0..10).map(|i| (key(i), 1)).collect();
         sizes.insert(key(99), 1000);
-        let plan = StagePlan::new(
-            &policy(PolicyKind::Balanced, 3, StageOrder::SmallestFirst),
-            &sizes,
-        );
+        let plan = StagePlan::new(&policy(PolicyKind::Balanced, 3, StageOrder::SmallestFirst), &sizes);
         assert_eq!(plan.stages().last().unwrap(), &vec![key(99)]);
     }
 }

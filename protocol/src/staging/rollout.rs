@@ -39,9 +39,7 @@ use crate::envelope::Verified;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
-use crate::report::{
-    excerpt_tail, Outcome, ProblemReport, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES,
-};
+use crate::report::{excerpt_tail, Outcome, ProblemReport, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES};
 use crate::time::UnixMillis;
 use crate::Digest;
 use serde::{Deserialize, Serialize};
@@ -121,10 +119,7 @@ pub enum Action {
     /// Sign and send to the vendor.
     PublishProblemReport(ProblemReport),
     /// Apply atomically, run the health check, then send [`Event::ApplyFinished`].
-    Apply {
-        manifest: Digest,
-        version: semver::Version,
-    },
+    Apply { manifest: Digest, version: semver::Version },
     /// Restore the version that ran before `manifest` was applied.
     RollBack { manifest: Digest },
     /// Send [`Event::Timer`] at this time (replaces any earlier timer).
@@ -156,10 +151,7 @@ pub enum Ignored {
     #[error("manifest expired")]
     Expired,
     #[error("manifest version {offered} is not newer than running {running}")]
-    NotNewerThanRunning {
-        offered: semver::Version,
-        running: semver::Version,
-    },
+    NotNewerThanRunning { offered: semver::Version, running: semver::Version },
     #[error(transparent)]
     Release(#[from] ReleaseIgnored),
     #[error(transparent)]
@@ -228,23 +220,14 @@ impl Rollout {
         let mut actions = Vec::new();
         if let Some(w) = snapshot.work {
             match w.phase {
-                Phase::Fetching => actions.push(Action::Fetch {
-                    manifest: w.manifest,
-                }),
-                Phase::Testing => actions.push(Action::RunTests {
-                    manifest: w.manifest,
-                }),
+                Phase::Fetching => actions.push(Action::Fetch { manifest: w.manifest }),
+                Phase::Testing => actions.push(Action::RunTests { manifest: w.manifest }),
                 Phase::Applying => {
                     if let Some(version) = snapshot.work_version {
-                        actions.push(Action::Apply {
-                            manifest: w.manifest,
-                            version,
-                        });
+                        actions.push(Action::Apply { manifest: w.manifest, version });
                     }
                 }
-                Phase::RollingBack => actions.push(Action::RollBack {
-                    manifest: w.manifest,
-                }),
+                Phase::RollingBack => actions.push(Action::RollBack { manifest: w.manifest }),
                 _ => {}
             }
         }
@@ -347,11 +330,7 @@ impl Rollout {
         (release.id == w.manifest).then(|| release.manifest.version.clone())
     }
 
-    fn apply_event(
-        &mut self,
-        event: Event,
-        now: UnixMillis,
-    ) -> Result<(Option<Step>, Option<Detail>), Ignored> {
+    fn apply_event(&mut self, event: Event, now: UnixMillis) -> Result<(Option<Step>, Option<Detail>), Ignored> {
         match event {
             Event::Manifest(m) => {
                 let manifest = m.payload();
@@ -370,26 +349,15 @@ impl Rollout {
                     }
                 }
                 self.campaign.start_release(&m, now)?;
-                if self
-                    .own_report
-                    .as_ref()
-                    .is_some_and(|r| r.manifest_id != manifest.id())
-                {
+                if self.own_report.as_ref().is_some_and(|r| r.manifest_id != manifest.id()) {
                     self.own_report = None;
                 }
-                if self
-                    .own_problem
-                    .as_ref()
-                    .is_some_and(|p| p.manifest_id != manifest.id())
-                {
+                if self.own_problem.as_ref().is_some_and(|p| p.manifest_id != manifest.id()) {
                     self.own_problem = None;
                 }
                 Ok((None, None))
             }
-            Event::Members {
-                cluster,
-                mut members,
-            } => {
+            Event::Members { cluster, mut members } => {
                 // A node always counts itself in its own cluster, even before the DHT
                 // shows it there.
                 if cluster == self.cluster && !members.contains(&self.config.me) {
@@ -402,10 +370,9 @@ impl Rollout {
                 let view = self.view();
                 Ok((self.member.content_ready(manifest, view.as_ref()), None))
             }
-            Event::TestFinished { manifest, run } => Ok((
-                self.member.test_finished(manifest, run.outcome),
-                Some(Detail::Run(run)),
-            )),
+            Event::TestFinished { manifest, run } => {
+                Ok((self.member.test_finished(manifest, run.outcome), Some(Detail::Run(run))))
+            }
             Event::Report(r) => {
                 self.campaign.admit(&r, now)?;
                 Ok((None, None))
@@ -416,36 +383,22 @@ impl Rollout {
                 Ok((None, None))
             }
             Event::ApplyFinished { manifest, result } => {
-                let was_applying = self
-                    .member
-                    .work()
-                    .is_some_and(|w| w.manifest == manifest && w.phase == Phase::Applying);
+                let was_applying =
+                    self.member.work().is_some_and(|w| w.manifest == manifest && w.phase == Phase::Applying);
                 let view = self.view();
                 match result {
                     ApplyResult::Healthy => {
                         if was_applying {
                             self.running = self.applying.take();
                         }
-                        Ok((
-                            self.member.apply_finished(manifest, true, view.as_ref()),
-                            None,
-                        ))
+                        Ok((self.member.apply_finished(manifest, true, view.as_ref()), None))
                     }
-                    ApplyResult::Unhealthy {
-                        logs_digest,
-                        output,
-                    } => {
+                    ApplyResult::Unhealthy { logs_digest, output } => {
                         if was_applying {
                             self.applying = None;
                         }
                         let step = self.member.apply_finished(manifest, false, view.as_ref());
-                        Ok((
-                            step,
-                            Some(Detail::Unhealthy {
-                                logs_digest,
-                                output,
-                            }),
-                        ))
+                        Ok((step, Some(Detail::Unhealthy { logs_digest, output })))
                     }
                 }
             }
@@ -468,10 +421,7 @@ impl Rollout {
             Step::Apply(id) => {
                 let version = manifest.version.clone();
                 self.applying = Some(version.clone());
-                vec![Action::Apply {
-                    manifest: id,
-                    version,
-                }]
+                vec![Action::Apply { manifest: id, version }]
             }
             Step::Publish(id, outcome) => {
                 let Some(Detail::Run(run)) = detail else {
@@ -490,8 +440,7 @@ impl Rollout {
                 };
                 let mut actions = vec![Action::PublishTestReport(report.clone())];
                 if outcome == Outcome::Fail {
-                    let problem =
-                        self.problem_report(id, run.failed_tests, run.logs_digest, &run.output);
+                    let problem = self.problem_report(id, run.failed_tests, run.logs_digest, &run.output);
                     self.own_problem = Some(problem.clone());
                     actions.push(Action::PublishProblemReport(problem));
                 }
@@ -500,11 +449,7 @@ impl Rollout {
             }
             Step::RollBack(id) => {
                 let mut actions = vec![Action::RollBack { manifest: id }];
-                if let Some(Detail::Unhealthy {
-                    logs_digest,
-                    output,
-                }) = detail
-                {
+                if let Some(Detail::Unhealthy { logs_digest, output }) = detail {
                     let failed = vec![HEALTH_CHECK.to_string()];
                     let problem = self.problem_report(id, failed, logs_digest, &output);
                     self.own_problem = Some(problem.clone());

@@ -27,12 +27,7 @@ pub struct StageSchedule {
 impl StageSchedule {
     /// A campaign whose first stage opens at `start`.
     pub fn start(plan: &StagePlan, start: UnixMillis, timeout: Duration) -> Self {
-        let mut s = StageSchedule {
-            timeout,
-            opened: vec![start],
-            settled: BTreeMap::new(),
-            progress: Vec::new(),
-        };
+        let mut s = StageSchedule { timeout, opened: vec![start], settled: BTreeMap::new(), progress: Vec::new() };
         s.replan(plan);
         s
     }
@@ -102,11 +97,7 @@ impl StageSchedule {
     /// Every stage is open and every cluster has settled: a new release starts afresh.
     pub fn is_complete(&self, plan: &StagePlan) -> bool {
         self.opened.len() >= plan.stage_count()
-            && plan
-                .stages()
-                .iter()
-                .enumerate()
-                .all(|(i, s)| self.progress.get(i).is_some_and(|p| p.0 >= s.len()))
+            && plan.stages().iter().enumerate().all(|(i, s)| self.progress.get(i).is_some_and(|p| p.0 >= s.len()))
     }
 }
 
@@ -123,11 +114,7 @@ mod tests {
     }
 
     fn plan3() -> StagePlan {
-        let policy = StagingPolicy {
-            kind: PolicyKind::Balanced,
-            stages: 3,
-            ..StagingPolicy::default()
-        };
+        let policy = StagingPolicy { kind: PolicyKind::Balanced, stages: 3, ..StagingPolicy::default() };
         StagePlan::new(&policy, &(0..6).map(|i| (key(i), 10)).collect())
     }
 

@@ -60,10 +60,7 @@ fn manifest(version: &str, policy: StagingPolicy) -> UpgradeManifest {
 }
 
 fn signed_manifest(m: &UpgradeManifest, at: u64) -> Verified<UpgradeManifest> {
-    Envelope::sign(&vendor(), m, UnixMillis(at))
-        .unwrap()
-        .verify()
-        .unwrap()
+    Envelope::sign(&vendor(), m, UnixMillis(at)).unwrap().verify().unwrap()
 }
 
 fn report_for(
@@ -84,10 +81,7 @@ fn report_for(
         tests_run: 1,
         duration_ms: 1,
     };
-    Envelope::sign(signer, &r, UnixMillis(at))
-        .unwrap()
-        .verify()
-        .unwrap()
+    Envelope::sign(signer, &r, UnixMillis(at)).unwrap().verify().unwrap()
 }
 
 /// A fleet for campaign-level tests: cluster `c` has `sizes[c]` members.
@@ -97,13 +91,7 @@ struct Fleet {
 
 impl Fleet {
     fn new(sizes: &[u8]) -> Self {
-        Fleet {
-            keys: sizes
-                .iter()
-                .enumerate()
-                .map(|(c, n)| (0..*n).map(|i| keypair(c as u8, i)).collect())
-                .collect(),
-        }
+        Fleet { keys: sizes.iter().enumerate().map(|(c, n)| (0..*n).map(|i| keypair(c as u8, i)).collect()).collect() }
     }
 
     fn members(&self, c: usize) -> Vec<PublicKey> {
@@ -135,65 +123,28 @@ fn only_elected_representatives_count_and_each_once() {
     let fleet = Fleet::new(&[6]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
     let c = cluster_key(0);
     assert_eq!(verdict(&campaign, 0), Verdict::Pending);
 
     // Passes from members ranked below the seats are stored but do not count.
     for rank in 2..6 {
-        let r = report_for(
-            fleet.ranked(&campaign, 0, rank),
-            &m,
-            c,
-            Outcome::Pass,
-            10 * SEC,
-        );
+        let r = report_for(fleet.ranked(&campaign, 0, rank), &m, c, Outcome::Pass, 10 * SEC);
         campaign.admit(&r, UnixMillis(10 * SEC)).unwrap();
     }
     assert_eq!(verdict(&campaign, 0), Verdict::Pending);
 
     // One representative's pass, replayed, is one pass.
-    let first = report_for(
-        fleet.ranked(&campaign, 0, 0),
-        &m,
-        c,
-        Outcome::Pass,
-        20 * SEC,
-    );
+    let first = report_for(fleet.ranked(&campaign, 0, 0), &m, c, Outcome::Pass, 20 * SEC);
     campaign.admit(&first, UnixMillis(20 * SEC)).unwrap();
-    assert_eq!(
-        campaign.admit(&first, UnixMillis(21 * SEC)),
-        Err(ReportRejected::Replay)
-    );
-    let again = report_for(
-        fleet.ranked(&campaign, 0, 0),
-        &m,
-        c,
-        Outcome::Pass,
-        22 * SEC,
-    );
-    assert_eq!(
-        campaign.admit(&again, UnixMillis(22 * SEC)),
-        Err(ReportRejected::Duplicate)
-    );
+    assert_eq!(campaign.admit(&first, UnixMillis(21 * SEC)), Err(ReportRejected::Replay));
+    let again = report_for(fleet.ranked(&campaign, 0, 0), &m, c, Outcome::Pass, 22 * SEC);
+    assert_eq!(campaign.admit(&again, UnixMillis(22 * SEC)), Err(ReportRejected::Duplicate));
     assert_eq!(verdict(&campaign, 0), Verdict::Pending);
 
-    let second = report_for(
-        fleet.ranked(&campaign, 0, 1),
-        &m,
-        c,
-        Outcome::Pass,
-        30 * SEC,
-    );
+    let second = report_for(fleet.ranked(&campaign, 0, 1), &m, c, Outcome::Pass, 30 * SEC);
     campaign.admit(&second, UnixMillis(30 * SEC)).unwrap();
-    assert_eq!(
-        verdict(&campaign, 0),
-        Verdict::Holds {
-            at: UnixMillis(30 * SEC)
-        }
-    );
+    assert_eq!(verdict(&campaign, 0), Verdict::Holds { at: UnixMillis(30 * SEC) });
 }
 
 #[test]
@@ -201,18 +152,13 @@ fn reports_for_other_clusters_upgrades_or_releases_are_ignored() {
     let fleet = Fleet::new(&[3, 3]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
     let rep = fleet.ranked(&campaign, 0, 0).clone();
 
     // Another upgrade.
     let other = manifest("0.9.0", policy(PolicyKind::FrontLoading));
     let r = report_for(&rep, &other, cluster_key(0), Outcome::Fail, SEC);
-    assert_eq!(
-        campaign.admit(&r, UnixMillis(SEC)),
-        Err(ReportRejected::OtherUpgrade)
-    );
+    assert_eq!(campaign.admit(&r, UnixMillis(SEC)), Err(ReportRejected::OtherUpgrade));
 
     // Right id, but claims another version: forged or broken, ignored.
     let mut wrong = m.clone();
@@ -228,14 +174,8 @@ fn reports_for_other_clusters_upgrades_or_releases_are_ignored() {
         tests_run: 1,
         duration_ms: 1,
     };
-    let bad = Envelope::sign(&rep, &bad, UnixMillis(SEC))
-        .unwrap()
-        .verify()
-        .unwrap();
-    assert_eq!(
-        campaign.admit(&bad, UnixMillis(SEC)),
-        Err(ReportRejected::WrongRelease)
-    );
+    let bad = Envelope::sign(&rep, &bad, UnixMillis(SEC)).unwrap().verify().unwrap();
+    assert_eq!(campaign.admit(&bad, UnixMillis(SEC)), Err(ReportRejected::WrongRelease));
 
     // A representative of cluster 0 reporting on cluster 1: it is not seated there.
     let r = report_for(&rep, &m, cluster_key(1), Outcome::Fail, SEC);
@@ -267,27 +207,16 @@ fn reports_that_outrun_membership_count_once_members_are_known() {
     let mut campaign = Campaign::new();
     campaign.set_members(cluster_key(0), fleet.members(0), UnixMillis(0));
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
     let ranking = rank_members(&m.id(), &cluster_key(1), &fleet.members(1));
     let key = |pk: PublicKey| fleet.keys[1].iter().find(|k| k.public() == pk).unwrap();
     for pk in &ranking[..2] {
         let r = report_for(key(*pk), &m, cluster_key(1), Outcome::Pass, 10 * SEC);
         campaign.admit(&r, UnixMillis(10 * SEC)).unwrap();
     }
-    assert_eq!(
-        verdict(&campaign, 1),
-        Verdict::Pending,
-        "no members known: nothing counts"
-    );
+    assert_eq!(verdict(&campaign, 1), Verdict::Pending, "no members known: nothing counts");
     campaign.set_members(cluster_key(1), fleet.members(1), UnixMillis(20 * SEC));
-    assert_eq!(
-        verdict(&campaign, 1),
-        Verdict::Holds {
-            at: UnixMillis(10 * SEC)
-        }
-    );
+    assert_eq!(verdict(&campaign, 1), Verdict::Holds { at: UnixMillis(10 * SEC) });
 }
 
 #[test]
@@ -295,19 +224,11 @@ fn too_many_strangers_are_refused() {
     let fleet = Fleet::new(&[2]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
     let mut refused = 0;
     for i in 0..=gate::MAX_STRANGER_REPORTS as u8 {
         let k = Keypair::from_secret_bytes(&[i.wrapping_add(100); 32]);
-        if campaign
-            .admit(
-                &report_for(&k, &m, cluster_key(0), Outcome::Pass, SEC),
-                UnixMillis(SEC),
-            )
-            .is_err()
-        {
+        if campaign.admit(&report_for(&k, &m, cluster_key(0), Outcome::Pass, SEC), UnixMillis(SEC)).is_err() {
             refused += 1;
         }
     }
@@ -319,28 +240,14 @@ fn a_silent_representative_is_replaced_after_the_deadline() {
     let fleet = Fleet::new(&[5]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
     let c = cluster_key(0);
-    let r0 = report_for(
-        fleet.ranked(&campaign, 0, 0),
-        &m,
-        c,
-        Outcome::Pass,
-        100 * SEC,
-    );
+    let r0 = report_for(fleet.ranked(&campaign, 0, 0), &m, c, Outcome::Pass, 100 * SEC);
     campaign.admit(&r0, UnixMillis(100 * SEC)).unwrap();
     assert_eq!(campaign.next_timeout(), Some(UnixMillis(600 * SEC)));
 
     // Rank 2 tests early, but only counts once it holds a seat.
-    let r2 = report_for(
-        fleet.ranked(&campaign, 0, 2),
-        &m,
-        c,
-        Outcome::Pass,
-        590 * SEC,
-    );
+    let r2 = report_for(fleet.ranked(&campaign, 0, 2), &m, c, Outcome::Pass, 590 * SEC);
     campaign.admit(&r2, UnixMillis(590 * SEC)).unwrap();
     assert_eq!(verdict(&campaign, 0), Verdict::Pending);
     assert_eq!(campaign.tick(UnixMillis(599 * SEC)), vec![]);
@@ -348,28 +255,12 @@ fn a_silent_representative_is_replaced_after_the_deadline() {
     let e = campaign.evaluation(&c).unwrap();
     assert!(e.is_seated(&fleet.ranked(&campaign, 0, 2).public()));
     assert!(!e.is_seated(&fleet.ranked(&campaign, 0, 1).public()));
-    assert_eq!(
-        e.verdict,
-        Verdict::Holds {
-            at: UnixMillis(590 * SEC)
-        }
-    );
+    assert_eq!(e.verdict, Verdict::Holds { at: UnixMillis(590 * SEC) });
 
     // The replaced representative's late report changes nothing.
-    let late = report_for(
-        fleet.ranked(&campaign, 0, 1),
-        &m,
-        c,
-        Outcome::Fail,
-        800 * SEC,
-    );
+    let late = report_for(fleet.ranked(&campaign, 0, 1), &m, c, Outcome::Fail, 800 * SEC);
     campaign.admit(&late, UnixMillis(800 * SEC)).unwrap();
-    assert_eq!(
-        verdict(&campaign, 0),
-        Verdict::Holds {
-            at: UnixMillis(590 * SEC)
-        }
-    );
+    assert_eq!(verdict(&campaign, 0), Verdict::Holds { at: UnixMillis(590 * SEC) });
 }
 
 #[test]
@@ -377,24 +268,11 @@ fn tiny_clusters_need_only_the_representatives_they_have() {
     let fleet = Fleet::new(&[1]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
-    assert_eq!(
-        campaign.gate(&cluster_key(0)).unwrap().quorum(),
-        Quorum {
-            seats: 1,
-            threshold: 1
-        }
-    );
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    assert_eq!(campaign.gate(&cluster_key(0)).unwrap().quorum(), Quorum { seats: 1, threshold: 1 });
     let r = report_for(&fleet.keys[0][0], &m, cluster_key(0), Outcome::Pass, SEC);
     campaign.admit(&r, UnixMillis(SEC)).unwrap();
-    assert_eq!(
-        verdict(&campaign, 0),
-        Verdict::Holds {
-            at: UnixMillis(SEC)
-        }
-    );
+    assert_eq!(verdict(&campaign, 0), Verdict::Holds { at: UnixMillis(SEC) });
 }
 
 #[test]
@@ -402,33 +280,13 @@ fn a_failing_representative_halts_and_a_fix_restarts_the_cluster() {
     let fleet = Fleet::new(&[4, 4]);
     let mut campaign = fleet.campaign();
     let v1 = manifest("1.0.0", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&v1, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&v1, 0), UnixMillis(0)).unwrap();
     let c0 = cluster_key(0);
-    let fail = report_for(
-        fleet.ranked(&campaign, 0, 1),
-        &v1,
-        c0,
-        Outcome::Fail,
-        50 * SEC,
-    );
+    let fail = report_for(fleet.ranked(&campaign, 0, 1), &v1, c0, Outcome::Fail, 50 * SEC);
     campaign.admit(&fail, UnixMillis(50 * SEC)).unwrap();
-    let pass = report_for(
-        fleet.ranked(&campaign, 0, 0),
-        &v1,
-        c0,
-        Outcome::Pass,
-        60 * SEC,
-    );
+    let pass = report_for(fleet.ranked(&campaign, 0, 0), &v1, c0, Outcome::Pass, 60 * SEC);
     campaign.admit(&pass, UnixMillis(60 * SEC)).unwrap();
-    assert!(matches!(
-        verdict(&campaign, 0),
-        Verdict::Halted {
-            at: UnixMillis(50_000),
-            ..
-        }
-    ));
+    assert!(matches!(verdict(&campaign, 0), Verdict::Halted { at: UnixMillis(50_000), .. }));
 
     // An older or equal release does not replace it; a newer one (the fix) does.
     let old = manifest("0.9.0", policy(PolicyKind::FrontLoading));
@@ -437,35 +295,16 @@ fn a_failing_representative_halts_and_a_fix_restarts_the_cluster() {
         Err(ReleaseIgnored::NotNewer { .. })
     ));
     let v2 = manifest("1.0.1", policy(PolicyKind::FrontLoading));
-    campaign
-        .start_release(&signed_manifest(&v2, 100 * SEC), UnixMillis(100 * SEC))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&v2, 100 * SEC), UnixMillis(100 * SEC)).unwrap();
     assert_eq!(verdict(&campaign, 0), Verdict::Pending);
-    assert_eq!(
-        campaign.gate(&c0).unwrap().opened_at(),
-        Some(UnixMillis(100 * SEC))
-    );
+    assert_eq!(campaign.gate(&c0).unwrap().opened_at(), Some(UnixMillis(100 * SEC)));
     // The old failure is a report on another upgrade now.
-    assert_eq!(
-        campaign.admit(&fail, UnixMillis(101 * SEC)),
-        Err(ReportRejected::OtherUpgrade)
-    );
+    assert_eq!(campaign.admit(&fail, UnixMillis(101 * SEC)), Err(ReportRejected::OtherUpgrade));
     for rank in 0..2 {
-        let r = report_for(
-            fleet.ranked(&campaign, 0, rank),
-            &v2,
-            c0,
-            Outcome::Pass,
-            200 * SEC,
-        );
+        let r = report_for(fleet.ranked(&campaign, 0, rank), &v2, c0, Outcome::Pass, 200 * SEC);
         campaign.admit(&r, UnixMillis(200 * SEC)).unwrap();
     }
-    assert_eq!(
-        verdict(&campaign, 0),
-        Verdict::Holds {
-            at: UnixMillis(200 * SEC)
-        }
-    );
+    assert_eq!(verdict(&campaign, 0), Verdict::Holds { at: UnixMillis(200 * SEC) });
 }
 
 #[test]
@@ -474,40 +313,21 @@ fn balanced_stages_open_in_order_by_gates_or_timeout() {
     let fleet = Fleet::new(&[2, 10]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::Balanced));
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
     assert_eq!(campaign.plan().unwrap().stage_count(), 2);
     assert_eq!(verdict(&campaign, 0), Verdict::Pending);
     assert_eq!(verdict(&campaign, 1), Verdict::NotOpen);
     for rank in 0..2 {
-        let r = report_for(
-            fleet.ranked(&campaign, 0, rank),
-            &m,
-            cluster_key(0),
-            Outcome::Pass,
-            300 * SEC,
-        );
+        let r = report_for(fleet.ranked(&campaign, 0, rank), &m, cluster_key(0), Outcome::Pass, 300 * SEC);
         campaign.admit(&r, UnixMillis(310 * SEC)).unwrap();
     }
     assert_eq!(verdict(&campaign, 1), Verdict::Pending);
-    assert_eq!(
-        campaign.gate(&cluster_key(1)).unwrap().opened_at(),
-        Some(UnixMillis(300 * SEC))
-    );
+    assert_eq!(campaign.gate(&cluster_key(1)).unwrap().opened_at(), Some(UnixMillis(300 * SEC)));
 
     // Same fleet, but the first stage halts: the second opens at the timeout.
     let mut campaign = fleet.campaign();
-    campaign
-        .start_release(&signed_manifest(&m, 0), UnixMillis(0))
-        .unwrap();
-    let r = report_for(
-        fleet.ranked(&campaign, 0, 0),
-        &m,
-        cluster_key(0),
-        Outcome::Fail,
-        300 * SEC,
-    );
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    let r = report_for(fleet.ranked(&campaign, 0, 0), &m, cluster_key(0), Outcome::Fail, 300 * SEC);
     campaign.admit(&r, UnixMillis(300 * SEC)).unwrap();
     assert_eq!(campaign.next_timeout(), Some(UnixMillis(3600 * SEC)));
     campaign.tick(UnixMillis(3599 * SEC));
@@ -521,16 +341,10 @@ fn no_staging_holds_everywhere_at_once() {
     let fleet = Fleet::new(&[2, 10, 3]);
     let mut campaign = fleet.campaign();
     let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
-    campaign
-        .start_release(&signed_manifest(&m, 5), UnixMillis(5))
-        .unwrap();
+    campaign.start_release(&signed_manifest(&m, 5), UnixMillis(5)).unwrap();
     for c in 0..3 {
         assert_eq!(verdict(&campaign, c), Verdict::Holds { at: UnixMillis(5) });
-        assert!(campaign
-            .evaluation(&cluster_key(c))
-            .unwrap()
-            .seats
-            .is_empty());
+        assert!(campaign.evaluation(&cluster_key(c)).unwrap().seats.is_empty());
     }
     assert_eq!(campaign.next_timeout(), None);
 }
@@ -547,47 +361,24 @@ struct Node {
 fn node(size: u8, rank: usize, m: &UpgradeManifest) -> Node {
     let fleet = Fleet::new(&[size]);
     let ranking = rank_members(&m.id(), &cluster_key(0), &fleet.members(0));
-    let me = fleet.keys[0]
-        .iter()
-        .find(|k| k.public() == ranking[rank])
-        .unwrap()
-        .clone();
-    let config = NodeConfig {
-        app: APP.into(),
-        me: me.public(),
-        fingerprint: fingerprint(0),
-    };
+    let me = fleet.keys[0].iter().find(|k| k.public() == ranking[rank]).unwrap().clone();
+    let config = NodeConfig { app: APP.into(), me: me.public(), fingerprint: fingerprint(0) };
     let mut rollout = Rollout::new(config);
-    rollout.handle(
-        Event::Members {
-            cluster: cluster_key(0),
-            members: fleet.members(0),
-        },
-        UnixMillis(0),
-    );
+    rollout.handle(Event::Members { cluster: cluster_key(0), members: fleet.members(0) }, UnixMillis(0));
     Node { rollout, fleet, me }
 }
 
 impl Node {
     fn key_ranked(&self, m: &UpgradeManifest, rank: usize) -> Keypair {
         let ranking = rank_members(&m.id(), &cluster_key(0), &self.fleet.members(0));
-        self.fleet.keys[0]
-            .iter()
-            .find(|k| k.public() == ranking[rank])
-            .unwrap()
-            .clone()
+        self.fleet.keys[0].iter().find(|k| k.public() == ranking[rank]).unwrap().clone()
     }
 }
 
 fn persist_precedes_every_action(actions: &[Action]) {
-    let first_effect = actions
-        .iter()
-        .position(|a| !matches!(a, Action::Persist(_) | Action::SetTimer(_)));
+    let first_effect = actions.iter().position(|a| !matches!(a, Action::Persist(_) | Action::SetTimer(_)));
     if let Some(i) = first_effect {
-        assert!(
-            actions[..i].iter().any(|a| matches!(a, Action::Persist(_))),
-            "no persist before {actions:?}"
-        );
+        assert!(actions[..i].iter().any(|a| matches!(a, Action::Persist(_))), "no persist before {actions:?}");
     }
 }
 
@@ -602,11 +393,7 @@ fn run(outcome: Outcome) -> TestRun {
         logs_digest: Digest([4; 32]),
         tests_run: 1,
         duration_ms: 10,
-        failed_tests: if outcome == Outcome::Fail {
-            vec!["smoke".into()]
-        } else {
-            Vec::new()
-        },
+        failed_tests: if outcome == Outcome::Fail { vec!["smoke".into()] } else { Vec::new() },
         output: "boom".into(),
     }
 }
@@ -616,64 +403,34 @@ fn a_representative_tests_reports_and_applies_once_the_gate_holds() {
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     let id = m.id();
     let mut n = node(4, 0, &m);
-    let a = n
-        .rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    let a = n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
     persist_precedes_every_action(&a);
     assert!(a.contains(&Action::Fetch { manifest: id }));
     assert!(a.contains(&Action::SetTimer(UnixMillis(600 * SEC))));
     assert_eq!(phase(&n), Some(Phase::Fetching));
 
-    let a = n
-        .rollout
-        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    let a = n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
     persist_precedes_every_action(&a);
     assert!(a.contains(&Action::RunTests { manifest: id }));
     assert!(n.rollout.status().representative);
 
-    let a = n.rollout.handle(
-        Event::TestFinished {
-            manifest: id,
-            run: run(Outcome::Pass),
-        },
-        UnixMillis(2 * SEC),
-    );
+    let a = n.rollout.handle(Event::TestFinished { manifest: id, run: run(Outcome::Pass) }, UnixMillis(2 * SEC));
     persist_precedes_every_action(&a);
-    let Some(Action::PublishTestReport(report)) =
-        a.iter().find(|a| matches!(a, Action::PublishTestReport(_)))
-    else {
+    let Some(Action::PublishTestReport(report)) = a.iter().find(|a| matches!(a, Action::PublishTestReport(_))) else {
         panic!("no report in {a:?}");
     };
     assert_eq!(report.cluster_key, cluster_key(0));
     assert_eq!(phase(&n), Some(Phase::Passed));
-    let own = Envelope::sign(&n.me, report, UnixMillis(2 * SEC))
-        .unwrap()
-        .verify()
-        .unwrap();
+    let own = Envelope::sign(&n.me, report, UnixMillis(2 * SEC)).unwrap().verify().unwrap();
     let a = n.rollout.handle(Event::Report(own), UnixMillis(3 * SEC));
     assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. })));
 
-    let other = report_for(
-        &n.key_ranked(&m, 1),
-        &m,
-        cluster_key(0),
-        Outcome::Pass,
-        4 * SEC,
-    );
+    let other = report_for(&n.key_ranked(&m, 1), &m, cluster_key(0), Outcome::Pass, 4 * SEC);
     let a = n.rollout.handle(Event::Report(other), UnixMillis(4 * SEC));
     persist_precedes_every_action(&a);
-    assert!(a.contains(&Action::Apply {
-        manifest: id,
-        version: m.version.clone()
-    }));
+    assert!(a.contains(&Action::Apply { manifest: id, version: m.version.clone() }));
 
-    let a = n.rollout.handle(
-        Event::ApplyFinished {
-            manifest: id,
-            result: ApplyResult::Healthy,
-        },
-        UnixMillis(5 * SEC),
-    );
+    let a = n.rollout.handle(Event::ApplyFinished { manifest: id, result: ApplyResult::Healthy }, UnixMillis(5 * SEC));
     assert!(matches!(a.as_slice(), [Action::Persist(_)]));
     assert_eq!(phase(&n), Some(Phase::Applied));
     assert_eq!(n.rollout.status().running, Some(m.version.clone()));
@@ -684,30 +441,18 @@ fn a_node_next_in_line_starts_testing_when_the_timer_replaces_a_silent_represent
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     let id = m.id();
     let mut n = node(4, 2, &m);
-    let a = n
-        .rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    let a = n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
     assert!(a.contains(&Action::SetTimer(UnixMillis(600 * SEC))));
-    n.rollout
-        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
     assert_eq!(phase(&n), Some(Phase::WaitingForGate));
     assert!(!n.rollout.status().representative);
     // Rank 0 reports in time; rank 1 stays silent.
-    let r0 = report_for(
-        &n.key_ranked(&m, 0),
-        &m,
-        cluster_key(0),
-        Outcome::Pass,
-        100 * SEC,
-    );
+    let r0 = report_for(&n.key_ranked(&m, 0), &m, cluster_key(0), Outcome::Pass, 100 * SEC);
     n.rollout.handle(Event::Report(r0), UnixMillis(100 * SEC));
     let a = n.rollout.handle(Event::Timer, UnixMillis(600 * SEC));
     assert!(n.rollout.status().representative);
     assert!(a.contains(&Action::RunTests { manifest: id }), "{a:?}");
-    assert!(
-        a.contains(&Action::SetTimer(UnixMillis(1200 * SEC))),
-        "{a:?}"
-    );
+    assert!(a.contains(&Action::SetTimer(UnixMillis(1200 * SEC))), "{a:?}");
     persist_precedes_every_action(&a);
 }
 
@@ -716,17 +461,9 @@ fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     let id = m.id();
     let mut rep = node(4, 0, &m);
-    rep.rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
-    rep.rollout
-        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
-    let a = rep.rollout.handle(
-        Event::TestFinished {
-            manifest: id,
-            run: run(Outcome::Fail),
-        },
-        UnixMillis(2 * SEC),
-    );
+    rep.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    rep.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    let a = rep.rollout.handle(Event::TestFinished { manifest: id, run: run(Outcome::Fail) }, UnixMillis(2 * SEC));
     let problem = a.iter().find_map(|a| match a {
         Action::PublishProblemReport(p) => Some(p.clone()),
         _ => None,
@@ -738,57 +475,26 @@ fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
 
     // A plain member of the same cluster hears the failure and halts.
     let mut member = node(4, 3, &m);
-    member
-        .rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
-    member
-        .rollout
-        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    member.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    member.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
     assert_eq!(phase(&member), Some(Phase::WaitingForGate));
     let fail = report_for(&rep.me, &m, cluster_key(0), Outcome::Fail, 2 * SEC);
-    member
-        .rollout
-        .handle(Event::Report(fail), UnixMillis(3 * SEC));
+    member.rollout.handle(Event::Report(fail), UnixMillis(3 * SEC));
     assert_eq!(phase(&member), Some(Phase::Halted));
-    let pass = report_for(
-        &member.key_ranked(&m, 1),
-        &m,
-        cluster_key(0),
-        Outcome::Pass,
-        4 * SEC,
-    );
-    let a = member
-        .rollout
-        .handle(Event::Report(pass), UnixMillis(4 * SEC));
+    let pass = report_for(&member.key_ranked(&m, 1), &m, cluster_key(0), Outcome::Pass, 4 * SEC);
+    let a = member.rollout.handle(Event::Report(pass), UnixMillis(4 * SEC));
     assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. })));
 
     // The vendor's fix restarts the cluster: the member applies it once it passes.
     let fix = manifest("1.0.1", policy(PolicyKind::FrontLoading));
-    let a = member.rollout.handle(
-        Event::Manifest(signed_manifest(&fix, 100 * SEC)),
-        UnixMillis(100 * SEC),
-    );
+    let a = member.rollout.handle(Event::Manifest(signed_manifest(&fix, 100 * SEC)), UnixMillis(100 * SEC));
     assert!(a.contains(&Action::Fetch { manifest: fix.id() }));
-    member.rollout.handle(
-        Event::ContentReady { manifest: fix.id() },
-        UnixMillis(101 * SEC),
-    );
+    member.rollout.handle(Event::ContentReady { manifest: fix.id() }, UnixMillis(101 * SEC));
     let mut applied = false;
     for rank in 0..2 {
-        let r = report_for(
-            &member.key_ranked(&fix, rank),
-            &fix,
-            cluster_key(0),
-            Outcome::Pass,
-            200 * SEC,
-        );
-        let a = member
-            .rollout
-            .handle(Event::Report(r), UnixMillis(200 * SEC));
-        applied |= a.contains(&Action::Apply {
-            manifest: fix.id(),
-            version: fix.version.clone(),
-        });
+        let r = report_for(&member.key_ranked(&fix, rank), &fix, cluster_key(0), Outcome::Pass, 200 * SEC);
+        let a = member.rollout.handle(Event::Report(r), UnixMillis(200 * SEC));
+        applied |= a.contains(&Action::Apply { manifest: fix.id(), version: fix.version.clone() });
     }
     assert!(applied);
 }
@@ -798,50 +504,23 @@ fn no_staging_applies_on_receipt_and_rolls_back_an_unhealthy_release() {
     let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
     let id = m.id();
     let mut n = node(3, 0, &m);
-    let a = n
-        .rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    let a = n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
     assert!(a.contains(&Action::Fetch { manifest: id }));
-    let a = n
-        .rollout
-        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
-    assert!(a.contains(&Action::Apply {
-        manifest: id,
-        version: m.version.clone()
-    }));
-    let result = ApplyResult::Unhealthy {
-        logs_digest: Digest([1; 32]),
-        output: "crash".into(),
-    };
-    let a = n.rollout.handle(
-        Event::ApplyFinished {
-            manifest: id,
-            result,
-        },
-        UnixMillis(2 * SEC),
-    );
+    let a = n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    assert!(a.contains(&Action::Apply { manifest: id, version: m.version.clone() }));
+    let result = ApplyResult::Unhealthy { logs_digest: Digest([1; 32]), output: "crash".into() };
+    let a = n.rollout.handle(Event::ApplyFinished { manifest: id, result }, UnixMillis(2 * SEC));
     persist_precedes_every_action(&a);
     assert!(a.contains(&Action::RollBack { manifest: id }));
-    assert!(a.iter().any(|a| matches!(a, Action::PublishProblemReport(p) if p.failed_tests == [rollout::HEALTH_CHECK])));
+    assert!(a
+        .iter()
+        .any(|a| matches!(a, Action::PublishProblemReport(p) if p.failed_tests == [rollout::HEALTH_CHECK])));
     // A crash right after persisting loses neither the rollback nor the vendor's report.
-    let Some(Action::Persist(snapshot)) = a.first() else {
-        panic!("{a:?}")
-    };
+    let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
     let (_, again) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
-    assert!(
-        again.contains(&Action::RollBack { manifest: id }),
-        "{again:?}"
-    );
-    assert!(
-        again
-            .iter()
-            .any(|a| matches!(a, Action::PublishProblemReport(_))),
-        "{again:?}"
-    );
-    n.rollout.handle(
-        Event::RollbackFinished { manifest: id },
-        UnixMillis(3 * SEC),
-    );
+    assert!(again.contains(&Action::RollBack { manifest: id }), "{again:?}");
+    assert!(again.iter().any(|a| matches!(a, Action::PublishProblemReport(_))), "{again:?}");
+    n.rollout.handle(Event::RollbackFinished { manifest: id }, UnixMillis(3 * SEC));
     assert_eq!(phase(&n), Some(Phase::RolledBack));
     assert_eq!(n.rollout.status().running, None);
 }
@@ -852,40 +531,20 @@ fn manifests_for_other_apps_or_not_newer_than_running_are_ignored() {
     let mut n = node(1, 0, &m);
     let mut other = m.clone();
     other.app = "postgres".into();
-    assert!(n
-        .rollout
-        .handle(Event::Manifest(signed_manifest(&other, 0)), UnixMillis(0))
-        .is_empty());
+    assert!(n.rollout.handle(Event::Manifest(signed_manifest(&other, 0)), UnixMillis(0)).is_empty());
     assert_eq!(n.rollout.last_ignored(), Some(&Ignored::OtherApp));
-    n.rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
-    n.rollout
-        .handle(Event::ContentReady { manifest: m.id() }, UnixMillis(1));
-    n.rollout.handle(
-        Event::ApplyFinished {
-            manifest: m.id(),
-            result: ApplyResult::Healthy,
-        },
-        UnixMillis(2),
-    );
+    n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    n.rollout.handle(Event::ContentReady { manifest: m.id() }, UnixMillis(1));
+    n.rollout.handle(Event::ApplyFinished { manifest: m.id(), result: ApplyResult::Healthy }, UnixMillis(2));
     let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot());
     let older = manifest("0.5.0", policy(PolicyKind::NoStaging));
-    assert!(restored
-        .handle(Event::Manifest(signed_manifest(&older, 3)), UnixMillis(3))
-        .is_empty());
-    assert!(matches!(
-        restored.last_ignored(),
-        Some(Ignored::NotNewerThanRunning { .. })
-    ));
+    assert!(restored.handle(Event::Manifest(signed_manifest(&older, 3)), UnixMillis(3)).is_empty());
+    assert!(matches!(restored.last_ignored(), Some(Ignored::NotNewerThanRunning { .. })));
 }
 
 impl Node {
     fn rollout_config(&self) -> NodeConfig {
-        NodeConfig {
-            app: APP.into(),
-            me: self.me.public(),
-            fingerprint: fingerprint(0),
-        }
+        NodeConfig { app: APP.into(), me: self.me.public(), fingerprint: fingerprint(0) }
     }
 }
 
@@ -894,41 +553,20 @@ fn restore_reissues_what_was_in_flight() {
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     let id = m.id();
     let mut n = node(4, 0, &m);
-    n.rollout
-        .handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
-    let a = n
-        .rollout
-        .handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
-    let Some(Action::Persist(snapshot)) = a.first() else {
-        panic!("{a:?}")
-    };
+    n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    let a = n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
     // The snapshot survives the node's database encoding.
     let bytes = crate::wire::encode(snapshot).unwrap();
     let snapshot: Snapshot = crate::wire::decode(&bytes).unwrap();
     let (mut r, actions) = Rollout::restore(n.rollout_config(), snapshot);
     assert_eq!(actions, vec![Action::RunTests { manifest: id }]);
     // Fed its stored manifest and membership again, it carries on from where it was.
-    r.handle(
-        Event::Members {
-            cluster: cluster_key(0),
-            members: n.fleet.members(0),
-        },
-        UnixMillis(2 * SEC),
-    );
+    r.handle(Event::Members { cluster: cluster_key(0), members: n.fleet.members(0) }, UnixMillis(2 * SEC));
     let a = r.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(2 * SEC));
-    assert!(!a
-        .iter()
-        .any(|a| matches!(a, Action::Fetch { .. } | Action::RunTests { .. })));
-    let a = r.handle(
-        Event::TestFinished {
-            manifest: id,
-            run: run(Outcome::Pass),
-        },
-        UnixMillis(3 * SEC),
-    );
-    let Some(Action::Persist(snapshot)) = a.first() else {
-        panic!("{a:?}")
-    };
+    assert!(!a.iter().any(|a| matches!(a, Action::Fetch { .. } | Action::RunTests { .. })));
+    let a = r.handle(Event::TestFinished { manifest: id, run: run(Outcome::Pass) }, UnixMillis(3 * SEC));
+    let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
     // Crash between persist and publish: the report goes out again after restore.
     let (_, actions) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
     assert!(matches!(actions.as_slice(), [Action::PublishTestReport(r)] if r.manifest_id == id));

@@ -110,18 +110,11 @@ impl<'w> Simulation<'w> {
         let rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x005e_ed0f_5e55_10a5);
         let mut campaign = Campaign::new();
         for (c, machines) in world.members.iter().enumerate() {
-            let keys = machines
-                .iter()
-                .map(|m| world.public_keys[*m as usize])
-                .collect();
+            let keys = machines.iter().map(|m| world.public_keys[*m as usize]).collect();
             campaign.set_members(world.cluster_keys[c], keys, UnixMillis(0));
         }
-        let blank = Machine {
-            member: Member::new(),
-            working_since: None,
-            installed_faulty: false,
-            tested_faulty: false,
-        };
+        let blank =
+            Machine { member: Member::new(), working_since: None, installed_faulty: false, tested_faulty: false };
         Simulation {
             world,
             policy,
@@ -130,18 +123,8 @@ impl<'w> Simulation<'w> {
             campaign,
             vendor: Vendor::new(sc.seed, sc.policy(policy)),
             machines: vec![blank; world.cluster_of.len()],
-            machine_of: world
-                .public_keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (*k, i as Mach))
-                .collect(),
-            cluster_of_key: world
-                .cluster_keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (*k, i as Clu))
-                .collect(),
+            machine_of: world.public_keys.iter().enumerate().map(|(i, k)| (*k, i as Mach)).collect(),
+            cluster_of_key: world.cluster_keys.iter().enumerate().map(|(i, k)| (*k, i as Clu)).collect(),
             seen: vec![None; world.members.len()],
             reports: Vec::new(),
             tick_at: None,
@@ -184,23 +167,15 @@ impl<'w> Simulation<'w> {
         let id = |r: Rel| self.vendor.release_at(r).id;
         let faulty = |m: Mach, r: Rel| self.vendor.is_faulty(r, self.world.breaks_of(m));
         let input = match event {
-            Event::ManifestHeard(r) => {
-                TraceInput::Manifest(self.vendor.release_at(r).manifest.clone())
-            }
+            Event::ManifestHeard(r) => TraceInput::Manifest(self.vendor.release_at(r).manifest.clone()),
             Event::ReportHeard(i) => TraceInput::Report(self.reports[i as usize].clone()),
             Event::Tick if self.tick_at == Some(now) => TraceInput::Timer,
             Event::FetchDone(m, r) if m == *watched => TraceInput::ContentReady(id(r)),
             Event::TestDone(m, r) if m == *watched => {
-                let outcome = if faulty(m, r) {
-                    Outcome::Fail
-                } else {
-                    Outcome::Pass
-                };
+                let outcome = if faulty(m, r) { Outcome::Fail } else { Outcome::Pass };
                 TraceInput::TestFinished(id(r), outcome)
             }
-            Event::ApplyDone(m, r) if m == *watched => {
-                TraceInput::ApplyFinished(id(r), !faulty(m, r))
-            }
+            Event::ApplyDone(m, r) if m == *watched => TraceInput::ApplyFinished(id(r), !faulty(m, r)),
             Event::RollbackDone(m, r) if m == *watched => TraceInput::RollbackFinished(id(r)),
             _ => return,
         };
@@ -227,10 +202,7 @@ impl<'w> Simulation<'w> {
                 self.arm_timer();
             }
             Event::ReportHeard(i) => {
-                match self
-                    .campaign
-                    .admit(&self.reports[i as usize], UnixMillis(now))
-                {
+                match self.campaign.admit(&self.reports[i as usize], UnixMillis(now)) {
                     Ok(changed) => self.notify(changed, now),
                     Err(_) => self.reports_rejected += 1,
                 }
@@ -244,9 +216,7 @@ impl<'w> Simulation<'w> {
             Event::FetchDone(m, r) => {
                 let view = self.view(m);
                 let id = self.vendor.release_at(r).id;
-                let step = self.machines[m as usize]
-                    .member
-                    .content_ready(id, view.as_ref());
+                let step = self.machines[m as usize].member.content_ready(id, view.as_ref());
                 self.carry_out(m, step, now);
             }
             Event::TestDone(m, r) => {
@@ -267,18 +237,13 @@ impl<'w> Simulation<'w> {
                 }
                 let id = self.vendor.release_at(r).id;
                 let view = self.view(m);
-                let step =
-                    self.machines[m as usize]
-                        .member
-                        .apply_finished(id, !faulty, view.as_ref());
+                let step = self.machines[m as usize].member.apply_finished(id, !faulty, view.as_ref());
                 self.carry_out(m, step, now);
             }
             Event::RollbackDone(m, r) => {
                 let id = self.vendor.release_at(r).id;
                 let view = self.view(m);
-                let step = self.machines[m as usize]
-                    .member
-                    .rollback_finished(id, view.as_ref());
+                let step = self.machines[m as usize].member.rollback_finished(id, view.as_ref());
                 self.carry_out(m, step, now);
             }
             Event::ProblemAtVendor(r, m) => {
@@ -286,8 +251,7 @@ impl<'w> Simulation<'w> {
                 // learns what broke that machine.
                 let new = self.vendor.problem_reported(r, world.breaks_of(m));
                 for p in (0..64).filter(|p| new & (1u64 << p) != 0) {
-                    self.queue
-                        .push(now + world.fix_ms[p as usize], Event::FixReady(p));
+                    self.queue.push(now + world.fix_ms[p as usize], Event::FixReady(p));
                 }
             }
             Event::FixReady(p) => {
@@ -309,45 +273,23 @@ impl<'w> Simulation<'w> {
         }
         let world = self.world;
         let timing = &world.scenario.timing;
-        let release = self
-            .vendor
-            .index_of(step.manifest())
-            .expect("members only work on released manifests");
+        let release = self.vendor.index_of(step.manifest()).expect("members only work on released manifests");
         match step {
-            Step::Fetch(_) => self.queue.push(
-                now + timing.download(&mut self.rng),
-                Event::FetchDone(m, release),
-            ),
-            Step::RunTests(_) => self.queue.push(
-                now + timing.test(&mut self.rng),
-                Event::TestDone(m, release),
-            ),
-            Step::Apply(_) => self.queue.push(
-                now + timing.apply(&mut self.rng),
-                Event::ApplyDone(m, release),
-            ),
+            Step::Fetch(_) => self.queue.push(now + timing.download(&mut self.rng), Event::FetchDone(m, release)),
+            Step::RunTests(_) => self.queue.push(now + timing.test(&mut self.rng), Event::TestDone(m, release)),
+            Step::Apply(_) => self.queue.push(now + timing.apply(&mut self.rng), Event::ApplyDone(m, release)),
             Step::RollBack(_) => {
-                self.queue.push(
-                    now + timing.apply(&mut self.rng),
-                    Event::RollbackDone(m, release),
-                );
+                self.queue.push(now + timing.apply(&mut self.rng), Event::RollbackDone(m, release));
                 // An unhealthy apply is reported to the vendor, as the node's core does.
-                self.queue.push(
-                    now + timing.gossip(&mut self.rng),
-                    Event::ProblemAtVendor(release, m),
-                );
+                self.queue.push(now + timing.gossip(&mut self.rng), Event::ProblemAtVendor(release, m));
             }
             Step::Publish(_, outcome) => {
                 let report = self.sign_report(m, release, outcome, now);
                 self.reports.push(report);
                 let heard = now + timing.gossip(&mut self.rng);
-                self.queue
-                    .push(heard, Event::ReportHeard((self.reports.len() - 1) as u32));
+                self.queue.push(heard, Event::ReportHeard((self.reports.len() - 1) as u32));
                 if outcome == Outcome::Fail {
-                    self.queue.push(
-                        now + timing.gossip(&mut self.rng),
-                        Event::ProblemAtVendor(release, m),
-                    );
+                    self.queue.push(now + timing.gossip(&mut self.rng), Event::ProblemAtVendor(release, m));
                 }
                 // The node hears its own report at once (it feeds it back to its core)
                 // and looks at its view again: the gate may already hold without it.
@@ -370,19 +312,13 @@ impl<'w> Simulation<'w> {
             duration_ms: 0,
         };
         // Reports go through real signatures and verification, as on the wire.
-        let envelope = Envelope::sign(&self.world.keypair(m), &report, UnixMillis(now))
-            .expect("a report encodes");
-        envelope
-            .verify()
-            .expect("a machine's own signature verifies")
+        let envelope = Envelope::sign(&self.world.keypair(m), &report, UnixMillis(now)).expect("a report encodes");
+        envelope.verify().expect("a machine's own signature verifies")
     }
 
     fn view(&self, m: Mach) -> Option<mirage_protocol::staging::View> {
         let c = self.world.cluster_of[m as usize] as usize;
-        self.campaign.view(
-            &self.world.cluster_keys[c],
-            &self.world.public_keys[m as usize],
-        )
+        self.campaign.view(&self.world.cluster_keys[c], &self.world.public_keys[m as usize])
     }
 
     fn is_faulty(&self, m: Mach, r: Rel) -> bool {
@@ -404,22 +340,16 @@ impl<'w> Simulation<'w> {
             let Some(eval) = self.campaign.evaluation(&key) else {
                 continue;
             };
-            let seen = Seen {
-                release,
-                open: eval.verdict != Verdict::NotOpen,
-                verdict: eval.verdict.into(),
-            };
+            let seen = Seen { release, open: eval.verdict != Verdict::NotOpen, verdict: eval.verdict.into() };
             if self.seen[c as usize] != Some(seen) {
                 self.seen[c as usize] = Some(seen);
                 for &m in &world.members[c as usize] {
-                    self.queue
-                        .push(now + timing.react(&mut self.rng), Event::Observe(m));
+                    self.queue.push(now + timing.react(&mut self.rng), Event::Observe(m));
                 }
             } else {
                 for seat in &eval.seats {
                     if let Some(&m) = self.machine_of.get(&seat.holder) {
-                        self.queue
-                            .push(now + timing.react(&mut self.rng), Event::Observe(m));
+                        self.queue.push(now + timing.react(&mut self.rng), Event::Observe(m));
                     }
                 }
             }
@@ -437,29 +367,17 @@ impl<'w> Simulation<'w> {
     }
 
     fn outcome(&self) -> PolicyOutcome {
-        let done: Vec<SimTime> = self
-            .machines
-            .iter()
-            .filter_map(|m| m.working_since)
-            .collect();
+        let done: Vec<SimTime> = self.machines.iter().filter_map(|m| m.working_since).collect();
         PolicyOutcome {
             policy: self.policy,
             machines: self.machines.len() as u64,
             installed_faulty: self.machines.iter().filter(|m| m.installed_faulty).count() as u64,
             tested_faulty: self.machines.iter().filter(|m| m.tested_faulty).count() as u64,
-            hit_by_faulty: self
-                .machines
-                .iter()
-                .filter(|m| m.installed_faulty || m.tested_faulty)
-                .count() as u64,
+            hit_by_faulty: self.machines.iter().filter(|m| m.installed_faulty || m.tested_faulty).count() as u64,
             tests_run: self.tests_run,
             releases: self.vendor.releases().len() as u32,
             latency_max_ms: done.iter().copied().max().unwrap_or(0),
-            latency_mean_ms: if done.is_empty() {
-                0
-            } else {
-                done.iter().sum::<u64>() / done.len() as u64
-            },
+            latency_mean_ms: if done.is_empty() { 0 } else { done.iter().sum::<u64>() / done.len() as u64 },
             never_working: (self.machines.len() - done.len()) as u64,
             reports_rejected: self.reports_rejected,
             events: self.queue.processed(),

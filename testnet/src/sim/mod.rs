@@ -33,11 +33,7 @@ pub use timing::Timing;
 use mirage_protocol::manifest::PolicyKind;
 
 /// The policies in the order the comparison shows them.
-pub const ALL_POLICIES: [PolicyKind; 3] = [
-    PolicyKind::NoStaging,
-    PolicyKind::FrontLoading,
-    PolicyKind::Balanced,
-];
+pub const ALL_POLICIES: [PolicyKind; 3] = [PolicyKind::NoStaging, PolicyKind::FrontLoading, PolicyKind::Balanced];
 
 /// Runs one policy over the world.
 pub fn run(world: &World, policy: PolicyKind) -> PolicyOutcome {
@@ -46,7 +42,5 @@ pub fn run(world: &World, policy: PolicyKind) -> PolicyOutcome {
 
 /// Runs each policy over the same world.
 pub fn compare(world: &World, policies: &[PolicyKind]) -> Comparison {
-    Comparison {
-        outcomes: policies.iter().map(|p| run(world, *p)).collect(),
-    }
+    Comparison { outcomes: policies.iter().map(|p| run(world, *p)).collect() }
 }

@@ -36,9 +36,7 @@ pub struct Comparison {
 
 impl Comparison {
     fn baseline(&self) -> Option<&PolicyOutcome> {
-        self.outcomes
-            .iter()
-            .find(|o| o.policy == PolicyKind::NoStaging)
+        self.outcomes.iter().find(|o| o.policy == PolicyKind::NoStaging)
     }
 
     /// Worst-case latency of `policy` relative to no-staging.
@@ -58,15 +56,7 @@ impl fmt::Display for Comparison {
         writeln!(
             f,
             "{:<14} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>11} {:>9}",
-            "policy",
-            "installed",
-            "tested",
-            "hit",
-            "tests",
-            "releases",
-            "latency max",
-            "mean",
-            "vs none"
+            "policy", "installed", "tested", "hit", "tests", "releases", "latency max", "mean", "vs none"
         )?;
         writeln!(
             f,
@@ -74,9 +64,7 @@ impl fmt::Display for Comparison {
             "", "faulty", "faulty", "", "", "", "", "", "(max)"
         )?;
         for o in &self.outcomes {
-            let ratio = self
-                .latency_ratio(o.policy)
-                .map_or("-".to_string(), |r| format!("{r:.2}x"));
+            let ratio = self.latency_ratio(o.policy).map_or("-".to_string(), |r| format!("{r:.2}x"));
             writeln!(
                 f,
                 "{:<14} {:>10} {:>10} {:>10} {:>9} {:>9} {:>11} {:>11} {:>9}",
@@ -91,11 +79,7 @@ impl fmt::Display for Comparison {
                 ratio
             )?;
             if o.never_working > 0 {
-                writeln!(
-                    f,
-                    "  warning: {} machines never ran a working release",
-                    o.never_working
-                )?;
+                writeln!(f, "  warning: {} machines never ran a working release", o.never_working)?;
             }
         }
         Ok(())

@@ -42,12 +42,7 @@ pub struct EventQueue<E> {
 
 impl<E> Default for EventQueue<E> {
     fn default() -> Self {
-        EventQueue {
-            heap: BinaryHeap::new(),
-            seq: 0,
-            now: 0,
-            popped: 0,
-        }
+        EventQueue { heap: BinaryHeap::new(), seq: 0, now: 0, popped: 0 }
     }
 }
 
@@ -78,11 +73,7 @@ impl<E> EventQueue<E> {
     /// cannot change.
     pub fn push(&mut self, at: SimTime, event: E) {
         let at = at.max(self.now);
-        self.heap.push(Reverse(Entry {
-            at,
-            seq: self.seq,
-            event,
-        }));
+        self.heap.push(Reverse(Entry { at, seq: self.seq, event }));
         self.seq += 1;
     }
 

@@ -92,17 +92,12 @@ impl Scenario {
             return Err(ScenarioError::Empty);
         }
         if self.clusters > self.machines {
-            return Err(ScenarioError::MoreClustersThanMachines {
-                machines: self.machines,
-                clusters: self.clusters,
-            });
+            return Err(ScenarioError::MoreClustersThanMachines { machines: self.machines, clusters: self.clusters });
         }
         if self.problems > MAX_PROBLEMS {
             return Err(ScenarioError::TooManyProblems);
         }
-        self.policy(PolicyKind::Balanced)
-            .validate()
-            .map_err(ScenarioError::Policy)
+        self.policy(PolicyKind::Balanced).validate().map_err(ScenarioError::Policy)
     }
 }
 
@@ -136,12 +131,9 @@ impl World {
             cluster_of.extend(std::iter::repeat_n(c as u32, *n as usize));
             members.push((first..first + n).collect::<Vec<u32>>());
         }
-        let cluster_keys = (0..scenario.clusters)
-            .map(|c| cluster_fingerprint(scenario.seed, c).cluster_key())
-            .collect();
-        let public_keys = (0..scenario.machines)
-            .map(|m| secret_key(scenario.seed, m).public())
-            .collect();
+        let cluster_keys =
+            (0..scenario.clusters).map(|c| cluster_fingerprint(scenario.seed, c).cluster_key()).collect();
+        let public_keys = (0..scenario.machines).map(|m| secret_key(scenario.seed, m).public()).collect();
         let mut breaks = vec![0u64; scenario.clusters as usize];
         let hit = ((scenario.clusters as f64 * scenario.problem_cluster_share).round() as usize)
             .clamp(1, scenario.clusters as usize);
@@ -150,9 +142,7 @@ impl World {
                 breaks[c] |= 1 << p;
             }
         }
-        let fix_ms = (0..scenario.problems)
-            .map(|_| scenario.timing.fix(&mut rng))
-            .collect();
+        let fix_ms = (0..scenario.problems).map(|_| scenario.timing.fix(&mut rng)).collect();
         let mut misplaced = HashMap::new();
         if scenario.problems > 0 && scenario.misplaced_share > 0.0 {
             let n = ((scenario.machines as f64 * scenario.misplaced_share).round() as usize)
@@ -162,16 +152,7 @@ impl World {
                 misplaced.insert(m as u32, 1u64 << p);
             }
         }
-        Ok(World {
-            scenario,
-            cluster_of,
-            members,
-            cluster_keys,
-            public_keys,
-            breaks,
-            misplaced,
-            fix_ms,
-        })
+        Ok(World { scenario, cluster_of, members, cluster_keys, public_keys, breaks, misplaced, fix_ms })
     }
 
     /// The problems that break `machine`: its cluster's, plus its own if misplaced.
@@ -191,12 +172,7 @@ impl World {
 
     /// Machines in clusters that some problem breaks.
     pub fn machines_in_broken_clusters(&self) -> u64 {
-        self.members
-            .iter()
-            .zip(&self.breaks)
-            .filter(|(_, b)| **b != 0)
-            .map(|(m, _)| m.len() as u64)
-            .sum()
+        self.members.iter().zip(&self.breaks).filter(|(_, b)| **b != 0).map(|(m, _)| m.len() as u64).sum()
     }
 }
 
@@ -222,9 +198,7 @@ fn secret_key(seed: u64, machine: u32) -> Keypair {
 /// Splits `machines` over `clusters` by a Zipf law, every cluster getting at least one
 /// machine, largest remainders rounding up, so the sizes sum to exactly `machines`.
 pub fn zipf_sizes(machines: u32, clusters: u32, exponent: f64) -> Vec<u32> {
-    let weights: Vec<f64> = (1..=clusters)
-        .map(|r| 1.0 / (r as f64).powf(exponent))
-        .collect();
+    let weights: Vec<f64> = (1..=clusters).map(|r| 1.0 / (r as f64).powf(exponent)).collect();
     let total: f64 = weights.iter().sum();
     // Everyone gets one machine; the rest is shared by weight.
     let spare = (machines - clusters) as f64;
@@ -263,11 +237,7 @@ mod tests {
 
     #[test]
     fn worlds_are_reproducible() {
-        let sc = Scenario {
-            machines: 300,
-            clusters: 30,
-            ..Scenario::default()
-        };
+        let sc = Scenario { machines: 300, clusters: 30, ..Scenario::default() };
         let a = World::generate(sc.clone()).unwrap();
         let b = World::generate(sc.clone()).unwrap();
         assert_eq!(a.breaks, b.breaks);
@@ -279,19 +249,9 @@ mod tests {
 
     #[test]
     fn bad_scenarios_are_refused() {
-        let sc = Scenario {
-            machines: 10,
-            clusters: 20,
-            ..Scenario::default()
-        };
-        assert!(matches!(
-            World::generate(sc).err(),
-            Some(ScenarioError::MoreClustersThanMachines { .. })
-        ));
-        let sc = Scenario {
-            problems: 65,
-            ..Scenario::default()
-        };
+        let sc = Scenario { machines: 10, clusters: 20, ..Scenario::default() };
+        assert!(matches!(World::generate(sc).err(), Some(ScenarioError::MoreClustersThanMachines { .. })));
+        let sc = Scenario { problems: 65, ..Scenario::default() };
         assert_eq!(sc.validate(), Err(ScenarioError::TooManyProblems));
     }
 }

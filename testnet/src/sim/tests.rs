@@ -4,14 +4,7 @@ use super::*;
 use mirage_protocol::manifest::PolicyKind;
 
 fn small(seed: u64) -> Scenario {
-    Scenario {
-        machines: 1_500,
-        clusters: 60,
-        problems: 3,
-        problem_cluster_share: 0.1,
-        seed,
-        ..Scenario::default()
-    }
+    Scenario { machines: 1_500, clusters: 60, problems: 3, problem_cluster_share: 0.1, seed, ..Scenario::default() }
 }
 
 #[test]
@@ -45,21 +38,14 @@ fn staged_policies_protect_members_at_some_latency_cost() {
         // With perfect clustering only representatives meet a faulty release.
         assert_eq!(o.installed_faulty, 0, "{o:?}");
         assert!(o.tested_faulty > 0, "{o:?}");
-        assert!(
-            o.hit_by_faulty < none.hit_by_faulty / 4,
-            "{o:?} vs {none:?}"
-        );
+        assert!(o.hit_by_faulty < none.hit_by_faulty / 4, "{o:?} vs {none:?}");
         assert!(o.tests_run > 0);
     }
 }
 
 #[test]
 fn a_world_without_problems_needs_one_release() {
-    let world = World::generate(Scenario {
-        problems: 0,
-        ..small(5)
-    })
-    .unwrap();
+    let world = World::generate(Scenario { problems: 0, ..small(5) }).unwrap();
     for o in compare(&world, &ALL_POLICIES).outcomes {
         assert_eq!(o.releases, 1);
         assert_eq!(o.hit_by_faulty, 0);
@@ -69,20 +55,13 @@ fn a_world_without_problems_needs_one_release() {
 
 #[test]
 fn misplaced_machines_are_what_staging_cannot_protect() {
-    let world = World::generate(Scenario {
-        misplaced_share: 0.02,
-        ..small(4)
-    })
-    .unwrap();
+    let world = World::generate(Scenario { misplaced_share: 0.02, ..small(4) }).unwrap();
     assert_eq!(world.misplaced.len(), 30);
     let cmp = compare(&world, &ALL_POLICIES);
     let none = &cmp.outcomes[0];
     assert!(none.installed_faulty >= world.machines_in_broken_clusters());
     for o in &cmp.outcomes[1..] {
-        assert!(
-            o.installed_faulty > 0,
-            "misplaced members install what their representatives passed: {o:?}"
-        );
+        assert!(o.installed_faulty > 0, "misplaced members install what their representatives passed: {o:?}");
         assert!(o.installed_faulty <= world.misplaced.len() as u64, "{o:?}");
         assert_eq!(o.never_working, 0);
     }
@@ -90,10 +69,7 @@ fn misplaced_machines_are_what_staging_cannot_protect() {
 
 #[test]
 fn hung_representatives_are_replaced_and_everyone_finishes() {
-    let mut scenario = Scenario {
-        problems: 1,
-        ..small(6)
-    };
+    let mut scenario = Scenario { problems: 1, ..small(6) };
     scenario.timing.slow_test_fraction = 0.5;
     let world = World::generate(scenario).unwrap();
     for policy in [PolicyKind::FrontLoading, PolicyKind::Balanced] {
@@ -110,28 +86,19 @@ fn hung_representatives_are_replaced_and_everyone_finishes() {
 /// `Rollout` reproduces the machine's steps.
 #[test]
 fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
-    use mirage_protocol::staging::{
-        Action, ApplyResult, Event, NodeConfig, Rollout, Step, TestRun,
-    };
+    use mirage_protocol::staging::{Action, ApplyResult, Event, NodeConfig, Rollout, Step, TestRun};
     use mirage_protocol::{Digest, UnixMillis};
     use trace::TraceInput;
 
-    let mut scenario = Scenario {
-        misplaced_share: 0.02,
-        ..small(9)
-    };
+    let mut scenario = Scenario { misplaced_share: 0.02, ..small(9) };
     // Members react at once, as the node's core does on every event.
     scenario.timing.react_max_ms = 0;
     scenario.timing.slow_test_fraction = 0.2;
     let world = World::generate(scenario).unwrap();
     // The smallest broken cluster, all of it: its representatives are among the watched.
-    let broken = (0..world.members.len())
-        .filter(|c| world.breaks[*c] != 0)
-        .min_by_key(|c| world.members[*c].len())
-        .unwrap();
-    let fine = (0..world.members.len())
-        .find(|c| world.breaks[*c] == 0)
-        .unwrap();
+    let broken =
+        (0..world.members.len()).filter(|c| world.breaks[*c] != 0).min_by_key(|c| world.members[*c].len()).unwrap();
+    let fine = (0..world.members.len()).find(|c| world.breaks[*c] == 0).unwrap();
     let misplaced = *world.misplaced.keys().min().unwrap();
     let mut watched: Vec<u32> = world.members[broken].iter().take(10).copied().collect();
     watched.extend(world.members[fine].iter().take(2));
@@ -149,17 +116,8 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
             };
             let mut node = Rollout::new(config);
             for (c, machines) in world.members.iter().enumerate() {
-                let members = machines
-                    .iter()
-                    .map(|i| world.public_keys[*i as usize])
-                    .collect();
-                node.handle(
-                    Event::Members {
-                        cluster: world.cluster_keys[c],
-                        members,
-                    },
-                    UnixMillis(0),
-                );
+                let members = machines.iter().map(|i| world.public_keys[*i as usize]).collect();
+                node.handle(Event::Members { cluster: world.cluster_keys[c], members }, UnixMillis(0));
             }
             let mut steps = Vec::new();
             for (at, input) in trace.inputs {
@@ -185,10 +143,7 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
                         result: if healthy {
                             ApplyResult::Healthy
                         } else {
-                            ApplyResult::Unhealthy {
-                                logs_digest: Digest([0; 32]),
-                                output: String::new(),
-                            }
+                            ApplyResult::Unhealthy { logs_digest: Digest([0; 32]), output: String::new() }
                         },
                     },
                     TraceInput::RollbackFinished(manifest) => Event::RollbackFinished { manifest },
@@ -197,29 +152,16 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
                     steps.extend(match action {
                         Action::Fetch { manifest } => Some(Step::Fetch(manifest)),
                         Action::RunTests { manifest } => Some(Step::RunTests(manifest)),
-                        Action::PublishTestReport(r) => {
-                            Some(Step::Publish(r.manifest_id, r.outcome))
-                        }
+                        Action::PublishTestReport(r) => Some(Step::Publish(r.manifest_id, r.outcome)),
                         Action::Apply { manifest, .. } => Some(Step::Apply(manifest)),
                         Action::RollBack { manifest } => Some(Step::RollBack(manifest)),
-                        Action::Persist(_)
-                        | Action::SetTimer(_)
-                        | Action::PublishProblemReport(_) => None,
+                        Action::Persist(_) | Action::SetTimer(_) | Action::PublishProblemReport(_) => None,
                     });
                 }
             }
-            assert!(
-                !trace.steps.is_empty(),
-                "machine {m} did nothing under {policy}"
-            );
-            assert_eq!(
-                steps, trace.steps,
-                "machine {m} (cluster {c}) under {policy}"
-            );
-            tested += steps
-                .iter()
-                .filter(|s| matches!(s, Step::RunTests(_)))
-                .count();
+            assert!(!trace.steps.is_empty(), "machine {m} did nothing under {policy}");
+            assert_eq!(steps, trace.steps, "machine {m} (cluster {c}) under {policy}");
+            tested += steps.iter().filter(|s| matches!(s, Step::RunTests(_))).count();
         }
         let staged = policy != PolicyKind::NoStaging;
         assert_eq!(tested > 0, staged, "{policy}: {tested} test runs");

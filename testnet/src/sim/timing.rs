@@ -72,9 +72,7 @@ fn exponential(rng: &mut ChaCha8Rng, mean_ms: u64) -> u64 {
 impl Timing {
     pub fn gossip(&self, rng: &mut ChaCha8Rng) -> u64 {
         let lost = rng.gen_bool(self.gossip_loss.clamp(0.0, 1.0));
-        self.gossip_base_ms
-            + exponential(rng, self.gossip_mean_ms)
-            + if lost { self.gossip_retry_ms } else { 0 }
+        self.gossip_base_ms + exponential(rng, self.gossip_mean_ms) + if lost { self.gossip_retry_ms } else { 0 }
     }
 
     pub fn download(&self, rng: &mut ChaCha8Rng) -> u64 {

@@ -27,13 +27,7 @@ impl Vendor {
         let mut secret = [0u8; 32];
         secret[..8].copy_from_slice(&seed.to_le_bytes());
         secret[8..16].copy_from_slice(b"vendor!!");
-        Vendor {
-            keypair: Keypair::from_secret_bytes(&secret),
-            policy,
-            releases: Vec::new(),
-            known: 0,
-            fixed: 0,
-        }
+        Vendor { keypair: Keypair::from_secret_bytes(&secret), policy, releases: Vec::new(), known: 0, fixed: 0 }
     }
 
     pub fn releases(&self) -> &[Release] {
@@ -45,10 +39,7 @@ impl Vendor {
     }
 
     pub fn index_of(&self, id: &Digest) -> Option<u16> {
-        self.releases
-            .iter()
-            .position(|r| &r.id == id)
-            .map(|i| i as u16)
+        self.releases.iter().position(|r| &r.id == id).map(|i| i as u16)
     }
 
     /// Whether `release` still carries a problem that breaks a cluster with `breaks`.
@@ -75,16 +66,9 @@ impl Vendor {
         let id = manifest.id();
         // A tiny manifest signed by our own key always encodes and verifies; failing
         // here would be a bug in the protocol crate, not a condition to handle.
-        let envelope = Envelope::sign(&self.keypair, &manifest, UnixMillis(now))
-            .expect("a tiny manifest encodes");
-        let manifest = envelope
-            .verify()
-            .expect("the vendor's own signature verifies");
-        self.releases.push(Release {
-            manifest,
-            id,
-            fixed: self.fixed,
-        });
+        let envelope = Envelope::sign(&self.keypair, &manifest, UnixMillis(now)).expect("a tiny manifest encodes");
+        let manifest = envelope.verify().expect("the vendor's own signature verifies");
+        self.releases.push(Release { manifest, id, fixed: self.fixed });
         (self.releases.len() - 1) as u16
     }
 
