@@ -84,6 +84,12 @@ pub struct MembershipConfig {
     pub first_lookup_delay: Duration,
     /// Steady-state delay between provider lookups.
     pub lookup_interval: Duration,
+    /// Steady-state delay between re-registrations as a provider. Re-registration
+    /// starts fast (twice the first lookup delay, doubling) because while a fleet is
+    /// young the peers closest to the cluster key keep changing, and a record stored
+    /// with yesterday's closest peers is not found by today's lookups. It must stay well
+    /// below the DHT's provider record lifetime.
+    pub provide_interval: Duration,
     /// Delay before retrying a publish that found no peers.
     pub publish_retry: Duration,
     /// Do not ask the same peer for its fingerprint more often than this.
@@ -99,6 +105,7 @@ impl Default for MembershipConfig {
             member_ttl: Duration::from_secs(200),
             first_lookup_delay: Duration::from_secs(1),
             lookup_interval: Duration::from_secs(30),
+            provide_interval: Duration::from_secs(600),
             publish_retry: Duration::from_secs(1),
             fetch_backoff: Duration::from_secs(10),
         }
@@ -145,7 +152,8 @@ pub enum Action {
     /// Publish these envelope bytes on the app's topic. Report the outcome with
     /// [`Membership::on_publish_result`].
     Publish { app: String, bytes: Vec<u8> },
-    /// Register as a DHT provider of the cluster key (and keep the record refreshed).
+    /// Register as a DHT provider of the cluster key. Repeated on a schedule, so the
+    /// record is refreshed well before it expires and moves to the currently closest peers.
     StartProviding { key: ClusterKey },
     /// Withdraw a provider record (the environment changed).
     StopProviding { key: ClusterKey },
@@ -185,6 +193,8 @@ struct LocalApp {
     next_announce: UnixMillis,
     next_lookup: UnixMillis,
     lookup_delay: Duration,
+    next_provide: UnixMillis,
+    provide_delay: Duration,
 }
 
 /// Membership state for one node across all its applications.
@@ -238,6 +248,8 @@ impl Membership {
                 next_announce: now,
                 next_lookup: now,
                 lookup_delay: self.config.first_lookup_delay,
+                next_provide: now.saturating_add(self.config.first_lookup_delay * 2),
+                provide_delay: self.config.first_lookup_delay * 4,
             },
         );
         actions.push(Action::StartProviding { key });
@@ -286,6 +298,11 @@ impl Membership {
                 local.next_lookup = now.saturating_add(local.lookup_delay);
                 local.lookup_delay = (local.lookup_delay * 2).min(max);
             }
+            if local.next_provide <= now {
+                actions.push(Action::StartProviding { key: local.cluster_key });
+                local.next_provide = now.saturating_add(local.provide_delay);
+                local.provide_delay = (local.provide_delay * 2).min(self.config.provide_interval);
+            }
         }
         let ttl = self.config.member_ttl;
         for records in self.peers.values_mut() {
@@ -299,7 +316,7 @@ impl Membership {
 
     /// When [`Membership::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.local.values().flat_map(|l| [l.next_announce, l.next_lookup]).min()
+        self.local.values().flat_map(|l| [l.next_announce, l.next_lookup, l.next_provide]).min()
     }
 
     /// A publish of `app`'s announcement failed (typically: no peers yet). Retries soon.
@@ -346,6 +363,24 @@ impl Membership {
         let was_member = previous.is_some_and(|p| Some(p.cluster_key) == ours);
         let is_member = Some(key) == ours;
         Verdict::Accepted { member_changed: was_member != is_member }
+    }
+
+    /// A new member announced itself on gossip. It may not know us yet (our last
+    /// announcement may predate its arrival, and provider records it finds may not list
+    /// us), so swap fingerprints with it directly: a fetch that carries our own.
+    /// Rate-limited per peer like other fetches; announcements that arrived by fetch do
+    /// not trigger one, so exchanges never loop.
+    pub fn exchange_with(&mut self, peer: &PublicKey, app: &str, now: UnixMillis) -> Option<Action> {
+        let ours = self.local.get(app)?.cluster_key;
+        if *peer == self.keypair.public() || self.peer_record(app, peer).is_none_or(|r| r.cluster_key != ours) {
+            return None;
+        }
+        let slot = (*peer, app.to_string());
+        if self.last_fetch.get(&slot).is_some_and(|t| now.since(*t) < self.config.fetch_backoff) {
+            return None;
+        }
+        self.last_fetch.insert(slot, now);
+        Some(Action::Fetch { peer: *peer, app: app.to_string() })
     }
 
     /// Providers of `key` found in the DHT. Returns fetches for those whose current
@@ -562,6 +597,24 @@ mod tests {
     }
 
     #[test]
+    fn new_members_get_an_exchange_once_per_backoff() {
+        let mut m = node();
+        let now = UnixMillis(T0);
+        // Unknown peers and peers of other clusters get none.
+        assert_eq!(m.exchange_with(&kp(2).public(), "web", now), None);
+        m.on_announcement(&announce(3, "web", 2, T0), "web", None, now);
+        assert_eq!(m.exchange_with(&kp(3).public(), "web", now), None);
+        m.on_announcement(&announce(2, "web", 1, T0), "web", None, now);
+        assert_eq!(
+            m.exchange_with(&kp(2).public(), "web", now),
+            Some(Action::Fetch { peer: kp(2).public(), app: "web".into() })
+        );
+        assert_eq!(m.exchange_with(&kp(2).public(), "web", UnixMillis(T0 + 1)), None);
+        assert_eq!(m.exchange_with(&kp(1).public(), "web", now), None, "never with ourselves");
+        assert_eq!(m.exchange_with(&kp(2).public(), "db", now), None, "not an app of ours");
+    }
+
+    #[test]
     fn reannounces_on_schedule_and_retries_failed_publishes() {
         let mut m = node();
         let cfg = m.config().clone();
@@ -598,6 +651,25 @@ mod tests {
         assert_eq!(gaps[0], cfg.first_lookup_delay);
         assert!(gaps.windows(2).all(|w| w[1] >= w[0]));
         assert_eq!(*gaps.last().unwrap(), cfg.lookup_interval);
+    }
+
+    #[test]
+    fn provider_records_are_refreshed_fast_then_steadily() {
+        let mut m = node();
+        let cfg = m.config().clone();
+        let mut now = UnixMillis(T0);
+        let mut times = Vec::new();
+        while now.since(UnixMillis(T0)) < cfg.provide_interval * 3 {
+            now = UnixMillis(now.0 + 500);
+            if m.tick(now).iter().any(|a| matches!(a, Action::StartProviding { .. })) {
+                times.push(now.since(UnixMillis(T0)));
+            }
+        }
+        assert_eq!(times[0], cfg.first_lookup_delay * 2);
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{gaps:?}");
+        assert_eq!(*gaps.last().unwrap(), cfg.provide_interval);
+        assert!(gaps.len() >= 6, "re-registers several times while the fleet is young: {gaps:?}");
     }
 
     #[test]

@@ -87,6 +87,10 @@ struct Node {
     local_peer: PeerId,
     apps: BTreeMap<String, LocalApp>,
     lookups: HashMap<kad::QueryId, (String, mirage_protocol::ClusterKey)>,
+    /// DHT searches for the addresses of peers a fetch could not dial.
+    address_lookups: HashMap<kad::QueryId, (PublicKey, String)>,
+    /// When we last searched for a peer's addresses (at most one search per peer per 30 s).
+    address_searched: HashMap<PublicKey, UnixMillis>,
     fetches: HashMap<request_response::OutboundRequestId, (PublicKey, String)>,
     stored_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// Application-score penalties of peers whose fetch replies were invalid.
@@ -144,6 +148,8 @@ async fn run_inner(
         local_peer,
         apps,
         lookups: HashMap::new(),
+        address_lookups: HashMap::new(),
+        address_searched: HashMap::new(),
         fetches: HashMap::new(),
         stored_addrs: HashMap::new(),
         penalties: HashMap::new(),
@@ -334,7 +340,12 @@ impl Node {
                 Action::Fetch { peer, app } => {
                     let peer_id = overlay::peer_id_of(&peer);
                     debug!(peer = %peer_id, app, "fetching fingerprint");
-                    let id = self.swarm.behaviour_mut().fetch.send_request(&peer_id, FetchRequest { app: app.clone() });
+                    let announcement = self.membership.local_announcement(&app).map(<[u8]>::to_vec);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .fetch
+                        .send_request(&peer_id, FetchRequest { app: app.clone(), announcement });
                     self.fetches.insert(id, (peer, app));
                 }
             }
@@ -393,7 +404,12 @@ impl Node {
             Some(app) if self.apps.contains_key(&app) => {
                 let author = message.source.as_ref().and_then(overlay::public_key_of);
                 let _span = info_span!("announcement", from = %propagation_source, app).entered();
-                self.on_announcement(&message.data, &app, author.as_ref())
+                let (acceptance, joined) = self.on_announcement(&message.data, &app, author.as_ref());
+                if let Some(peer) = joined {
+                    let exchange = self.membership.exchange_with(&peer, &app, overlay::now());
+                    self.execute(exchange.into_iter().collect());
+                }
+                acceptance
             }
             _ => {
                 self.membership.count_drop(DropReason::WrongApp);
@@ -408,7 +424,13 @@ impl Node {
     }
 
     /// Shared by gossip and fetch replies: verdict, persistence, acceptance.
-    fn on_announcement(&mut self, bytes: &[u8], app: &str, signer: Option<&PublicKey>) -> gossipsub::MessageAcceptance {
+    /// Returns the acceptance for gossip and, if the signer just joined our cluster, who.
+    fn on_announcement(
+        &mut self,
+        bytes: &[u8],
+        app: &str,
+        signer: Option<&PublicKey>,
+    ) -> (gossipsub::MessageAcceptance, Option<PublicKey>) {
         let now = overlay::now();
         match self.membership.on_announcement(bytes, app, signer, now) {
             Verdict::Accepted { member_changed } => {
@@ -428,13 +450,16 @@ impl Node {
                     if member_changed {
                         info!(app, %peer, member = ours, members = self.membership.members(app).len(), "cluster changed");
                     }
+                    if member_changed && ours {
+                        return (gossipsub::MessageAcceptance::Accept, Some(env.signer));
+                    }
                 }
-                gossipsub::MessageAcceptance::Accept
+                (gossipsub::MessageAcceptance::Accept, None)
             }
-            Verdict::Ignored => gossipsub::MessageAcceptance::Ignore,
+            Verdict::Ignored => (gossipsub::MessageAcceptance::Ignore, None),
             Verdict::Rejected(reason) => {
                 warn!(app, %reason, "dropped announcement");
-                gossipsub::MessageAcceptance::Reject
+                (gossipsub::MessageAcceptance::Reject, None)
             }
         }
     }
@@ -451,6 +476,28 @@ impl Node {
                     self.execute(actions);
                 }
             }
+            kad::QueryResult::GetClosestPeers(result) if step.last => {
+                if let Some((signer, app)) = self.address_lookups.remove(&id) {
+                    let target = overlay::peer_id_of(&signer);
+                    let peers = match result {
+                        Ok(ok) => ok.peers,
+                        Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                    };
+                    match peers.into_iter().find(|p| p.peer_id == target) {
+                        Some(info) if !info.addrs.is_empty() => {
+                            for a in &info.addrs {
+                                self.swarm.behaviour_mut().kad.add_address(&target, a.clone());
+                            }
+                            let announcement = self.membership.local_announcement(&app).map(<[u8]>::to_vec);
+                            let req = FetchRequest { app: app.clone(), announcement };
+                            let rid =
+                                self.swarm.behaviour_mut().fetch.send_request_with_addresses(&target, req, info.addrs);
+                            self.fetches.insert(rid, (signer, app));
+                        }
+                        _ => debug!(peer = %target, "no address found for the peer"),
+                    }
+                }
+            }
             kad::QueryResult::GetProviders(Err(e)) => debug!(error = %e, "provider lookup failed"),
             kad::QueryResult::StartProviding(Err(e)) => debug!(error = %e, "provider registration incomplete"),
             kad::QueryResult::Bootstrap(Err(e)) => debug!(error = %e, "DHT bootstrap failed"),
@@ -458,6 +505,7 @@ impl Node {
         }
         if step.last {
             self.lookups.remove(&id);
+            self.address_lookups.remove(&id);
         }
     }
 
@@ -465,6 +513,17 @@ impl Node {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    let signer = overlay::public_key_of(&peer);
+                    if let (Some(bytes), Some(signer), true) =
+                        (&request.announcement, signer, self.apps.contains_key(&request.app))
+                    {
+                        let _span = info_span!("exchange", from = %peer, app = request.app).entered();
+                        match self.on_announcement(bytes, &request.app, Some(&signer)).0 {
+                            gossipsub::MessageAcceptance::Reject => self.penalize(peer),
+                            gossipsub::MessageAcceptance::Accept => info!("fingerprint received in an exchange"),
+                            gossipsub::MessageAcceptance::Ignore => {}
+                        }
+                    }
                     let announcement = self.membership.local_announcement(&request.app).map(<[u8]>::to_vec);
                     debug!(%peer, app = request.app, found = announcement.is_some(), "fingerprint requested");
                     let _ = self.swarm.behaviour_mut().fetch.send_response(channel, FetchResponse { announcement });
@@ -473,7 +532,7 @@ impl Node {
                     let Some((signer, app)) = self.fetches.remove(&request_id) else { return };
                     if let Some(bytes) = response.announcement {
                         let _span = info_span!("fetched", from = %peer, app).entered();
-                        match self.on_announcement(&bytes, &app, Some(&signer)) {
+                        match self.on_announcement(&bytes, &app, Some(&signer)).0 {
                             gossipsub::MessageAcceptance::Reject => self.penalize(peer),
                             gossipsub::MessageAcceptance::Accept => info!("fingerprint fetched"),
                             gossipsub::MessageAcceptance::Ignore => debug!("fetched fingerprint was not news"),
@@ -482,8 +541,19 @@ impl Node {
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                self.fetches.remove(&request_id);
+                let fetch = self.fetches.remove(&request_id);
                 debug!(%peer, %error, "fingerprint fetch failed");
+                // We heard of the peer through gossip relayed by others, so we may not
+                // know where it listens: ask the DHT, then try once more.
+                if let (Some(fetch), request_response::OutboundFailure::DialFailure) = (fetch, &error) {
+                    let now = overlay::now();
+                    self.address_searched.retain(|_, t| now.since(*t) < Duration::from_secs(30));
+                    if let std::collections::hash_map::Entry::Vacant(e) = self.address_searched.entry(fetch.0) {
+                        e.insert(now);
+                        let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                        self.address_lookups.insert(id, fetch);
+                    }
+                }
             }
             _ => {}
         }

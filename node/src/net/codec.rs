@@ -10,13 +10,16 @@ use serde::{Deserialize, Serialize};
 use std::io;
 
 pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/fingerprint/1.0.0");
-/// Requests carry an app name only.
-pub const MAX_REQUEST_BYTES: usize = 1024;
+/// Requests carry an app name and possibly the requester's own announcement.
+pub const MAX_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES + 1024;
 pub const MAX_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES + 64;
 
+/// "Send me your signed fingerprint for `app`", optionally with ours, so that two
+/// members who found each other learn about each other in one round trip.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchRequest {
     pub app: String,
+    pub announcement: Option<Vec<u8>>,
 }
 
 /// The peer's newest signed fingerprint envelope for the app, if it has one. Checked by
@@ -108,7 +111,7 @@ mod tests {
         futures::executor::block_on(async {
             let mut c = FetchCodec;
             let mut buf = Vec::new();
-            let req = FetchRequest { app: "web".into() };
+            let req = FetchRequest { app: "web".into(), announcement: Some(vec![7; 100]) };
             c.write_request(&FETCH_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
             assert_eq!(c.read_request(&FETCH_PROTOCOL, &mut Cursor::new(&buf)).await.unwrap(), req);
             let res = FetchResponse { announcement: Some(vec![1, 2, 3]) };
@@ -124,7 +127,7 @@ mod tests {
             junk.extend_from_slice(&[9, 9, 9, 9, 9]);
             assert!(c.read_response(&FETCH_PROTOCOL, &mut Cursor::new(&junk)).await.is_err());
             // Too big to send.
-            let big = FetchRequest { app: "x".repeat(MAX_REQUEST_BYTES) };
+            let big = FetchRequest { app: "x".repeat(MAX_REQUEST_BYTES), announcement: None };
             assert!(c.write_request(&FETCH_PROTOCOL, &mut Cursor::new(&mut Vec::new()), big).await.is_err());
         });
     }

@@ -50,7 +50,7 @@ fn main() {
     );
     let t0 = Instant::now();
     let bootstrap = Bootstrap::start(&tmp.path().join("bootstrap"), &[]);
-    let flags = ["--lookup-interval-secs", "10", "--max-connections", "128"];
+    let flags = ["--lookup-interval-secs", "10"];
     let nodes: Vec<Node> = (0..a.nodes)
         .map(|i| {
             let machine = SampleMachine { environment: i as u32 % a.envs, host: i as u32 };
@@ -77,12 +77,27 @@ fn main() {
         Some(c["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
     };
     let mut complete = vec![false; a.nodes];
+    let mut last_report = Instant::now();
     let full = wait_for("full clusters", a.timeout, Duration::from_millis(250), || {
+        let mut missing = 0;
         for i in 0..a.nodes {
             if !complete[i] {
-                complete[i] =
-                    status(i).and_then(|s| members(&s)).as_ref() == Some(&expected[&nodes[i].machine.environment]);
+                let want = &expected[&nodes[i].machine.environment];
+                let got = status(i).and_then(|s| members(&s)).unwrap_or_default();
+                complete[i] = &got == want;
+                for m in want.difference(&got) {
+                    missing += 1;
+                    let j = ids.iter().position(|id| id == m).unwrap_or(usize::MAX);
+                    if std::env::var_os("BENCH_DEBUG").is_some() && last_report.elapsed() > Duration::from_secs(5) {
+                        println!("    node{i} lacks node{j}");
+                    }
+                }
             }
+        }
+        if last_report.elapsed() > Duration::from_secs(5) {
+            let done = complete.iter().filter(|c| **c).count();
+            println!("  {:>6.1?}: {done}/{} nodes complete, {missing} memberships missing", t0.elapsed(), a.nodes);
+            last_report = Instant::now();
         }
         complete.iter().all(|c| *c).then(|| t0.elapsed())
     });
@@ -133,6 +148,10 @@ fn main() {
         rss_kib(bootstrap.proc.pid()).unwrap_or(0) as f64 / 1024.0
     );
     let connected: Vec<u64> = (0..a.nodes).filter_map(|i| status(i)?["connected_peers"].as_u64()).collect();
+    if std::env::var_os("BENCH_DEBUG").is_some() {
+        println!("BENCH_DEBUG: logs kept under {}", tmp.path().display());
+        std::mem::forget(tmp);
+    }
     println!(
         "connections per node: mean {:.1}, min {}, max {}",
         connected.iter().sum::<u64>() as f64 / connected.len().max(1) as f64,
