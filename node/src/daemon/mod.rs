@@ -339,6 +339,14 @@ impl Node {
                 }
                 Action::Fetch { peer, app } => {
                     let peer_id = overlay::peer_id_of(&peer);
+                    // A peer we only heard of through relayed gossip: find where it
+                    // listens first (the fetch follows the search).
+                    if !self.swarm.is_connected(&peer_id)
+                        && !self.stored_addrs.contains_key(&peer_id)
+                        && self.search_address(peer, app.clone())
+                    {
+                        continue;
+                    }
                     debug!(peer = %peer_id, app, "fetching fingerprint");
                     let announcement = self.membership.local_announcement(&app).map(<[u8]>::to_vec);
                     let id = self
@@ -545,17 +553,27 @@ impl Node {
                 debug!(%peer, %error, "fingerprint fetch failed");
                 // We heard of the peer through gossip relayed by others, so we may not
                 // know where it listens: ask the DHT, then try once more.
-                if let (Some(fetch), request_response::OutboundFailure::DialFailure) = (fetch, &error) {
-                    let now = overlay::now();
-                    self.address_searched.retain(|_, t| now.since(*t) < Duration::from_secs(30));
-                    if let std::collections::hash_map::Entry::Vacant(e) = self.address_searched.entry(fetch.0) {
-                        e.insert(now);
-                        let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-                        self.address_lookups.insert(id, fetch);
-                    }
+                if let (Some((signer, app)), request_response::OutboundFailure::DialFailure) = (fetch, &error) {
+                    self.search_address(signer, app);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Starts a DHT search for `signer`'s addresses, after which the fetch for `app` is
+    /// sent. At most one search per peer per 30 s; returns whether one started.
+    fn search_address(&mut self, signer: PublicKey, app: String) -> bool {
+        let now = overlay::now();
+        self.address_searched.retain(|_, t| now.since(*t) < Duration::from_secs(30));
+        match self.address_searched.entry(signer) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(now);
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(overlay::peer_id_of(&signer));
+                self.address_lookups.insert(id, (signer, app));
+                true
+            }
         }
     }
 
