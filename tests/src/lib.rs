@@ -33,6 +33,9 @@ pub fn mirage_bin() -> PathBuf {
             dir.pop();
         }
         let bin = dir.join("mirage");
+        if is_fresh(&bin) {
+            return bin;
+        }
         let release = dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
@@ -45,6 +48,24 @@ pub fn mirage_bin() -> PathBuf {
         bin
     })
     .clone()
+}
+
+/// Whether `bin` is newer than every source and manifest it is built from. Saves a
+/// cargo invocation, which would rebuild with this package's feature set.
+fn is_fresh(bin: &Path) -> bool {
+    fn newest(path: &Path) -> Option<std::time::SystemTime> {
+        let meta = std::fs::metadata(path).ok()?;
+        if !meta.is_dir() {
+            return meta.modified().ok();
+        }
+        std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).filter_map(|e| newest(&e.path())).max()
+    }
+    let Some(built) = std::fs::metadata(bin).and_then(|m| m.modified()).ok() else { return false };
+    let ws = workspace();
+    ["Cargo.toml", "Cargo.lock", "protocol", "node/src", "node/Cargo.toml", "bootstrap"]
+        .iter()
+        .filter_map(|p| newest(&ws.join(p)))
+        .all(|t| t <= built)
 }
 
 /// A child process that is killed and reaped when dropped.

@@ -45,6 +45,7 @@ fn wait_for_clusters(nodes: &[Node], ids: &[String], timeout: Duration) -> Durat
 
 #[test]
 fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
+    let t = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
     let bootstrap = Bootstrap::start(&tmp.path().join("bootstrap"), &[]);
     let mut nodes: Vec<Node> = (0..NODES)
@@ -54,6 +55,7 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
         })
         .collect();
     let ids: Vec<String> = nodes.iter().map(|n| peer_id(&n.wait_status(Duration::from_secs(60)))).collect();
+    eprintln!("[{:?}] {NODES} nodes answer", t.elapsed());
     assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), NODES, "peer ids must be distinct");
 
     // Environments differ, so cluster keys differ; hosts within one environment agree.
@@ -79,6 +81,7 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
     assert!(s["dropped_announcements"].is_object(), "{s}");
 
     // Kill a node hard and restart it on the same key and database.
+    eprintln!("[{:?}] restarting node 0", t.elapsed());
     let victim = 0;
     nodes[victim].proc.kill();
     let restarted_at = now_ms();
@@ -103,6 +106,7 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
     let connected = nodes[victim].status().unwrap()["connected_peers"].as_u64().unwrap();
     assert!(connected >= 1, "restarted node is connected");
 
+    eprintln!("[{:?}] node 0 rejoined", t.elapsed());
     // Graceful shutdown on SIGTERM.
     let status = nodes[1].proc.terminate(Duration::from_secs(20)).expect("node exits on SIGTERM");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
