@@ -52,19 +52,14 @@ fn bad_announcements_are_dropped_counted_and_penalized() {
 
     // Every reason is counted by the receivers, and the sender's score went negative.
     let expected_counts = [("decode", 1), ("too_large", 1), ("signature", 2), ("stale", 1), ("wrong_app", 1)];
+    // Each kind is counted by at least one receiver that saw them all (flood publishing
+    // reaches every topic peer of the injector), and some receiver scored it below zero.
     wait_for("drop counts and a penalty", Duration::from_secs(30), Duration::from_millis(300), || {
         let statuses: Vec<Value> = nodes[1..].iter().map(|n| n.status()).collect::<Option<_>>()?;
-        let counted =
-            expected_counts.iter().all(|(reason, min)| statuses.iter().map(|s| drops(s, reason)).sum::<u64>() >= *min);
+        let full = statuses.iter().any(|s| expected_counts.iter().all(|(r, min)| drops(s, r) >= *min));
         let penalized = statuses.iter().any(|s| s["peer_scores"][&ids[0]].as_f64().is_some_and(|score| score < 0.0));
-        (counted && penalized).then_some(())
+        (full && penalized).then_some(())
     });
-    // Some single receiver saw all of them (flood publishing reaches every topic peer).
-    let full = nodes[1..]
-        .iter()
-        .filter_map(|n| n.status())
-        .any(|s| expected_counts.iter().all(|(r, min)| drops(&s, r) >= *min));
-    assert!(full, "a direct peer of the injector counts every kind");
 
     // Everyone is still up, the injector included, and clusters are intact.
     let wanted: Vec<BTreeSet<String>> = nodes.iter().map(|n| expected(n.machine.environment)).collect();
