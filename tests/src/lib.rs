@@ -3,13 +3,13 @@
 //! bootstrap peer and nodes driven through `mirage status --json`.
 
 use serde_json::Value;
-use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use mirage_testnet::fleet::{api_call, members};
 pub use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 
 /// The workspace root.
@@ -287,12 +287,6 @@ impl Node {
     }
 }
 
-/// The cluster members a status reports for `app`.
-pub fn members(status: &Value, app: &str) -> Option<BTreeSet<String>> {
-    let cluster = status["clusters"].as_array()?.iter().find(|c| c["app"] == app)?;
-    Some(cluster["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
-}
-
 pub fn peer_id(status: &Value) -> String {
     status["peer_id"].as_str().expect("status has a peer_id").to_string()
 }
@@ -301,20 +295,4 @@ pub fn peer_id(status: &Value) -> String {
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// One request to a node's control API over TCP (what `mirage status` does, without
-/// starting a process per call; benchmarks poll many nodes).
-pub fn api_call(addr: &str, request: &Value) -> Option<Value> {
-    use std::io::Write;
-    let addr: std::net::SocketAddr = addr.parse().ok()?;
-    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut line = serde_json::to_vec(request).ok()?;
-    line.push(b'\n');
-    (&stream).write_all(&line).ok()?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).ok()?;
-    let mut v: Value = serde_json::from_str(&reply).ok()?;
-    v.get_mut("ok").map(Value::take)
 }
