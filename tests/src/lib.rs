@@ -3,13 +3,12 @@
 //! bootstrap peer and nodes driven through `mirage status --json`.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use mirage_testnet::fleet::{api_call, members};
+pub use mirage_testnet::fleet::{api_call, members, Process};
 pub use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 
 /// The workspace root.
@@ -68,92 +67,49 @@ fn is_fresh(bin: &Path) -> bool {
         .all(|t| t <= built)
 }
 
-/// A child process that is killed and reaped when dropped.
+/// A child process that is killed and reaped when dropped: the testnet launcher's
+/// [`Process`], with failures as panics, as tests want them.
 pub struct Proc {
     pub name: String,
-    child: Option<Child>,
+    inner: Process,
     pub log: PathBuf,
 }
 
 impl Proc {
     /// Starts `mirage args...` with stderr to `log` and stdout piped.
     pub fn spawn(name: &str, args: &[String], log: &Path) -> Proc {
-        let err = std::fs::File::create(log).expect("log file");
-        let child = Command::new(mirage_bin())
-            .args(args)
-            .env("MIRAGE_LOG", std::env::var("MIRAGE_LOG").unwrap_or_else(|_| "info".into()))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Proc { name: name.to_string(), child: Some(child), log: log.to_path_buf() }
+        let inner = Process::spawn(&mirage_bin(), name, args, log).unwrap_or_else(|e| panic!("{e}"));
+        Proc { name: name.to_string(), inner, log: log.to_path_buf() }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("running")
+        self.inner.pid().expect("running")
     }
 
     /// Kills (SIGKILL) and reaps the process.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.kill();
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; kills it if it hangs.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let pid = self.pid();
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child().try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.kill();
-        None
+        self.inner.terminate(timeout)
     }
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        match &mut self.child {
-            None => false,
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-        }
+        self.inner.pid().is_some() && self.inner.check_running().is_ok()
     }
 
     /// Reads stdout lines until one satisfies `pick`, for up to `timeout`. Keeps
     /// draining stdout in the background afterwards.
     pub fn read_stdout_until(&mut self, timeout: Duration, pick: impl Fn(&str) -> bool + Send + 'static) -> String {
-        let out = self.child().stdout.take().expect("stdout piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                if !sent && pick(&line) {
-                    let _ = tx.send(line);
-                    sent = true;
-                }
-            }
-        });
-        rx.recv_timeout(timeout).unwrap_or_else(|_| panic!("{} printed no expected line in {timeout:?}", self.name))
+        self.inner.read_stdout_until(timeout, "print the expected line", pick).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The last `n` lines of the process's log.
     pub fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.inner.log_tail(n)
     }
 }
 
@@ -162,7 +118,6 @@ impl Drop for Proc {
         if std::thread::panicking() && std::env::var_os("MIRAGE_TEST_LOGS").is_some() {
             eprintln!("---- {} log tail ----\n{}", self.name, self.log_tail(40));
         }
-        self.kill();
     }
 }
 
