@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod chunk_store;
-pub mod clock;
 pub mod daemon;
 pub mod digest_cache;
 pub mod keyfile;

@@ -41,11 +41,7 @@ pub fn run(args: Args) -> Result<()> {
         gossip,
         announcements: MembershipConfig::default(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::async_runtime()?;
     runtime
         .block_on(mirage_bootstrap::run(options, mirage_bootstrap::shutdown_signal()))
         .context("bootstrap peer failed")

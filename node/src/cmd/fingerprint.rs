@@ -71,7 +71,7 @@ pub fn run(args: Args) -> Result<()> {
     let signed = match &args.sign {
         Some(key) => {
             let keypair = mirage_node::keyfile::load(key)?;
-            Some(Envelope::sign(&keypair, fp, mirage_node::clock::now())?)
+            Some(Envelope::sign(&keypair, fp, mirage_bootstrap::overlay::now())?)
         }
         None => None,
     };

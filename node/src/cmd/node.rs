@@ -154,11 +154,7 @@ pub fn run(command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Run(args) => {
             let options = options(args)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let runtime = super::async_runtime()?;
             runtime
                 .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
                 .context("the node stopped with an error")
