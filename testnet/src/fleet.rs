@@ -179,6 +179,32 @@ impl BootstrapPeer {
     }
 }
 
+/// The arguments of `mirage node run` for a fleet node: loopback listen and API on
+/// ephemeral ports (the API address lands in `DATA/api.addr`), then `extra`.
+pub fn node_run_args(data: &Path, root: &Path, profile: &Path, bootstrap: &str, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "node",
+        "run",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--bootstrap",
+        bootstrap,
+        "--app",
+        &profile.display().to_string(),
+        "--root",
+        &root.display().to_string(),
+        "--api",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    args
+}
+
 /// One node of a fleet: its generated machine, its directories, its process.
 pub struct FleetNode {
     pub index: usize,
@@ -200,26 +226,7 @@ impl FleetNode {
     ) -> Result<Self, FleetError> {
         let root = dir.join("root");
         write_mysql_machine(&root, &machine).map_err(|e| FleetError::Io { path: root.clone(), source: e })?;
-        let mut args: Vec<String> = [
-            "node",
-            "run",
-            "--data-dir",
-            &dir.join("data").display().to_string(),
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            bootstrap,
-            "--app",
-            &profile.display().to_string(),
-            "--root",
-            &root.display().to_string(),
-            "--api",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().cloned());
+        let args = node_run_args(&dir.join("data"), &root, profile, bootstrap, extra);
         let process = Process::spawn(mirage, &format!("node{index}"), &args, &dir.join("node.log"))?;
         Ok(FleetNode { index, machine, dir: dir.to_path_buf(), process })
     }

@@ -8,7 +8,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use mirage_testnet::fleet::{api_call, members, Process};
+pub use mirage_testnet::fleet::{api_call, members, node_run_args, Process};
 pub use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 
 /// The workspace root.
@@ -185,26 +185,8 @@ impl Node {
         let root = dir.join("root");
         write_mysql_machine(&root, &machine).expect("write machine root");
         let data = dir.join("data");
-        let mut args: Vec<String> = [
-            "node",
-            "run",
-            "--data-dir",
-            &data.display().to_string(),
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--bootstrap",
-            bootstrap,
-            "--app",
-            &mysql_profile().display().to_string(),
-            "--root",
-            &root.display().to_string(),
-            "--api",
-            "127.0.0.1:0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let args = node_run_args(&data, &root, &mysql_profile(), bootstrap, &extra);
         let proc = Proc::spawn(&format!("node{index}"), &args, &dir.join("node.log"));
         Node { index, machine, dir: dir.to_path_buf(), args, proc, restarts: 0 }
     }

@@ -1,7 +1,7 @@
 //! `mirage sim`: the paper's staging comparison, on the protocol's own staging core.
 
 use anyhow::{Context, Result};
-use mirage_protocol::manifest::{PolicyKind, StageOrder};
+use mirage_protocol::manifest::{PolicyKind, StageOrder, StagingPolicy};
 use mirage_protocol::staging::StagePlan;
 use mirage_testnet::sim::{self, Comparison, Scenario, World, ALL_POLICIES};
 use std::collections::BTreeMap;
@@ -77,12 +77,15 @@ pub fn run(args: Args) -> Result<()> {
         problem_cluster_share: args.problem_share,
         misplaced_share: args.misplaced,
         seed: args.seed,
-        representatives: args.representatives,
-        threshold: args.threshold,
-        report_deadline_secs: args.report_deadline_secs,
-        stages: args.stages,
-        stage_timeout_secs: args.stage_timeout_secs,
-        order: if args.largest_first { StageOrder::LargestFirst } else { StageOrder::SmallestFirst },
+        policy: StagingPolicy {
+            kind: PolicyKind::Balanced,
+            representatives: args.representatives,
+            threshold: args.threshold,
+            report_deadline_secs: args.report_deadline_secs,
+            stages: args.stages,
+            stage_timeout_secs: args.stage_timeout_secs,
+            order: if args.largest_first { StageOrder::LargestFirst } else { StageOrder::SmallestFirst },
+        },
         ..Scenario::default()
     };
     scenario.timing.fix_base_ms = (args.fix_hours * hour) as u64;

@@ -44,13 +44,9 @@ pub struct Scenario {
     pub misplaced_share: f64,
     pub seed: u64,
     pub timing: Timing,
-    /// The vendor's policy, apart from its kind (the kind is what a run compares).
-    pub representatives: u16,
-    pub threshold: u16,
-    pub report_deadline_secs: u32,
-    pub stages: u16,
-    pub stage_timeout_secs: u32,
-    pub order: StageOrder,
+    /// The vendor's policy; its `kind` is replaced by each run's (the kind is what a
+    /// run compares).
+    pub policy: StagingPolicy,
 }
 
 impl Default for Scenario {
@@ -64,27 +60,22 @@ impl Default for Scenario {
             misplaced_share: 0.0,
             seed: 1,
             timing: Timing::default(),
-            representatives: 2,
-            threshold: 2,
-            report_deadline_secs: 30 * 60,
-            stages: 3,
-            stage_timeout_secs: 60 * 60,
-            order: StageOrder::SmallestFirst,
+            policy: StagingPolicy {
+                kind: PolicyKind::Balanced,
+                representatives: 2,
+                threshold: 2,
+                report_deadline_secs: 30 * 60,
+                stages: 3,
+                stage_timeout_secs: 60 * 60,
+                order: StageOrder::SmallestFirst,
+            },
         }
     }
 }
 
 impl Scenario {
     pub fn policy(&self, kind: PolicyKind) -> StagingPolicy {
-        StagingPolicy {
-            kind,
-            representatives: self.representatives,
-            threshold: self.threshold,
-            report_deadline_secs: self.report_deadline_secs,
-            stages: self.stages,
-            stage_timeout_secs: self.stage_timeout_secs,
-            order: self.order,
-        }
+        StagingPolicy { kind, ..self.policy.clone() }
     }
 
     pub fn validate(&self) -> Result<(), ScenarioError> {
