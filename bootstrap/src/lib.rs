@@ -1,13 +1,14 @@
 //! The Mirage bootstrap peer: what community mirrors run so that machines can find each
 //! other. A Kademlia server and a gossip relay with no upgrade state of its own. It
-//! subscribes to each application topic its peers use, validates every announcement
-//! before relaying it (so garbage stops here too), and scores misbehaving peers down.
+//! subscribes to each application and release topic its peers use, validates every
+//! announcement and release message before relaying it (so garbage stops here too), and scores misbehaving peers down.
 
 pub mod overlay;
 
 use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
+use mirage_protocol::channel::check_release_message;
 use mirage_protocol::membership::{check_announcement, DropReason, MembershipConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -134,22 +135,31 @@ fn on_gossip(
     match event {
         gossipsub::Event::Subscribed { peer_id, topic } => {
             let gs = &mut swarm.behaviour_mut().gossipsub;
-            let Some(app) = overlay::app_of_topic(&topic) else { return };
+            let relay = match (overlay::app_of_topic(&topic), overlay::app_of_release_topic(&topic)) {
+                (Some(app), _) => overlay::app_topic(app),
+                (None, Some(app)) => overlay::release_topic(app),
+                (None, None) => return,
+            };
+            let app = relay.hash().into_string();
             if gs.topics().any(|t| t == &topic) || gs.topics().count() >= overlay::MAX_RELAYED_TOPICS {
                 return;
             }
-            match overlay::subscribe_app(gs, overlay::app_topic(app)) {
-                Ok(_) => info!(peer = %peer_id, app, "relaying application topic"),
+            match overlay::subscribe_app(gs, relay) {
+                Ok(_) => info!(peer = %peer_id, topic = app, "relaying topic"),
                 Err(e) => warn!(app, error = %e, "cannot subscribe"),
             }
         }
         gossipsub::Event::Message { propagation_source, message_id, message } => {
-            let verdict = match overlay::app_of_topic(&message.topic) {
-                None => Err(DropReason::WrongApp),
-                Some(app) => {
+            let now = overlay::now();
+            let verdict = match (overlay::app_of_topic(&message.topic), overlay::app_of_release_topic(&message.topic)) {
+                (Some(app), _) => {
                     let author = message.source.as_ref().and_then(overlay::public_key_of);
-                    check_announcement(&message.data, app, author.as_ref(), overlay::now(), config).map(|_| ())
+                    check_announcement(&message.data, app, author.as_ref(), now, config).map(|_| ())
                 }
+                // Releases are relayed if well formed, signed and unexpired; whom to
+                // trust is each node's decision, not the relay's.
+                (None, Some(app)) => check_release_message(&message.data, app, now).map(|_| ()),
+                (None, None) => Err(DropReason::WrongApp),
             };
             let acceptance = match verdict {
                 Ok(()) => {
@@ -158,7 +168,7 @@ fn on_gossip(
                 }
                 Err(reason) => {
                     *drops.entry(reason).or_default() += 1;
-                    warn!(peer = %propagation_source, %reason, "dropped announcement");
+                    warn!(peer = %propagation_source, %reason, topic = %message.topic, "dropped message");
                     gossipsub::MessageAcceptance::Reject
                 }
             };

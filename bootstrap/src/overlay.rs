@@ -18,6 +18,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/kad/1.0.0"
 pub const IDENTIFY_VERSION: &str = "/mirage/id/1.0.0";
 /// Prefix of the per-application announcement topics.
 pub const APP_TOPIC_PREFIX: &str = "mirage/v1/app/";
+/// Prefix of the per-application release topics (signed manifests and test reports).
+pub const RELEASE_TOPIC_PREFIX: &str = "mirage/v1/release/";
 /// Gossipsub frames may carry a full-size message plus protobuf framing and the
 /// gossipsub signature. Messages whose *data* is over [`MAX_MESSAGE_BYTES`] still reach
 /// the validator, which drops and counts them as too large.
@@ -41,6 +43,26 @@ pub fn app_topic(app: &str) -> gossipsub::IdentTopic {
 /// The application a topic hash belongs to, if it is an announcement topic.
 pub fn app_of_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
     topic.as_str().strip_prefix(APP_TOPIC_PREFIX).filter(|a| mirage_protocol::manifest::validate_app_name(a).is_ok())
+}
+
+/// The gossipsub topic an application's releases and test reports travel on.
+pub fn release_topic(app: &str) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("{RELEASE_TOPIC_PREFIX}{app}"))
+}
+
+/// The application a topic hash belongs to, if it is a release topic.
+pub fn app_of_release_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
+    topic
+        .as_str()
+        .strip_prefix(RELEASE_TOPIC_PREFIX)
+        .filter(|a| mirage_protocol::manifest::validate_app_name(a).is_ok())
+}
+
+/// The Kademlia key under which the holders of an artifact provide.
+pub fn content_record_key(content: &mirage_protocol::Digest) -> kad::RecordKey {
+    let mut bytes = b"mirage/v1/content/".to_vec();
+    bytes.extend_from_slice(&content.0);
+    kad::RecordKey::new(&bytes)
 }
 
 /// The Kademlia key under which the members of a cluster provide.
@@ -160,7 +182,7 @@ pub fn topic_score_params() -> gossipsub::TopicScoreParams {
     }
 }
 
-/// Subscribes to an application's announcement topic with its scoring parameters.
+/// Subscribes to an application's announcement or release topic with its scoring parameters.
 pub fn subscribe_app(behaviour: &mut gossipsub::Behaviour, topic: gossipsub::IdentTopic) -> Result<bool, OverlayError> {
     behaviour.set_topic_params(topic.clone(), topic_score_params()).map_err(|e| OverlayError::Gossipsub(e.into()))?;
     behaviour.subscribe(&topic).map_err(|e| OverlayError::Gossipsub(e.to_string()))
@@ -239,6 +261,11 @@ mod tests {
         let a = mirage_protocol::ClusterKey(mirage_protocol::Digest([1; 32]));
         let b = mirage_protocol::ClusterKey(mirage_protocol::Digest([2; 32]));
         assert_ne!(cluster_record_key(&a), cluster_record_key(&b));
+        assert_ne!(cluster_record_key(&a), content_record_key(&a.0));
+        let r = release_topic("mysql");
+        assert_eq!(app_of_release_topic(&r.hash()), Some("mysql"));
+        assert_eq!(app_of_topic(&r.hash()), None);
+        assert_eq!(app_of_release_topic(&t.hash()), None);
         assert_eq!(cluster_record_key(&a), cluster_record_key(&a));
     }
 

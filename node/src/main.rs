@@ -26,6 +26,11 @@ enum Command {
     /// The node daemon.
     #[command(subcommand)]
     Node(cmd::node::NodeCommand),
+    /// Vendor tools: signing keys, and publishing and seeding releases.
+    #[command(subcommand)]
+    Vendor(cmd::vendor::VendorCommand),
+    /// Ask a running node to download a release, and follow it.
+    Fetch(cmd::fetch::Args),
     /// Ask a running node for its status.
     Status(cmd::status::Args),
     /// Simulate a staged rollout over a large fleet and compare staging policies.
@@ -63,6 +68,8 @@ fn run() -> Result<()> {
         Command::Bench(b) => cmd::bench::run(b),
         Command::Bootstrap(args) => cmd::bootstrap::run(args),
         Command::Node(c) => cmd::node::run(c),
+        Command::Vendor(c) => cmd::vendor::run(c),
+        Command::Fetch(args) => cmd::fetch::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Testnet(args) => cmd::testnet::run(args),

@@ -1,5 +1,6 @@
 //! The node's redb database: identity, known peers (re-dialed on restart), our own
-//! signed fingerprints and the signed announcements that make up cluster membership.
+//! signed fingerprints, the signed announcements that make up cluster membership, the
+//! releases it admitted and the artifacts it wants.
 //! Every write happens in one transaction. The digest cache shares the same file.
 
 use mirage_protocol::wire;
@@ -16,6 +17,12 @@ const KNOWN_PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("known_pe
 const OWN_FINGERPRINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("own_fingerprints");
 /// (app, peer id) → the newest verified announcement we accepted from that peer.
 const ANNOUNCEMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("peer_announcements");
+
+/// app → the newest signed manifest envelope this node admitted (re-checked on load).
+const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
+/// content hash (hex) → app: artifacts this node was asked to download, resumed after
+/// a restart until complete.
+const WANTED: TableDefinition<&str, &str> = TableDefinition::new("wanted_artifacts");
 
 /// Most known peers kept; the least recently seen go first.
 pub const MAX_KNOWN_PEERS: usize = 1024;
@@ -57,6 +64,8 @@ impl Store {
         tx.open_table(KNOWN_PEERS)?;
         tx.open_table(OWN_FINGERPRINTS)?;
         tx.open_table(ANNOUNCEMENTS)?;
+        tx.open_table(RELEASES)?;
+        tx.open_table(WANTED)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -141,6 +150,55 @@ impl Store {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(OWN_FINGERPRINTS)?;
         Ok(t.get(app)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_release(&self, app: &str, envelope: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(RELEASES)?;
+            t.insert(app, envelope)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored release: (app, manifest envelope bytes).
+    pub fn releases(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RELEASES)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Marks an artifact as wanted (`true`) or no longer wanted.
+    pub fn set_wanted(&self, content_hex: &str, app: &str, wanted: bool) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(WANTED)?;
+            if wanted {
+                t.insert(content_hex, app)?;
+            } else {
+                t.remove(content_hex)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Wanted artifacts: (content hash hex, app).
+    pub fn wanted(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(WANTED)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
     }
 
     pub fn put_announcement(&self, app: &str, peer_id: &str, envelope: &[u8]) -> Result<(), StoreError> {

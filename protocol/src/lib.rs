@@ -14,9 +14,12 @@
 //! - [`staging`]: representatives, cluster gates, stages, and the per-(node, app)
 //!   rollout state machine.
 //! - [`transfer`]: swarm download planning (rarest first, verified chunks, bans).
+//! - [`channel`]: what may travel on an app's release channel (signed manifests and
+//!   test reports), checked the same way by nodes and relaying bootstrap peers.
 //! - [`trust`]: which manifests a node accepts (trusted vendor keys, expiry, versions
 //!   only moving forward).
 
+pub mod channel;
 pub mod digest;
 pub mod envelope;
 pub mod fingerprint;

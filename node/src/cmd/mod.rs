@@ -2,12 +2,14 @@
 
 pub mod bench;
 pub mod bootstrap;
+pub mod fetch;
 pub mod fingerprint;
 pub mod keygen;
 pub mod node;
 pub mod sim;
 pub mod status;
 pub mod testnet;
+pub mod vendor;
 
 /// The runtime the long-running commands (node, bootstrap peer) run on: two workers,
 /// which is what the machines we target have.

@@ -58,6 +58,13 @@ pub struct RunArgs {
     max_connections: Option<u32>,
     #[arg(long, hide = true)]
     target_peers: Option<usize>,
+    /// Trust this vendor key for an app's releases, as APP=PUBKEY (hex, as `mirage vendor
+    /// keygen` prints it). Repeatable. Manifests from any other key are refused.
+    #[arg(long = "trust", value_name = "APP=PUBKEY")]
+    trust: Vec<String>,
+    /// Download releases only when asked (`mirage fetch`), not as soon as they arrive.
+    #[arg(long)]
+    no_auto_fetch: bool,
     /// Allow `mirage debug inject` (test fleets only).
     #[arg(long, hide = true)]
     allow_debug: bool,
@@ -81,6 +88,10 @@ struct ConfigFile {
     rescan_interval_secs: Option<u64>,
     max_connections: Option<u32>,
     target_peers: Option<usize>,
+    /// `["APP=PUBKEY", ...]`, like --trust.
+    #[serde(default)]
+    trust: Vec<String>,
+    auto_fetch: Option<bool>,
 }
 
 fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
@@ -130,6 +141,11 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
     if let Some(ms) = args.heartbeat_ms {
         gossip.heartbeat = Duration::from_millis(ms.max(50));
     }
+    let mut trust = mirage_protocol::trust::TrustStore::default();
+    for entry in args.trust.iter().chain(&file.trust) {
+        let (app, key) = mirage_protocol::trust::TrustStore::parse_entry(entry).map_err(anyhow::Error::msg)?;
+        trust.trust(&app, key);
+    }
     Ok(NodeOptions {
         key,
         listen,
@@ -146,6 +162,10 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         max_connections: args.max_connections.or(file.max_connections).unwrap_or(256),
         target_peers: args.target_peers.or(file.target_peers).unwrap_or(8),
         allow_debug: args.allow_debug,
+        trust,
+        auto_fetch: !args.no_auto_fetch && file.auto_fetch.unwrap_or(true),
+        seed: Vec::new(),
+        stop_after_replicas: None,
         data_dir,
     })
 }
@@ -191,6 +211,8 @@ apps = ["/etc/mirage/mysql.toml"]
 root = "/srv/root"
 api = "127.0.0.1:4999"
 announce_interval_secs = 120
+trust = ["mysql=3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29"]
+auto_fetch = false
 "#,
         )
         .unwrap();
@@ -205,6 +227,8 @@ announce_interval_secs = 120
         assert_eq!(o.membership.announce_interval, Duration::from_secs(120));
         assert!(o.membership.member_ttl >= Duration::from_secs(360));
         assert!(o.membership.max_age >= o.membership.member_ttl);
+        assert_eq!(o.trust.apps().collect::<Vec<_>>(), vec!["mysql"]);
+        assert!(!o.auto_fetch);
 
         let o =
             parse(&["--config", cfg.to_str().unwrap(), "--data-dir", "/tmp/d", "--root", "/r", "--api", "127.0.0.1:1"])
@@ -226,5 +250,8 @@ announce_interval_secs = 120
             "bootstrap needs a peer id"
         );
         assert!(parse(&["--data-dir", "/d", "--listen", "nonsense"]).is_err());
+        assert!(o.auto_fetch, "releases download on arrival by default");
+        assert!(parse(&["--data-dir", "/d", "--trust", "mysql"]).is_err(), "trust needs APP=PUBKEY");
+        assert!(parse(&["--data-dir", "/d", "--trust", "mysql=abcd"]).is_err(), "trust needs a real key");
     }
 }

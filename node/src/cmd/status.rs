@@ -17,7 +17,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn addr(&self) -> Result<String> {
+    pub fn addr(&self) -> Result<String> {
         match &self.data_dir {
             Some(dir) => {
                 let path = dir.join(mirage_node::daemon::API_ADDR_FILE);

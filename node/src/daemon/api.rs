@@ -52,6 +52,21 @@ pub enum Request {
         kind: InjectKind,
         app: Option<String>,
     },
+    /// Download the newest admitted release of `app` (which must be `version`, if given).
+    Fetch {
+        app: String,
+        version: Option<String>,
+    },
+    /// Serve content wrongly from now on (`--allow-debug` only), for attack tests.
+    Misbehave {
+        mode: super::Misbehaviour,
+    },
+    /// Publish these bytes (hex) on `app`'s release topic (`--allow-debug` only), so tests
+    /// can send forged, replayed or rolled-back manifests through a real peer.
+    PublishRelease {
+        app: String,
+        hex: String,
+    },
 }
 
 pub type Reply = Result<serde_json::Value, String>;
@@ -149,6 +164,10 @@ mod tests {
         assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
         assert_eq!("stale".parse::<InjectKind>().unwrap(), InjectKind::Stale);
         assert!("nope".parse::<InjectKind>().is_err());
+        let r: Request = serde_json::from_str(r#"{"cmd":"misbehave","mode":"mix"}"#).unwrap();
+        assert_eq!(r, Request::Misbehave { mode: super::super::Misbehaviour::Mix });
+        let r: Request = serde_json::from_str(r#"{"cmd":"fetch","app":"web","version":"1.0.0"}"#).unwrap();
+        assert_eq!(r, Request::Fetch { app: "web".into(), version: Some("1.0.0".into()) });
     }
 
     #[tokio::test]

@@ -3,10 +3,14 @@
 //! the [`Action`]s it returns on the network and in the database.
 
 pub mod api;
+mod distribute;
+
+pub use distribute::{Misbehaviour, SeedRelease};
 
 use crate::net::{self, Behaviour, BehaviourEvent, FetchRequest, FetchResponse};
 use crate::store::{KnownPeer, Store, StoreError};
 use api::{InjectKind, Request};
+use distribute::{Distribution, SeedGoal};
 use futures::StreamExt;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
@@ -43,6 +47,10 @@ pub enum DaemonError {
     Overlay(#[from] overlay::OverlayError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: Multiaddr, reason: String },
+    #[error("content store: {0}")]
+    Content(#[from] crate::chunk_store::StoreError),
+    #[error("cannot seed release: {0}")]
+    Seed(String),
     #[error("control API on {addr}: {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
 }
@@ -66,11 +74,48 @@ pub struct NodeOptions {
     pub target_peers: usize,
     /// Allow the `inject` API request (test fleets only).
     pub allow_debug: bool,
+    /// Vendor keys trusted per app; manifests signed by anyone else are refused.
+    pub trust: mirage_protocol::trust::TrustStore,
+    /// Download every admitted release at once (otherwise only on `fetch`).
+    pub auto_fetch: bool,
+    /// Releases this node seeds (a vendor).
+    pub seed: Vec<SeedRelease>,
+    /// Stop once this many other peers hold a full copy of the first seeded release.
+    pub stop_after_replicas: Option<usize>,
+}
+
+impl NodeOptions {
+    /// Defaults for everything but where the node keeps its data and key: no apps, no
+    /// bootstrap peers, TCP on an ephemeral loopback port, API on an ephemeral port.
+    pub fn new(data_dir: PathBuf, key: PathBuf) -> Self {
+        NodeOptions {
+            data_dir,
+            key,
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("a valid multiaddr")],
+            bootstrap: Vec::new(),
+            apps: Vec::new(),
+            root: PathBuf::from("/"),
+            api: SocketAddr::from(([127, 0, 0, 1], 0)),
+            membership: MembershipConfig::default(),
+            gossip: GossipTuning::default(),
+            kad: KadTuning::default(),
+            rescan_interval: Duration::from_secs(300),
+            max_connections: 256,
+            target_peers: 8,
+            allow_debug: false,
+            trust: mirage_protocol::trust::TrustStore::default(),
+            auto_fetch: true,
+            seed: Vec::new(),
+            stop_after_replicas: None,
+        }
+    }
 }
 
 /// The file in the data directory holding the API's bound address (the port may be 0).
 pub const API_ADDR_FILE: &str = "api.addr";
 const DB_FILE: &str = "node.redb";
+/// The folder in the data directory holding artifacts, by content hash.
+const CONTENT_DIR: &str = "content";
 /// Application-score penalty per invalid fetch reply (weighted ×10 by gossipsub): two
 /// put a peer below the gossip threshold, five below the graylist threshold.
 const FETCH_PENALTY: f64 = 1.0;
@@ -97,6 +142,7 @@ struct Node {
     penalties: HashMap<PeerId, f64>,
     allow_debug: bool,
     target_peers: usize,
+    dist: Distribution,
 }
 
 /// Runs the node until `shutdown` resolves.
@@ -155,6 +201,11 @@ async fn run_inner(
         penalties: HashMap::new(),
         allow_debug: options.allow_debug,
         target_peers: options.target_peers,
+        dist: Distribution::new(
+            options.trust.clone(),
+            crate::chunk_store::ChunkStore::open(&options.data_dir.join(CONTENT_DIR))?,
+            options.auto_fetch,
+        ),
     };
 
     for addr in &options.listen {
@@ -166,7 +217,17 @@ async fn run_inner(
     for app in &app_names {
         overlay::subscribe_app(&mut node.swarm.behaviour_mut().gossipsub, overlay::app_topic(app))?;
     }
+    for app in node.dist.trusted_apps() {
+        node.follow_release_topic(&app);
+    }
     node.restore_announcements()?;
+    node.restore_releases()?;
+    for seed in &options.seed {
+        node.seed_release(seed).map_err(DaemonError::Seed)?;
+    }
+    if let (Some(replicas), Some(first)) = (options.stop_after_replicas, node.dist.seeded_content()) {
+        node.dist.seed_goal = Some(SeedGoal::new(first, replicas));
+    }
     node.dial_initial(&options.bootstrap)?;
 
     // Fingerprints: scanned off the event loop; the first scan gates announcements.
@@ -216,6 +277,11 @@ async fn run_inner(
             _ = tick.tick() => {
                 let actions = node.membership.tick(overlay::now());
                 node.execute(actions);
+                node.distribution_tick();
+                if node.dist.replicated() {
+                    info!("the release is replicated; seeding done");
+                    break;
+                }
             }
             _ = maintain.tick() => node.maintain_connections(),
         }
@@ -374,9 +440,15 @@ impl Node {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                debug!(peer = %peer_id, "connected");
+                if num_established.get() == 1 {
+                    self.on_peer_connected(peer_id);
+                }
+            }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                debug!(peer = %peer_id, "disconnected")
+                debug!(peer = %peer_id, "disconnected");
+                self.on_peer_disconnected(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                 self.on_identify(peer_id, info)
@@ -384,6 +456,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Content(event)) => self.on_content(event),
             _ => {}
         }
     }
@@ -408,6 +481,15 @@ impl Node {
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else { return };
+        if let Some(app) = overlay::app_of_release_topic(&message.topic).map(str::to_string) {
+            let acceptance = self.on_release_message(&app, propagation_source, &message.data);
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
+            return;
+        }
         let acceptance = match overlay::app_of_topic(&message.topic).map(str::to_string) {
             Some(app) if self.apps.contains_key(&app) => {
                 let author = message.source.as_ref().and_then(overlay::public_key_of);
@@ -476,7 +558,8 @@ impl Node {
         let kad::Event::OutboundQueryProgressed { id, result, step, .. } = event else { return };
         match result {
             kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
-                if let Some((app, key)) = self.lookups.get(&id).cloned() {
+                let content = self.on_content_providers(&id, &providers);
+                if let Some((app, key)) = self.lookups.get(&id).cloned().filter(|_| !content) {
                     let keys: Vec<PublicKey> = providers.iter().filter_map(overlay::public_key_of).collect();
                     let _span = info_span!("providers", cluster = %key, app).entered();
                     debug!(found = keys.len(), "providers");
@@ -512,6 +595,7 @@ impl Node {
             _ => {}
         }
         if step.last {
+            self.forget_lookup(&id);
             self.lookups.remove(&id);
             self.address_lookups.remove(&id);
         }
@@ -618,6 +702,39 @@ impl Node {
                     }),
                 })
             }
+            Request::Fetch { app, version } => {
+                let newest = self.dist.release(&app).map(|a| a.manifest.payload().version.clone());
+                match (&newest, version) {
+                    (None, _) => return Err(format!("no release of `{app}` admitted yet")),
+                    (Some(v), Some(want)) if v.to_string() != want => {
+                        return Err(format!("no release {want} of `{app}` admitted (newest: {v})"))
+                    }
+                    _ => {}
+                }
+                let version = self.fetch_release(&app).ok_or("cannot start the download (see the node's log)")?;
+                Ok(serde_json::json!({ "app": app, "version": version.to_string() }))
+            }
+            Request::Misbehave { mode } => {
+                if !self.allow_debug {
+                    return Err("misbehaving is disabled (start the node with --allow-debug)".into());
+                }
+                self.set_misbehaviour(mode);
+                Ok(serde_json::json!({ "mode": mode }))
+            }
+            Request::PublishRelease { app, hex } => {
+                if !self.allow_debug {
+                    return Err("raw publishing is disabled (start the node with --allow-debug)".into());
+                }
+                let bytes = hex::decode(hex).map_err(|e| format!("hex: {e}"))?;
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(overlay::release_topic(&app), bytes)
+                    .map_err(|e| format!("publish: {e}"))?;
+                warn!(app, "published raw bytes on the release topic on request");
+                Ok(serde_json::json!({ "message_id": id.to_string() }))
+            }
             Request::Inject { kind, app } => {
                 if !self.allow_debug {
                     return Err("injection is disabled (start the node with --allow-debug)".into());
@@ -704,7 +821,7 @@ impl Node {
         let gs = &self.swarm.behaviour().gossipsub;
         let scores: serde_json::Map<String, serde_json::Value> =
             connected.iter().filter_map(|p| gs.peer_score(p).map(|s| (p.to_base58(), s.into()))).collect();
-        serde_json::json!({
+        let mut status = serde_json::json!({
             "peer_id": self.local_peer.to_base58(),
             "connected_peers": connected.len(),
             "listen_addrs": self.swarm.listeners().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -712,6 +829,10 @@ impl Node {
             "apps_pending_scan": pending,
             "dropped_announcements": drops,
             "peer_scores": scores,
-        })
+        });
+        if let (Some(out), serde_json::Value::Object(dist)) = (status.as_object_mut(), self.distribution_status()) {
+            out.extend(dist);
+        }
+        status
     }
 }

@@ -1,0 +1,146 @@
+//! `mirage vendor`: what a software vendor runs. `keygen` makes the signing key;
+//! `publish` builds and signs a release's manifest, announces it on the app's release
+//! topic and seeds the content until enough peers hold a full copy.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use mirage_node::daemon::{self, NodeOptions, SeedRelease};
+use mirage_node::release::{self, ReleaseSpec};
+use mirage_protocol::manifest::{PolicyKind, StagingPolicy};
+use mirage_protocol::Envelope;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum VendorCommand {
+    /// Write a new vendor signing key (mode 0600) and print the public key nodes trust.
+    Keygen(super::keygen::Args),
+    /// Sign a release and seed it into the overlay.
+    Publish(PublishArgs),
+}
+
+#[derive(clap::Args)]
+pub struct PublishArgs {
+    /// The vendor's signing key (from `mirage vendor keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    version: semver::Version,
+    /// The upgrade itself (a tar archive of the new version's files).
+    #[arg(long)]
+    artifact: PathBuf,
+    /// A directory with `tests.toml` and the files the tests use.
+    #[arg(long)]
+    tests: Option<PathBuf>,
+    /// Staging policy: no-staging, front-loading or balanced.
+    #[arg(long, default_value = "balanced")]
+    policy: PolicyKind,
+    /// Representatives that test per cluster.
+    #[arg(long)]
+    representatives: Option<u16>,
+    /// Passing reports a cluster needs before its members apply.
+    #[arg(long)]
+    threshold: Option<u16>,
+    /// Hours until the manifest expires (nodes refuse it afterwards).
+    #[arg(long, default_value_t = 720)]
+    valid_for_hours: u64,
+    /// Chunk size in KiB (16 to 16384).
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: u32,
+    #[arg(long, default_value = "")]
+    notes: String,
+    /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
+    #[arg(long, required = true)]
+    bootstrap: Vec<String>,
+    /// Listen address for serving content (repeatable). Default: TCP on an ephemeral port.
+    #[arg(long)]
+    listen: Vec<String>,
+    /// Where the seed keeps its copy and database. Default: a temporary directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Local control API of the seed.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    api: SocketAddr,
+    /// Stop seeding once this many other peers hold a full copy; 0 seeds until stopped.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
+}
+
+pub fn run(command: VendorCommand) -> Result<()> {
+    match command {
+        VendorCommand::Keygen(args) => super::keygen::run(args),
+        VendorCommand::Publish(args) => publish(args),
+    }
+}
+
+fn publish(args: PublishArgs) -> Result<()> {
+    mirage_protocol::manifest::validate_app_name(&args.app).map_err(anyhow::Error::msg)?;
+    let keypair = mirage_node::keyfile::load(&args.key)?;
+    let temp;
+    let data_dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            temp = tempfile::tempdir().context("creating a temporary data directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut policy = StagingPolicy { kind: args.policy, ..StagingPolicy::default() };
+    if let Some(r) = args.representatives {
+        policy.representatives = r;
+    }
+    if let Some(t) = args.threshold {
+        policy.threshold = t;
+    }
+    let spec = ReleaseSpec {
+        tests_dir: args.tests.clone(),
+        policy,
+        valid_for: Duration::from_secs(args.valid_for_hours * 3600),
+        chunk_size: args.chunk_kib.saturating_mul(1024),
+        notes: args.notes.clone(),
+        ..ReleaseSpec::new(&args.app, args.version.clone(), args.artifact.clone())
+    };
+    let now = mirage_bootstrap::overlay::now();
+    let built = release::build(&spec, &data_dir, now).context("building the release")?;
+    let envelope = Envelope::sign(&keypair, &built.manifest, now)?.to_bytes()?;
+    let m = &built.manifest;
+    println!(
+        "manifest {} for {} {}: {} bytes in {} chunks, content {}",
+        m.id(),
+        m.app,
+        m.version,
+        m.artifact.size,
+        m.artifact.chunk_count(),
+        m.artifact.content_hash
+    );
+    println!("vendor key {} (nodes need --trust {}={})", keypair.public(), m.app, keypair.public());
+
+    let mut options = NodeOptions::new(data_dir.clone(), data_dir.join("seed.key"));
+    let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
+    options.bootstrap = args.bootstrap.iter().map(parse).collect::<Result<_>>()?;
+    if options.bootstrap.iter().any(|b| mirage_bootstrap::overlay::split_peer_addr(b).is_none()) {
+        bail!("bootstrap addresses must end in /p2p/<peer id>");
+    }
+    options.listen = if args.listen.is_empty() {
+        vec!["/ip4/0.0.0.0/tcp/0".parse()?]
+    } else {
+        args.listen.iter().map(parse).collect::<Result<_>>()?
+    };
+    options.api = args.api;
+    options.seed = vec![SeedRelease { envelope, artifact: built.artifact_path.clone(), bundle: built.bundle_path }];
+    options.stop_after_replicas = (args.replicas > 0).then_some(args.replicas);
+    if args.replicas > 0 {
+        println!("seeding until {} peers hold a full copy", args.replicas);
+    } else {
+        println!("seeding until stopped");
+    }
+    let runtime = super::async_runtime()?;
+    runtime
+        .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
+        .context("the seed stopped with an error")?;
+    println!("seeding done");
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! The content protocol: how peers ask each other for a release's signed manifest,
+//! which chunks of an artifact they hold, and the chunks themselves.
+//!
+//! Each message is a 4-byte big-endian length, a 1-byte tag and a body. Control bodies
+//! are [`mirage_protocol::wire`] encodings (1 MiB limit); a chunk body is the raw chunk,
+//! up to the largest chunk size a manifest may declare. Lengths are checked before
+//! anything is allocated, so a peer streaming endless data is cut off at the limit and
+//! the request fails; what arrives within the limit is still checked against the
+//! manifest by the download before a byte of it is written.
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use libp2p::StreamProtocol;
+use mirage_protocol::manifest::MAX_CHUNK_SIZE;
+use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
+use mirage_protocol::Digest;
+use serde::{Deserialize, Serialize};
+use std::io;
+
+pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/content/1.0.0");
+const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// A full-size chunk plus room for the tag.
+pub const MAX_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContentRequest {
+    /// The newest signed manifest the peer accepted for `app`.
+    Manifest { app: String },
+    /// Which chunks of the artifact with this content hash the peer holds.
+    Have { content: Digest },
+    /// One chunk of that artifact.
+    Chunk { content: Digest, index: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContentResponse {
+    /// A signed manifest envelope, checked by the receiver like any other.
+    Manifest(Vec<u8>),
+    /// One bit per chunk, least significant bit first ([`pack_bitmap`]).
+    Have(Vec<u8>),
+    Chunk(Vec<u8>),
+    /// The peer has nothing for that request.
+    NotFound,
+}
+
+const TAG_MANIFEST: u8 = 1;
+const TAG_HAVE: u8 = 2;
+const TAG_CHUNK: u8 = 3;
+const TAG_NOT_FOUND: u8 = 4;
+
+/// Packs a have-list into bits.
+pub fn pack_bitmap(have: &[bool]) -> Vec<u8> {
+    let mut bits = vec![0u8; have.len().div_ceil(8)];
+    for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
+}
+
+/// The chunk indices a bitmap marks, for an artifact of `chunks` chunks; `None` if the
+/// bitmap has the wrong length for it.
+pub fn unpack_bitmap(bits: &[u8], chunks: usize) -> Option<Vec<usize>> {
+    if bits.len() != chunks.div_ceil(8) {
+        return None;
+    }
+    Some((0..chunks).filter(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect())
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContentCodec;
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<(u8, Vec<u8>)> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len == 0 || len > limit {
+        return Err(invalid(format!("frame of {len} bytes outside 1..={limit}")));
+    }
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    let tag = buf.remove(0);
+    Ok((tag, buf))
+}
+
+async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, tag: u8, body: &[u8], limit: usize) -> io::Result<()> {
+    let len = body.len() + 1;
+    if len > limit {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("frame of {len} bytes over {limit}")));
+    }
+    io.write_all(&(len as u32).to_be_bytes()).await?;
+    io.write_all(&[tag]).await?;
+    io.write_all(body).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for ContentCodec {
+    type Protocol = StreamProtocol;
+    type Request = ContentRequest;
+    type Response = ContentResponse;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<ContentRequest> {
+        let (_, body) = read_frame(io, MAX_REQUEST_BYTES).await?;
+        wire::decode(&body).map_err(|e| invalid(e.to_string()))
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<ContentResponse> {
+        let (tag, body) = read_frame(io, MAX_RESPONSE_BYTES).await?;
+        match tag {
+            TAG_MANIFEST if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Manifest(body)),
+            TAG_HAVE if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Have(body)),
+            TAG_CHUNK => Ok(ContentResponse::Chunk(body)),
+            TAG_NOT_FOUND if body.is_empty() => Ok(ContentResponse::NotFound),
+            _ => Err(invalid(format!("bad response (tag {tag}, {} bytes)", body.len()))),
+        }
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: ContentRequest,
+    ) -> io::Result<()> {
+        let body = wire::encode(&req).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        write_frame(io, 0, &body, MAX_REQUEST_BYTES).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: ContentResponse,
+    ) -> io::Result<()> {
+        match res {
+            ContentResponse::Manifest(b) => write_frame(io, TAG_MANIFEST, &b, MAX_RESPONSE_BYTES).await,
+            ContentResponse::Have(b) => write_frame(io, TAG_HAVE, &b, MAX_RESPONSE_BYTES).await,
+            ContentResponse::Chunk(b) => write_frame(io, TAG_CHUNK, &b, MAX_RESPONSE_BYTES).await,
+            ContentResponse::NotFound => write_frame(io, TAG_NOT_FOUND, &[], MAX_RESPONSE_BYTES).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+    use libp2p::request_response::Codec;
+
+    fn roundtrip_response(res: ContentResponse) -> io::Result<ContentResponse> {
+        futures::executor::block_on(async {
+            let mut buf = Vec::new();
+            ContentCodec.write_response(&CONTENT_PROTOCOL, &mut Cursor::new(&mut buf), res).await?;
+            ContentCodec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(&buf)).await
+        })
+    }
+
+    #[test]
+    fn messages_roundtrip() {
+        futures::executor::block_on(async {
+            for req in [
+                ContentRequest::Manifest { app: "mysql".into() },
+                ContentRequest::Have { content: Digest([3; 32]) },
+                ContentRequest::Chunk { content: Digest([4; 32]), index: 7 },
+            ] {
+                let mut buf = Vec::new();
+                ContentCodec.write_request(&CONTENT_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
+                assert_eq!(ContentCodec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(&buf)).await.unwrap(), req);
+            }
+        });
+        for res in [
+            ContentResponse::Manifest(vec![1, 2]),
+            ContentResponse::Have(vec![0xff]),
+            ContentResponse::Chunk(vec![9; 100_000]),
+            ContentResponse::NotFound,
+        ] {
+            assert_eq!(roundtrip_response(res.clone()).unwrap(), res);
+        }
+    }
+
+    #[test]
+    fn endless_and_malformed_responses_fail_without_allocating() {
+        futures::executor::block_on(async {
+            let mut huge = u32::MAX.to_be_bytes().to_vec();
+            huge.extend_from_slice(&[TAG_CHUNK; 16]);
+            assert!(ContentCodec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(&huge)).await.is_err());
+            let mut bad_tag = 3u32.to_be_bytes().to_vec();
+            bad_tag.extend_from_slice(&[99, 1, 2]);
+            assert!(ContentCodec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(&bad_tag)).await.is_err());
+            let mut junk = 4u32.to_be_bytes().to_vec();
+            junk.extend_from_slice(&[0, 0xff, 0xff, 0xff]);
+            assert!(ContentCodec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(&junk)).await.is_err());
+        });
+        // Larger than any chunk may be: refused on the sending side too.
+        assert!(roundtrip_response(ContentResponse::Chunk(vec![0; MAX_RESPONSE_BYTES])).is_err());
+    }
+
+    #[test]
+    fn bitmaps() {
+        let have = [true, false, true, true, false, false, false, false, true];
+        let bits = pack_bitmap(&have);
+        assert_eq!(bits.len(), 2);
+        assert_eq!(unpack_bitmap(&bits, 9), Some(vec![0, 2, 3, 8]));
+        assert_eq!(unpack_bitmap(&bits, 17), None);
+        assert_eq!(unpack_bitmap(&[], 0), Some(vec![]));
+    }
+}

@@ -1,0 +1,99 @@
+//! What travels on an application's release channel (its gossip topic for releases):
+//! vendors' signed manifests and representatives' signed test reports. Anyone can
+//! check that a message is well formed, signed and for the channel's app; whether a
+//! manifest is *trusted* is each node's own decision ([`crate::trust`]).
+
+use crate::envelope::{Envelope, MessageKind, Verified, VerifyError};
+use crate::manifest::UpgradeManifest;
+use crate::membership::DropReason;
+use crate::report::TestReport;
+use crate::time::UnixMillis;
+use crate::wire::{WireError, MAX_MESSAGE_BYTES};
+
+#[derive(Clone, Debug)]
+pub enum ReleaseMessage {
+    Manifest(Verified<UpgradeManifest>),
+    TestReport(Verified<TestReport>),
+}
+
+impl ReleaseMessage {
+    pub fn app(&self) -> &str {
+        match self {
+            ReleaseMessage::Manifest(m) => &m.payload().app,
+            ReleaseMessage::TestReport(r) => &r.payload().app,
+        }
+    }
+}
+
+fn verify_error(e: VerifyError) -> DropReason {
+    match e {
+        VerifyError::KindMismatch { .. } | VerifyError::Payload(_) => DropReason::Decode,
+        VerifyError::BadSignature(_) => DropReason::Signature,
+        VerifyError::Invalid(_) => DropReason::Invalid,
+        VerifyError::Stale { .. } | VerifyError::FromTheFuture { .. } => DropReason::Stale,
+    }
+}
+
+/// Decodes and verifies a release-channel message for `app`. Expired manifests are
+/// [`DropReason::Stale`]: relaying them would only help a replay.
+pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result<ReleaseMessage, DropReason> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DropReason::TooLarge);
+    }
+    let envelope = Envelope::from_bytes(bytes).map_err(|e| match e {
+        WireError::TooLarge { .. } => DropReason::TooLarge,
+        _ => DropReason::Decode,
+    })?;
+    let message = match envelope.kind {
+        MessageKind::Manifest => {
+            let m = envelope.verify::<UpgradeManifest>().map_err(verify_error)?;
+            if m.payload().is_expired(now) {
+                return Err(DropReason::Stale);
+            }
+            ReleaseMessage::Manifest(m)
+        }
+        MessageKind::TestReport => ReleaseMessage::TestReport(envelope.verify::<TestReport>().map_err(verify_error)?),
+        MessageKind::Fingerprint | MessageKind::ProblemReport => return Err(DropReason::Decode),
+    };
+    if message.app() != app {
+        return Err(DropReason::WrongApp);
+    }
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ArtifactInfo, StagingPolicy};
+    use crate::Keypair;
+
+    fn manifest(app: &str, expires_at: u64) -> UpgradeManifest {
+        UpgradeManifest {
+            app: app.into(),
+            version: semver::Version::new(1, 2, 3),
+            artifact: ArtifactInfo::describe(&[7; 100_000], 16 << 10),
+            test_bundle: None,
+            tests: vec![],
+            health_check: None,
+            policy: StagingPolicy::default(),
+            expires_at: UnixMillis(expires_at),
+            notes: String::new(),
+        }
+    }
+
+    #[test]
+    fn accepts_signed_manifests_for_the_app_only() {
+        let vendor = Keypair::from_secret_bytes(&[1; 32]);
+        let now = UnixMillis(1_000_000);
+        let bytes = Envelope::sign(&vendor, &manifest("mysql", 2_000_000), now).unwrap().to_bytes().unwrap();
+        assert!(matches!(check_release_message(&bytes, "mysql", now), Ok(ReleaseMessage::Manifest(_))));
+        assert_eq!(check_release_message(&bytes, "php", now).unwrap_err(), DropReason::WrongApp);
+        assert_eq!(check_release_message(&bytes, "mysql", UnixMillis(3_000_000)).unwrap_err(), DropReason::Stale);
+        let mut env = Envelope::from_bytes(&bytes).unwrap();
+        env.payload[3] ^= 1;
+        assert_eq!(check_release_message(&env.to_bytes().unwrap(), "mysql", now).unwrap_err(), DropReason::Signature);
+        assert_eq!(check_release_message(b"junk", "mysql", now).unwrap_err(), DropReason::Decode);
+        let huge = vec![0u8; MAX_MESSAGE_BYTES + 1];
+        assert_eq!(check_release_message(&huge, "mysql", now).unwrap_err(), DropReason::TooLarge);
+    }
+}
