@@ -81,6 +81,13 @@ impl Process {
         None
     }
 
+    /// The exit status, once the process has exited (it is then reaped).
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// `Err` if the process already exited.
     pub fn check_running(&mut self) -> Result<(), FleetError> {
         match self.child.as_mut().map(Child::try_wait) {

@@ -21,11 +21,12 @@ use mirage_protocol::{Digest, Envelope, Verified};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
 
 /// How often a download asks its peers again which chunks they hold.
-const HAVE_POLL: Duration = Duration::from_millis(1000);
+const HAVE_POLL: Duration = Duration::from_millis(400);
 /// How often a download (or a seeding vendor) looks for more providers.
 const PROVIDER_POLL: Duration = Duration::from_secs(3);
 /// Requests one peer may have outstanding for one download.
@@ -70,6 +71,8 @@ struct ActiveDownload {
     finished: Option<Duration>,
     last_have_poll: Option<Instant>,
     last_provider_poll: Option<Instant>,
+    /// Peers that answered a have request: asked again on every poll.
+    holders: BTreeSet<PeerId>,
     bytes: u64,
 }
 
@@ -369,6 +372,7 @@ impl Node {
                 finished: complete.then_some(Duration::ZERO),
                 last_have_poll: None,
                 last_provider_poll: None,
+                holders: BTreeSet::new(),
                 bytes: 0,
             },
         );
@@ -415,9 +419,8 @@ impl Node {
                 self.dist.provider_lookups.insert(id, content);
             }
             if have_due {
-                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
                 let d = &self.dist.downloads[&content];
-                let known: Vec<PeerId> = peers.into_iter().filter(|p| d.download.received_from(p) > 0).collect();
+                let known: Vec<PeerId> = d.holders.iter().filter(|p| !d.download.is_banned(p)).copied().collect();
                 for p in known {
                     self.ask_have(p, content);
                 }
@@ -543,12 +546,12 @@ impl Node {
                 let index = index as usize;
                 if self.dist.misbehaviour != Misbehaviour::Honest {
                     if let Some(bad) = self.bad_chunk(&content, index) {
-                        return ContentResponse::Chunk(bad);
+                        return ContentResponse::Chunk(Arc::new(bad));
                     }
                 }
                 match self.dist.held.get(&content) {
                     Some(s) if s.have().get(index).copied().unwrap_or(false) => match s.read_chunk(index) {
-                        Ok(bytes) => ContentResponse::Chunk(bytes.as_ref().clone()),
+                        Ok(bytes) => ContentResponse::Chunk(bytes),
                         Err(e) => {
                             warn!(%content, index, error = %e, "cannot read chunk to serve");
                             ContentResponse::NotFound
@@ -622,12 +625,13 @@ impl Node {
         match d.download.on_chunk(&peer, index, &data) {
             ChunkVerdict::Accept => {
                 let Some(stored) = self.dist.held.get_mut(&content) else { return };
-                if let Err(e) = stored.write_chunk(index, &data) {
+                let len = data.len() as u64;
+                if let Err(e) = stored.store_chunk(index, data) {
                     warn!(%content, index, error = %e, "cannot store chunk");
                     d.download.on_failure(&peer, index);
                 } else {
                     d.download.mark_stored(index);
-                    d.bytes += data.len() as u64;
+                    d.bytes += len;
                 }
                 if d.download.is_complete() {
                     self.finish_download(content);
@@ -659,6 +663,12 @@ impl Node {
         }
         if let Some(d) = self.dist.downloads.get_mut(&content) {
             if d.finished.is_none() {
+                if !full {
+                    d.holders.insert(peer);
+                } else {
+                    // A full copy never changes: no need to ask again.
+                    d.holders.remove(&peer);
+                }
                 d.download.peer_has(peer, chunks);
                 self.pump(content);
             }
@@ -670,10 +680,18 @@ impl Node {
         let elapsed = d.started.elapsed();
         d.finished = Some(elapsed);
         let (app, version, what, bytes) = (d.app.clone(), d.version.clone(), d.what, d.bytes);
-        if let Some(stored) = self.dist.held.get_mut(&content) {
-            if let Err(e) = stored.finish() {
-                warn!(error = %e, "cannot mark artifact complete");
+        // The fsync and whole-content check run off the event loop, so this node keeps
+        // serving the swarm meanwhile; until they are done a restart re-verifies chunks.
+        match self.dist.held.get(&content).map(StoredArtifact::finisher) {
+            Some(Ok(finisher)) => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = finisher.run() {
+                        tracing::error!(%content, error = %e, "finished artifact failed its final check");
+                    }
+                });
             }
+            Some(Err(e)) => warn!(error = %e, "cannot finish artifact"),
+            None => {}
         }
         if let Err(e) = self.store.set_wanted(&content.to_hex(), &app, false) {
             warn!(error = %e, "cannot update wanted artifacts");

@@ -15,6 +15,7 @@ use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
 use mirage_protocol::Digest;
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::sync::Arc;
 
 pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/content/1.0.0");
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
@@ -37,7 +38,8 @@ pub enum ContentResponse {
     Manifest(Vec<u8>),
     /// One bit per chunk, least significant bit first ([`pack_bitmap`]).
     Have(Vec<u8>),
-    Chunk(Vec<u8>),
+    /// Shared so a served chunk is never copied on its way out.
+    Chunk(Arc<Vec<u8>>),
     /// The peer has nothing for that request.
     NotFound,
 }
@@ -79,10 +81,11 @@ async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io
     if len == 0 || len > limit {
         return Err(invalid(format!("frame of {len} bytes outside 1..={limit}")));
     }
-    let mut buf = vec![0u8; len];
+    let mut tag = [0u8; 1];
+    io.read_exact(&mut tag).await?;
+    let mut buf = vec![0u8; len - 1];
     io.read_exact(&mut buf).await?;
-    let tag = buf.remove(0);
-    Ok((tag, buf))
+    Ok((tag[0], buf))
 }
 
 async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, tag: u8, body: &[u8], limit: usize) -> io::Result<()> {
@@ -119,7 +122,7 @@ impl libp2p::request_response::Codec for ContentCodec {
         match tag {
             TAG_MANIFEST if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Manifest(body)),
             TAG_HAVE if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Have(body)),
-            TAG_CHUNK => Ok(ContentResponse::Chunk(body)),
+            TAG_CHUNK => Ok(ContentResponse::Chunk(Arc::new(body))),
             TAG_NOT_FOUND if body.is_empty() => Ok(ContentResponse::NotFound),
             _ => Err(invalid(format!("bad response (tag {tag}, {} bytes)", body.len()))),
         }
@@ -180,7 +183,7 @@ mod tests {
         for res in [
             ContentResponse::Manifest(vec![1, 2]),
             ContentResponse::Have(vec![0xff]),
-            ContentResponse::Chunk(vec![9; 100_000]),
+            ContentResponse::Chunk(Arc::new(vec![9; 100_000])),
             ContentResponse::NotFound,
         ] {
             assert_eq!(roundtrip_response(res.clone()).unwrap(), res);
@@ -201,7 +204,7 @@ mod tests {
             assert!(ContentCodec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(&junk)).await.is_err());
         });
         // Larger than any chunk may be: refused on the sending side too.
-        assert!(roundtrip_response(ContentResponse::Chunk(vec![0; MAX_RESPONSE_BYTES])).is_err());
+        assert!(roundtrip_response(ContentResponse::Chunk(Arc::new(vec![0; MAX_RESPONSE_BYTES]))).is_err());
     }
 
     #[test]
