@@ -8,5 +8,6 @@ pub mod digest_cache;
 pub mod keyfile;
 pub mod net;
 pub mod release;
+pub mod sandbox;
 pub mod scan;
 pub mod store;
