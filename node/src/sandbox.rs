@@ -10,6 +10,7 @@
 pub mod exec;
 pub mod replay;
 mod run;
+mod status;
 #[cfg(test)]
 mod tests;
 pub mod view;
@@ -17,6 +18,7 @@ pub mod view;
 use exec::Limits;
 use mirage_protocol::manifest::{validate_app_name, CommandSpec, TestSpec};
 use mirage_protocol::Digest;
+use status::StartMarker;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
@@ -34,6 +36,9 @@ pub enum SandboxError {
     Resource { path: PathBuf, reason: String },
     #[error("invalid test run: {0}")]
     Invalid(String),
+    /// bwrap could not build the sandbox, so the test never started.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
 }
 
 /// Everything needed to test one candidate version of one app.
@@ -55,9 +60,14 @@ pub struct TestRun {
 }
 
 impl TestRun {
+    /// `<prefix>/<app>`, which holds the app's `current` version.
+    pub fn app_dir(&self) -> PathBuf {
+        self.install_prefix.join(&self.app)
+    }
+
     /// Where the app's current version lives on the host and inside the sandbox.
     pub fn app_current(&self) -> PathBuf {
-        self.install_prefix.join(&self.app).join("current")
+        self.app_dir().join("current")
     }
 
     fn validate(&self) -> Result<(), SandboxError> {
@@ -163,6 +173,10 @@ impl Sandbox {
     /// errors are for runs that could not be set up (bad paths, uncopyable resources).
     pub fn run_tests(&self, run: &TestRun) -> Result<TestResults, SandboxError> {
         run.validate()?;
+        // The app's directory is a mount point (see `view::bwrap_args`); on a machine
+        // that never installed the app through Mirage it does not exist yet.
+        let app_dir = run.app_dir();
+        std::fs::create_dir_all(&app_dir).map_err(|source| SandboxError::Io { path: app_dir, source })?;
         let mut outcomes = Vec::with_capacity(run.tests.len());
         let mut hasher = blake3::Hasher::new();
         for test in &run.tests {
@@ -186,19 +200,26 @@ impl Sandbox {
         spec: &CommandSpec,
         stdin: Stdio,
     ) -> Result<exec::Finished, SandboxError> {
-        let (program, args) = spec.argv.split_first().ok_or_else(|| SandboxError::Invalid("empty command".into()))?;
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Invalid("empty command".into()));
+        }
         let copies = ResourceCopies::make(&self.scratch, &run.resources)?;
-        let app_current = run.app_current();
-        let mounts =
-            Mounts { copies: &copies, version_dir, app_current: &app_current, bundle_dir: run.bundle_dir.as_deref() };
+        let app_dir = run.app_dir();
+        let mounts = Mounts { copies: &copies, app_dir: &app_dir, version_dir, bundle_dir: run.bundle_dir.as_deref() };
+        let bwrap_err = |source| SandboxError::Io { path: self.bwrap.clone(), source };
+        let marker = StartMarker::new().map_err(bwrap_err)?;
         let mut cmd = Command::new(&self.bwrap);
-        cmd.args(view::bwrap_args(&mounts)).arg(program).args(args);
+        cmd.args(view::bwrap_args(&mounts));
+        marker.wrap(&mut cmd, &spec.argv);
         cmd.env_clear()
             .env("PATH", SANDBOX_PATH)
-            .env("MIRAGE_APP_DIR", &app_current)
+            .env("MIRAGE_APP_DIR", run.app_current())
             .env("MIRAGE_TESTS_DIR", TESTS_MOUNT);
-        let finished = exec::run_bounded(cmd, stdin, &Limits::of(spec))
-            .map_err(|source| SandboxError::Io { path: self.bwrap.clone(), source })?;
+        let finished = exec::run_bounded(cmd, stdin, &Limits::of(spec)).map_err(bwrap_err)?;
+        if !finished.timed_out && !marker.started().map_err(bwrap_err)? {
+            // bwrap's own complaint (a mount it could not make, say) is the output.
+            return Err(SandboxError::Setup(String::from_utf8_lossy(&finished.output).trim().to_string()));
+        }
         Ok(finished)
     }
 }

@@ -32,8 +32,10 @@ struct Machine {
 }
 
 impl Machine {
+    /// Under /var/tmp, which the sandbox sees read-only (unlike /tmp, which it replaces),
+    /// as a real install prefix like /opt/mirage would be.
     fn new() -> Machine {
-        let tmp = tempfile::tempdir().unwrap();
+        let tmp = tempfile::Builder::new().prefix("mirage-sandbox-test-").tempdir_in("/var/tmp").unwrap();
         let root = tmp.path();
         let conf = root.join("etc/demo.conf");
         fs::create_dir_all(conf.parent().unwrap()).unwrap();
@@ -220,6 +222,51 @@ fn replay_inputs_must_stay_in_the_bundle() {
     }];
     let r = sandbox().run_tests(&m.run).unwrap();
     assert!(r.tests[0].reason.as_deref().unwrap().contains("relative path inside the test bundle"));
+}
+
+#[test]
+fn only_the_candidate_is_visible_in_the_app_dir() {
+    let mut m = Machine::new();
+    // The host has the old version installed and current pointing at it.
+    let app_dir = m.run.app_dir();
+    fs::create_dir_all(app_dir.join("versions")).unwrap();
+    std::os::unix::fs::symlink(m.path("versions/1.0.0"), app_dir.join("current")).unwrap();
+    m.run.tests = vec![command_test("app-dir", "ls -A $(dirname $MIRAGE_APP_DIR) && cat $MIRAGE_APP_DIR/version")];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.passed, "{r:?}");
+    assert_eq!(r.tests[0].output, "current\n2.0.0");
+    assert_eq!(fs::read_link(app_dir.join("current")).unwrap(), m.path("versions/1.0.0"));
+}
+
+#[test]
+fn setup_failures_are_told_apart_from_failing_tests() {
+    let sb = sandbox();
+    let run = |extra: &[&str], command: &str| {
+        let marker = status::StartMarker::new().unwrap();
+        let mut cmd = Command::new(&sb.bwrap);
+        cmd.args(["--unshare-all", "--ro-bind", "/", "/"]).args(extra).arg("--");
+        marker.wrap(&mut cmd, &[command.to_string()]);
+        let limits = Limits { timeout: Duration::from_secs(30), max_output_bytes: 4096 };
+        let f = exec::run_bounded(cmd, Stdio::null(), &limits).unwrap();
+        (f.exit_code, marker.started().unwrap(), String::from_utf8_lossy(&f.output).into_owned())
+    };
+    assert_eq!(run(&[], "false"), (Some(1), true, String::new()));
+    let (code, started, output) = run(&["--ro-bind", "/nonexistent-mirage", "/x"], "true");
+    assert_eq!((code, started), (Some(1), false));
+    assert!(output.contains("nonexistent-mirage"), "{output}");
+
+    // Through `run_tests`, a sandbox that cannot be built is an error, not a failed
+    // test: a dangling symlink copies fine, but bwrap cannot bind its copy.
+    let mut m = Machine::new();
+    let dangling = m.path("etc/dangling");
+    std::os::unix::fs::symlink("/nonexistent-mirage", &dangling).unwrap();
+    m.run.resources.push(dangling);
+    m.run.tests = vec![command_test("never", "true")];
+    let err = sb.run_tests(&m.run).unwrap_err();
+    assert!(matches!(err, SandboxError::Setup(_)), "{err}");
+    // A resource that does not exist cannot be copied.
+    m.run.resources = vec![PathBuf::from("/proc/self/mirage-nonexistent")];
+    assert!(matches!(sb.run_tests(&m.run), Err(SandboxError::Resource { .. })));
 }
 
 #[test]

@@ -66,9 +66,11 @@ fn copy_preserving(from: &Path, to: &Path) -> Result<(), SandboxError> {
 /// What one sandboxed invocation binds where.
 pub struct Mounts<'a> {
     pub copies: &'a ResourceCopies,
-    /// The version under test and where the app expects it (`<prefix>/<app>/current`).
+    /// `<prefix>/<app>`: replaced by an empty tmpfs, so `current` can be a mount
+    /// point whether or not the host has it and other versions stay out of sight.
+    pub app_dir: &'a Path,
+    /// The version under test, bound at `<app_dir>/current`.
     pub version_dir: &'a Path,
-    pub app_current: &'a Path,
     pub bundle_dir: Option<&'a Path>,
 }
 
@@ -82,12 +84,13 @@ pub fn bwrap_args(m: &Mounts<'_>) -> Vec<OsString> {
     // The host read-only; fresh /dev, /proc, /tmp, and /run (which also hides the
     // host's sockets in /run).
     push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc"]);
-    push(&[&"--tmpfs", &"/tmp", &"--tmpfs", &"/run"]);
-    // Bound after the tmpfs mounts so resources under /tmp or /run still show.
+    push(&[&"--tmpfs", &"/tmp", &"--tmpfs", &"/run", &"--tmpfs", &m.app_dir]);
+    // Bound after the tmpfs mounts so resources under /tmp, /run or the app's
+    // directory still show.
     for (copy, original) in &m.copies.binds {
         push(&[&"--bind", copy, original]);
     }
-    push(&[&"--ro-bind", &m.version_dir, &m.app_current]);
+    push(&[&"--ro-bind", &m.version_dir, &m.app_dir.join("current")]);
     match m.bundle_dir {
         Some(bundle) => push(&[&"--ro-bind", &bundle, &TESTS_MOUNT]),
         None => push(&[&"--dir", &TESTS_MOUNT]),
