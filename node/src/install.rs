@@ -134,7 +134,9 @@ impl Installer {
     }
 
     /// Prepares, switches, and runs the health check in `P/A/current`; on failure
-    /// switches back. The old version stays on disk either way.
+    /// switches back. The old version stays on disk either way. An error part-way (a
+    /// full disk, say) leaves the apply in the journal, and the `recover` that starts
+    /// every operation undoes it.
     pub fn apply(
         &self,
         app: &str,

@@ -206,6 +206,36 @@ mod tests {
         assert!(r.summary.starts_with("0/200 tests passed; failed: test-0 (timed out), test-1"));
     }
 
+    fn finished(code: Option<i32>, timed_out: bool, output: &str) -> Finished {
+        Finished {
+            exit_code: code,
+            timed_out,
+            output_overflow: false,
+            output: output.as_bytes().to_vec(),
+            duration: std::time::Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn replay_runs_compare_limits_then_exit_status_then_output() {
+        let limits = Limits { timeout: std::time::Duration::from_secs(5), max_output_bytes: 100 };
+        let ignore = vec!["elapsed".to_string()];
+        let ok = finished(Some(0), false, "a\nelapsed=1\n");
+        assert_eq!(compare_runs(&ok, &finished(Some(0), false, "a\nelapsed=2\n"), &limits, &ignore), None);
+        let slow = compare_runs(&ok, &finished(None, true, "a\n"), &limits, &ignore).unwrap();
+        assert_eq!(slow, "new version: timed out after 5 s");
+        let code = compare_runs(&ok, &finished(Some(2), false, "a\n"), &limits, &ignore).unwrap();
+        assert_eq!(code, "exit status differs: old Some(0), new Some(2)");
+        let out = compare_runs(&ok, &finished(Some(0), false, "b\n"), &limits, &ignore).unwrap();
+        assert!(out.starts_with("output differs\n  old line 1: a\n  new line 1: b"), "{out}");
+        // Both versions failing the same way is the same behaviour.
+        assert_eq!(compare_runs(&code_only(3), &code_only(3), &limits, &ignore), None);
+    }
+
+    fn code_only(code: i32) -> Finished {
+        finished(Some(code), false, "error: no such table\n")
+    }
+
     #[test]
     fn truncate_head_respects_char_boundaries() {
         assert_eq!(truncate_head("short", 10), "short");
