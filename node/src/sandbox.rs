@@ -1,0 +1,225 @@
+//! Running an upgrade's tests in a bubblewrap sandbox against a copy-on-write view of
+//! the machine's real environment (see `node/SANDBOX.md` for what that isolates).
+//!
+//! Every invocation gets fresh copies of the app's resources, the candidate version
+//! bound at `<prefix>/<app>/current`, and the test bundle read-only at
+//! [`view::TESTS_MOUNT`] as its working directory. Command tests pass on exit status 0;
+//! replay tests run each recorded input through the old and the new version and
+//! compare the outputs (see [`replay`]).
+
+pub mod exec;
+pub mod replay;
+mod run;
+mod status;
+#[cfg(test)]
+mod tests;
+pub mod view;
+
+use exec::Limits;
+use mirage_protocol::manifest::{validate_app_name, CommandSpec, TestSpec};
+use mirage_protocol::Digest;
+use status::StartMarker;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use thiserror::Error;
+use view::{Mounts, ResourceCopies, SANDBOX_PATH, TESTS_MOUNT};
+
+#[derive(Debug, Error)]
+pub enum SandboxError {
+    #[error("bubblewrap (`bwrap`) was not found in PATH: install it with `apt-get install bubblewrap`")]
+    NotInstalled,
+    #[error("bubblewrap cannot create a sandbox here ({0}); it needs root or unprivileged user namespaces")]
+    NotWorking(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("resource {path}: {reason}")]
+    Resource { path: PathBuf, reason: String },
+    #[error("invalid test run: {0}")]
+    Invalid(String),
+    /// bwrap could not build the sandbox, so the test never started.
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+}
+
+/// Everything needed to test one candidate version of one app.
+#[derive(Clone, Debug)]
+pub struct TestRun {
+    pub app: String,
+    /// The directory holding `<app>/current` on this machine (e.g. `/opt/mirage`).
+    pub install_prefix: PathBuf,
+    /// The installed version, needed by replay tests.
+    pub old_version_dir: Option<PathBuf>,
+    /// The unpacked candidate.
+    pub new_version_dir: PathBuf,
+    /// Absolute paths (files or directories) the app reads and writes; tests see
+    /// writable throw-away copies in their place.
+    pub resources: Vec<PathBuf>,
+    /// The unpacked test bundle, if the manifest has one.
+    pub bundle_dir: Option<PathBuf>,
+    pub tests: Vec<TestSpec>,
+}
+
+impl TestRun {
+    /// `<prefix>/<app>`, which holds the app's `current` version.
+    pub fn app_dir(&self) -> PathBuf {
+        self.install_prefix.join(&self.app)
+    }
+
+    /// Where the app's current version lives on the host and inside the sandbox.
+    pub fn app_current(&self) -> PathBuf {
+        self.app_dir().join("current")
+    }
+
+    fn validate(&self) -> Result<(), SandboxError> {
+        validate_app_name(&self.app).map_err(SandboxError::Invalid)?;
+        if !self.install_prefix.is_absolute() {
+            return Err(SandboxError::Invalid(format!(
+                "install prefix {} is not absolute",
+                self.install_prefix.display()
+            )));
+        }
+        let dirs = std::iter::once(&self.new_version_dir).chain(&self.old_version_dir).chain(&self.bundle_dir);
+        if let Some(d) = dirs.into_iter().find(|d| !d.is_dir()) {
+            return Err(SandboxError::Invalid(format!("{} is not a directory", d.display())));
+        }
+        if let Some(r) = self.resources.iter().find(|r| !r.is_absolute()) {
+            return Err(SandboxError::Invalid(format!("resource {} is not an absolute path", r.display())));
+        }
+        Ok(())
+    }
+}
+
+/// How one test went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestOutcome {
+    pub name: String,
+    pub passed: bool,
+    /// The (new version's) exit status, `None` if killed or never run.
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    /// The test's output (a command test's combined stdout and stderr, at most its
+    /// `max_output_bytes`; a replay test's per-input verdicts and first differences).
+    pub output: String,
+    /// Why it failed, in a few words.
+    pub reason: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// The verdict on a whole test run, shaped for a `TestReport` / `ProblemReport`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestResults {
+    pub passed: bool,
+    pub tests: Vec<TestOutcome>,
+    /// blake3 over every test's name and full output (each replay run's included).
+    pub logs_digest: Digest,
+    /// At most `report::MAX_SUMMARY_BYTES`.
+    pub summary: String,
+    /// The tail of the failed tests' outputs, at most `report::MAX_EXCERPT_BYTES`.
+    pub failure_excerpt: String,
+}
+
+/// A located, working bubblewrap and the directory where resource copies go.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    bwrap: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Sandbox {
+    /// Finds `bwrap` and checks that it can create a sandbox here.
+    pub fn new() -> Result<Sandbox, SandboxError> {
+        let sandbox = Sandbox::locate()?;
+        sandbox.check()?;
+        Ok(sandbox)
+    }
+
+    /// Finds `bwrap` in `PATH` without running it.
+    pub fn locate() -> Result<Sandbox, SandboxError> {
+        Sandbox::locate_in(&std::env::var_os("PATH").unwrap_or_default())
+    }
+
+    /// Finds `bwrap` in the directories of a `PATH`-style list.
+    pub fn locate_in(path_list: &std::ffi::OsStr) -> Result<Sandbox, SandboxError> {
+        let bwrap = std::env::split_paths(path_list).map(|d| d.join("bwrap")).find(|p| p.is_file());
+        let bwrap = bwrap.ok_or(SandboxError::NotInstalled)?;
+        Ok(Sandbox { bwrap, scratch: std::env::temp_dir() })
+    }
+
+    /// Copies of resources go under `dir`; on the resources' file system, copies can
+    /// share blocks (reflinks) instead of duplicating them.
+    pub fn with_scratch_dir(mut self, dir: &Path) -> Self {
+        self.scratch = dir.to_path_buf();
+        self
+    }
+
+    /// Runs `true` in a sandbox with the options tests get.
+    pub fn check(&self) -> Result<(), SandboxError> {
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
+        cmd.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", "--", "true"]);
+        cmd.env_clear().env("PATH", SANDBOX_PATH);
+        let limits = Limits { timeout: std::time::Duration::from_secs(30), max_output_bytes: 4096 };
+        let run = exec::run_bounded(cmd, Stdio::null(), &limits)
+            .map_err(|source| SandboxError::Io { path: self.bwrap.clone(), source })?;
+        if run.succeeded() {
+            Ok(())
+        } else {
+            let why = run.failure_reason(&limits).unwrap_or_default();
+            Err(SandboxError::NotWorking(format!("{why}: {}", String::from_utf8_lossy(&run.output).trim())))
+        }
+    }
+
+    /// Runs every test of `run` and sums up. A failing test is a result, not an error;
+    /// errors are for runs that could not be set up (bad paths, uncopyable resources).
+    pub fn run_tests(&self, run: &TestRun) -> Result<TestResults, SandboxError> {
+        run.validate()?;
+        // The app's directory is a mount point (see `view::bwrap_args`); on a machine
+        // that never installed the app through Mirage it does not exist yet.
+        let app_dir = run.app_dir();
+        std::fs::create_dir_all(&app_dir).map_err(|source| SandboxError::Io { path: app_dir, source })?;
+        let mut outcomes = Vec::with_capacity(run.tests.len());
+        let mut hasher = blake3::Hasher::new();
+        for test in &run.tests {
+            let (outcome, logs) = match test {
+                TestSpec::Command { name, command } => self.command_test(run, name, command)?,
+                TestSpec::Replay { name, inputs, command, ignore_fields } => {
+                    self.replay_test(run, name, inputs, command, ignore_fields)?
+                }
+            };
+            run::hash_logs(&mut hasher, &outcome.name, &logs);
+            outcomes.push(outcome);
+        }
+        Ok(run::sum_up(outcomes, hasher.finalize().into()))
+    }
+
+    /// One sandboxed invocation of `spec` against `version_dir`.
+    fn invoke(
+        &self,
+        run: &TestRun,
+        version_dir: &Path,
+        spec: &CommandSpec,
+        stdin: Stdio,
+    ) -> Result<exec::Finished, SandboxError> {
+        if spec.argv.is_empty() {
+            return Err(SandboxError::Invalid("empty command".into()));
+        }
+        let copies = ResourceCopies::make(&self.scratch, &run.resources)?;
+        let app_dir = run.app_dir();
+        let mounts = Mounts { copies: &copies, app_dir: &app_dir, version_dir, bundle_dir: run.bundle_dir.as_deref() };
+        let bwrap_err = |source| SandboxError::Io { path: self.bwrap.clone(), source };
+        let marker = StartMarker::new().map_err(bwrap_err)?;
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args(view::bwrap_args(&mounts));
+        marker.wrap(&mut cmd, &spec.argv);
+        cmd.env_clear()
+            .env("PATH", SANDBOX_PATH)
+            .env("MIRAGE_APP_DIR", run.app_current())
+            .env("MIRAGE_TESTS_DIR", TESTS_MOUNT);
+        let finished = exec::run_bounded(cmd, stdin, &Limits::of(spec)).map_err(bwrap_err)?;
+        if !finished.timed_out && !marker.started().map_err(bwrap_err)? {
+            // bwrap's own complaint (a mount it could not make, say) is the output.
+            return Err(SandboxError::Setup(String::from_utf8_lossy(&finished.output).trim().to_string()));
+        }
+        Ok(finished)
+    }
+}

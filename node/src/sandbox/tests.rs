@@ -1,0 +1,277 @@
+//! These tests run the real `bwrap`. Where it is missing they fail and say how to
+//! install it, rather than pass without testing anything.
+
+use super::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+fn sandbox() -> Sandbox {
+    Sandbox::new().unwrap_or_else(|e| panic!("sandbox tests need a working bubblewrap: {e}"))
+}
+
+fn cmd(argv: &[&str], timeout_secs: u32, max_output_bytes: u32) -> CommandSpec {
+    CommandSpec { argv: argv.iter().map(|s| s.to_string()).collect(), timeout_secs, max_output_bytes }
+}
+
+fn command_test(name: &str, script: &str) -> TestSpec {
+    TestSpec::Command { name: name.into(), command: cmd(&["sh", "-c", script], 30, 64 * 1024) }
+}
+
+fn write_exec(path: &Path, text: &str) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A machine in a temp dir: app `demo` under `<tmp>/opt/mirage`, a config file and a
+/// data directory as resources, two versions and a test bundle.
+struct Machine {
+    tmp: tempfile::TempDir,
+    run: TestRun,
+}
+
+impl Machine {
+    /// Under /var/tmp, which the sandbox sees read-only (unlike /tmp, which it replaces),
+    /// as a real install prefix like /opt/mirage would be.
+    fn new() -> Machine {
+        let tmp = tempfile::Builder::new().prefix("mirage-sandbox-test-").tempdir_in("/var/tmp").unwrap();
+        let root = tmp.path();
+        let conf = root.join("etc/demo.conf");
+        fs::create_dir_all(conf.parent().unwrap()).unwrap();
+        fs::write(&conf, "port=1\n").unwrap();
+        let data = root.join("var/lib/demo");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("db"), "rows\n").unwrap();
+        for v in ["1.0.0", "2.0.0"] {
+            fs::create_dir_all(root.join("versions").join(v)).unwrap();
+            fs::write(root.join("versions").join(v).join("version"), v).unwrap();
+        }
+        fs::create_dir_all(root.join("bundle/inputs")).unwrap();
+        let run = TestRun {
+            app: "demo".into(),
+            install_prefix: root.join("opt/mirage"),
+            old_version_dir: Some(root.join("versions/1.0.0")),
+            new_version_dir: root.join("versions/2.0.0"),
+            resources: vec![conf, data],
+            bundle_dir: Some(root.join("bundle")),
+            tests: Vec::new(),
+        };
+        Machine { tmp, run }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.tmp.path().join(rel)
+    }
+
+    /// Gives both versions a `bin/app` that turns stdin into output.
+    fn apps(&self, old: &str, new: &str) {
+        write_exec(&self.path("versions/1.0.0/bin/app"), &format!("#!/bin/sh\n{old}\n"));
+        write_exec(&self.path("versions/2.0.0/bin/app"), &format!("#!/bin/sh\n{new}\n"));
+    }
+}
+
+#[test]
+fn missing_bwrap_is_a_clear_error() {
+    let empty = tempfile::tempdir().unwrap();
+    let err = Sandbox::locate_in(empty.path().as_os_str()).unwrap_err();
+    assert!(matches!(err, SandboxError::NotInstalled));
+    assert!(err.to_string().contains("apt-get install bubblewrap"));
+}
+
+#[test]
+fn command_tests_pass_and_fail_on_exit_status() {
+    let mut m = Machine::new();
+    let conf = m.path("etc/demo.conf").display().to_string();
+    m.run.tests = vec![
+        // The new version at the app's path, the bundle as working directory, the
+        // resources in place, and none of our environment (cargo sets CARGO_*).
+        command_test(
+            "sees-upgrade",
+            &format!(
+                "test \"$(cat $MIRAGE_APP_DIR/version)\" = 2.0.0 && test \"$(pwd)\" = $MIRAGE_TESTS_DIR \
+                 && grep -q port= {conf} && ! env | grep -q CARGO && echo fine"
+            ),
+        ),
+        command_test("breaks", "echo boom >&2; exit 3"),
+    ];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(!r.passed);
+    assert!(r.tests[0].passed, "{:?}", r.tests[0]);
+    assert_eq!(r.tests[0].output, "fine\n");
+    assert_eq!((r.tests[1].passed, r.tests[1].exit_code), (false, Some(3)));
+    assert_eq!(r.summary, "1/2 tests passed; failed: breaks (exit status 3)");
+    assert!(r.failure_excerpt.contains("boom"));
+
+    m.run.tests.truncate(1);
+    let again = sandbox().run_tests(&m.run).unwrap();
+    assert!(again.passed);
+    assert_ne!(again.logs_digest, r.logs_digest);
+}
+
+#[test]
+fn writes_land_in_copies_and_the_host_is_read_only() {
+    let mut m = Machine::new();
+    let (conf, data) = (m.path("etc/demo.conf"), m.path("var/lib/demo"));
+    let script = format!(
+        "echo port=2 > {c} && echo new > {d}/added && rm {d}/db && cat {c} && ! touch /usr/mirage-probe 2>/dev/null",
+        c = conf.display(),
+        d = data.display()
+    );
+    m.run.tests = vec![command_test("writes", &script)];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.passed, "{r:?}");
+    assert_eq!(r.tests[0].output, "port=2\n");
+    assert_eq!(fs::read_to_string(&conf).unwrap(), "port=1\n");
+    assert_eq!(fs::read_to_string(data.join("db")).unwrap(), "rows\n");
+    assert!(!data.join("added").exists());
+    assert!(!Path::new("/usr/mirage-probe").exists());
+}
+
+#[test]
+fn no_network_but_loopback() {
+    let mut m = Machine::new();
+    m.run.tests = vec![command_test("interfaces", "cat /proc/net/dev")];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.passed, "{r:?}");
+    let interfaces: Vec<&str> =
+        r.tests[0].output.lines().filter_map(|l| l.split_once(':')).map(|(name, _)| name.trim()).collect();
+    assert_eq!(interfaces, ["lo"]);
+}
+
+#[test]
+fn timeout_kills_and_fails() {
+    let mut m = Machine::new();
+    m.run.tests = vec![TestSpec::Command { name: "slow".into(), command: cmd(&["sleep", "60"], 1, 1000) }];
+    let start = Instant::now();
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let t = &r.tests[0];
+    assert!(!t.passed && t.timed_out, "{t:?}");
+    assert_eq!(r.summary, "0/1 tests passed; failed: slow (timed out after 1 s)");
+}
+
+#[test]
+fn endless_output_is_cut_and_the_test_ends() {
+    let mut m = Machine::new();
+    m.run.tests = vec![TestSpec::Command { name: "chatty".into(), command: cmd(&["yes", "spam"], 60, 10_000) }];
+    let start = Instant::now();
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    let t = &r.tests[0];
+    assert!(!t.passed && !t.timed_out, "{t:?}");
+    assert_eq!(t.output.len(), 10_000);
+    assert_eq!(t.reason.as_deref(), Some("output over the 10000-byte limit"));
+}
+
+fn replay(ignore: &[&str]) -> TestSpec {
+    TestSpec::Replay {
+        name: "queries".into(),
+        inputs: "inputs".into(),
+        command: cmd(&["sh", "-c", "$MIRAGE_APP_DIR/bin/app"], 30, 64 * 1024),
+        ignore_fields: ignore.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+fn replay_machine(old: &str, new: &str) -> Machine {
+    let mut m = Machine::new();
+    fs::write(m.path("bundle/inputs/1-select"), "select a\nselect b\n").unwrap();
+    fs::write(m.path("bundle/inputs/2-insert"), "insert c\n").unwrap();
+    m.apps(old, new);
+    m.run.tests = vec![replay(&["elapsed"])];
+    m
+}
+
+#[test]
+fn replay_passes_when_only_ignored_fields_differ() {
+    let m = replay_machine("sed 's/^/row: /'; echo elapsed=10ms", "sed 's/^/row: /'; echo elapsed=3ms");
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.passed, "{r:?}");
+    assert_eq!(r.tests[0].output, "input 1-select: same\ninput 2-insert: same\n");
+}
+
+#[test]
+fn replay_fails_on_a_real_difference_and_shows_it() {
+    let m = replay_machine("sed 's/^/row: /'; echo elapsed=10ms", "sed 's/^/row: /; s/b$/B/'; echo elapsed=3ms");
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(!r.passed);
+    let t = &r.tests[0];
+    assert_eq!(t.reason.as_deref(), Some("input 1-select: output differs"));
+    assert!(t.output.contains("old line 2: row: select b\n  new line 2: row: select B"), "{}", t.output);
+    assert!(t.output.contains("input 2-insert: same"));
+    assert!(r.failure_excerpt.contains("new line 2: row: select B"));
+}
+
+#[test]
+fn replay_without_old_version_fails_with_a_reason() {
+    let mut m = replay_machine("cat", "cat");
+    m.run.old_version_dir = None;
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(!r.passed);
+    assert!(r.tests[0].reason.as_deref().unwrap().contains("needs the installed (old) version"));
+}
+
+#[test]
+fn replay_inputs_must_stay_in_the_bundle() {
+    let mut m = replay_machine("cat", "cat");
+    m.run.tests = vec![TestSpec::Replay {
+        name: "escape".into(),
+        inputs: "../etc".into(),
+        command: cmd(&["cat"], 30, 1000),
+        ignore_fields: Vec::new(),
+    }];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.tests[0].reason.as_deref().unwrap().contains("relative path inside the test bundle"));
+}
+
+#[test]
+fn only_the_candidate_is_visible_in_the_app_dir() {
+    let mut m = Machine::new();
+    // The host has the old version installed and current pointing at it.
+    let app_dir = m.run.app_dir();
+    fs::create_dir_all(app_dir.join("versions")).unwrap();
+    std::os::unix::fs::symlink(m.path("versions/1.0.0"), app_dir.join("current")).unwrap();
+    m.run.tests = vec![command_test("app-dir", "ls -A $(dirname $MIRAGE_APP_DIR) && cat $MIRAGE_APP_DIR/version")];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.passed, "{r:?}");
+    assert_eq!(r.tests[0].output, "current\n2.0.0");
+    assert_eq!(fs::read_link(app_dir.join("current")).unwrap(), m.path("versions/1.0.0"));
+}
+
+#[test]
+fn setup_failures_are_told_apart_from_failing_tests() {
+    let sb = sandbox();
+    let run = |extra: &[&str], command: &str| {
+        let marker = status::StartMarker::new().unwrap();
+        let mut cmd = Command::new(&sb.bwrap);
+        cmd.args(["--unshare-all", "--ro-bind", "/", "/"]).args(extra).arg("--");
+        marker.wrap(&mut cmd, &[command.to_string()]);
+        let limits = Limits { timeout: Duration::from_secs(30), max_output_bytes: 4096 };
+        let f = exec::run_bounded(cmd, Stdio::null(), &limits).unwrap();
+        (f.exit_code, marker.started().unwrap(), String::from_utf8_lossy(&f.output).into_owned())
+    };
+    assert_eq!(run(&[], "false"), (Some(1), true, String::new()));
+    let (code, started, output) = run(&["--ro-bind", "/nonexistent-mirage", "/x"], "true");
+    assert_eq!((code, started), (Some(1), false));
+    assert!(output.contains("nonexistent-mirage"), "{output}");
+
+    // Through `run_tests`, a sandbox that cannot be built is an error, not a failed
+    // test: a dangling symlink copies fine, but bwrap cannot bind its copy.
+    let mut m = Machine::new();
+    let dangling = m.path("etc/dangling");
+    std::os::unix::fs::symlink("/nonexistent-mirage", &dangling).unwrap();
+    m.run.resources.push(dangling);
+    m.run.tests = vec![command_test("never", "true")];
+    let err = sb.run_tests(&m.run).unwrap_err();
+    assert!(matches!(err, SandboxError::Setup(_)), "{err}");
+    // A resource that does not exist cannot be copied.
+    m.run.resources = vec![PathBuf::from("/proc/self/mirage-nonexistent")];
+    assert!(matches!(sb.run_tests(&m.run), Err(SandboxError::Resource { .. })));
+}
+
+#[test]
+fn relative_resources_are_refused() {
+    let mut m = Machine::new();
+    m.run.resources.push(PathBuf::from("etc/passwd"));
+    assert!(matches!(sandbox().run_tests(&m.run), Err(SandboxError::Invalid(_))));
+}
