@@ -96,6 +96,11 @@ impl Proc {
         self.inner.terminate(timeout)
     }
 
+    /// The exit status, once the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.inner.try_wait()
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         self.inner.pid().is_some() && self.inner.check_running().is_ok()
@@ -232,4 +237,89 @@ pub fn peer_id(status: &Value) -> String {
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A vendor: a signing key and `mirage vendor publish` runs.
+pub struct Vendor {
+    pub key: PathBuf,
+    /// The public key nodes trust (`--trust APP=<this>`).
+    pub public: String,
+}
+
+impl Vendor {
+    pub fn new(dir: &Path) -> Vendor {
+        std::fs::create_dir_all(dir).expect("vendor dir");
+        let key = dir.join("vendor.key");
+        let out = mirage(&["vendor", "keygen", "--out", &key.display().to_string()]).expect("vendor keygen");
+        let public = out
+            .lines()
+            .find_map(|l| l.strip_prefix("public key: "))
+            .expect("keygen prints the public key")
+            .trim()
+            .to_string();
+        Vendor { key, public }
+    }
+
+    /// Starts `mirage vendor publish` for `app` `version`; `extra` adds flags
+    /// (`--replicas`, `--chunk-kib`, ...).
+    pub fn publish(
+        &self,
+        dir: &Path,
+        app: &str,
+        version: &str,
+        artifact: &Path,
+        bootstrap: &str,
+        extra: &[&str],
+    ) -> Proc {
+        std::fs::create_dir_all(dir).expect("publish dir");
+        let mut args: Vec<String> = [
+            "vendor",
+            "publish",
+            "--key",
+            &self.key.display().to_string(),
+            "--app",
+            app,
+            "--version",
+            version,
+            "--artifact",
+            &artifact.display().to_string(),
+            "--bootstrap",
+            bootstrap,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+            &dir.join("data").display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Proc::spawn(&format!("vendor-{version}"), &args, &dir.join("vendor.log"))
+    }
+}
+
+/// What a node's status says of the artifact of its release of `app`:
+/// (version, state, path once complete).
+pub fn artifact_state(status: &Value, app: &str) -> Option<(String, String, Option<PathBuf>)> {
+    let release = status["releases"].as_array()?.iter().find(|r| r["app"] == app)?;
+    let artifact = release["content"].as_array()?.iter().find(|c| c["what"] == "artifact")?;
+    Some((
+        release["version"].as_str()?.to_string(),
+        artifact["state"].as_str()?.to_string(),
+        artifact["path"].as_str().map(PathBuf::from),
+    ))
+}
+
+/// `count` bytes that differ per `seed` (a cheap generator; the content only has to be
+/// distinct, not random).
+pub fn pseudo_random_bytes(count: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..count)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }

@@ -17,7 +17,7 @@ pub enum VendorCommand {
     /// Write a new vendor signing key (mode 0600) and print the public key nodes trust.
     Keygen(super::keygen::Args),
     /// Sign a release and seed it into the overlay.
-    Publish(PublishArgs),
+    Publish(Box<PublishArgs>),
 }
 
 #[derive(clap::Args)]
@@ -72,7 +72,7 @@ pub struct PublishArgs {
 pub fn run(command: VendorCommand) -> Result<()> {
     match command {
         VendorCommand::Keygen(args) => super::keygen::run(args),
-        VendorCommand::Publish(args) => publish(args),
+        VendorCommand::Publish(args) => publish(*args),
     }
 }
 
