@@ -76,13 +76,27 @@ pub struct Installer {
     /// Serialises operations: each one reads and writes the journal as a whole.
     op: Mutex<()>,
     crash: Mutex<Option<CrashPlan>>,
+    /// Passed to health checks as `MIRAGE_ROOT` (see [`Installer::with_machine_root`]).
+    machine_root: Option<PathBuf>,
 }
 
 impl Installer {
     pub fn open(prefix: &Path, db: Arc<Database>) -> Result<Installer, InstallError> {
         std::fs::create_dir_all(prefix).map_err(io(prefix))?;
         journal::create_table(&db)?;
-        Ok(Installer { prefix: prefix.to_path_buf(), db, op: Mutex::new(()), crash: Mutex::new(None) })
+        Ok(Installer {
+            prefix: prefix.to_path_buf(),
+            db,
+            op: Mutex::new(()),
+            crash: Mutex::new(None),
+            machine_root: None,
+        })
+    }
+
+    /// Health checks see `root` as `MIRAGE_ROOT`: the machine root the node fingerprints.
+    pub fn with_machine_root(mut self, root: &Path) -> Self {
+        self.machine_root = Some(root.to_path_buf());
+        self
     }
 
     pub fn prefix(&self) -> &Path {
@@ -248,6 +262,9 @@ impl Installer {
         let (program, args) = spec.argv.split_first()?;
         let mut cmd = Command::new(program);
         cmd.args(args).current_dir(dir.unwrap_or(&current)).env("MIRAGE_APP_DIR", &current);
+        if let Some(root) = &self.machine_root {
+            cmd.env("MIRAGE_ROOT", root);
+        }
         let limits = Limits::of(spec);
         match exec::run_bounded(cmd, Stdio::null(), &limits) {
             Err(e) => Some((format!("cannot run the health check `{program}`: {e}"), String::new())),

@@ -31,6 +31,8 @@ enum Command {
     Vendor(cmd::vendor::VendorCommand),
     /// Ask a running node to download a release, and follow it.
     Fetch(cmd::fetch::Args),
+    /// Ask a running node to switch an app back to its previous version.
+    Rollback(cmd::status::RollbackArgs),
     /// Ask a running node for its status.
     Status(cmd::status::Args),
     /// Simulate a staged rollout over a large fleet and compare staging policies.
@@ -71,6 +73,7 @@ fn run() -> Result<()> {
         Command::Vendor(c) => cmd::vendor::run(c),
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::Rollback(args) => cmd::status::rollback(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Testnet(args) => cmd::testnet::run(args),
         Command::Debug(c) => cmd::status::run_debug(c),

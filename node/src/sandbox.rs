@@ -57,6 +57,9 @@ pub struct TestRun {
     /// The unpacked test bundle, if the manifest has one.
     pub bundle_dir: Option<PathBuf>,
     pub tests: Vec<TestSpec>,
+    /// The machine's root as the node fingerprints it (`/` in production, a generated
+    /// root in testnets); tests find the app's files under it (`MIRAGE_ROOT`).
+    pub machine_root: PathBuf,
 }
 
 impl TestRun {
@@ -214,7 +217,8 @@ impl Sandbox {
         cmd.env_clear()
             .env("PATH", SANDBOX_PATH)
             .env("MIRAGE_APP_DIR", run.app_current())
-            .env("MIRAGE_TESTS_DIR", TESTS_MOUNT);
+            .env("MIRAGE_TESTS_DIR", TESTS_MOUNT)
+            .env("MIRAGE_ROOT", &run.machine_root);
         let finished = exec::run_bounded(cmd, stdin, &Limits::of(spec)).map_err(bwrap_err)?;
         if !finished.timed_out && !marker.started().map_err(bwrap_err)? {
             // bwrap's own complaint (a mount it could not make, say) is the output.

@@ -24,6 +24,11 @@ const RELEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("releases");
 /// a restart until complete.
 const WANTED: TableDefinition<&str, &str> = TableDefinition::new("wanted_artifacts");
 
+/// app → the staging core's last persisted snapshot (wire encoding).
+const STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("staging_snapshots");
+/// (app, envelope id hex) → a signed test or problem report envelope seen for the app.
+const REPORTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("reports");
+
 /// Most known peers kept; the least recently seen go first.
 pub const MAX_KNOWN_PEERS: usize = 1024;
 
@@ -66,6 +71,8 @@ impl Store {
         tx.open_table(ANNOUNCEMENTS)?;
         tx.open_table(RELEASES)?;
         tx.open_table(WANTED)?;
+        tx.open_table(STAGING)?;
+        tx.open_table(REPORTS)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -197,6 +204,49 @@ impl Store {
         for row in t.iter()? {
             let (k, v) = row?;
             out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Stores a staging snapshot durably (the core's `Persist` action).
+    pub fn put_snapshot(&self, app: &str, snapshot: &[u8]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(STAGING)?;
+            t.insert(app, snapshot)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn snapshot(&self, app: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(STAGING)?;
+        Ok(t.get(app)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn put_report(&self, app: &str, id_hex: &str, envelope: &[u8]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(REPORTS)?;
+            t.insert((app, id_hex), envelope)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stored report envelopes for `app` (re-verified by the caller on load).
+    pub fn reports(&self, app: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(REPORTS)?;
+        let mut out = Vec::new();
+        for row in t.range((app, "")..)? {
+            let (k, v) = row?;
+            if k.value().0 != app {
+                break;
+            }
+            out.push(v.value().to_vec());
         }
         Ok(out)
     }

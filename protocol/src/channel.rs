@@ -1,12 +1,12 @@
 //! What travels on an application's release channel (its gossip topic for releases):
-//! vendors' signed manifests and representatives' signed test reports. Anyone can
+//! vendors' signed manifests and representatives' signed test and problem reports. Anyone can
 //! check that a message is well formed, signed and for the channel's app; whether a
 //! manifest is *trusted* is each node's own decision ([`crate::trust`]).
 
 use crate::envelope::{Envelope, MessageKind, Verified, VerifyError};
 use crate::manifest::UpgradeManifest;
 use crate::membership::DropReason;
-use crate::report::TestReport;
+use crate::report::{ProblemReport, TestReport};
 use crate::time::UnixMillis;
 use crate::wire::{WireError, MAX_MESSAGE_BYTES};
 
@@ -14,6 +14,9 @@ use crate::wire::{WireError, MAX_MESSAGE_BYTES};
 pub enum ReleaseMessage {
     Manifest(Verified<UpgradeManifest>),
     TestReport(Verified<TestReport>),
+    /// A representative's failure report, for the vendor (and kept by peers until the
+    /// vendor asks).
+    ProblemReport(Verified<ProblemReport>),
 }
 
 impl ReleaseMessage {
@@ -21,6 +24,7 @@ impl ReleaseMessage {
         match self {
             ReleaseMessage::Manifest(m) => &m.payload().app,
             ReleaseMessage::TestReport(r) => &r.payload().app,
+            ReleaseMessage::ProblemReport(r) => &r.payload().app,
         }
     }
 }
@@ -53,7 +57,10 @@ pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result
             ReleaseMessage::Manifest(m)
         }
         MessageKind::TestReport => ReleaseMessage::TestReport(envelope.verify::<TestReport>().map_err(verify_error)?),
-        MessageKind::Fingerprint | MessageKind::ProblemReport => return Err(DropReason::Decode),
+        MessageKind::ProblemReport => {
+            ReleaseMessage::ProblemReport(envelope.verify::<ProblemReport>().map_err(verify_error)?)
+        }
+        MessageKind::Fingerprint => return Err(DropReason::Decode),
     };
     if message.app() != app {
         return Err(DropReason::WrongApp);

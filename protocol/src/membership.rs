@@ -426,6 +426,19 @@ impl Membership {
         out.into_iter().collect()
     }
 
+    /// Every cluster we know of for `app` with the peers in it (ourselves included in
+    /// ours): what staging plans stages from.
+    pub fn clusters(&self, app: &str) -> BTreeMap<ClusterKey, Vec<PublicKey>> {
+        let mut out: BTreeMap<ClusterKey, BTreeSet<PublicKey>> = BTreeMap::new();
+        for (peer, record) in self.peers.get(app).into_iter().flatten() {
+            out.entry(record.cluster_key).or_default().insert(*peer);
+        }
+        if let Some(local) = self.local.get(app) {
+            out.entry(local.cluster_key).or_default().insert(self.keypair.public());
+        }
+        out.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()
+    }
+
     /// Everything we hold about `signer` for `app`.
     pub fn peer_record(&self, app: &str, signer: &PublicKey) -> Option<&PeerRecord> {
         self.peers.get(app)?.get(signer)

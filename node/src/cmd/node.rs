@@ -13,7 +13,7 @@ use std::time::Duration;
 #[derive(Subcommand)]
 pub enum NodeCommand {
     /// Run the node: fingerprint the apps, join the overlay, find cluster members.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// keygen` prints it). Repeatable. Manifests from any other key are refused.
     #[arg(long = "trust", value_name = "APP=PUBKEY")]
     trust: Vec<String>,
+    /// Where this node installs its apps (`PREFIX/<app>/versions`, `PREFIX/<app>/current`).
+    /// With it the node stages releases itself: tests them in a sandbox when elected,
+    /// applies them when its cluster's representatives passed them.
+    #[arg(long)]
+    install_prefix: Option<PathBuf>,
     /// Download releases only when asked (`mirage fetch`), not as soon as they arrive.
     #[arg(long)]
     no_auto_fetch: bool,
@@ -92,6 +97,7 @@ struct ConfigFile {
     #[serde(default)]
     trust: Vec<String>,
     auto_fetch: Option<bool>,
+    install_prefix: Option<PathBuf>,
 }
 
 fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
@@ -166,6 +172,8 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         auto_fetch: !args.no_auto_fetch && file.auto_fetch.unwrap_or(true),
         seed: Vec::new(),
         stop_after_replicas: None,
+        install_prefix: args.install_prefix.or(file.install_prefix),
+        collect_reports: false,
         data_dir,
     })
 }
@@ -173,7 +181,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
 pub fn run(command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Run(args) => {
-            let options = options(args)?;
+            let options = options(*args)?;
             let runtime = super::async_runtime()?;
             runtime
                 .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))

@@ -80,6 +80,50 @@ pub fn run(args: Args) -> Result<()> {
     if !drops.is_empty() {
         println!("dropped announcements: {}", drops.join(" "));
     }
+    for r in status["releases"].as_array().into_iter().flatten() {
+        for c in r["content"].as_array().into_iter().flatten() {
+            println!(
+                "release {} {}: {} {} ({}/{} chunks)",
+                s(&r["app"]),
+                s(&r["version"]),
+                s(&c["what"]),
+                s(&c["state"]),
+                c["have_chunks"],
+                c["chunks"]
+            );
+        }
+    }
+    for a in status["staging"].as_array().into_iter().flatten() {
+        let opt = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        println!(
+            "staging {}: installed {}, target {}, phase {}{}, stage {} of {}",
+            s(&a["app"]),
+            opt(&a["installed"]),
+            opt(&a["target"]),
+            opt(&a["phase"]),
+            if a["representative"] == true { " (representative)" } else { "" },
+            a["stage"].as_u64().map_or("-".into(), |n| (n + 1).to_string()),
+            a["stage_count"]
+        );
+        for rep in a["reports"].as_array().into_iter().flatten() {
+            println!("  report {} {}: {}", s(&rep["signer"]), s(&rep["outcome"]), s(&rep["summary"]));
+        }
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    app: String,
+}
+
+/// `mirage rollback`: switch an app back to the version it ran before.
+pub fn rollback(args: RollbackArgs) -> Result<()> {
+    let reply = call(&args.target, Request::Rollback { app: args.app.clone() })?;
+    println!("{} rolled back to {}", args.app, reply["version"].as_str().unwrap_or("?"));
     Ok(())
 }
 

@@ -18,6 +18,26 @@ pub enum VendorCommand {
     Keygen(super::keygen::Args),
     /// Sign a release and seed it into the overlay.
     Publish(Box<PublishArgs>),
+    /// Collect the signed problem reports the fleet holds for an app.
+    Reports(ReportsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ReportsArgs {
+    /// The vendor's signing key (the collector trusts it for the app).
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    app: String,
+    /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
+    #[arg(long, required = true)]
+    bootstrap: Vec<String>,
+    /// How long to listen and ask peers.
+    #[arg(long, default_value_t = 5)]
+    wait_secs: u64,
+    /// Print JSON lines, one per report.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +93,7 @@ pub fn run(command: VendorCommand) -> Result<()> {
     match command {
         VendorCommand::Keygen(args) => super::keygen::run(args),
         VendorCommand::Publish(args) => publish(*args),
+        VendorCommand::Reports(args) => reports(args),
     }
 }
 
@@ -142,5 +163,75 @@ fn publish(args: PublishArgs) -> Result<()> {
         .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
         .context("the seed stopped with an error")?;
     println!("seeding done");
+    Ok(())
+}
+
+fn reports(args: ReportsArgs) -> Result<()> {
+    use mirage_protocol::report::ProblemReport;
+    mirage_protocol::manifest::validate_app_name(&args.app).map_err(anyhow::Error::msg)?;
+    let keypair = mirage_node::keyfile::load(&args.key)?;
+    let temp = tempfile::tempdir().context("creating a temporary data directory")?;
+    let mut options = NodeOptions::new(temp.path().to_path_buf(), temp.path().join("collector.key"));
+    let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
+    options.bootstrap = args.bootstrap.iter().map(parse).collect::<Result<_>>()?;
+    options.trust.trust(&args.app, keypair.public());
+    options.auto_fetch = false;
+    options.collect_reports = true;
+    let data_dir = options.data_dir.clone();
+    let runtime = super::async_runtime()?;
+    let app = args.app.clone();
+    let collected = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(daemon::run(options, async move {
+            let _ = stop_rx.await;
+        }));
+        tokio::time::sleep(Duration::from_secs(args.wait_secs)).await;
+        let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).unwrap_or_default();
+        let request = daemon::api::Request::ProblemReports { app };
+        let reply = daemon::api::call(addr.trim(), &request, Duration::from_secs(10)).await;
+        let _ = stop_tx.send(());
+        let _ = node.await;
+        reply
+    })?;
+    let mut count = 0;
+    for hex in collected["reports"].as_array().into_iter().flatten() {
+        let Some(bytes) = hex.as_str().and_then(|h| hex::decode(h).ok()) else { continue };
+        let Some(report) = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<ProblemReport>().ok()) else {
+            continue;
+        };
+        let p = report.payload();
+        count += 1;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "app": p.app,
+                    "version": p.version.to_string(),
+                    "manifest_id": p.manifest_id.to_hex(),
+                    "cluster_key": p.cluster_key.to_hex(),
+                    "signer": report.signer().peer_id(),
+                    "failed_tests": p.failed_tests,
+                    "logs_digest": p.logs_digest.to_hex(),
+                    "output_excerpt": p.output_excerpt,
+                    "fingerprint_items": p.fingerprint.items().len(),
+                })
+            );
+        } else {
+            println!(
+                "{} {} failed on cluster {} (reported by {}): {}",
+                p.app,
+                p.version,
+                &p.cluster_key.to_hex()[..16],
+                report.signer().peer_id(),
+                p.failed_tests.join(", ")
+            );
+            for line in p.output_excerpt.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
+                println!("    {line}");
+            }
+        }
+    }
+    if !args.json {
+        println!("{count} problem report(s) for {}", args.app);
+    }
     Ok(())
 }

@@ -57,6 +57,14 @@ pub enum Request {
         app: String,
         version: Option<String>,
     },
+    /// Switch `app` back to its previous installed version.
+    Rollback {
+        app: String,
+    },
+    /// The signed problem reports this node holds for `app` (hex envelopes).
+    ProblemReports {
+        app: String,
+    },
     /// Serve content wrongly from now on (`--allow-debug` only), for attack tests.
     Misbehave {
         mode: super::Misbehaviour,

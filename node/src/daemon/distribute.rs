@@ -87,6 +87,9 @@ pub struct Distribution {
     chunk_requests: HashMap<request_response::OutboundRequestId, (Digest, usize)>,
     have_requests: HashMap<request_response::OutboundRequestId, Digest>,
     manifest_requests: HashMap<request_response::OutboundRequestId, String>,
+    report_requests: HashMap<request_response::OutboundRequestId, String>,
+    /// Ask every new peer for the problem reports it holds (a vendor collecting them).
+    pub collect_reports: bool,
     provider_lookups: HashMap<kad::QueryId, Digest>,
     rejected_manifests: BTreeMap<&'static str, u64>,
     rejected_chunks: BTreeMap<&'static str, u64>,
@@ -143,6 +146,8 @@ impl Distribution {
             chunk_requests: HashMap::new(),
             have_requests: HashMap::new(),
             manifest_requests: HashMap::new(),
+            report_requests: HashMap::new(),
+            collect_reports: false,
             provider_lookups: HashMap::new(),
             rejected_manifests: BTreeMap::new(),
             rejected_chunks: BTreeMap::new(),
@@ -251,7 +256,11 @@ impl Node {
     /// A message on a release topic.
     pub(super) fn on_release_message(&mut self, app: &str, from: PeerId, bytes: &[u8]) -> gossipsub::MessageAcceptance {
         let _span = info_span!("release", from = %from, app).entered();
-        self.admit_manifest(bytes, app, true)
+        match check_release_message(bytes, app, overlay::now()) {
+            Ok(ReleaseMessage::TestReport(report)) => self.on_test_report(app, report, bytes),
+            Ok(ReleaseMessage::ProblemReport(report)) => self.on_problem_report(app, report, bytes),
+            _ => self.admit_manifest(bytes, app, true),
+        }
     }
 
     /// Checks and, if trusted and newer, admits a manifest. `counted` says whether a
@@ -261,8 +270,7 @@ impl Node {
         let now = overlay::now();
         let manifest = match check_release_message(bytes, app, now) {
             Ok(ReleaseMessage::Manifest(m)) => m,
-            // Test reports are for the staging rollout; relayed without effect here.
-            Ok(ReleaseMessage::TestReport(_)) => return gossipsub::MessageAcceptance::Ignore,
+            Ok(_) => return gossipsub::MessageAcceptance::Ignore,
             Err(reason) => {
                 *self.dist.rejected_manifests.entry(drop_name(reason)).or_default() += 1;
                 warn!(reason = drop_name(reason), "refused release message");
@@ -299,7 +307,9 @@ impl Node {
         if self.dist.misbehaviour != Misbehaviour::Honest {
             self.provide_release(app);
         }
-        if self.dist.auto_fetch {
+        if self.staging.manages(app) {
+            self.staging_manifest(app);
+        } else if self.dist.auto_fetch {
             self.fetch_release(app);
         }
         gossipsub::MessageAcceptance::Accept
@@ -488,7 +498,15 @@ impl Node {
         for app in self.dist.trusted_apps() {
             let id =
                 self.swarm.behaviour_mut().content.send_request(&peer, ContentRequest::Manifest { app: app.clone() });
-            self.dist.manifest_requests.insert(id, app);
+            self.dist.manifest_requests.insert(id, app.clone());
+            if self.dist.collect_reports {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_request(&peer, ContentRequest::Reports { app: app.clone() });
+                self.dist.report_requests.insert(id, app);
+            }
         }
     }
 
@@ -519,6 +537,7 @@ impl Node {
                 }
                 self.dist.have_requests.remove(&request_id);
                 self.dist.manifest_requests.remove(&request_id);
+                self.dist.report_requests.remove(&request_id);
             }
             _ => {}
         }
@@ -526,6 +545,14 @@ impl Node {
 
     fn serve(&mut self, request: ContentRequest) -> ContentResponse {
         match request {
+            ContentRequest::Reports { app } => {
+                let reports = self.problem_reports(&app);
+                if reports.is_empty() {
+                    ContentResponse::NotFound
+                } else {
+                    ContentResponse::Reports(reports)
+                }
+            }
             ContentRequest::Manifest { app } => self
                 .dist
                 .releases
@@ -604,6 +631,20 @@ impl Node {
                 let _span = info_span!("release", from = %peer, app).entered();
                 if self.admit_manifest(&bytes, &app, false) == gossipsub::MessageAcceptance::Reject {
                     self.penalize(peer);
+                }
+            }
+            return;
+        }
+        if let Some(app) = self.dist.report_requests.remove(&id) {
+            if let ContentResponse::Reports(reports) = response {
+                let now = overlay::now();
+                for bytes in reports.iter().take(256) {
+                    match check_release_message(bytes, &app, now) {
+                        Ok(ReleaseMessage::ProblemReport(r)) => {
+                            self.on_problem_report(&app, r, bytes);
+                        }
+                        _ => debug!(%peer, "peer sent something other than a problem report"),
+                    }
                 }
             }
             return;
@@ -698,6 +739,24 @@ impl Node {
         }
         let secs = elapsed.as_secs_f64().max(1e-3);
         info!(app, %version, what, %content, seconds = secs, mib_per_s = bytes as f64 / secs / 1048576.0, "download complete");
+        if self.staging.manages(&app) {
+            self.staging_content_check(&app);
+        }
+    }
+
+    /// Where the admitted release of `app` has its artifact and test bundle, once both
+    /// are complete on disk.
+    pub(super) fn release_content(&self, app: &str) -> Option<(PathBuf, Option<PathBuf>)> {
+        let m = self.dist.releases.get(app)?.manifest.payload();
+        let path = |info: &ArtifactInfo| {
+            self.dist.held.get(&info.content_hash).filter(|s| s.is_complete()).map(StoredArtifact::data_path)
+        };
+        let artifact = path(&m.artifact)?;
+        let bundle = match &m.test_bundle {
+            Some(info) => Some(path(info)?),
+            None => None,
+        };
+        Some((artifact, bundle))
     }
 
     pub(super) fn set_misbehaviour(&mut self, mode: Misbehaviour) {

@@ -4,6 +4,7 @@
 
 pub mod api;
 mod distribute;
+mod staging;
 
 pub use distribute::{Misbehaviour, SeedRelease};
 
@@ -19,6 +20,7 @@ use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_protocol::fingerprint::Profile;
 use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
 use mirage_protocol::{Envelope, Fingerprint, Keypair, PublicKey, UnixMillis};
+use staging::Staging;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +53,10 @@ pub enum DaemonError {
     Content(#[from] crate::chunk_store::StoreError),
     #[error("cannot seed release: {0}")]
     Seed(String),
+    #[error("installs under {path}: {reason}")]
+    Install { path: PathBuf, reason: String },
+    #[error("the test sandbox: {0}")]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     #[error("control API on {addr}: {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
 }
@@ -82,6 +88,12 @@ pub struct NodeOptions {
     pub seed: Vec<SeedRelease>,
     /// Stop once this many other peers hold a full copy of the first seeded release.
     pub stop_after_replicas: Option<usize>,
+    /// Where this node installs its apps' versions (`<prefix>/<app>/current`). With it,
+    /// the node stages releases of its apps itself: tests as a representative, applies
+    /// when its cluster's gate holds. Without it, it only distributes content.
+    pub install_prefix: Option<PathBuf>,
+    /// Ask peers for the problem reports they hold (`mirage vendor reports`).
+    pub collect_reports: bool,
 }
 
 impl NodeOptions {
@@ -107,6 +119,8 @@ impl NodeOptions {
             auto_fetch: true,
             seed: Vec::new(),
             stop_after_replicas: None,
+            install_prefix: None,
+            collect_reports: false,
         }
     }
 }
@@ -143,6 +157,7 @@ struct Node {
     allow_debug: bool,
     target_peers: usize,
     dist: Distribution,
+    staging: Staging,
 }
 
 /// Runs the node until `shutdown` resolves.
@@ -176,6 +191,8 @@ async fn run_inner(
         }
     }
 
+    let (staging, mut completions) = staging_for(&options, &store, apps.keys().cloned().collect())?;
+
     let lp_key = overlay::libp2p_keypair(&keypair);
     let local_peer = lp_key.public().to_peer_id();
     let swarm = net::build(
@@ -206,7 +223,9 @@ async fn run_inner(
             crate::chunk_store::ChunkStore::open(&options.data_dir.join(CONTENT_DIR))?,
             options.auto_fetch,
         ),
+        staging,
     };
+    node.dist.collect_reports = options.collect_reports;
 
     for addr in &options.listen {
         node.swarm
@@ -265,11 +284,12 @@ async fn run_inner(
                 Ok(fp) => {
                     let app = fp.app().to_string();
                     let key = fp.cluster_key();
-                    let actions = node.membership.set_local(fp, overlay::now());
+                    let actions = node.membership.set_local(fp.clone(), overlay::now());
                     if !actions.is_empty() {
                         info!(app, cluster = %key, "environment fingerprinted");
                     }
                     node.execute(actions);
+                    node.staging_fingerprint(&fp);
                 }
                 Err(e) => warn!(error = %e, "scan failed"),
             },
@@ -278,18 +298,45 @@ async fn run_inner(
                 let actions = node.membership.tick(overlay::now());
                 node.execute(actions);
                 node.distribution_tick();
+                node.staging_all_members();
+                node.staging_tick();
                 if node.dist.replicated() {
                     info!("the release is replicated; seeding done");
                     break;
                 }
             }
             _ = maintain.tick() => node.maintain_connections(),
+            Some(done) = completions.recv() => node.on_staging_completion(done),
         }
     }
     info!("shutting down");
     api_task.abort();
     let _ = std::fs::remove_file(options.data_dir.join(API_ADDR_FILE));
     Ok(())
+}
+
+/// The staging driver: with an install prefix, an installer (recovered from any crash
+/// first) and a working sandbox; without, a driver that manages nothing.
+fn staging_for(
+    options: &NodeOptions,
+    store: &Store,
+    apps: std::collections::BTreeSet<String>,
+) -> Result<(Staging, mpsc::UnboundedReceiver<staging::Completion>), DaemonError> {
+    let work_dir = options.data_dir.join("staging");
+    let Some(prefix) = &options.install_prefix else {
+        return Ok(Staging::new(None, None, options.root.clone(), work_dir, apps));
+    };
+    let install_err =
+        |e: crate::install::InstallError| DaemonError::Install { path: prefix.clone(), reason: e.to_string() };
+    let installer = crate::install::Installer::open(prefix, store.database())
+        .map_err(install_err)?
+        .with_machine_root(&options.root);
+    for (app, version) in installer.recover_all().map_err(install_err)? {
+        info!(app, version = ?version.map(|v| v.to_string()), "installed version after recovery");
+    }
+    let sandbox = crate::sandbox::Sandbox::new()?.with_scratch_dir(&work_dir);
+    std::fs::create_dir_all(&work_dir).map_err(|e| DaemonError::DataDir { path: work_dir.clone(), source: e })?;
+    Ok(Staging::new(Some(installer), Some(sandbox), options.root.clone(), work_dir, apps))
 }
 
 fn write_api_addr(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
@@ -714,6 +761,17 @@ impl Node {
                 let version = self.fetch_release(&app).ok_or("cannot start the download (see the node's log)")?;
                 Ok(serde_json::json!({ "app": app, "version": version.to_string() }))
             }
+            Request::Rollback { app } => {
+                let installer =
+                    self.staging.installer().ok_or("this node manages no installs (no --install-prefix)")?;
+                let version = installer.rollback(&app).map_err(|e| e.to_string())?;
+                warn!(app, %version, "rolled back on request");
+                Ok(serde_json::json!({ "app": app, "version": version.to_string() }))
+            }
+            Request::ProblemReports { app } => {
+                let reports: Vec<String> = self.problem_reports(&app).iter().map(hex::encode).collect();
+                Ok(serde_json::json!({ "app": app, "reports": reports }))
+            }
             Request::Misbehave { mode } => {
                 if !self.allow_debug {
                     return Err("misbehaving is disabled (start the node with --allow-debug)".into());
@@ -832,6 +890,7 @@ impl Node {
         });
         if let (Some(out), serde_json::Value::Object(dist)) = (status.as_object_mut(), self.distribution_status()) {
             out.extend(dist);
+            out.insert("staging".into(), self.staging_status());
         }
         status
     }

@@ -30,6 +30,8 @@ pub enum ContentRequest {
     Have { content: Digest },
     /// One chunk of that artifact.
     Chunk { content: Digest, index: u32 },
+    /// The signed problem reports the peer holds for `app` (what a vendor collects).
+    Reports { app: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,6 +42,8 @@ pub enum ContentResponse {
     Have(Vec<u8>),
     /// Shared so a served chunk is never copied on its way out.
     Chunk(Arc<Vec<u8>>),
+    /// Signed problem report envelopes.
+    Reports(Vec<Vec<u8>>),
     /// The peer has nothing for that request.
     NotFound,
 }
@@ -48,6 +52,7 @@ const TAG_MANIFEST: u8 = 1;
 const TAG_HAVE: u8 = 2;
 const TAG_CHUNK: u8 = 3;
 const TAG_NOT_FOUND: u8 = 4;
+const TAG_REPORTS: u8 = 5;
 
 /// Packs a have-list into bits.
 pub fn pack_bitmap(have: &[bool]) -> Vec<u8> {
@@ -124,6 +129,7 @@ impl libp2p::request_response::Codec for ContentCodec {
             TAG_HAVE if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Have(body)),
             TAG_CHUNK => Ok(ContentResponse::Chunk(Arc::new(body))),
             TAG_NOT_FOUND if body.is_empty() => Ok(ContentResponse::NotFound),
+            TAG_REPORTS => wire::decode(&body).map(ContentResponse::Reports).map_err(|e| invalid(e.to_string())),
             _ => Err(invalid(format!("bad response (tag {tag}, {} bytes)", body.len()))),
         }
     }
@@ -149,6 +155,10 @@ impl libp2p::request_response::Codec for ContentCodec {
             ContentResponse::Have(b) => write_frame(io, TAG_HAVE, &b, MAX_RESPONSE_BYTES).await,
             ContentResponse::Chunk(b) => write_frame(io, TAG_CHUNK, &b, MAX_RESPONSE_BYTES).await,
             ContentResponse::NotFound => write_frame(io, TAG_NOT_FOUND, &[], MAX_RESPONSE_BYTES).await,
+            ContentResponse::Reports(reports) => {
+                let body = wire::encode(&reports).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                write_frame(io, TAG_REPORTS, &body, MAX_RESPONSE_BYTES).await
+            }
         }
     }
 }
@@ -174,6 +184,7 @@ mod tests {
                 ContentRequest::Manifest { app: "mysql".into() },
                 ContentRequest::Have { content: Digest([3; 32]) },
                 ContentRequest::Chunk { content: Digest([4; 32]), index: 7 },
+                ContentRequest::Reports { app: "mysql".into() },
             ] {
                 let mut buf = Vec::new();
                 ContentCodec.write_request(&CONTENT_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
@@ -185,6 +196,7 @@ mod tests {
             ContentResponse::Have(vec![0xff]),
             ContentResponse::Chunk(Arc::new(vec![9; 100_000])),
             ContentResponse::NotFound,
+            ContentResponse::Reports(vec![vec![1, 2, 3], vec![]]),
         ] {
             assert_eq!(roundtrip_response(res.clone()).unwrap(), res);
         }

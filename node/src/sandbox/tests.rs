@@ -56,6 +56,7 @@ impl Machine {
             resources: vec![conf, data],
             bundle_dir: Some(root.join("bundle")),
             tests: Vec::new(),
+            machine_root: root.to_path_buf(),
         };
         Machine { tmp, run }
     }
