@@ -3,6 +3,13 @@
 //! whose host-specific noise (hostname, addresses, machine id, logs, comments, line
 //! order) is chosen by the host index. Machines with the same `environment` must land
 //! in the same cluster whatever their `host`.
+//!
+//! Environments `e` with `e % 3 == 2` (2, 5, 8, ...) are the *breaking* ones for the
+//! [`sample_app`](crate::sample_app) upgrade: their `my.cnf` still sets
+//! `query_cache_size = 16M` in `[mysqld]`, an option the sample 8.4.0 release removed
+//! (as MySQL 8.0 really did), so 8.4.0 fails its config check there and only there.
+//! They also link a different client library build. The option is part of the
+//! environment, not host noise: every host of such an environment has it.
 
 use std::io;
 use std::path::Path;
@@ -20,6 +27,12 @@ impl SampleMachine {
     pub fn hostname(&self) -> String {
         format!("host{}-e{}", self.host, self.environment)
     }
+}
+
+/// Whether machines of `environment` set `query_cache_size` in my.cnf (see the module
+/// doc): the environments where the sample 8.4.0 release fails.
+pub fn sets_query_cache(environment: u32) -> bool {
+    environment % 3 == 2
 }
 
 fn write_old(root: &Path, logical: &str, contents: &[u8]) -> io::Result<()> {
@@ -48,7 +61,7 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
     let lib = format!("\x7fELF libmysqlclient.so.21 build {}", env % 3 == 2);
     write_old(root, "/usr/lib/x86_64-linux-gnu/libmysqlclient.so.21", lib.as_bytes())?;
 
-    let mut settings = [
+    let mut settings = vec![
         format!("bind-address = 10.{}.{}.{}", host % 200, (host / 200) % 250, 1 + host % 250),
         format!("report_host = {hostname}"),
         format!("server-id = {}", 100 + host),
@@ -57,6 +70,10 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
         format!("innodb_buffer_pool_size = {}M", 128 << (env % 4)),
         format!("max_connections = {}", 100 + 50 * (env / 4)),
     ];
+    // A setting left over from an older MySQL; it breaks the 8.4.0 sample release.
+    if sets_query_cache(env) {
+        settings.push("query_cache_size = 16M".to_string());
+    }
     // Line order and comments differ per host; they must not matter.
     if host % 2 == 1 {
         settings.reverse();
@@ -81,4 +98,27 @@ pub fn write_mysql_machine(root: &Path, machine: &SampleMachine) -> io::Result<(
         "/var/log/mysql/error.log",
         format!("2026-11-23T10:{:02}:00Z 0 [System] mysqld ready on {hostname}\n", host % 60).as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The breaking option is environment, not host noise: every host of a breaking
+    /// environment has it in `[mysqld]`, no host of another environment does.
+    #[test]
+    fn query_cache_follows_the_environment_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for environment in 0..6 {
+            for host in 0..4 {
+                let root = dir.path().join(format!("e{environment}h{host}"));
+                write_mysql_machine(&root, &SampleMachine { environment, host }).unwrap();
+                let cnf = std::fs::read_to_string(root.join("etc/mysql/my.cnf")).unwrap();
+                let has = cnf.lines().any(|l| l == "query_cache_size = 16M");
+                assert_eq!(has, sets_query_cache(environment), "env {environment} host {host}:\n{cnf}");
+                // Only one section, so every option line is in [mysqld].
+                assert_eq!(cnf.matches('[').count(), 1);
+            }
+        }
+    }
 }
