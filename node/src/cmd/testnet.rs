@@ -1,147 +1,248 @@
-//! `mirage testnet`: a real loopback testnet of this very binary: a bootstrap peer and
-//! nodes on generated machines of several environments, showing the fleet organize
-//! itself into clusters.
+//! `mirage testnet`: the README's main job. A real loopback testnet of this very binary
+//! (a bootstrap peer, a vendor and nodes on generated MySQL machines of several
+//! environments) rolling releases out stage by stage:
+//!
+//! 1. the fleet organizes itself into one cluster per environment;
+//! 2. the vendor ships the old version with no staging, so every node runs it;
+//! 3. the vendor ships a release that removed a config option one environment still
+//!    sets: that cluster's representatives test it, fail, and halt their cluster,
+//!    while the other clusters apply it stage by stage;
+//! 4. the vendor collects the signed problem reports;
+//! 5. the vendor ships the fix, and the halted cluster upgrades too.
 
 use anyhow::{bail, Context, Result};
-use mirage_testnet::fleet::{members, BootstrapPeer, FleetNode};
-use mirage_testnet::sample_root::SampleMachine;
-use std::collections::{BTreeMap, BTreeSet};
+use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
+use mirage_testnet::sample_root::sets_query_cache;
+use mirage_testnet::staged::{all_installed, clusters, progress_line, NodeView, StagedFleet, StagedOptions};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-const APP: &str = "mysql";
-const PROFILE: &str = include_str!("../../../profiles/mysql.toml");
-
 #[derive(clap::Args)]
 pub struct Args {
-    /// Node processes to start.
-    #[arg(long, default_value_t = 12)]
-    nodes: usize,
-    /// Distinct machine environments (each becomes one cluster).
+    /// Distinct machine environments (each becomes one cluster); environment 2 is the
+    /// one the broken release fails on.
     #[arg(long, default_value_t = 3)]
     environments: u32,
+    /// Nodes per environment.
+    #[arg(long, default_value_t = 4)]
+    nodes_per_environment: u32,
+    /// Staging policy of the new releases: balanced, front-loading or no-staging.
+    #[arg(long, default_value = "balanced")]
+    policy: String,
+    /// `balanced`: seconds a stage waits for its gates before the next one opens.
+    #[arg(long, default_value_t = 20)]
+    stage_timeout_secs: u32,
     /// Where roots, databases and logs go [default: a temporary directory, removed at the end].
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Give up if the fleet has not organized itself by then.
-    #[arg(long, default_value_t = 180)]
+    /// Give up on a step after this long.
+    #[arg(long, default_value_t = 240)]
     timeout_secs: u64,
-    /// Keep the testnet running after the summary, until Ctrl-C.
-    #[arg(long)]
-    keep_running: bool,
 }
 
-fn short(peer: &str) -> &str {
-    &peer[peer.len().saturating_sub(8)..]
+fn short(key: &str) -> &str {
+    &key[..key.len().min(8)]
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if args.nodes == 0 || args.environments == 0 {
-        bail!("a testnet needs at least one node and one environment");
+    if args.environments < 3 || args.nodes_per_environment == 0 {
+        bail!("the scenario needs at least 3 environments (environment 2 breaks) and 1 node per environment");
     }
     let mirage = std::env::current_exe().context("locating the mirage binary")?;
     let temp = tempfile::Builder::new().prefix("mirage-testnet-").tempdir()?;
     let dir = args.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let profile = dir.join("mysql.toml");
-    std::fs::write(&profile, PROFILE).with_context(|| format!("writing {}", profile.display()))?;
+    let envs = args.environments;
+    let env_of = move |i: usize| i as u32 % envs;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let per_env = args.nodes_per_environment as usize;
+    let started = Instant::now();
+    let stamp = move || format!("[{:>6.1}s]", started.elapsed().as_secs_f64());
 
     println!(
-        "== Mirage testnet: 1 bootstrap peer + {} nodes over {} environments, on 127.0.0.1\n   files: {}",
-        args.nodes,
-        args.environments,
-        dir.display()
+        "== Mirage testnet on 127.0.0.1: 1 bootstrap peer, 1 vendor, {} nodes ({} environments x {})",
+        envs * args.nodes_per_environment,
+        envs,
+        args.nodes_per_environment
     );
-    let bootstrap = BootstrapPeer::start(&mirage, &dir.join("bootstrap"))?;
-    println!("bootstrap peer   {}", bootstrap.addr);
-    let mut nodes = Vec::with_capacity(args.nodes);
-    for i in 0..args.nodes {
-        let machine = SampleMachine { environment: i as u32 % args.environments, host: i as u32 };
-        let node =
-            FleetNode::start(&mirage, &dir.join(format!("node{i}")), i, machine, &profile, &bootstrap.addr, &[])?;
-        nodes.push(node);
-    }
-    println!("started {} nodes; each fingerprints its machine and announces it", nodes.len());
+    let breaking: Vec<u32> = (0..envs).filter(|e| sets_query_cache(*e)).collect();
+    println!("   environments {breaking:?} set query_cache_size in my.cnf, which {APP} {BROKEN_VERSION} removed");
+    println!("   files and logs: {}", dir.display());
+    let mut fleet = StagedFleet::start(&StagedOptions {
+        mirage,
+        dir: dir.clone(),
+        environments: envs,
+        nodes_per_environment: args.nodes_per_environment,
+        node_flags: Vec::new(),
+    })?;
 
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs(args.timeout_secs);
-    let mut last_line = String::new();
-    let (statuses, expected) = loop {
-        for n in &mut nodes {
-            n.process.check_running()?;
-        }
-        let statuses: Vec<Option<serde_json::Value>> = nodes.iter().map(FleetNode::status).collect();
-        let peers: Vec<Option<String>> =
-            statuses.iter().map(|s| s.as_ref().and_then(|s| s["peer_id"].as_str().map(str::to_string))).collect();
-        let mut expected: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
-        for (n, p) in nodes.iter().zip(&peers) {
-            if let Some(p) = p {
-                expected.entry(n.machine.environment).or_default().insert(p.clone());
+    // 1. Clusters.
+    println!("\n[1/5] nodes fingerprint their machines and find their clusters through the DHT");
+    let mut last = String::new();
+    fleet.wait_until(
+        "organize into clusters",
+        timeout,
+        |views| {
+            let known = views.iter().flatten().filter(|v| v.members == per_env).count();
+            let line = format!(
+                "{}/{} nodes fingerprinted, {known} know their whole cluster",
+                views.iter().flatten().count(),
+                views.len()
+            );
+            if line != last {
+                println!("{} {line}", stamp());
+                last = line;
             }
-        }
-        let all_up = peers.iter().all(Option::is_some);
-        let complete = nodes
-            .iter()
-            .zip(&statuses)
-            .filter(|(n, s)| {
-                all_up && s.as_ref().and_then(|s| members(s, APP)).as_ref() == expected.get(&n.machine.environment)
-            })
-            .count();
-        let connected: Vec<u64> = statuses.iter().flatten().filter_map(|s| s["connected_peers"].as_u64()).collect();
-        let line = format!(
-            "{}/{} nodes up, {}/{} know exactly their cluster; connections per node {}-{}",
-            peers.iter().flatten().count(),
-            nodes.len(),
-            complete,
-            nodes.len(),
-            connected.iter().min().unwrap_or(&0),
-            connected.iter().max().unwrap_or(&0),
-        );
-        if line != last_line {
-            println!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
-            last_line = line;
-        }
-        if complete == nodes.len() {
-            break (statuses, expected);
-        }
-        if Instant::now() > deadline {
-            bail!("the fleet did not organize itself within {}s; logs are in {}", args.timeout_secs, dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
-
-    println!("\n== clusters after {:.1}s", start.elapsed().as_secs_f64());
-    for (env, peers) in &expected {
-        let key = nodes
-            .iter()
-            .zip(&statuses)
-            .find(|(n, _)| n.machine.environment == *env)
-            .and_then(|(_, s)| s.as_ref())
-            .and_then(|s| {
-                s["clusters"].as_array()?.iter().find(|c| c["app"] == APP)?["cluster_key"].as_str().map(str::to_string)
-            })
-            .unwrap_or_default();
-        let list: Vec<&str> = peers.iter().map(|p| short(p)).collect();
+        },
+        |views| {
+            let c = clusters(views);
+            c.len() == envs as usize
+                && c.values().all(|m| m.iter().all(|&i| env_of(i) == env_of(m[0])))
+                && views.iter().flatten().all(|v| v.members == per_env)
+        },
+    )?;
+    for (key, nodes) in clusters(&fleet.views()) {
         println!(
-            "environment {env}: cluster {}…  {} members  [{}]",
-            &key[..key.len().min(16)],
-            peers.len(),
-            list.join(" ")
+            "   cluster {}: environment {}, {} nodes, each knows all {per_env}",
+            short(&key),
+            env_of(nodes[0]),
+            nodes.len()
         );
     }
 
-    if args.keep_running {
+    // 2. The old version everywhere.
+    println!("\n[2/5] vendor publishes {APP} {OLD_VERSION} with no staging: every node installs it");
+    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"])?;
+    let mut last = String::new();
+    fleet.wait_until(
+        "install the old version",
+        timeout,
+        |views| {
+            let n = views.iter().flatten().filter(|v| v.installed.as_deref() == Some(OLD_VERSION)).count();
+            let line = format!("{n}/{} nodes run {OLD_VERSION}", views.len());
+            if line != last {
+                println!("{} {line}", stamp());
+                last = line;
+            }
+        },
+        |views| all_installed(views, OLD_VERSION),
+    )?;
+    seed.terminate(Duration::from_secs(10));
+
+    // 3. The broken release, staged.
+    println!(
+        "\n[3/5] vendor publishes {APP} {BROKEN_VERSION} ({}, stage timeout {} s); representatives (*) test first",
+        args.policy, args.stage_timeout_secs
+    );
+    let timeout_flag = args.stage_timeout_secs.to_string();
+    let mut seed = fleet.publish(
+        BROKEN_VERSION,
+        &["--policy", &args.policy, "--stages", &envs.to_string(), "--stage-timeout-secs", &timeout_flag],
+    )?;
+    let bad = |i: usize| sets_query_cache(env_of(i));
+    let mut last = String::new();
+    let views = fleet.wait_until(
+        "finish the broken release",
+        timeout,
+        |views| print_progress(views, &env_of, &mut last, &stamp),
+        |views| {
+            views.iter().enumerate().all(|(i, v)| {
+                v.as_ref().is_some_and(|v| {
+                    if bad(i) {
+                        matches!(v.phase.as_deref(), Some("failed" | "halted"))
+                    } else {
+                        v.installed.as_deref() == Some(BROKEN_VERSION)
+                    }
+                })
+            })
+        },
+    )?;
+    seed.terminate(Duration::from_secs(10));
+    let tested_bad = views.iter().enumerate().filter(|(i, v)| bad(*i) && v.as_ref().is_some_and(is_tester)).count();
+    let bad_nodes = views.iter().enumerate().filter(|(i, _)| bad(*i)).count();
+    let bad_applied = views
+        .iter()
+        .enumerate()
+        .filter(|(i, v)| bad(*i) && v.as_ref().is_some_and(|v| v.installed.as_deref() == Some(BROKEN_VERSION)))
+        .count();
+    println!(
+        "   good clusters run {BROKEN_VERSION}; in the breaking cluster {tested_bad} of {bad_nodes} nodes tested it, \
+         {bad_applied} applied it"
+    );
+
+    // 4. Problem reports.
+    println!("\n[4/5] vendor collects signed problem reports from the fleet");
+    let reports = fleet.problem_reports()?;
+    for r in &reports {
+        let excerpt = r["output_excerpt"].as_str().unwrap_or_default();
+        let line = excerpt.lines().find(|l| l.contains("ERROR")).unwrap_or_default();
         println!(
-            "\ntestnet running; try `mirage status --api $(cat {}/node0/data/api.addr)`. Ctrl-C stops it.",
-            dir.display()
+            "   {} {} failed {} on cluster {}: {}",
+            r["app"].as_str().unwrap_or_default(),
+            r["version"].as_str().unwrap_or_default(),
+            r["failed_tests"],
+            short(r["cluster_key"].as_str().unwrap_or_default()),
+            line.trim()
         );
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(tokio::signal::ctrl_c())?;
     }
+    if reports.is_empty() {
+        bail!("the vendor found no problem report");
+    }
+
+    // 5. The fix.
+    println!("\n[5/5] vendor publishes the fix {APP} {FIXED_VERSION}; the halted cluster's stage restarts");
+    let mut seed = fleet.publish(
+        FIXED_VERSION,
+        &["--policy", &args.policy, "--stages", &envs.to_string(), "--stage-timeout-secs", &timeout_flag],
+    )?;
+    let mut last = String::new();
+    let views = fleet.wait_until(
+        "install the fix",
+        timeout,
+        |views| print_progress(views, &env_of, &mut last, &stamp),
+        |views| all_installed(views, FIXED_VERSION),
+    )?;
+    seed.terminate(Duration::from_secs(10));
+
+    println!("\n== summary after {:.0} s", started.elapsed().as_secs_f64());
+    println!("   {:<10} {:>4} {:>6}   {:<24} {:<10}", "cluster", "env", "nodes", BROKEN_VERSION, "now runs");
+    for (key, nodes) in clusters(&views) {
+        let outcome = if bad(nodes[0]) { "halted, reported" } else { "applied" };
+        println!(
+            "   {:<10} {:>4} {:>6}   {:<24} {:<10}",
+            short(&key),
+            env_of(nodes[0]),
+            nodes.len(),
+            outcome,
+            views[nodes[0]].as_ref().and_then(|v| v.installed.clone()).unwrap_or_default()
+        );
+    }
+    println!(
+        "   {} problem report(s) reached the vendor; no node of the breaking environment ran {BROKEN_VERSION}",
+        reports.len()
+    );
     println!("\nstopping the testnet");
-    for n in &mut nodes {
+    for n in &mut fleet.nodes {
         n.process.terminate(Duration::from_secs(10));
     }
-    let mut bootstrap = bootstrap;
-    bootstrap.process.terminate(Duration::from_secs(10));
+    fleet.bootstrap.process.terminate(Duration::from_secs(10));
     Ok(())
+}
+
+fn is_tester(v: &NodeView) -> bool {
+    v.representative && matches!(v.phase.as_deref(), Some("failed" | "passed" | "testing"))
+}
+
+fn print_progress(
+    views: &[Option<NodeView>],
+    env_of: &impl Fn(usize) -> u32,
+    last: &mut String,
+    stamp: &impl Fn() -> String,
+) {
+    let open = views.iter().flatten().map(|v| v.open_stages).max().unwrap_or(0);
+    let count = views.iter().flatten().map(|v| v.stage_count).max().unwrap_or(0);
+    let line = format!("stages open {open}/{count} | {}", progress_line(views, env_of));
+    if &line != last {
+        println!("{} {line}", stamp());
+        *last = line;
+    }
 }

@@ -64,6 +64,15 @@ pub struct PublishArgs {
     /// Passing reports a cluster needs before its members apply.
     #[arg(long)]
     threshold: Option<u16>,
+    /// `balanced`: number of stages.
+    #[arg(long)]
+    stages: Option<u16>,
+    /// `balanced`: how long a stage may wait for its clusters' gates before the next opens.
+    #[arg(long)]
+    stage_timeout_secs: Option<u32>,
+    /// How long a representative may take to report before the next in line replaces it.
+    #[arg(long)]
+    report_deadline_secs: Option<u32>,
     /// Hours until the manifest expires (nodes refuse it afterwards).
     #[arg(long, default_value_t = 720)]
     valid_for_hours: u64,
@@ -116,6 +125,16 @@ fn publish(args: PublishArgs) -> Result<()> {
     if let Some(t) = args.threshold {
         policy.threshold = t;
     }
+    if let Some(n) = args.stages {
+        policy.stages = n;
+    }
+    if let Some(t) = args.stage_timeout_secs {
+        policy.stage_timeout_secs = t;
+    }
+    if let Some(t) = args.report_deadline_secs {
+        policy.report_deadline_secs = t;
+    }
+    policy.validate().map_err(anyhow::Error::msg).context("staging policy")?;
     let spec = ReleaseSpec {
         tests_dir: args.tests.clone(),
         policy,

@@ -1,0 +1,263 @@
+//! A staged-deployment fleet on loopback: a bootstrap peer, nodes on generated MySQL
+//! machines that manage their own installs (`--install-prefix` inside their root), and a
+//! vendor publishing the sample app's releases ([`crate::sample_app`]). Used by
+//! `mirage testnet` (the README's main job) and the end-to-end staging tests.
+
+use crate::fleet::{api_call, BootstrapPeer, FleetError, FleetNode, Process};
+use crate::sample_app::{self, APP};
+use crate::sample_root::SampleMachine;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// What one node says of the app's staging.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeView {
+    pub cluster: String,
+    pub installed: Option<String>,
+    pub target: Option<String>,
+    pub phase: Option<String>,
+    pub representative: bool,
+    /// Zero-based stage of the node's cluster in the current release.
+    pub stage: Option<u64>,
+    pub stage_count: u64,
+    pub open_stages: u64,
+    pub reports: usize,
+    /// Members of the node's cluster its membership knows (DHT and gossip).
+    pub members: usize,
+}
+
+impl NodeView {
+    fn from_status(status: &Value) -> Option<NodeView> {
+        let a = status["staging"].as_array()?.iter().find(|a| a["app"] == APP)?;
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        Some(NodeView {
+            cluster: text(&a["cluster_key"])?,
+            installed: text(&a["installed"]),
+            target: text(&a["target"]),
+            phase: text(&a["phase"]),
+            representative: a["representative"] == true,
+            stage: a["stage"].as_u64(),
+            stage_count: a["stage_count"].as_u64().unwrap_or(0),
+            open_stages: a["open_stages"].as_u64().unwrap_or(0),
+            reports: a["reports"].as_array().map_or(0, Vec::len),
+            members: crate::fleet::members(status, APP).map_or(0, |m| m.len()),
+        })
+    }
+}
+
+pub struct StagedOptions {
+    pub mirage: PathBuf,
+    pub dir: PathBuf,
+    pub environments: u32,
+    pub nodes_per_environment: u32,
+    /// Extra `node run` flags for every node.
+    pub node_flags: Vec<String>,
+}
+
+pub struct StagedFleet {
+    pub bootstrap: BootstrapPeer,
+    pub nodes: Vec<FleetNode>,
+    pub vendor_key: PathBuf,
+    pub vendor_public: String,
+    mirage: PathBuf,
+    dir: PathBuf,
+    publishes: usize,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FleetError + '_ {
+    move |e| FleetError::Io { path: path.to_path_buf(), source: e }
+}
+
+impl StagedFleet {
+    /// Starts the bootstrap peer and the nodes (environment `i % environments` for node
+    /// `i`), and makes the vendor's key.
+    pub fn start(o: &StagedOptions) -> Result<StagedFleet, FleetError> {
+        std::fs::create_dir_all(&o.dir).map_err(io(&o.dir))?;
+        let profile = o.dir.join("mysql.toml");
+        std::fs::write(&profile, include_str!("../../profiles/mysql.toml")).map_err(io(&profile))?;
+        let vendor_key = o.dir.join("vendor.key");
+        let _ = std::fs::remove_file(&vendor_key);
+        let out = std::process::Command::new(&o.mirage)
+            .args(["vendor", "keygen", "--out"])
+            .arg(&vendor_key)
+            .output()
+            .map_err(|e| FleetError::Spawn { name: "vendor keygen".into(), source: e })?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let vendor_public =
+            text.lines().find_map(|l| l.strip_prefix("public key: ")).map(|k| k.trim().to_string()).ok_or_else(
+                || FleetError::Timeout {
+                    name: "vendor keygen".into(),
+                    what: "print a public key".into(),
+                    timeout: Duration::ZERO,
+                    log: text.clone(),
+                },
+            )?;
+        let bootstrap = BootstrapPeer::start(&o.mirage, &o.dir.join("bootstrap"))?;
+        let mut nodes = Vec::new();
+        for i in 0..(o.environments * o.nodes_per_environment) {
+            let machine = SampleMachine { environment: i % o.environments, host: i };
+            let dir = o.dir.join(format!("node{i:02}"));
+            let mut extra = vec![
+                "--trust".to_string(),
+                format!("{APP}={vendor_public}"),
+                "--install-prefix".into(),
+                dir.join("root/opt/mirage").display().to_string(),
+            ];
+            extra.extend(o.node_flags.iter().cloned());
+            nodes.push(FleetNode::start(&o.mirage, &dir, i as usize, machine, &profile, &bootstrap.addr, &extra)?);
+        }
+        Ok(StagedFleet {
+            bootstrap,
+            nodes,
+            vendor_key,
+            vendor_public,
+            mirage: o.mirage.clone(),
+            dir: o.dir.clone(),
+            publishes: 0,
+        })
+    }
+
+    /// Writes the sample app's `version` and starts the vendor seeding it with
+    /// `policy_flags` (e.g. `--policy balanced --stage-timeout-secs 20`).
+    pub fn publish(&mut self, version: &str, policy_flags: &[&str]) -> Result<Process, FleetError> {
+        self.publishes += 1;
+        let dir = self.dir.join(format!("release-{version}"));
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let tar = dir.join(format!("{APP}-{version}.tar"));
+        sample_app::write_release(version, &tar).map_err(io(&tar))?;
+        let tests = dir.join("tests");
+        sample_app::write_tests_dir(&tests).map_err(io(&tests))?;
+        let mut args: Vec<String> = [
+            "vendor",
+            "publish",
+            "--key",
+            &self.vendor_key.display().to_string(),
+            "--app",
+            APP,
+            "--version",
+            version,
+            "--artifact",
+            &tar.display().to_string(),
+            "--tests",
+            &tests.display().to_string(),
+            "--bootstrap",
+            &self.bootstrap.addr,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--data-dir",
+            &dir.join("seed").display().to_string(),
+            "--replicas",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(policy_flags.iter().map(|s| s.to_string()));
+        let mut seed = Process::spawn(&self.mirage, &format!("vendor-{version}"), &args, &dir.join("vendor.log"))?;
+        seed.read_stdout_until(Duration::from_secs(60), "start seeding", |l| l.starts_with("seeding"))?;
+        Ok(seed)
+    }
+
+    /// Every node's view (None for a node that does not answer yet).
+    pub fn views(&self) -> Vec<Option<NodeView>> {
+        self.nodes.iter().map(|n| n.status().as_ref().and_then(NodeView::from_status)).collect()
+    }
+
+    /// Polls the views every 300 ms until `done` holds, calling `progress` with each new
+    /// set of views; fails after `timeout` with the last views in the error.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut progress: impl FnMut(&[Option<NodeView>]),
+        done: impl Fn(&[Option<NodeView>]) -> bool,
+    ) -> Result<Vec<Option<NodeView>>, FleetError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for n in &mut self.nodes {
+                n.process.check_running()?;
+            }
+            let views = self.views();
+            progress(&views);
+            if done(&views) {
+                return Ok(views);
+            }
+            if Instant::now() > deadline {
+                return Err(FleetError::Timeout {
+                    name: "fleet".into(),
+                    what: what.into(),
+                    timeout,
+                    log: format!("{views:#?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The problem reports the fleet holds for the app, as `mirage vendor reports --json`
+    /// prints them.
+    pub fn problem_reports(&self) -> Result<Vec<Value>, FleetError> {
+        let out = std::process::Command::new(&self.mirage)
+            .args(["vendor", "reports", "--json", "--wait-secs", "3", "--app", APP, "--key"])
+            .arg(&self.vendor_key)
+            .args(["--bootstrap", &self.bootstrap.addr])
+            .output()
+            .map_err(|e| FleetError::Spawn { name: "vendor reports".into(), source: e })?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    }
+
+    /// A raw API request to node `i`.
+    pub fn api(&self, i: usize, request: &Value) -> Option<Value> {
+        api_call(&self.nodes[i].api()?, request)
+    }
+
+    /// Node `i`'s status.
+    pub fn status(&self, i: usize) -> Option<Value> {
+        self.api(i, &json!({"cmd": "status"}))
+    }
+}
+
+/// Per cluster (by key), the nodes' indices.
+pub fn clusters(views: &[Option<NodeView>]) -> BTreeMap<String, Vec<usize>> {
+    let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, v) in views.iter().enumerate() {
+        if let Some(v) = v {
+            out.entry(v.cluster.clone()).or_default().push(i);
+        }
+    }
+    out
+}
+
+/// Whether every node answers and has `version` installed.
+pub fn all_installed(views: &[Option<NodeView>], version: &str) -> bool {
+    views.iter().all(|v| v.as_ref().is_some_and(|v| v.installed.as_deref() == Some(version)))
+}
+
+/// One line per cluster: its stage and how many of its nodes are in each phase.
+pub fn progress_line(views: &[Option<NodeView>], environment_of: impl Fn(usize) -> u32) -> String {
+    let mut parts = Vec::new();
+    for (key, members) in clusters(views) {
+        let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+        let mut stage = None;
+        for &i in &members {
+            let v = views[i].as_ref().expect("clustered nodes answered");
+            stage = stage.or(v.stage);
+            let mut phase = v.phase.clone().unwrap_or_else(|| "idle".into());
+            if v.representative {
+                phase.push('*');
+            }
+            *phases.entry(phase).or_default() += 1;
+        }
+        let phases: Vec<String> = phases.into_iter().map(|(p, n)| format!("{n} {p}")).collect();
+        parts.push(format!(
+            "env {} [{}] stage {}: {}",
+            environment_of(members[0]),
+            &key[..8],
+            stage.map_or("-".into(), |s| (s + 1).to_string()),
+            phases.join(", ")
+        ));
+    }
+    parts.join(" | ")
+}
