@@ -247,7 +247,11 @@ impl Installer {
             return Ok(());
         };
         match mode {
-            CrashMode::Abort => std::process::abort(),
+            CrashMode::Abort => {
+                // Said on stderr so a test can tell the crash it asked for from any other.
+                eprintln!("mirage: injected crash at {}", point.name());
+                std::process::abort()
+            }
             CrashMode::Return => {
                 *plan = None;
                 Err(InstallError::Crashed(point))

@@ -35,9 +35,21 @@ pub struct Process {
 impl Process {
     /// Starts `program args...`, stderr to `log`, stdout piped.
     pub fn spawn(program: &Path, name: &str, args: &[String], log: &Path) -> Result<Process, FleetError> {
+        Self::spawn_with_env(program, name, args, log, &[])
+    }
+
+    /// Like [`Process::spawn`], with extra environment variables for the child.
+    pub fn spawn_with_env(
+        program: &Path,
+        name: &str,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Process, FleetError> {
         let err = std::fs::File::create(log).map_err(|e| FleetError::Io { path: log.to_path_buf(), source: e })?;
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("MIRAGE_LOG", std::env::var("MIRAGE_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -218,6 +230,8 @@ pub struct FleetNode {
     pub machine: SampleMachine,
     pub dir: PathBuf,
     pub process: Process,
+    args: Vec<String>,
+    restarts: usize,
 }
 
 impl FleetNode {
@@ -235,7 +249,27 @@ impl FleetNode {
         write_mysql_machine(&root, &machine).map_err(|e| FleetError::Io { path: root.clone(), source: e })?;
         let args = node_run_args(&dir.join("data"), &root, profile, bootstrap, extra);
         let process = Process::spawn(mirage, &format!("node{index}"), &args, &dir.join("node.log"))?;
-        Ok(FleetNode { index, machine, dir: dir.to_path_buf(), process })
+        Ok(FleetNode { index, machine, dir: dir.to_path_buf(), process, args, restarts: 0 })
+    }
+
+    /// Kills the node (if running) and starts it again with the same arguments (same
+    /// key, database and root), plus `env`. Each run logs to its own file.
+    pub fn restart(&mut self, mirage: &Path, env: &[(&str, &str)]) -> Result<(), FleetError> {
+        self.process.kill();
+        let _ = std::fs::remove_file(self.dir.join("data/api.addr"));
+        self.restarts += 1;
+        let log = self.dir.join(format!("node.run{}.log", self.restarts));
+        self.process = Process::spawn_with_env(mirage, &format!("node{}", self.index), &self.args, &log, env)?;
+        Ok(())
+    }
+
+    /// Every log this node wrote, concatenated (first run and restarts).
+    pub fn logs(&self) -> String {
+        let mut out = std::fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        for i in 1..=self.restarts {
+            out.push_str(&std::fs::read_to_string(self.dir.join(format!("node.run{i}.log"))).unwrap_or_default());
+        }
+        out
     }
 
     /// The control API address, once the node has written it.

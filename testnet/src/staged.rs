@@ -61,7 +61,7 @@ pub struct StagedFleet {
     pub nodes: Vec<FleetNode>,
     pub vendor_key: PathBuf,
     pub vendor_public: String,
-    mirage: PathBuf,
+    pub mirage: PathBuf,
     dir: PathBuf,
     publishes: usize,
 }

@@ -45,6 +45,9 @@ struct AppRollout {
     timer: Option<UnixMillis>,
     /// Verified test reports seen for this app: (manifest id, signer) → report.
     reports: BTreeMap<(Digest, mirage_protocol::PublicKey), Verified<TestReport>>,
+    /// An action that needs the release's content, held until the download is done
+    /// (after a restart the core re-issues work whose content must be opened again).
+    waiting: Option<Action>,
 }
 
 pub struct Staging {
@@ -153,6 +156,7 @@ impl Node {
                 fed_clusters: BTreeMap::new(),
                 timer: None,
                 reports: BTreeMap::new(),
+                waiting: None,
             },
         );
         info!("staging core ready");
@@ -266,12 +270,35 @@ impl Node {
         self.staging.problems.get(app).map(|m| m.values().cloned().collect()).unwrap_or_default()
     }
 
-    /// Whether the release's content is all here; if so, tells the core.
+    /// Whether the release's content is all here; if so, tells the core, and carries out
+    /// an action that was waiting for it.
     pub(super) fn staging_content_check(&mut self, app: &str) {
         let Some(id) = self.dist.release(app).map(|a| a.manifest.payload().id()) else { return };
-        if self.release_content(app).is_some() {
-            self.staging_handle(app, Event::ContentReady { manifest: id });
+        if self.release_content(app).is_none() {
+            return;
         }
+        let waiting = self.staging.rollouts.get_mut(app).and_then(|r| r.waiting.take());
+        self.staging_handle(app, Event::ContentReady { manifest: id });
+        if let Some(action) = waiting {
+            self.staging_execute(app, vec![action]);
+        }
+    }
+
+    /// The release's content for an action that needs it: opened (and fetched if it is
+    /// not all on disk). `None` means the action waits until the content is complete.
+    fn content_for(&mut self, app: &str, action: Action) -> Option<(PathBuf, Option<PathBuf>)> {
+        if let Some(content) = self.release_content(app) {
+            return Some(content);
+        }
+        self.fetch_release(app);
+        if let Some(content) = self.release_content(app) {
+            return Some(content);
+        }
+        info!(app, "waiting for the release's content");
+        if let Some(r) = self.staging.rollouts.get_mut(app) {
+            r.waiting = Some(action);
+        }
+        None
     }
 
     /// The core's timers, checked on every tick.
@@ -426,10 +453,7 @@ impl Node {
         let (Some(installer), Some(sandbox)) = (self.staging.installer.clone(), self.staging.sandbox.clone()) else {
             return;
         };
-        let Some((artifact, bundle)) = self.release_content(app) else {
-            warn!(app, "tests asked for before the content is here");
-            return;
-        };
+        let Some((artifact, bundle)) = self.content_for(app, Action::RunTests { manifest }) else { return };
         let resources = self.resources(app);
         let root = self.staging.root.clone();
         let work = self.staging.work_dir.join(manifest.to_hex());
@@ -455,8 +479,11 @@ impl Node {
     fn start_apply(&mut self, app: &str, manifest: Digest, version: semver::Version) {
         let Some(installer) = self.staging.installer.clone() else { return };
         let Some(release) = self.dist.release(app).map(|a| a.manifest.payload().clone()) else { return };
-        let Some((artifact, bundle)) = self.release_content(app) else {
-            warn!(app, "apply asked for before the content is here");
+        if release.id() != manifest {
+            return;
+        }
+        let Some((artifact, bundle)) = self.content_for(app, Action::Apply { manifest, version: version.clone() })
+        else {
             return;
         };
         let tests_dir = self.staging.work_dir.join(manifest.to_hex()).join("tests");
