@@ -68,5 +68,5 @@ fn bad_announcements_are_dropped_counted_and_penalized() {
         assert_eq!(n.status().and_then(|s| members(&s, APP)), Some(want));
         n.proc.kill();
     }
-    assert!(bootstrap.proc.log_tail(200).contains("dropped announcement"), "the bootstrap relay drops them too");
+    assert!(bootstrap.proc.log_tail(200).contains("dropped message"), "the bootstrap relay drops them too");
 }

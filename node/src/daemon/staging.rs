@@ -199,6 +199,9 @@ impl Node {
         // Clusters that emptied out are fed as empty.
         let gone: Vec<ClusterKey> = r.fed_clusters.keys().filter(|k| !clusters.contains_key(k)).copied().collect();
         r.fed_clusters = clusters;
+        for (cluster, members) in &changed {
+            info!(app, %cluster, size = members.len(), "cluster size for staging");
+        }
         for (cluster, members) in changed {
             self.staging_handle(app, Event::Members { cluster, members });
         }

@@ -129,9 +129,15 @@ impl Campaign {
                 a.gates.insert(cluster, g);
             }
         }
-        let mut changed: Vec<ClusterKey> = a.open_gate_if_stage_open(cluster, now).into_iter().collect();
+        // New sizes can move any cluster into a stage that is already open: its gate
+        // opens now, not only the gate of the cluster whose membership changed.
+        let clusters: Vec<ClusterKey> = a.gates.keys().copied().collect();
+        let mut changed: Vec<ClusterKey> =
+            clusters.into_iter().filter_map(|c| a.open_gate_if_stage_open(c, now)).collect();
         changed.extend(a.refresh(cluster, now));
         changed.extend(a.open_ready_stages(now));
+        changed.sort_unstable();
+        changed.dedup();
         changed
     }
 

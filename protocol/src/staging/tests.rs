@@ -337,6 +337,25 @@ fn balanced_stages_open_in_order_by_gates_or_timeout() {
 }
 
 #[test]
+fn a_cluster_moved_into_an_open_stage_by_new_sizes_opens_its_gate() {
+    // Cluster 0 (2 machines) is planned first, cluster 1 (3 machines) second.
+    let fleet = Fleet::new(&[2, 3]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::Balanced));
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    assert_eq!(verdict(&campaign, 1), Verdict::NotOpen);
+    // Cluster 0 grows past cluster 1: the replanned first stage is cluster 1's, and it
+    // is open, so cluster 1's representatives must start even though only cluster 0's
+    // membership changed.
+    let grown: Vec<PublicKey> = (0..5).map(|i| keypair(0, i).public()).collect();
+    campaign.set_members(cluster_key(0), grown, UnixMillis(10 * SEC));
+    assert_eq!(campaign.plan().unwrap().stage_of(&cluster_key(1)), 0);
+    assert_eq!(verdict(&campaign, 1), Verdict::Pending);
+    // An opened gate stays open, wherever replanning puts its cluster.
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending);
+}
+
+#[test]
 fn no_staging_holds_everywhere_at_once() {
     let fleet = Fleet::new(&[2, 10, 3]);
     let mut campaign = fleet.campaign();
