@@ -52,7 +52,20 @@ pub enum Misbehaviour {
     /// Claim every chunk and serve the same chunk index of another artifact held
     /// (another version): mix-and-match.
     Mix,
+    /// Serve honestly, but every chunk a quarter second late: a slow peer, so tests can
+    /// interrupt a download half-way.
+    Slow,
 }
+
+impl Misbehaviour {
+    /// Whether the peer lies about what it holds.
+    fn lies(self) -> bool {
+        matches!(self, Misbehaviour::Corrupt | Misbehaviour::Endless | Misbehaviour::Mix)
+    }
+}
+
+/// How late a [`Misbehaviour::Slow`] peer answers chunk requests.
+const SLOW_SERVE_DELAY: Duration = Duration::from_millis(250);
 
 /// A vendor's goal: seed until this many other peers hold a full copy.
 pub struct SeedGoal {
@@ -97,6 +110,8 @@ pub struct Distribution {
     pending_publish: Vec<(String, Vec<u8>)>,
     pub seed_goal: Option<SeedGoal>,
     misbehaviour: Misbehaviour,
+    /// Chunk responses held back by a slow peer, with when to send them.
+    delayed: Vec<(Instant, request_response::ResponseChannel<ContentResponse>, ContentResponse)>,
 }
 
 /// A release a vendor seeds: the signed manifest and the files it describes.
@@ -154,6 +169,7 @@ impl Distribution {
             pending_publish: Vec::new(),
             seed_goal: None,
             misbehaviour: Misbehaviour::Honest,
+            delayed: Vec::new(),
         }
     }
 
@@ -304,7 +320,7 @@ impl Node {
             self.drop_release_content(&old);
         }
         self.dist.releases.insert(app.to_string(), Admitted { manifest, bytes: bytes.to_vec() });
-        if self.dist.misbehaviour != Misbehaviour::Honest {
+        if self.dist.misbehaviour.lies() {
             self.provide_release(app);
         }
         if self.staging.manages(app) {
@@ -401,6 +417,12 @@ impl Node {
     /// Periodic work: provider searches, have polls, timeouts, new requests, publishing.
     pub(super) fn distribution_tick(&mut self) {
         let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.dist.delayed).into_iter().partition(|d| d.0 <= now);
+        self.dist.delayed = later;
+        for (_, channel, response) in due {
+            let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
+        }
         let pending = std::mem::take(&mut self.dist.pending_publish);
         for (app, bytes) in pending {
             match self.swarm.behaviour_mut().gossipsub.publish(overlay::release_topic(&app), bytes.clone()) {
@@ -520,8 +542,13 @@ impl Node {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request, channel, .. } => {
+                    let chunk = matches!(request, ContentRequest::Chunk { .. });
                     let response = self.serve(request);
-                    let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
+                    if chunk && self.dist.misbehaviour == Misbehaviour::Slow {
+                        self.dist.delayed.push((Instant::now() + SLOW_SERVE_DELAY, channel, response));
+                    } else {
+                        let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
+                    }
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.on_content_response(peer, request_id, response)
@@ -559,7 +586,7 @@ impl Node {
                 .get(&app)
                 .map_or(ContentResponse::NotFound, |a| ContentResponse::Manifest(a.bytes.clone())),
             ContentRequest::Have { content } => {
-                if self.dist.misbehaviour != Misbehaviour::Honest {
+                if self.dist.misbehaviour.lies() {
                     if let Some(info) = self.dist.artifact_info(&content) {
                         return ContentResponse::Have(pack_bitmap(&vec![true; info.chunk_count()]));
                     }
@@ -571,7 +598,7 @@ impl Node {
             }
             ContentRequest::Chunk { content, index } => {
                 let index = index as usize;
-                if self.dist.misbehaviour != Misbehaviour::Honest {
+                if self.dist.misbehaviour.lies() {
                     if let Some(bad) = self.bad_chunk(&content, index) {
                         return ContentResponse::Chunk(Arc::new(bad));
                     }
@@ -597,7 +624,7 @@ impl Node {
         let real = self.dist.held.get(content).filter(|s| s.have()[index]).and_then(|s| s.read_chunk(index).ok());
         let noise = || (0..len).map(|i| (i as u8).wrapping_mul(31) ^ 0x5a).collect::<Vec<u8>>();
         Some(match self.dist.misbehaviour {
-            Misbehaviour::Honest => return None,
+            Misbehaviour::Honest | Misbehaviour::Slow => return None,
             Misbehaviour::Corrupt => {
                 let mut bytes = real.map_or_else(noise, |r| r.as_ref().clone());
                 bytes[len / 2] ^= 0xff;
@@ -762,7 +789,7 @@ impl Node {
     pub(super) fn set_misbehaviour(&mut self, mode: Misbehaviour) {
         self.dist.misbehaviour = mode;
         let apps: Vec<String> = self.dist.releases.keys().cloned().collect();
-        if mode != Misbehaviour::Honest {
+        if mode.lies() {
             for app in apps {
                 self.provide_release(&app);
             }
