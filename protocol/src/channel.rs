@@ -3,12 +3,11 @@
 //! check that a message is well formed, signed and for the channel's app; whether a
 //! manifest is *trusted* is each node's own decision ([`crate::trust`]).
 
-use crate::envelope::{Envelope, MessageKind, Verified, VerifyError};
+use crate::envelope::{MessageKind, Verified, VerifyError};
 use crate::manifest::UpgradeManifest;
-use crate::membership::DropReason;
+use crate::membership::{decode_envelope, DropReason};
 use crate::report::{ProblemReport, TestReport};
 use crate::time::UnixMillis;
-use crate::wire::{WireError, MAX_MESSAGE_BYTES};
 
 #[derive(Clone, Debug)]
 pub enum ReleaseMessage {
@@ -41,13 +40,7 @@ fn verify_error(e: VerifyError) -> DropReason {
 /// Decodes and verifies a release-channel message for `app`. Expired manifests are
 /// [`DropReason::Stale`]: relaying them would only help a replay.
 pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result<ReleaseMessage, DropReason> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(DropReason::TooLarge);
-    }
-    let envelope = Envelope::from_bytes(bytes).map_err(|e| match e {
-        WireError::TooLarge { .. } => DropReason::TooLarge,
-        _ => DropReason::Decode,
-    })?;
+    let envelope = decode_envelope(bytes)?;
     let message = match envelope.kind {
         MessageKind::Manifest => {
             let m = envelope.verify::<UpgradeManifest>().map_err(verify_error)?;
@@ -72,7 +65,8 @@ pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result
 mod tests {
     use super::*;
     use crate::manifest::{ArtifactInfo, StagingPolicy};
-    use crate::Keypair;
+    use crate::wire::MAX_MESSAGE_BYTES;
+    use crate::{Envelope, Keypair};
 
     fn manifest(app: &str, expires_at: u64) -> UpgradeManifest {
         UpgradeManifest {

@@ -114,6 +114,17 @@ impl Default for MembershipConfig {
 
 /// Checks an announcement as received: size, decoding, signature, payload rules,
 /// freshness, application and (if known) sender, in that order.
+/// Decodes a gossiped envelope, with the size limit checked first.
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DropReason> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(DropReason::TooLarge);
+    }
+    Envelope::from_bytes(bytes).map_err(|e| match e {
+        WireError::TooLarge { .. } => DropReason::TooLarge,
+        _ => DropReason::Decode,
+    })
+}
+
 pub fn check_announcement(
     bytes: &[u8],
     expected_app: &str,
@@ -121,13 +132,7 @@ pub fn check_announcement(
     now: UnixMillis,
     config: &MembershipConfig,
 ) -> Result<(Envelope, crate::Verified<Fingerprint>), DropReason> {
-    if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(DropReason::TooLarge);
-    }
-    let envelope = Envelope::from_bytes(bytes).map_err(|e| match e {
-        WireError::TooLarge { .. } => DropReason::TooLarge,
-        _ => DropReason::Decode,
-    })?;
+    let envelope = decode_envelope(bytes)?;
     let verified = envelope.verify::<Fingerprint>().map_err(|e| match e {
         VerifyError::KindMismatch { .. } | VerifyError::Payload(_) => DropReason::Decode,
         VerifyError::BadSignature(_) => DropReason::Signature,

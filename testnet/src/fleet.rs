@@ -173,6 +173,26 @@ pub fn members(status: &Value, app: &str) -> Option<BTreeSet<String>> {
     Some(cluster["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
 }
 
+/// Runs `mirage vendor keygen --out key` (replacing an old key) and returns the public
+/// key it prints, which nodes are told to trust.
+pub fn vendor_keygen(mirage: &Path, key: &Path) -> Result<String, FleetError> {
+    let _ = std::fs::remove_file(key);
+    let out = Command::new(mirage)
+        .args(["vendor", "keygen", "--out"])
+        .arg(key)
+        .output()
+        .map_err(|e| FleetError::Spawn { name: "vendor keygen".into(), source: e })?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines().find_map(|l| l.strip_prefix("public key: ")).map(|k| k.trim().to_string()).ok_or_else(|| {
+        FleetError::Timeout {
+            name: "vendor keygen".into(),
+            what: "print a public key".into(),
+            timeout: Duration::ZERO,
+            log: text + &String::from_utf8_lossy(&out.stderr),
+        }
+    })
+}
+
 /// A bootstrap peer on an ephemeral loopback port.
 pub struct BootstrapPeer {
     pub process: Process,

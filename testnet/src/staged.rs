@@ -3,7 +3,7 @@
 //! vendor publishing the sample app's releases ([`crate::sample_app`]). Used by
 //! `mirage testnet` (the README's main job) and the end-to-end staging tests.
 
-use crate::fleet::{api_call, BootstrapPeer, FleetError, FleetNode, Process};
+use crate::fleet::{api_call, vendor_keygen, BootstrapPeer, FleetError, FleetNode, Process};
 use crate::sample_app::{self, APP};
 use crate::sample_root::SampleMachine;
 use serde_json::{json, Value};
@@ -78,22 +78,7 @@ impl StagedFleet {
         let profile = o.dir.join("mysql.toml");
         std::fs::write(&profile, include_str!("../../profiles/mysql.toml")).map_err(io(&profile))?;
         let vendor_key = o.dir.join("vendor.key");
-        let _ = std::fs::remove_file(&vendor_key);
-        let out = std::process::Command::new(&o.mirage)
-            .args(["vendor", "keygen", "--out"])
-            .arg(&vendor_key)
-            .output()
-            .map_err(|e| FleetError::Spawn { name: "vendor keygen".into(), source: e })?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let vendor_public =
-            text.lines().find_map(|l| l.strip_prefix("public key: ")).map(|k| k.trim().to_string()).ok_or_else(
-                || FleetError::Timeout {
-                    name: "vendor keygen".into(),
-                    what: "print a public key".into(),
-                    timeout: Duration::ZERO,
-                    log: text.clone(),
-                },
-            )?;
+        let vendor_public = vendor_keygen(&o.mirage, &vendor_key)?;
         let bootstrap = BootstrapPeer::start(&o.mirage, &o.dir.join("bootstrap"))?;
         let mut nodes = Vec::new();
         for i in 0..(o.environments * o.nodes_per_environment) {
@@ -228,6 +213,20 @@ pub fn clusters(views: &[Option<NodeView>]) -> BTreeMap<String, Vec<usize>> {
         }
     }
     out
+}
+
+/// Whether a release that breaks the nodes `breaks` picks out has settled: every such
+/// node failed its tests or is halted, every other node runs `version`.
+pub fn broken_release_settled(views: &[Option<NodeView>], version: &str, breaks: impl Fn(usize) -> bool) -> bool {
+    views.iter().enumerate().all(|(i, v)| {
+        v.as_ref().is_some_and(|v| {
+            if breaks(i) {
+                matches!(v.phase.as_deref(), Some("failed" | "halted"))
+            } else {
+                v.installed.as_deref() == Some(version)
+            }
+        })
+    })
 }
 
 /// Whether every node answers and has `version` installed.

@@ -6,7 +6,7 @@
 //! ready and announced, like a BitTorrent seeder the tracker lists) and all receivers
 //! are told to fetch at once; it stops when the last one reports a complete copy.
 
-use crate::fleet::{api_call, BootstrapPeer, FleetError, Process};
+use crate::fleet::{api_call, vendor_keygen, BootstrapPeer, FleetError, Process};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -51,19 +51,7 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
     const APP: &str = "bench";
     std::fs::create_dir_all(&o.work_dir).map_err(io(&o.work_dir))?;
     let vendor_key = o.work_dir.join("vendor.key");
-    let _ = std::fs::remove_file(&vendor_key);
-    let out = std::process::Command::new(&o.mirage)
-        .args(["vendor", "keygen", "--out"])
-        .arg(&vendor_key)
-        .output()
-        .map_err(|e| FleetError::Spawn { name: "keygen".into(), source: e })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let public = text
-        .lines()
-        .find_map(|l| l.strip_prefix("public key: "))
-        .ok_or_else(|| timeout("keygen", "print a public key", Duration::ZERO, text.to_string()))?
-        .trim()
-        .to_string();
+    let public = vendor_keygen(&o.mirage, &vendor_key)?;
 
     let bootstrap = BootstrapPeer::start(&o.mirage, &o.work_dir.join("bootstrap"))?;
     let mut nodes: Vec<(Process, PathBuf)> = Vec::new();

@@ -250,13 +250,7 @@ impl Vendor {
     pub fn new(dir: &Path) -> Vendor {
         std::fs::create_dir_all(dir).expect("vendor dir");
         let key = dir.join("vendor.key");
-        let out = mirage(&["vendor", "keygen", "--out", &key.display().to_string()]).expect("vendor keygen");
-        let public = out
-            .lines()
-            .find_map(|l| l.strip_prefix("public key: "))
-            .expect("keygen prints the public key")
-            .trim()
-            .to_string();
+        let public = mirage_testnet::fleet::vendor_keygen(&mirage_bin(), &key).unwrap_or_else(|e| panic!("{e}"));
         Vendor { key, public }
     }
 

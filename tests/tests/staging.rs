@@ -8,7 +8,7 @@ use mirage_protocol::report::{Outcome, TestReport};
 use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, UnixMillis};
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, NodeView, StagedFleet, StagedOptions};
+use mirage_testnet::staged::{all_installed, broken_release_settled, NodeView, StagedFleet, StagedOptions};
 use mirage_tests::mirage_bin;
 use serde_json::json;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -82,17 +82,7 @@ fn staged_rollout_halts_the_breaking_cluster_until_the_fix() {
             "the broken release to settle",
             TIMEOUT,
             |_| {},
-            |views| {
-                views.iter().enumerate().all(|(i, v)| {
-                    v.as_ref().is_some_and(|v| {
-                        if bad(i) {
-                            matches!(v.phase.as_deref(), Some("failed" | "halted"))
-                        } else {
-                            v.installed.as_deref() == Some(BROKEN_VERSION)
-                        }
-                    })
-                })
-            },
+            |views| broken_release_settled(views, BROKEN_VERSION, bad),
         )
         .unwrap();
     let bad_nodes: Vec<usize> = (0..views.len()).filter(|&i| bad(i)).collect();

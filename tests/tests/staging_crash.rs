@@ -53,4 +53,11 @@ fn a_node_killed_during_apply_recovers_to_a_consistent_version() {
         assert_eq!(status["staging"][0]["phase"], "applied", "{status}");
         seed.terminate(Duration::from_secs(10));
     }
+
+    // The operator can still go back by hand.
+    let api = fleet.nodes[1].api().unwrap();
+    let out = mirage_tests::mirage(&["rollback", "--api", &api, "--app", APP]).unwrap();
+    assert!(out.contains(BROKEN_VERSION), "{out}");
+    let status = fleet.status(1).unwrap();
+    assert_eq!(status["staging"][0]["installed"], BROKEN_VERSION, "{status}");
 }

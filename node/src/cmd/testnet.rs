@@ -13,7 +13,9 @@
 use anyhow::{bail, Context, Result};
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, clusters, progress_line, NodeView, StagedFleet, StagedOptions};
+use mirage_testnet::staged::{
+    all_installed, broken_release_settled, clusters, progress_line, NodeView, StagedFleet, StagedOptions,
+};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -134,6 +136,7 @@ pub fn run(args: Args) -> Result<()> {
         args.policy, args.stage_timeout_secs
     );
     let timeout_flag = args.stage_timeout_secs.to_string();
+    let publish_started = Instant::now();
     let mut seed = fleet.publish(
         BROKEN_VERSION,
         &["--policy", &args.policy, "--stages", &envs.to_string(), "--stage-timeout-secs", &timeout_flag],
@@ -144,18 +147,9 @@ pub fn run(args: Args) -> Result<()> {
         "finish the broken release",
         timeout,
         |views| print_progress(views, &env_of, &mut last, &stamp),
-        |views| {
-            views.iter().enumerate().all(|(i, v)| {
-                v.as_ref().is_some_and(|v| {
-                    if bad(i) {
-                        matches!(v.phase.as_deref(), Some("failed" | "halted"))
-                    } else {
-                        v.installed.as_deref() == Some(BROKEN_VERSION)
-                    }
-                })
-            })
-        },
+        |views| broken_release_settled(views, BROKEN_VERSION, bad),
     )?;
+    let broken_latency = publish_started.elapsed();
     seed.terminate(Duration::from_secs(10));
     let tested_bad = views.iter().enumerate().filter(|(i, v)| bad(*i) && v.as_ref().is_some_and(is_tester)).count();
     let bad_nodes = views.iter().enumerate().filter(|(i, _)| bad(*i)).count();
@@ -219,6 +213,16 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "   {} problem report(s) reached the vendor; no node of the breaking environment ran {BROKEN_VERSION}",
         reports.len()
+    );
+    // The paper's two costs, for the faulty release.
+    println!(
+        "   upgrade overhead of {BROKEN_VERSION}: {tested_bad} machine(s) tested it where it fails, \
+         {bad_applied} installed it (without staging: all {bad_nodes})"
+    );
+    println!(
+        "   deployment latency of {BROKEN_VERSION} to the good clusters: {:.1} s (stage timeout {} s)",
+        broken_latency.as_secs_f64(),
+        args.stage_timeout_secs
     );
     println!("\nstopping the testnet");
     for n in &mut fleet.nodes {
