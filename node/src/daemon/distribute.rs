@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
 
 /// How often a download asks its peers again which chunks they hold.
-const HAVE_POLL: Duration = Duration::from_millis(400);
+const HAVE_POLL: Duration = Duration::from_millis(1000);
 /// How often a download (or a seeding vendor) looks for more providers.
 const PROVIDER_POLL: Duration = Duration::from_secs(3);
 /// Requests one peer may have outstanding for one download.
@@ -84,8 +84,10 @@ struct ActiveDownload {
     finished: Option<Duration>,
     last_have_poll: Option<Instant>,
     last_provider_poll: Option<Instant>,
-    /// Peers that answered a have request: asked again on every poll.
+    /// Peers that answered a have request: asked again when not heard from lately.
     holders: BTreeSet<PeerId>,
+    /// When each peer last told us what it holds (a have answer or a chunk's bitmap).
+    heard: HashMap<PeerId, Instant>,
     bytes: u64,
 }
 
@@ -399,6 +401,7 @@ impl Node {
                 last_have_poll: None,
                 last_provider_poll: None,
                 holders: BTreeSet::new(),
+                heard: HashMap::new(),
                 bytes: 0,
             },
         );
@@ -452,7 +455,9 @@ impl Node {
             }
             if have_due {
                 let d = &self.dist.downloads[&content];
-                let known: Vec<PeerId> = d.holders.iter().filter(|p| !d.download.is_banned(p)).copied().collect();
+                let stale = |p: &PeerId| d.heard.get(p).is_none_or(|t| now - *t >= HAVE_POLL);
+                let known: Vec<PeerId> =
+                    d.holders.iter().filter(|p| !d.download.is_banned(p) && stale(p)).copied().collect();
                 for p in known {
                     self.ask_have(p, content);
                 }
@@ -600,12 +605,13 @@ impl Node {
                 let index = index as usize;
                 if self.dist.misbehaviour.lies() {
                     if let Some(bad) = self.bad_chunk(&content, index) {
-                        return ContentResponse::Chunk(Arc::new(bad));
+                        let info = self.dist.artifact_info(&content).map_or(0, ArtifactInfo::chunk_count);
+                        return ContentResponse::Chunk { data: Arc::new(bad), have: pack_bitmap(&vec![true; info]) };
                     }
                 }
                 match self.dist.held.get(&content) {
                     Some(s) if s.have().get(index).copied().unwrap_or(false) => match s.read_chunk(index) {
-                        Ok(bytes) => ContentResponse::Chunk(bytes),
+                        Ok(data) => ContentResponse::Chunk { data, have: pack_bitmap(s.have()) },
                         Err(e) => {
                             warn!(%content, index, error = %e, "cannot read chunk to serve");
                             ContentResponse::NotFound
@@ -683,7 +689,18 @@ impl Node {
         let Some((content, index)) = self.dist.chunk_requests.remove(&id) else { return };
         let Some(d) = self.dist.downloads.get_mut(&content) else { return };
         let data = match response {
-            ContentResponse::Chunk(data) => data,
+            ContentResponse::Chunk { data, have } => {
+                // What the sender holds now: no need to ask it separately.
+                if let Some(held) = unpack_bitmap(&have, d.download.artifact().chunk_count()) {
+                    let full = held.len() == d.download.artifact().chunk_count();
+                    d.download.peer_has(peer, held);
+                    if full {
+                        d.holders.remove(&peer);
+                    }
+                    d.heard.insert(peer, Instant::now());
+                }
+                data
+            }
             _ => {
                 d.download.on_failure(&peer, index);
                 self.pump(content);
@@ -731,6 +748,7 @@ impl Node {
         }
         if let Some(d) = self.dist.downloads.get_mut(&content) {
             if d.finished.is_none() {
+                d.heard.insert(peer, Instant::now());
                 if !full {
                     d.holders.insert(peer);
                 } else {

@@ -10,7 +10,7 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use mirage_protocol::manifest::MAX_CHUNK_SIZE;
+use mirage_protocol::manifest::{MAX_CHUNKS, MAX_CHUNK_SIZE};
 use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
 use mirage_protocol::Digest;
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,10 @@ use std::sync::Arc;
 
 pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/content/1.0.0");
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// A full-size chunk plus room for the tag.
-pub const MAX_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + 64;
+/// The largest have-bitmap: one bit per chunk of the largest artifact.
+const MAX_BITMAP_BYTES: usize = MAX_CHUNKS.div_ceil(8);
+/// A full-size chunk plus the sender's bitmap and room for the tag.
+pub const MAX_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + MAX_BITMAP_BYTES + 64;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ContentRequest {
@@ -40,8 +42,10 @@ pub enum ContentResponse {
     Manifest(Vec<u8>),
     /// One bit per chunk, least significant bit first ([`pack_bitmap`]).
     Have(Vec<u8>),
-    /// Shared so a served chunk is never copied on its way out.
-    Chunk(Arc<Vec<u8>>),
+    /// A chunk (shared, so a served chunk is never copied on its way out) and the
+    /// sender's have-bitmap for the artifact: a downloader learns what its peers gained
+    /// from the chunks it receives anyway, instead of asking again and again.
+    Chunk { data: Arc<Vec<u8>>, have: Vec<u8> },
     /// Signed problem report envelopes.
     Reports(Vec<Vec<u8>>),
     /// The peer has nothing for that request.
@@ -79,28 +83,50 @@ fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<(u8, Vec<u8>)> {
-    let mut len = [0u8; 4];
-    io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
+async fn read_u32<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
+    let mut n = [0u8; 4];
+    io.read_exact(&mut n).await?;
+    Ok(u32::from_be_bytes(n) as usize)
+}
+
+async fn read_bytes<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    io.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Reads a frame's length and tag; the body (`len - 1` bytes) is the caller's to read.
+async fn read_head<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<(u8, usize)> {
+    let len = read_u32(io).await?;
     if len == 0 || len > limit {
         return Err(invalid(format!("frame of {len} bytes outside 1..={limit}")));
     }
     let mut tag = [0u8; 1];
     io.read_exact(&mut tag).await?;
-    let mut buf = vec![0u8; len - 1];
-    io.read_exact(&mut buf).await?;
-    Ok((tag[0], buf))
+    Ok((tag[0], len - 1))
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(io: &mut T, tag: u8, body: &[u8], limit: usize) -> io::Result<()> {
-    let len = body.len() + 1;
+async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<(u8, Vec<u8>)> {
+    let (tag, len) = read_head(io, limit).await?;
+    Ok((tag, read_bytes(io, len).await?))
+}
+
+/// Writes one frame whose body is `parts` back to back (no copy into one buffer).
+async fn write_frame<T: AsyncWrite + Unpin + Send>(
+    io: &mut T,
+    tag: u8,
+    parts: &[&[u8]],
+    limit: usize,
+) -> io::Result<()> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
     if len > limit {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("frame of {len} bytes over {limit}")));
     }
     io.write_all(&(len as u32).to_be_bytes()).await?;
     io.write_all(&[tag]).await?;
-    io.write_all(body).await?;
+    for part in parts {
+        io.write_all(part).await?;
+    }
     io.close().await
 }
 
@@ -123,11 +149,21 @@ impl libp2p::request_response::Codec for ContentCodec {
         _: &StreamProtocol,
         io: &mut T,
     ) -> io::Result<ContentResponse> {
-        let (tag, body) = read_frame(io, MAX_RESPONSE_BYTES).await?;
+        let (tag, len) = read_head(io, MAX_RESPONSE_BYTES).await?;
+        if tag == TAG_CHUNK {
+            // [bitmap length][bitmap][chunk], the chunk read straight into its own buffer.
+            let bits = read_u32(io).await?;
+            if bits > MAX_BITMAP_BYTES || 4 + bits > len {
+                return Err(invalid(format!("chunk frame with a {bits}-byte bitmap in {len} bytes")));
+            }
+            let have = read_bytes(io, bits).await?;
+            let data = read_bytes(io, len - 4 - bits).await?;
+            return Ok(ContentResponse::Chunk { data: Arc::new(data), have });
+        }
+        let body = read_bytes(io, len).await?;
         match tag {
             TAG_MANIFEST if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Manifest(body)),
             TAG_HAVE if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Have(body)),
-            TAG_CHUNK => Ok(ContentResponse::Chunk(Arc::new(body))),
             TAG_NOT_FOUND if body.is_empty() => Ok(ContentResponse::NotFound),
             TAG_REPORTS => wire::decode(&body).map(ContentResponse::Reports).map_err(|e| invalid(e.to_string())),
             _ => Err(invalid(format!("bad response (tag {tag}, {} bytes)", body.len()))),
@@ -141,7 +177,7 @@ impl libp2p::request_response::Codec for ContentCodec {
         req: ContentRequest,
     ) -> io::Result<()> {
         let body = wire::encode(&req).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        write_frame(io, 0, &body, MAX_REQUEST_BYTES).await
+        write_frame(io, 0, &[&body], MAX_REQUEST_BYTES).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
@@ -151,13 +187,19 @@ impl libp2p::request_response::Codec for ContentCodec {
         res: ContentResponse,
     ) -> io::Result<()> {
         match res {
-            ContentResponse::Manifest(b) => write_frame(io, TAG_MANIFEST, &b, MAX_RESPONSE_BYTES).await,
-            ContentResponse::Have(b) => write_frame(io, TAG_HAVE, &b, MAX_RESPONSE_BYTES).await,
-            ContentResponse::Chunk(b) => write_frame(io, TAG_CHUNK, &b, MAX_RESPONSE_BYTES).await,
+            ContentResponse::Manifest(b) => write_frame(io, TAG_MANIFEST, &[&b], MAX_RESPONSE_BYTES).await,
+            ContentResponse::Have(b) => write_frame(io, TAG_HAVE, &[&b], MAX_RESPONSE_BYTES).await,
+            ContentResponse::Chunk { data, have } => {
+                if have.len() > MAX_BITMAP_BYTES {
+                    return Err(io::Error::new(io::ErrorKind::InvalidInput, "bitmap over the limit"));
+                }
+                let bits = (have.len() as u32).to_be_bytes();
+                write_frame(io, TAG_CHUNK, &[&bits, &have, &data], MAX_RESPONSE_BYTES).await
+            }
             ContentResponse::NotFound => write_frame(io, TAG_NOT_FOUND, &[], MAX_RESPONSE_BYTES).await,
             ContentResponse::Reports(reports) => {
                 let body = wire::encode(&reports).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                write_frame(io, TAG_REPORTS, &body, MAX_RESPONSE_BYTES).await
+                write_frame(io, TAG_REPORTS, &[&body], MAX_RESPONSE_BYTES).await
             }
         }
     }
@@ -194,7 +236,8 @@ mod tests {
         for res in [
             ContentResponse::Manifest(vec![1, 2]),
             ContentResponse::Have(vec![0xff]),
-            ContentResponse::Chunk(Arc::new(vec![9; 100_000])),
+            ContentResponse::Chunk { data: Arc::new(vec![9; 100_000]), have: vec![0b101] },
+            ContentResponse::Chunk { data: Arc::new(vec![]), have: vec![] },
             ContentResponse::NotFound,
             ContentResponse::Reports(vec![vec![1, 2, 3], vec![]]),
         ] {
@@ -216,7 +259,16 @@ mod tests {
             assert!(ContentCodec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(&junk)).await.is_err());
         });
         // Larger than any chunk may be: refused on the sending side too.
-        assert!(roundtrip_response(ContentResponse::Chunk(Arc::new(vec![0; MAX_RESPONSE_BYTES]))).is_err());
+        let huge = ContentResponse::Chunk { data: Arc::new(vec![0; MAX_RESPONSE_BYTES]), have: vec![] };
+        assert!(roundtrip_response(huge).is_err());
+        // A bitmap length that claims more than the frame holds.
+        futures::executor::block_on(async {
+            let mut lying = 10u32.to_be_bytes().to_vec();
+            lying.push(TAG_CHUNK);
+            lying.extend_from_slice(&1000u32.to_be_bytes());
+            lying.extend_from_slice(&[0; 5]);
+            assert!(ContentCodec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(&lying)).await.is_err());
+        });
     }
 
     #[test]
