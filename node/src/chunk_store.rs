@@ -16,6 +16,7 @@
 use crate::direct_write::DirectWriter;
 use lru::LruCache;
 use mirage_protocol::manifest::ArtifactInfo;
+use mirage_protocol::transfer::ChunkProof;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::num::NonZeroUsize;
@@ -181,7 +182,7 @@ impl StoredArtifact {
         self.folder.join("data")
     }
 
-    /// Writes a chunk. Checked again here, so that no caller can store an unverified one.
+    /// Writes a chunk. Checked here, so that no caller can store an unverified one.
     pub fn write_chunk(&mut self, index: usize, bytes: &[u8]) -> Result<(), StoreError> {
         if index >= self.have.len() {
             return Err(StoreError::NoSuchChunk { index });
@@ -189,6 +190,10 @@ impl StoredArtifact {
         if !self.info.verify_chunk(index, bytes) {
             return Err(StoreError::Mismatch { index });
         }
+        self.write_checked(index, bytes)
+    }
+
+    fn write_checked(&mut self, index: usize, bytes: &[u8]) -> Result<(), StoreError> {
         if self.have[index] {
             return Ok(());
         }
@@ -208,11 +213,18 @@ impl StoredArtifact {
         Ok(())
     }
 
-    /// Stores a received chunk (checked like [`Self::write_chunk`]) and keeps it in the
-    /// serving cache: a swarm peer is most often asked for what it just received, and
-    /// serving it from memory saves a read and a copy.
-    pub fn store_chunk(&mut self, index: usize, chunk: Arc<Vec<u8>>) -> Result<(), StoreError> {
-        self.write_chunk(index, &chunk)?;
+    /// Stores a received chunk the download accepted, and keeps it in the serving cache:
+    /// a swarm peer is most often asked for what it just received, and serving it from
+    /// memory saves a read and a copy. The download's proof (length and blake3 equal to
+    /// the manifest's, for this index) stands in for hashing the bytes a second time.
+    pub fn store_chunk(&mut self, index: usize, chunk: Arc<Vec<u8>>, proof: ChunkProof) -> Result<(), StoreError> {
+        if index >= self.have.len() {
+            return Err(StoreError::NoSuchChunk { index });
+        }
+        if proof.index() != index || proof.len() != chunk.len() || proof.digest() != self.info.chunk_hashes[index] {
+            return Err(StoreError::Mismatch { index });
+        }
+        self.write_checked(index, &chunk)?;
         self.cache.lock().expect("cache lock").put(index, chunk);
         Ok(())
     }
@@ -346,6 +358,26 @@ mod tests {
         a.write_chunk(2, piece(2)).unwrap();
         a.finish().unwrap();
         assert_eq!(std::fs::read(a.data_path()).unwrap(), bytes);
+    }
+
+    #[test]
+    fn received_chunks_are_stored_only_with_the_downloads_proof_for_them() {
+        use mirage_protocol::transfer::{ChunkVerdict, Download};
+        let (bytes, info) = artifact();
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = ChunkStore::open(dir.path()).unwrap().open_artifact(&info).unwrap();
+        let mut d = Download::new(info.clone(), vec![false; info.chunk_count()], 1);
+        d.peer_is_seed(7u8);
+        let asked = d.next_requests(mirage_protocol::UnixMillis(0));
+        let (_, index) = asked[0];
+        let data = Arc::new(chunk(&bytes, index).to_vec());
+        let ChunkVerdict::Accept(proof) = d.on_chunk(&7, index, &data) else { panic!("a good chunk is accepted") };
+        let other = (index + 1) % info.chunk_count();
+        let wrong = Arc::new(chunk(&bytes, other).to_vec());
+        assert!(matches!(a.store_chunk(other, wrong, proof), Err(StoreError::Mismatch { .. })));
+        assert!(matches!(a.store_chunk(index, Arc::new(vec![0; 3]), proof), Err(StoreError::Mismatch { .. })));
+        a.store_chunk(index, data.clone(), proof).unwrap();
+        assert_eq!(a.read_chunk(index).unwrap(), data);
     }
 
     #[test]

@@ -38,10 +38,38 @@ pub enum Rejection {
     Unsolicited,
 }
 
+/// What [`Download::on_chunk`] found true of the bytes it accepted: their index,
+/// length and blake3, which equal the manifest's. Only `on_chunk` makes one, so a store
+/// holding it may write those bytes without hashing them again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkProof {
+    index: usize,
+    len: usize,
+    digest: crate::Digest,
+}
+
+impl ChunkProof {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn digest(&self) -> crate::Digest {
+        self.digest
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChunkVerdict {
     /// Store it: verified against the manifest and not yet held.
-    Accept,
+    Accept(ChunkProof),
     /// Valid but already held (an endgame duplicate): drop it, no penalty.
     Duplicate,
     Reject(Rejection),
@@ -278,7 +306,7 @@ impl<P: Ord + Clone> Download<P> {
                 }
             }
         }
-        ChunkVerdict::Accept
+        ChunkVerdict::Accept(ChunkProof { index, len: data.len(), digest: self.artifact.chunk_hashes[index] })
     }
 
     /// Records a chunk as held without a peer (read back from disk at resume).
@@ -359,7 +387,7 @@ mod tests {
             let reqs = d.next_requests(UnixMillis(0));
             assert!(!reqs.is_empty() && reqs.len() <= DEFAULT_PER_PEER_IN_FLIGHT);
             for (p, c) in reqs {
-                assert_eq!(d.on_chunk(&p, c, chunk(&bytes, c)), ChunkVerdict::Accept);
+                assert!(matches!(d.on_chunk(&p, c, chunk(&bytes, c)), ChunkVerdict::Accept(_)));
             }
             rounds += 1;
         }
@@ -412,7 +440,7 @@ mod tests {
             pending.extend(d.next_requests(UnixMillis(1)));
             while let Some((p, c)) = pending.pop() {
                 assert_eq!(p, "honest");
-                assert_eq!(d.on_chunk(&p, c, chunk(&bytes, c)), ChunkVerdict::Accept);
+                assert!(matches!(d.on_chunk(&p, c, chunk(&bytes, c)), ChunkVerdict::Accept(_)));
                 pending.extend(d.next_requests(UnixMillis(1)));
             }
             assert!(d.is_complete());
@@ -460,7 +488,7 @@ mod tests {
         let second = d.next_requests(UnixMillis(6000));
         assert_eq!(second.len(), 1);
         assert_ne!(first[0].0, second[0].0);
-        assert_eq!(d.on_chunk(&second[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Accept);
+        assert!(matches!(d.on_chunk(&second[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Accept(_)));
         assert_eq!(d.on_chunk(&first[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Reject(Rejection::Unsolicited));
         assert!(d.is_complete());
     }

@@ -708,10 +708,10 @@ impl Node {
             }
         };
         match d.download.on_chunk(&peer, index, &data) {
-            ChunkVerdict::Accept => {
+            ChunkVerdict::Accept(proof) => {
                 let Some(stored) = self.dist.held.get_mut(&content) else { return };
                 let len = data.len() as u64;
-                if let Err(e) = stored.store_chunk(index, data) {
+                if let Err(e) = stored.store_chunk(index, data, proof) {
                     warn!(%content, index, error = %e, "cannot store chunk");
                     d.download.on_failure(&peer, index);
                 } else {
