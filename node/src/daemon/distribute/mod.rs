@@ -1,0 +1,219 @@
+//! Releases and content: admitting vendors' signed manifests from the release topic,
+//! downloading artifacts chunk by chunk from every peer that holds them (found through
+//! the DHT as providers of the content hash), and serving whatever we hold.
+//!
+//! The planning (which chunk from whom, verification, bans, timeouts) is the protocol
+//! core's [`Download`]; this module turns its requests into content-protocol calls and
+//! writes accepted chunks to the [`ChunkStore`].
+
+mod download;
+mod releases;
+mod serve;
+mod status;
+
+pub(super) use super::Node;
+use crate::chunk_store::{ChunkStore, StoredArtifact};
+use crate::net::content::{pack_bitmap, unpack_bitmap};
+use crate::net::{ContentRequest, ContentResponse};
+use libp2p::{gossipsub, kad, request_response, PeerId};
+use mirage_bootstrap::overlay;
+use mirage_protocol::channel::{check_release_message, ReleaseMessage};
+use mirage_protocol::manifest::{ArtifactInfo, UpgradeManifest};
+use mirage_protocol::membership::DropReason;
+use mirage_protocol::transfer::{ChunkVerdict, Download, Rejection};
+use mirage_protocol::trust::{ManifestRejection, TrustStore};
+use mirage_protocol::{Digest, Envelope, Verified};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, info_span, warn};
+
+/// How often a download asks its peers again which chunks they hold.
+const HAVE_POLL: Duration = Duration::from_millis(1000);
+/// How often a download (or a seeding vendor) looks for more providers.
+const PROVIDER_POLL: Duration = Duration::from_secs(3);
+/// Requests one peer may have outstanding for one download.
+const PER_PEER_IN_FLIGHT: usize = 6;
+
+/// A release this node admitted: the newest trusted manifest for its app.
+pub struct Admitted {
+    pub manifest: Verified<UpgradeManifest>,
+    pub bytes: Vec<u8>,
+}
+
+/// What a peer run with `--allow-debug` can be told to do wrong when serving, so tests
+/// attack honest nodes through the real network path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Misbehaviour {
+    Honest,
+    /// Claim every chunk of every known artifact and serve chunks with a flipped byte
+    /// (or noise, for chunks not held).
+    Corrupt,
+    /// Claim every chunk and serve more bytes than the manifest's chunk length.
+    Endless,
+    /// Claim every chunk and serve the same chunk index of another artifact held
+    /// (another version): mix-and-match.
+    Mix,
+    /// Serve honestly, but every chunk a quarter second late: a slow peer, so tests can
+    /// interrupt a download half-way.
+    Slow,
+}
+
+impl Misbehaviour {
+    /// Whether the peer lies about what it holds.
+    fn lies(self) -> bool {
+        matches!(self, Misbehaviour::Corrupt | Misbehaviour::Endless | Misbehaviour::Mix)
+    }
+}
+
+/// How late a [`Misbehaviour::Slow`] peer answers chunk requests.
+const SLOW_SERVE_DELAY: Duration = Duration::from_millis(250);
+
+/// A vendor's goal: seed until this many other peers hold a full copy.
+pub struct SeedGoal {
+    pub content: Digest,
+    pub replicas: usize,
+    pub replicated: BTreeSet<PeerId>,
+    last_poll: Option<Instant>,
+}
+
+struct ActiveDownload {
+    app: String,
+    version: semver::Version,
+    what: &'static str,
+    download: Download<PeerId>,
+    started: Instant,
+    finished: Option<Duration>,
+    last_have_poll: Option<Instant>,
+    last_provider_poll: Option<Instant>,
+    /// Peers that answered a have request: asked again when not heard from lately.
+    holders: BTreeSet<PeerId>,
+    /// When each peer last told us what it holds (a have answer or a chunk's bitmap).
+    heard: HashMap<PeerId, Instant>,
+    bytes: u64,
+}
+
+pub struct Distribution {
+    trust: TrustStore,
+    chunks: ChunkStore,
+    auto_fetch: bool,
+    releases: BTreeMap<String, Admitted>,
+    /// Artifacts on disk, complete or partial, keyed by content hash; served from here.
+    held: HashMap<Digest, StoredArtifact>,
+    downloads: HashMap<Digest, ActiveDownload>,
+    chunk_requests: HashMap<request_response::OutboundRequestId, (Digest, usize)>,
+    have_requests: HashMap<request_response::OutboundRequestId, Digest>,
+    manifest_requests: HashMap<request_response::OutboundRequestId, String>,
+    report_requests: HashMap<request_response::OutboundRequestId, String>,
+    /// Ask every new peer for the problem reports it holds (a vendor collecting them).
+    pub collect_reports: bool,
+    provider_lookups: HashMap<kad::QueryId, Digest>,
+    rejected_manifests: BTreeMap<&'static str, u64>,
+    rejected_chunks: BTreeMap<&'static str, u64>,
+    /// Releases to publish on their topic once the topic has peers.
+    pending_publish: Vec<(String, Vec<u8>)>,
+    pub seed_goal: Option<SeedGoal>,
+    misbehaviour: Misbehaviour,
+    /// Chunk responses held back by a slow peer, with when to send them.
+    delayed: Vec<(Instant, request_response::ResponseChannel<ContentResponse>, ContentResponse)>,
+}
+
+/// A release a vendor seeds: the signed manifest and the files it describes.
+#[derive(Clone, Debug)]
+pub struct SeedRelease {
+    pub envelope: Vec<u8>,
+    pub artifact: PathBuf,
+    pub bundle: Option<PathBuf>,
+}
+
+fn rejection_name(r: &ManifestRejection) -> &'static str {
+    match r {
+        ManifestRejection::NoTrustForApp(_) => "no_trust_for_app",
+        ManifestRejection::UntrustedSigner { .. } => "untrusted_signer",
+        ManifestRejection::Expired { .. } => "expired",
+        ManifestRejection::NotNewer { .. } => "not_newer",
+        ManifestRejection::WrongApp { .. } => "wrong_app",
+    }
+}
+
+fn drop_name(d: DropReason) -> &'static str {
+    match d {
+        // An expired manifest is the replay the Update Framework warns of.
+        DropReason::Stale => "expired",
+        other => other.name(),
+    }
+}
+
+fn chunk_rejection_name(r: Rejection) -> &'static str {
+    match r {
+        Rejection::NoSuchChunk => "no_such_chunk",
+        Rejection::WrongLength => "wrong_length",
+        Rejection::WrongHash => "wrong_hash",
+        Rejection::Unsolicited => "unsolicited",
+    }
+}
+
+impl Distribution {
+    pub fn new(trust: TrustStore, chunks: ChunkStore, auto_fetch: bool) -> Self {
+        Distribution {
+            trust,
+            chunks,
+            auto_fetch,
+            releases: BTreeMap::new(),
+            held: HashMap::new(),
+            downloads: HashMap::new(),
+            chunk_requests: HashMap::new(),
+            have_requests: HashMap::new(),
+            manifest_requests: HashMap::new(),
+            report_requests: HashMap::new(),
+            collect_reports: false,
+            provider_lookups: HashMap::new(),
+            rejected_manifests: BTreeMap::new(),
+            rejected_chunks: BTreeMap::new(),
+            pending_publish: Vec::new(),
+            seed_goal: None,
+            misbehaviour: Misbehaviour::Honest,
+            delayed: Vec::new(),
+        }
+    }
+
+    /// Apps whose release topics this node follows.
+    pub fn trusted_apps(&self) -> Vec<String> {
+        self.trust.apps().map(str::to_string).collect()
+    }
+
+    pub fn release(&self, app: &str) -> Option<&Admitted> {
+        self.releases.get(app)
+    }
+
+    /// The artifact of the first release this node seeds.
+    pub fn seeded_content(&self) -> Option<Digest> {
+        self.releases
+            .values()
+            .map(|a| a.manifest.payload().artifact.content_hash)
+            .find(|c| self.held.get(c).is_some_and(StoredArtifact::is_complete) && !self.downloads.contains_key(c))
+    }
+
+    /// Whether the vendor's replication goal is met.
+    pub fn replicated(&self) -> bool {
+        self.seed_goal.as_ref().is_some_and(|g| g.replicated.len() >= g.replicas)
+    }
+
+    fn artifact_info(&self, content: &Digest) -> Option<&ArtifactInfo> {
+        self.held.get(content).map(StoredArtifact::info).or_else(|| {
+            self.releases.values().find_map(|a| {
+                let m = a.manifest.payload();
+                std::iter::once(&m.artifact).chain(m.test_bundle.as_ref()).find(|i| &i.content_hash == content)
+            })
+        })
+    }
+}
+
+impl SeedGoal {
+    pub fn new(content: Digest, replicas: usize) -> Self {
+        SeedGoal { content, replicas, replicated: BTreeSet::new(), last_poll: None }
+    }
+}
