@@ -25,6 +25,9 @@ pub enum BootstrapError {
     Listen { addr: Multiaddr, reason: String },
 }
 
+/// The overlay every Mirage peer speaks: connection limits, identify, ping, Kademlia
+/// and gossipsub, configured from [`overlay`]. A bootstrap peer runs just this; a node
+/// nests it beside its own protocols, so both are always built the same way.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     pub limits: libp2p::connection_limits::Behaviour,
@@ -32,6 +35,25 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub gossipsub: gossipsub::Behaviour,
+}
+
+impl Behaviour {
+    /// `agent` names the kind of peer in identify (`mirage-node`, `mirage-bootstrap`).
+    pub fn new(
+        keypair: &libp2p::identity::Keypair,
+        max_connections: u32,
+        gossip: &overlay::GossipTuning,
+        kad: &overlay::KadTuning,
+        agent: &str,
+    ) -> Result<Behaviour, overlay::OverlayError> {
+        Ok(Behaviour {
+            limits: overlay::connection_limits(max_connections),
+            identify: overlay::identify(keypair.public(), agent),
+            ping: ping::Behaviour::default(),
+            kad: overlay::kad(keypair.public().to_peer_id(), kad),
+            gossipsub: overlay::gossipsub(keypair, gossip)?,
+        })
+    }
 }
 
 pub struct BootstrapOptions {
@@ -67,14 +89,14 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
     let local = keypair.public().to_peer_id();
     let span = info_span!("bootstrap", peer = %local);
     let _enter = span.enter();
-    let gossip = overlay::gossipsub(&keypair, &options.gossip)?;
-    let mut swarm = build_swarm(&keypair, |k| Behaviour {
-        limits: overlay::connection_limits(options.max_connections),
-        identify: overlay::identify(k.public(), "mirage-bootstrap"),
-        ping: ping::Behaviour::default(),
-        kad: overlay::kad(local, &overlay::KadTuning::default()),
-        gossipsub: gossip,
-    })?;
+    let behaviour = Behaviour::new(
+        &keypair,
+        options.max_connections,
+        &options.gossip,
+        &overlay::KadTuning::default(),
+        "mirage-bootstrap",
+    )?;
+    let mut swarm = build_swarm(&keypair, |_| behaviour)?;
     for addr in &options.listen {
         swarm
             .listen_on(addr.clone())

@@ -17,6 +17,7 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, request_response, Multiaddr, PeerId, Swarm};
 use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
+use mirage_bootstrap::BehaviourEvent as OverlayEvent;
 use mirage_protocol::fingerprint::Profile;
 use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
 use mirage_protocol::{Envelope, Fingerprint, Keypair, PublicKey, UnixMillis};
@@ -234,7 +235,7 @@ async fn run_inner(
     }
     let app_names: Vec<String> = node.apps.keys().cloned().collect();
     for app in &app_names {
-        overlay::subscribe_app(&mut node.swarm.behaviour_mut().gossipsub, overlay::app_topic(app))?;
+        overlay::subscribe_app(&mut node.swarm.behaviour_mut().overlay.gossipsub, overlay::app_topic(app))?;
     }
     for app in node.dist.trusted_apps() {
         node.follow_release_topic(&app);
@@ -385,7 +386,7 @@ impl Node {
     fn dial_initial(&mut self, bootstrap: &[Multiaddr]) -> Result<(), StoreError> {
         for addr in bootstrap {
             if let Some((peer, a)) = overlay::split_peer_addr(addr) {
-                self.swarm.behaviour_mut().kad.add_address(&peer, a);
+                self.swarm.behaviour_mut().overlay.kad.add_address(&peer, a);
             }
             if let Err(e) = self.swarm.dial(addr.clone()) {
                 warn!(%addr, error = %e, "cannot dial bootstrap peer");
@@ -396,12 +397,12 @@ impl Node {
             let Ok(peer) = peer.parse::<PeerId>() else { continue };
             let addrs: Vec<Multiaddr> = known.addrs.iter().filter_map(|a| a.parse().ok()).collect();
             for a in &addrs {
-                self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+                self.swarm.behaviour_mut().overlay.kad.add_address(&peer, a.clone());
             }
             self.stored_addrs.insert(peer, addrs.clone());
             let _ = self.swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build());
         }
-        if let Err(e) = self.swarm.behaviour_mut().kad.bootstrap() {
+        if let Err(e) = self.swarm.behaviour_mut().overlay.kad.bootstrap() {
             debug!(error = %e, "no peers for a DHT bootstrap yet");
         }
         Ok(())
@@ -414,7 +415,7 @@ impl Node {
             return;
         }
         let mut candidates = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+        for bucket in self.swarm.behaviour_mut().overlay.kad.kbuckets() {
             for entry in bucket.iter() {
                 let peer = *entry.node.key.preimage();
                 if !connected.contains(&peer) {
@@ -439,15 +440,17 @@ impl Node {
                 }
                 Action::StartProviding { key } => {
                     let _span = info_span!("provide", cluster = %key).entered();
-                    if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(overlay::cluster_record_key(&key)) {
+                    if let Err(e) =
+                        self.swarm.behaviour_mut().overlay.kad.start_providing(overlay::cluster_record_key(&key))
+                    {
                         warn!(error = %e, "cannot register as provider");
                     }
                 }
                 Action::StopProviding { key } => {
-                    self.swarm.behaviour_mut().kad.stop_providing(&overlay::cluster_record_key(&key));
+                    self.swarm.behaviour_mut().overlay.kad.stop_providing(&overlay::cluster_record_key(&key));
                 }
                 Action::FindProviders { app, key } => {
-                    let id = self.swarm.behaviour_mut().kad.get_providers(overlay::cluster_record_key(&key));
+                    let id = self.swarm.behaviour_mut().overlay.kad.get_providers(overlay::cluster_record_key(&key));
                     self.lookups.insert(id, (app, key));
                 }
                 Action::Fetch { peer, app } => {
@@ -474,7 +477,7 @@ impl Node {
     }
 
     fn publish(&mut self, app: &str, bytes: Vec<u8>) -> bool {
-        match self.swarm.behaviour_mut().gossipsub.publish(overlay::app_topic(app), bytes) {
+        match self.swarm.behaviour_mut().overlay.gossipsub.publish(overlay::app_topic(app), bytes) {
             Ok(_) => true,
             Err(gossipsub::PublishError::Duplicate) => true,
             Err(e) => {
@@ -497,11 +500,13 @@ impl Node {
                 debug!(peer = %peer_id, "disconnected");
                 self.on_peer_disconnected(&peer_id);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                self.on_identify(peer_id, info)
-            }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.on_gossip(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            }))) => self.on_identify(peer_id, info),
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Gossipsub(event))) => self.on_gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Kad(event))) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event),
             SwarmEvent::Behaviour(BehaviourEvent::Content(event)) => self.on_content(event),
             _ => {}
@@ -514,7 +519,7 @@ impl Node {
         }
         let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().take(16).collect();
         for a in &addrs {
-            self.swarm.behaviour_mut().kad.add_address(&peer, a.clone());
+            self.swarm.behaviour_mut().overlay.kad.add_address(&peer, a.clone());
         }
         if self.stored_addrs.get(&peer) != Some(&addrs) {
             let known =
@@ -530,7 +535,7 @@ impl Node {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else { return };
         if let Some(app) = overlay::app_of_release_topic(&message.topic).map(str::to_string) {
             let acceptance = self.on_release_message(&app, propagation_source, &message.data);
-            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+            self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
                 &message_id,
                 &propagation_source,
                 acceptance,
@@ -553,7 +558,7 @@ impl Node {
                 gossipsub::MessageAcceptance::Reject
             }
         };
-        self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+        self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
             &message_id,
             &propagation_source,
             acceptance,
@@ -624,7 +629,7 @@ impl Node {
                     match peers.into_iter().find(|p| p.peer_id == target) {
                         Some(info) if !info.addrs.is_empty() => {
                             for a in &info.addrs {
-                                self.swarm.behaviour_mut().kad.add_address(&target, a.clone());
+                                self.swarm.behaviour_mut().overlay.kad.add_address(&target, a.clone());
                             }
                             let announcement = self.membership.local_announcement(&app).map(<[u8]>::to_vec);
                             let req = FetchRequest { app: app.clone(), announcement };
@@ -701,7 +706,7 @@ impl Node {
             std::collections::hash_map::Entry::Occupied(_) => false,
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(now);
-                let id = self.swarm.behaviour_mut().kad.get_closest_peers(overlay::peer_id_of(&signer));
+                let id = self.swarm.behaviour_mut().overlay.kad.get_closest_peers(overlay::peer_id_of(&signer));
                 self.address_lookups.insert(id, (signer, app));
                 true
             }
@@ -714,7 +719,7 @@ impl Node {
         let penalty = self.penalties.entry(peer).or_default();
         *penalty += FETCH_PENALTY;
         let score = -*penalty;
-        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer, score);
+        self.swarm.behaviour_mut().overlay.gossipsub.set_application_score(&peer, score);
         warn!(%peer, application_score = score, "peer answered a fetch with a bad announcement");
     }
 
@@ -787,6 +792,7 @@ impl Node {
                 let id = self
                     .swarm
                     .behaviour_mut()
+                    .overlay
                     .gossipsub
                     .publish(overlay::release_topic(&app), bytes)
                     .map_err(|e| format!("publish: {e}"))?;
@@ -806,6 +812,7 @@ impl Node {
                 let id = self
                     .swarm
                     .behaviour_mut()
+                    .overlay
                     .gossipsub
                     .publish(overlay::app_topic(&app), bytes)
                     .map_err(|e| format!("publish: {e}"))?;
@@ -876,7 +883,7 @@ impl Node {
             .map(|r| (r.name().to_string(), self.membership.drops().get(r).copied().unwrap_or(0).into()))
             .collect();
         let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        let gs = &self.swarm.behaviour().gossipsub;
+        let gs = &self.swarm.behaviour().overlay.gossipsub;
         let scores: serde_json::Map<String, serde_json::Value> =
             connected.iter().filter_map(|p| gs.peer_score(p).map(|s| (p.to_base58(), s.into()))).collect();
         let mut status = serde_json::json!({

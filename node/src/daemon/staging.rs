@@ -322,7 +322,9 @@ impl Node {
         }
         let pending = std::mem::take(&mut self.staging.pending);
         for (app, bytes) in pending {
-            if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(overlay::release_topic(&app), bytes.clone()) {
+            if let Err(e) =
+                self.swarm.behaviour_mut().overlay.gossipsub.publish(overlay::release_topic(&app), bytes.clone())
+            {
                 if !matches!(e, gossipsub::PublishError::Duplicate) {
                     self.staging.pending.push((app, bytes));
                 }
@@ -399,7 +401,8 @@ impl Node {
                 return None;
             }
         };
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(overlay::release_topic(app), bytes.clone()) {
+        if let Err(e) = self.swarm.behaviour_mut().overlay.gossipsub.publish(overlay::release_topic(app), bytes.clone())
+        {
             tracing::debug!(app, error = %e, "report not published yet; will retry");
             self.staging.pending.push((app.to_string(), bytes.clone()));
         }

@@ -5,8 +5,8 @@ pub mod codec;
 pub mod content;
 
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{gossipsub, identify, kad, ping, request_response, Swarm};
-use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning, OverlayError};
+use libp2p::{request_response, Swarm};
+use mirage_bootstrap::overlay::{GossipTuning, KadTuning, OverlayError};
 use std::time::Duration;
 
 pub use codec::{FetchCodec, FetchRequest, FetchResponse};
@@ -14,11 +14,8 @@ pub use content::{ContentCodec, ContentRequest, ContentResponse};
 
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    pub limits: libp2p::connection_limits::Behaviour,
-    pub identify: identify::Behaviour,
-    pub ping: ping::Behaviour,
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
-    pub gossipsub: gossipsub::Behaviour,
+    /// The behaviours every overlay peer shares with the bootstrap peers.
+    pub overlay: mirage_bootstrap::Behaviour,
     pub fetch: request_response::Behaviour<FetchCodec>,
     pub content: request_response::Behaviour<ContentCodec>,
 }
@@ -33,14 +30,15 @@ pub struct NetOptions {
 }
 
 pub fn build(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Result<Swarm<Behaviour>, OverlayError> {
-    let gossip = overlay::gossipsub(keypair, &options.gossip)?;
-    let local = keypair.public().to_peer_id();
-    mirage_bootstrap::build_swarm(keypair, |k| Behaviour {
-        limits: overlay::connection_limits(options.max_connections),
-        identify: overlay::identify(k.public(), "mirage-node"),
-        ping: ping::Behaviour::default(),
-        kad: overlay::kad(local, &options.kad),
-        gossipsub: gossip,
+    let overlay = mirage_bootstrap::Behaviour::new(
+        keypair,
+        options.max_connections,
+        &options.gossip,
+        &options.kad,
+        "mirage-node",
+    )?;
+    mirage_bootstrap::build_swarm(keypair, |_| Behaviour {
+        overlay,
         fetch: request_response::Behaviour::with_codec(
             FetchCodec,
             [(codec::FETCH_PROTOCOL, request_response::ProtocolSupport::Full)],

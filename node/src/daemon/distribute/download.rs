@@ -56,7 +56,7 @@ impl Node {
             },
         );
         // Providing from the start lets other receivers find our partial copy.
-        let _ = self.swarm.behaviour_mut().kad.start_providing(overlay::content_record_key(&content));
+        let _ = self.swarm.behaviour_mut().overlay.kad.start_providing(overlay::content_record_key(&content));
         if complete {
             return Ok(());
         }
@@ -78,7 +78,7 @@ impl Node {
         }
         let pending = std::mem::take(&mut self.dist.pending_publish);
         for (app, bytes) in pending {
-            match self.swarm.behaviour_mut().gossipsub.publish(overlay::release_topic(&app), bytes.clone()) {
+            match self.swarm.behaviour_mut().overlay.gossipsub.publish(overlay::release_topic(&app), bytes.clone()) {
                 Ok(_) | Err(gossipsub::PublishError::Duplicate) => info!(app, "release published"),
                 Err(e) => {
                     debug!(app, error = %e, "release not published yet; will retry");
@@ -100,7 +100,7 @@ impl Node {
             }
             d.download.on_tick(overlay::now());
             if providers_due {
-                let id = self.swarm.behaviour_mut().kad.get_providers(overlay::content_record_key(&content));
+                let id = self.swarm.behaviour_mut().overlay.kad.get_providers(overlay::content_record_key(&content));
                 self.dist.provider_lookups.insert(id, content);
             }
             if have_due {
@@ -118,7 +118,7 @@ impl Node {
             if goal.last_poll.is_none_or(|t| now - t >= Duration::from_secs(1)) {
                 goal.last_poll = Some(now);
                 let content = goal.content;
-                let id = self.swarm.behaviour_mut().kad.get_providers(overlay::content_record_key(&content));
+                let id = self.swarm.behaviour_mut().overlay.kad.get_providers(overlay::content_record_key(&content));
                 self.dist.provider_lookups.insert(id, content);
             }
         }

@@ -46,7 +46,7 @@ impl Node {
         }
         for info in std::iter::once(&m.artifact).chain(m.test_bundle.as_ref()) {
             if let Err(e) =
-                self.swarm.behaviour_mut().kad.start_providing(overlay::content_record_key(&info.content_hash))
+                self.swarm.behaviour_mut().overlay.kad.start_providing(overlay::content_record_key(&info.content_hash))
             {
                 warn!(error = %e, "cannot register as content provider");
             }
@@ -62,7 +62,9 @@ impl Node {
     }
 
     pub(in crate::daemon) fn follow_release_topic(&mut self, app: &str) {
-        if let Err(e) = overlay::subscribe_app(&mut self.swarm.behaviour_mut().gossipsub, overlay::release_topic(app)) {
+        if let Err(e) =
+            overlay::subscribe_app(&mut self.swarm.behaviour_mut().overlay.gossipsub, overlay::release_topic(app))
+        {
             warn!(app, error = %e, "cannot subscribe to release topic");
         }
     }
@@ -151,7 +153,7 @@ impl Node {
         let keys: Vec<Digest> =
             std::iter::once(&m.artifact).chain(m.test_bundle.as_ref()).map(|i| i.content_hash).collect();
         for k in keys {
-            let _ = self.swarm.behaviour_mut().kad.start_providing(overlay::content_record_key(&k));
+            let _ = self.swarm.behaviour_mut().overlay.kad.start_providing(overlay::content_record_key(&k));
         }
     }
 
