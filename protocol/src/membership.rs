@@ -210,6 +210,9 @@ pub struct Membership {
     peers: BTreeMap<String, BTreeMap<PublicKey, PeerRecord>>,
     last_fetch: BTreeMap<(PublicKey, String), UnixMillis>,
     drops: BTreeMap<DropReason, u64>,
+    /// Bumped whenever a cluster gains, loses or moves a peer, so users of
+    /// [`Membership::clusters`] recompute only after a change.
+    generation: u64,
 }
 
 impl Membership {
@@ -221,6 +224,7 @@ impl Membership {
             peers: BTreeMap::new(),
             last_fetch: BTreeMap::new(),
             drops: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -258,6 +262,7 @@ impl Membership {
             },
         );
         actions.push(Action::StartProviding { key });
+        self.generation += 1;
         actions.extend(self.tick(now));
         actions
     }
@@ -311,7 +316,11 @@ impl Membership {
         }
         let ttl = self.config.member_ttl;
         for records in self.peers.values_mut() {
+            let before = records.len();
             records.retain(|_, r| now.since(r.issued_at) <= ttl);
+            if records.len() != before {
+                self.generation += 1;
+            }
         }
         self.peers.retain(|_, r| !r.is_empty());
         let backoff = self.config.fetch_backoff;
@@ -364,6 +373,9 @@ impl Membership {
             }
         }
         records.insert(signer, PeerRecord { cluster_key: key, issued_at, received_at: now });
+        if previous.as_ref().is_none_or(|p| p.cluster_key != key) {
+            self.generation += 1;
+        }
         let ours = self.local.get(app).map(|l| l.cluster_key);
         let was_member = previous.is_some_and(|p| Some(p.cluster_key) == ours);
         let is_member = Some(key) == ours;
@@ -429,6 +441,11 @@ impl Membership {
             .collect();
         out.insert(self.keypair.public());
         out.into_iter().collect()
+    }
+
+    /// Changes whenever the result of [`Membership::clusters`] may have changed.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Every cluster we know of for `app` with the peers in it (ourselves included in
@@ -587,6 +604,27 @@ mod tests {
         assert_eq!(m.members("web").len(), 2);
         m.tick(UnixMillis(T0).saturating_add(ttl + Duration::from_millis(1)));
         assert_eq!(m.members("web"), vec![kp(1).public()]);
+    }
+
+    #[test]
+    fn the_generation_moves_exactly_when_the_clusters_do() {
+        let mut m = node();
+        let g0 = m.generation();
+        m.on_announcement(&announce(2, "web", 1, T0), "web", None, UnixMillis(T0));
+        let g1 = m.generation();
+        assert_ne!(g1, g0, "a new peer");
+        let clusters = m.clusters("web");
+        // The same peer again, same environment: same clusters, same generation.
+        m.on_announcement(&announce(2, "web", 1, T0 + 5), "web", None, UnixMillis(T0 + 5));
+        assert_eq!((m.generation(), m.clusters("web")), (g1, clusters));
+        m.on_announcement(&announce(2, "web", 2, T0 + 9), "web", None, UnixMillis(T0 + 9));
+        let g2 = m.generation();
+        assert_ne!(g2, g1, "a peer that moved");
+        m.tick(UnixMillis(T0 + 10));
+        assert_eq!(m.generation(), g2, "nothing expired");
+        m.tick(UnixMillis(T0 + 9).saturating_add(m.config().member_ttl + Duration::from_millis(1)));
+        assert_ne!(m.generation(), g2, "a peer expired");
+        assert_eq!(m.clusters("web").len(), 1);
     }
 
     #[test]

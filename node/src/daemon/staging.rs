@@ -62,6 +62,8 @@ pub struct Staging {
     completions: mpsc::UnboundedSender<Completion>,
     /// Reports to publish once the release topic has peers.
     pending: Vec<(String, Vec<u8>)>,
+    /// The membership generation last fed to the cores.
+    fed_generation: Option<u64>,
 }
 
 impl Staging {
@@ -84,6 +86,7 @@ impl Staging {
             problems: BTreeMap::new(),
             completions: tx,
             pending: Vec::new(),
+            fed_generation: None,
         };
         (staging, rx)
     }
@@ -210,8 +213,13 @@ impl Node {
         }
     }
 
-    /// Feeds every managed app's clusters (after any membership change).
+    /// Feeds every managed app's clusters, if the membership changed since last time.
     pub(super) fn staging_all_members(&mut self) {
+        let generation = self.membership.generation();
+        if self.staging.fed_generation == Some(generation) {
+            return;
+        }
+        self.staging.fed_generation = Some(generation);
         let apps: Vec<String> = self.staging.rollouts.keys().cloned().collect();
         for app in apps {
             self.staging_members(&app);
