@@ -244,6 +244,42 @@ pub fn node_run_args(data: &Path, root: &Path, profile: &Path, bootstrap: &str, 
     args
 }
 
+/// The arguments of `mirage vendor publish` for a loopback testnet: TCP on an ephemeral
+/// loopback port, the seed's data in `data_dir`, then `extra` (policy, replicas, ...).
+pub fn vendor_publish_args(
+    key: &Path,
+    app: &str,
+    version: &str,
+    artifact: &Path,
+    bootstrap: &str,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "vendor",
+        "publish",
+        "--key",
+        &key.display().to_string(),
+        "--app",
+        app,
+        "--version",
+        version,
+        "--artifact",
+        &artifact.display().to_string(),
+        "--bootstrap",
+        bootstrap,
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--data-dir",
+        &data_dir.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
 /// One node of a fleet: its generated machine, its directories, its process.
 pub struct FleetNode {
     pub index: usize,

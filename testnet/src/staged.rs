@@ -3,7 +3,7 @@
 //! vendor publishing the sample app's releases ([`crate::sample_app`]). Used by
 //! `mirage testnet` (the README's main job) and the end-to-end staging tests.
 
-use crate::fleet::{api_call, vendor_keygen, BootstrapPeer, FleetError, FleetNode, Process};
+use crate::fleet::{api_call, vendor_keygen, vendor_publish_args, BootstrapPeer, FleetError, FleetNode, Process};
 use crate::sample_app::{self, APP};
 use crate::sample_root::SampleMachine;
 use serde_json::{json, Value};
@@ -114,32 +114,11 @@ impl StagedFleet {
         sample_app::write_release(version, &tar).map_err(io(&tar))?;
         let tests = dir.join("tests");
         sample_app::write_tests_dir(&tests).map_err(io(&tests))?;
-        let mut args: Vec<String> = [
-            "vendor",
-            "publish",
-            "--key",
-            &self.vendor_key.display().to_string(),
-            "--app",
-            APP,
-            "--version",
-            version,
-            "--artifact",
-            &tar.display().to_string(),
-            "--tests",
-            &tests.display().to_string(),
-            "--bootstrap",
-            &self.bootstrap.addr,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--data-dir",
-            &dir.join("seed").display().to_string(),
-            "--replicas",
-            "0",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(policy_flags.iter().map(|s| s.to_string()));
+        let tests_arg = tests.display().to_string();
+        let mut extra = vec!["--tests", &tests_arg, "--replicas", "0"];
+        extra.extend_from_slice(policy_flags);
+        let args =
+            vendor_publish_args(&self.vendor_key, APP, version, &tar, &self.bootstrap.addr, &dir.join("seed"), &extra);
         let mut seed = Process::spawn(&self.mirage, &format!("vendor-{version}"), &args, &dir.join("vendor.log"))?;
         seed.read_stdout_until(Duration::from_secs(60), "start seeding", |l| l.starts_with("seeding"))?;
         Ok(seed)

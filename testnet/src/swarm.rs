@@ -6,7 +6,7 @@
 //! ready and announced, like a BitTorrent seeder the tracker lists) and all receivers
 //! are told to fetch at once; it stops when the last one reports a complete copy.
 
-use crate::fleet::{api_call, vendor_keygen, BootstrapPeer, FleetError, Process};
+use crate::fleet::{api_call, vendor_keygen, vendor_publish_args, BootstrapPeer, FleetError, Process};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -82,31 +82,16 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
         ));
     }
     let vendor_dir = o.work_dir.join("vendor");
-    let vendor_args: Vec<String> = [
-        "vendor",
-        "publish",
-        "--key",
-        &vendor_key.display().to_string(),
-        "--app",
+    let chunk_kib = o.chunk_kib.to_string();
+    let vendor_args = vendor_publish_args(
+        &vendor_key,
         APP,
-        "--version",
         "1.0.0",
-        "--artifact",
-        &o.artifact.display().to_string(),
-        "--chunk-kib",
-        &o.chunk_kib.to_string(),
-        "--bootstrap",
+        &o.artifact,
         &bootstrap.addr,
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--data-dir",
-        &vendor_dir.display().to_string(),
-        "--replicas",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+        &vendor_dir,
+        &["--chunk-kib", &chunk_kib, "--replicas", "0"],
+    );
     let mut vendor = Process::spawn(&o.mirage, "vendor", &vendor_args, &o.work_dir.join("vendor.log"))?;
     vendor.read_stdout_until(o.timeout, "start seeding", |l| l.starts_with("seeding"))?;
 

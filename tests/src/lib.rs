@@ -266,28 +266,15 @@ impl Vendor {
         extra: &[&str],
     ) -> Proc {
         std::fs::create_dir_all(dir).expect("publish dir");
-        let mut args: Vec<String> = [
-            "vendor",
-            "publish",
-            "--key",
-            &self.key.display().to_string(),
-            "--app",
+        let args = mirage_testnet::fleet::vendor_publish_args(
+            &self.key,
             app,
-            "--version",
             version,
-            "--artifact",
-            &artifact.display().to_string(),
-            "--bootstrap",
+            artifact,
             bootstrap,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-            "--data-dir",
-            &dir.join("data").display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
+            &dir.join("data"),
+            extra,
+        );
         Proc::spawn(&format!("vendor-{version}"), &args, &dir.join("vendor.log"))
     }
 }
