@@ -70,7 +70,8 @@ pub enum Request {
         mode: super::Misbehaviour,
     },
     /// Publish these bytes (hex) on `app`'s release topic (`--allow-debug` only), so tests
-    /// can send forged, replayed or rolled-back manifests through a real peer.
+    /// can send forged, replayed or rolled-back manifests through a real peer. The node
+    /// also judges the bytes itself, as it would had a peer sent them.
     PublishRelease {
         app: String,
         hex: String,

@@ -794,10 +794,14 @@ impl Node {
                     .behaviour_mut()
                     .overlay
                     .gossipsub
-                    .publish(overlay::release_topic(&app), bytes)
+                    .publish(overlay::release_topic(&app), bytes.clone())
                     .map_err(|e| format!("publish: {e}"))?;
                 warn!(app, "published raw bytes on the release topic on request");
-                Ok(serde_json::json!({ "message_id": id.to_string() }))
+                // Gossip does not hand a node its own messages: judge them here as any
+                // peer would, so the publisher knows (and can serve) what it announced.
+                let local = self.local_peer;
+                let verdict = self.on_release_message(&app, local, &bytes);
+                Ok(serde_json::json!({ "message_id": id.to_string(), "local": format!("{verdict:?}") }))
             }
             Request::Inject { kind, app } => {
                 if !self.allow_debug {
