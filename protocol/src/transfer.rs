@@ -34,7 +34,7 @@ pub enum Rejection {
     WrongLength,
     /// Hash differs from the manifest's (corruption, or a chunk of another version).
     WrongHash,
-    /// Nobody asked this peer for it.
+    /// Nobody asked this peer for it, or the peer is banned from this download.
     Unsolicited,
 }
 
@@ -110,6 +110,10 @@ pub struct Download<P: Ord + Clone> {
     peers: BTreeMap<P, PeerState>,
     /// chunk -> requests outstanding for it (more than one only in endgame).
     in_flight: BTreeMap<usize, Vec<InFlight<P>>>,
+    /// Requests this download stopped waiting for (an endgame twin answered first, or
+    /// the request timed out) whose answers may still arrive: judged on their merits
+    /// when they do, since an honest peer that was merely slow must not be punished.
+    cancelled: BTreeSet<(P, usize)>,
     salt: u64,
     per_peer: usize,
     timeout: Duration,
@@ -128,6 +132,7 @@ impl<P: Ord + Clone> Download<P> {
             have_count,
             peers: BTreeMap::new(),
             in_flight: BTreeMap::new(),
+            cancelled: BTreeSet::new(),
             salt,
             per_peer: DEFAULT_PER_PEER_IN_FLIGHT,
             timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -181,6 +186,7 @@ impl<P: Ord + Clone> Download<P> {
             reqs.retain(|r| &r.peer != peer);
         }
         self.in_flight.retain(|_, r| !r.is_empty());
+        self.cancelled.retain(|(p, _)| p != peer);
     }
 
     pub fn is_banned(&self, peer: &P) -> bool {
@@ -272,13 +278,18 @@ impl<P: Ord + Clone> Download<P> {
     }
 
     /// Judges chunk `index` as sent by `peer`. On `Accept` the caller stores `data`;
-    /// on `Reject` nothing may be written and the peer is banned from this download.
+    /// on `Reject` nothing may be written, and a peer that sent wrong bytes is banned
+    /// from this download. A late answer to a request this download stopped waiting
+    /// for is judged like any other: stored if valid and still missing.
     pub fn on_chunk(&mut self, peer: &P, index: usize, data: &[u8]) -> ChunkVerdict {
         if index >= self.have.len() {
             self.ban(peer);
             return ChunkVerdict::Reject(Rejection::NoSuchChunk);
         }
-        if !self.finish_request(peer, index) {
+        if self.is_banned(peer) {
+            return ChunkVerdict::Reject(Rejection::Unsolicited);
+        }
+        if !self.finish_request(peer, index) && !self.cancelled.remove(&(peer.clone(), index)) {
             return ChunkVerdict::Reject(Rejection::Unsolicited);
         }
         if self.artifact.chunk_len(index) != Some(data.len() as u64) {
@@ -298,12 +309,13 @@ impl<P: Ord + Clone> Download<P> {
         }
         self.mark_stored(index);
         // Endgame twins of this request are moot: free their peers for other chunks.
-        // Their late answers then arrive unsolicited, which costs them nothing.
+        // Their late answers then arrive as duplicates, which costs them nothing.
         if let Some(twins) = self.in_flight.remove(&index) {
             for t in twins {
                 if let Some(s) = self.peers.get_mut(&t.peer) {
                     s.in_flight = s.in_flight.saturating_sub(1);
                 }
+                self.cancelled.insert((t.peer, index));
             }
         }
         ChunkVerdict::Accept(ChunkProof { index, len: data.len(), digest: self.artifact.chunk_hashes[index] })
@@ -323,6 +335,8 @@ impl<P: Ord + Clone> Download<P> {
             if let Some(s) = self.peers.get_mut(peer) {
                 s.strikes += 1;
             }
+        } else {
+            self.cancelled.remove(&(peer.clone(), index));
         }
     }
 
@@ -337,6 +351,7 @@ impl<P: Ord + Clone> Download<P> {
             .collect();
         for (peer, chunk) in expired {
             self.on_failure(&peer, chunk);
+            self.cancelled.insert((peer, chunk));
         }
     }
 
@@ -350,6 +365,7 @@ impl<P: Ord + Clone> Download<P> {
             reqs.retain(|r| &r.peer != peer);
         }
         self.in_flight.retain(|_, r| !r.is_empty());
+        self.cancelled.retain(|(p, _)| p != peer);
         if let Some(s) = self.peers.get_mut(peer) {
             s.banned = true;
             s.in_flight = 0;
@@ -489,7 +505,28 @@ mod tests {
         assert_eq!(second.len(), 1);
         assert_ne!(first[0].0, second[0].0);
         assert!(matches!(d.on_chunk(&second[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Accept(_)));
-        assert_eq!(d.on_chunk(&first[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Reject(Rejection::Unsolicited));
+        // The slow first peer's answer still comes: valid, so a duplicate, never a fault.
+        assert_eq!(d.on_chunk(&first[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Duplicate);
+        assert!(!d.is_banned(&first[0].0));
         assert!(d.is_complete());
+        // Once answered, that request is settled: the same bytes again are unsolicited.
+        assert_eq!(d.on_chunk(&first[0].0, 0, chunk(&bytes, 0)), ChunkVerdict::Reject(Rejection::Unsolicited));
+    }
+
+    #[test]
+    fn a_late_answer_after_a_timeout_is_judged_on_its_merits() {
+        let (bytes, other) = (data(MIN_CHUNK_SIZE as usize * 2, 0), data(MIN_CHUNK_SIZE as usize * 2, 7));
+        let info = ArtifactInfo::describe(&bytes, MIN_CHUNK_SIZE);
+        let mut d = Download::new(info, vec![], 3).with_limits(4, Duration::from_secs(20));
+        d.peer_is_seed("slow");
+        let asked = d.next_requests(UnixMillis(0));
+        assert_eq!(asked.len(), 2);
+        d.on_tick(UnixMillis(20_000));
+        // Valid and still missing: stored, and the peer stays welcome.
+        assert!(matches!(d.on_chunk(&"slow", 0, chunk(&bytes, 0)), ChunkVerdict::Accept(_)));
+        assert!(d.has_chunk(0) && !d.is_banned(&"slow"));
+        // Wrong bytes are wrong however late they come.
+        assert_eq!(d.on_chunk(&"slow", 1, chunk(&other, 1)), ChunkVerdict::Reject(Rejection::WrongHash));
+        assert!(d.is_banned(&"slow"));
     }
 }

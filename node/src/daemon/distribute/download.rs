@@ -53,6 +53,7 @@ impl Node {
                 holders: BTreeSet::new(),
                 heard: HashMap::new(),
                 bytes: 0,
+                latency: RequestLatency::default(),
             },
         );
         // Providing from the start lets other receivers find our partial copy.
@@ -167,7 +168,7 @@ impl Node {
                 .behaviour_mut()
                 .content
                 .send_request(&peer, ContentRequest::Chunk { content, index: index as u32 });
-            self.dist.chunk_requests.insert(id, (content, index));
+            self.dist.chunk_requests.insert(id, (content, index, Instant::now()));
         }
     }
 
@@ -210,7 +211,7 @@ impl Node {
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
-                if let Some((content, index)) = self.dist.chunk_requests.remove(&request_id) {
+                if let Some((content, index, _)) = self.dist.chunk_requests.remove(&request_id) {
                     debug!(%peer, index, %error, "chunk request failed");
                     if let Some(d) = self.dist.downloads.get_mut(&content) {
                         d.download.on_failure(&peer, index);
@@ -258,8 +259,9 @@ impl Node {
             self.on_have(peer, content, response);
             return;
         }
-        let Some((content, index)) = self.dist.chunk_requests.remove(&id) else { return };
+        let Some((content, index, sent)) = self.dist.chunk_requests.remove(&id) else { return };
         let Some(d) = self.dist.downloads.get_mut(&content) else { return };
+        d.latency.record(sent.elapsed());
         let data = match response {
             ContentResponse::Chunk { data, have } => {
                 // What the sender holds now: no need to ask it separately.
@@ -298,8 +300,14 @@ impl Node {
             ChunkVerdict::Reject(r) => {
                 let name = chunk_rejection_name(r);
                 *self.dist.rejected_chunks.entry(name).or_default() += 1;
-                warn!(%peer, %content, index, reason = name, bytes = data.len(), "refused chunk; peer banned from this download");
-                self.penalize(peer);
+                if r == Rejection::Unsolicited {
+                    // An answer from a peer already banned from this download: its
+                    // penalty was paid when it was banned.
+                    debug!(%peer, %content, index, "ignored chunk from a banned peer");
+                } else {
+                    warn!(%peer, %content, index, reason = name, bytes = data.len(), "refused chunk; peer banned from this download");
+                    self.penalize(peer);
+                }
             }
         }
         self.pump(content);
@@ -338,6 +346,7 @@ impl Node {
         let elapsed = d.started.elapsed();
         d.finished = Some(elapsed);
         let (app, version, what, bytes) = (d.app.clone(), d.version.clone(), d.what, d.bytes);
+        let (requests, mean_ms, max_ms) = (d.latency.count, d.latency.mean_ms(), d.latency.max.as_millis() as u64);
         // The fsync and whole-content check run off the event loop, so this node keeps
         // serving the swarm meanwhile; until they are done a restart re-verifies chunks.
         match self.dist.held.get(&content).map(StoredArtifact::finisher) {
@@ -355,7 +364,8 @@ impl Node {
             warn!(error = %e, "cannot update wanted artifacts");
         }
         let secs = elapsed.as_secs_f64().max(1e-3);
-        info!(app, %version, what, %content, seconds = secs, mib_per_s = bytes as f64 / secs / 1048576.0, "download complete");
+        info!(app, %version, what, %content, seconds = secs, mib_per_s = bytes as f64 / secs / 1048576.0,
+            requests, mean_ms, max_ms, "download complete");
         if self.staging.manages(&app) {
             self.staging_content_check(&app);
         }

@@ -94,6 +94,29 @@ struct ActiveDownload {
     /// When each peer last told us what it holds (a have answer or a chunk's bitmap).
     heard: HashMap<PeerId, Instant>,
     bytes: u64,
+    /// How long chunk requests took, from sending to the answer (any answer).
+    latency: RequestLatency,
+}
+
+/// Running figures of chunk request latency, logged when a download completes: the
+/// swarm's health at a glance (a slow maximum means a peer queues requests too deep).
+#[derive(Debug, Default)]
+struct RequestLatency {
+    count: u64,
+    total: Duration,
+    max: Duration,
+}
+
+impl RequestLatency {
+    fn record(&mut self, took: Duration) {
+        self.count += 1;
+        self.total += took;
+        self.max = self.max.max(took);
+    }
+
+    fn mean_ms(&self) -> u64 {
+        (self.total.as_millis() as u64).checked_div(self.count).unwrap_or(0)
+    }
 }
 
 pub struct Distribution {
@@ -104,7 +127,7 @@ pub struct Distribution {
     /// Artifacts on disk, complete or partial, keyed by content hash; served from here.
     held: HashMap<Digest, StoredArtifact>,
     downloads: HashMap<Digest, ActiveDownload>,
-    chunk_requests: HashMap<request_response::OutboundRequestId, (Digest, usize)>,
+    chunk_requests: HashMap<request_response::OutboundRequestId, (Digest, usize, Instant)>,
     have_requests: HashMap<request_response::OutboundRequestId, Digest>,
     manifest_requests: HashMap<request_response::OutboundRequestId, String>,
     report_requests: HashMap<request_response::OutboundRequestId, String>,
