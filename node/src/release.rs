@@ -20,10 +20,10 @@
 //! ```
 
 use mirage_protocol::manifest::{
-    ArtifactInfo, CommandSpec, StagingPolicy, TestSpec, UpgradeManifest, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE,
-    MIN_CHUNK_SIZE,
+    chunk_digest, content_hash_of, valid_chunk_size, ArtifactInfo, CommandSpec, StagingPolicy, TestSpec,
+    UpgradeManifest, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
-use mirage_protocol::{Digest, UnixMillis};
+use mirage_protocol::UnixMillis;
 use rayon::prelude::*;
 use serde::Deserialize;
 use std::fs::File;
@@ -42,7 +42,7 @@ pub enum ReleaseError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Tests { path: PathBuf, reason: String },
-    #[error("chunk size {0} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}")]
+    #[error("chunk size {0} is not a power of two in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}")]
     ChunkSize(u32),
     #[error("invalid manifest: {0}")]
     Invalid(String),
@@ -52,9 +52,10 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ReleaseError + '_ {
     move |source| ReleaseError::Io { path: path.to_path_buf(), source }
 }
 
-/// Hashes a file into an artifact description: chunks in parallel, then the whole.
+/// Hashes a file into an artifact description: every chunk in parallel, each at its
+/// place in the BLAKE3 tree, and the whole-content hash from those (one pass).
 pub fn describe_file(path: &Path, chunk_size: u32) -> Result<ArtifactInfo, ReleaseError> {
-    if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+    if !valid_chunk_size(chunk_size) {
         return Err(ReleaseError::ChunkSize(chunk_size));
     }
     let file = File::open(path).map_err(io(path))?;
@@ -66,13 +67,11 @@ pub fn describe_file(path: &Path, chunk_size: u32) -> Result<ArtifactInfo, Relea
             let start = i as u64 * chunk_size as u64;
             let len = (size - start).min(chunk_size as u64) as usize;
             let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, start).map(|_| Digest::of(&buf))
+            file.read_exact_at(&mut buf, start).map(|_| chunk_digest(count, chunk_size, i, &buf))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(io(path))?;
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path).map_err(io(path))?;
-    Ok(ArtifactInfo { size, chunk_size, content_hash: hasher.finalize().into(), chunk_hashes })
+    Ok(ArtifactInfo { size, chunk_size, content_hash: content_hash_of(&chunk_hashes), chunk_hashes })
 }
 
 #[derive(Deserialize)]
@@ -248,6 +247,8 @@ mod tests {
         std::fs::write(&p, &bytes).unwrap();
         assert_eq!(describe_file(&p, MIN_CHUNK_SIZE).unwrap(), ArtifactInfo::describe(&bytes, MIN_CHUNK_SIZE));
         assert!(matches!(describe_file(&p, 10), Err(ReleaseError::ChunkSize(10))));
+        let odd = MIN_CHUNK_SIZE + 4096;
+        assert!(matches!(describe_file(&p, odd), Err(ReleaseError::ChunkSize(o)) if o == odd));
     }
 
     #[test]

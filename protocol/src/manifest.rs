@@ -15,8 +15,16 @@ pub const MAX_CHUNKS: usize = 16_384;
 pub const MAX_NAME_BYTES: usize = 64;
 pub const MAX_TESTS: usize = 64;
 
-/// Content addressing for one artifact: total size, whole-content hash, and the hash of
+/// Content addressing for one artifact: total size, whole-content hash, and a digest of
 /// every fixed-size chunk, so each chunk can be verified the moment it arrives.
+///
+/// The digests are nodes of the artifact's own BLAKE3 tree (as in Bao): the chunk size
+/// is a power of two, each chunk digest is the BLAKE3 chaining value of that chunk at its
+/// offset (or, for a one-chunk artifact, its plain hash), and `content_hash` is the
+/// plain BLAKE3 hash of the whole artifact, which is the root of the tree over the chunk
+/// digests. So [`ArtifactInfo::validate`] can check that the chunk digests add up to the
+/// content hash without the content, and a copy whose every chunk was verified *is* the
+/// content: no second pass over the bytes is needed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArtifactInfo {
     pub size: u64,
@@ -25,11 +33,66 @@ pub struct ArtifactInfo {
     pub chunk_hashes: Vec<Digest>,
 }
 
+/// Whether `chunk_size` can cut an artifact: in range, and a power of two (so chunks are
+/// whole BLAKE3 subtrees).
+pub fn valid_chunk_size(chunk_size: u32) -> bool {
+    (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) && chunk_size.is_power_of_two()
+}
+
+/// The digest of chunk `index` (holding `data`) of an artifact of `chunk_count` chunks of
+/// `chunk_size` bytes (see [`ArtifactInfo`]).
+pub fn chunk_digest(chunk_count: usize, chunk_size: u32, index: usize, data: &[u8]) -> Digest {
+    if chunk_count <= 1 {
+        return Digest::of(data);
+    }
+    use blake3::hazmat::HasherExt;
+    let mut hasher = blake3::Hasher::new();
+    hasher.set_input_offset(index as u64 * chunk_size as u64);
+    hasher.update(data);
+    Digest(hasher.finalize_non_root())
+}
+
+/// The BLAKE3 hash of a whole artifact, from the digests of its chunks (see
+/// [`ArtifactInfo`]). BLAKE3 splits any input of more than one chunk into a left subtree
+/// of the largest power of two of chunks that leaves at least one byte for the right.
+pub fn content_hash_of(chunk_hashes: &[Digest]) -> Digest {
+    use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, Mode};
+    fn left_count(n: usize) -> usize {
+        1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+    }
+    fn subtree(cvs: &[Digest]) -> [u8; 32] {
+        if cvs.len() == 1 {
+            return cvs[0].0;
+        }
+        let (left, right) = cvs.split_at(left_count(cvs.len()));
+        merge_subtrees_non_root(&subtree(left), &subtree(right), Mode::Hash)
+    }
+    match chunk_hashes {
+        [] => Digest::of(&[]),
+        [only] => *only,
+        _ => {
+            let (left, right) = chunk_hashes.split_at(left_count(chunk_hashes.len()));
+            Digest(*merge_subtrees_root(&subtree(left), &subtree(right), Mode::Hash).as_bytes())
+        }
+    }
+}
+
 impl ArtifactInfo {
     /// Describes `bytes` as an artifact cut into `chunk_size` pieces.
+    ///
+    /// # Panics
+    /// If `chunk_size` is not a valid chunk size ([`valid_chunk_size`]).
     pub fn describe(bytes: &[u8], chunk_size: u32) -> Self {
-        let chunk_hashes = bytes.chunks(chunk_size as usize).map(Digest::of).collect();
-        ArtifactInfo { size: bytes.len() as u64, chunk_size, content_hash: Digest::of(bytes), chunk_hashes }
+        assert!(valid_chunk_size(chunk_size), "chunk size {chunk_size} is no power of two in range");
+        let count = bytes.len().div_ceil(chunk_size as usize);
+        let chunk_hashes: Vec<Digest> =
+            bytes.chunks(chunk_size as usize).enumerate().map(|(i, c)| chunk_digest(count, chunk_size, i, c)).collect();
+        ArtifactInfo {
+            size: bytes.len() as u64,
+            chunk_size,
+            content_hash: content_hash_of(&chunk_hashes),
+            chunk_hashes,
+        }
     }
 
     pub fn chunk_count(&self) -> usize {
@@ -44,12 +107,18 @@ impl ArtifactInfo {
 
     /// Whether `data` is exactly chunk `index` of this artifact.
     pub fn verify_chunk(&self, index: usize, data: &[u8]) -> bool {
-        self.chunk_len(index) == Some(data.len() as u64) && self.chunk_hashes.get(index) == Some(&Digest::of(data))
+        self.chunk_len(index) == Some(data.len() as u64)
+            && self.chunk_hashes.get(index) == Some(&chunk_digest(self.chunk_count(), self.chunk_size, index, data))
     }
 
+    /// Checks the description is well formed and consistent: a valid chunk size, one
+    /// digest per chunk, and chunk digests whose tree root is the content hash.
     pub fn validate(&self) -> Result<(), String> {
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
-            return Err(format!("chunk size {} outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}", self.chunk_size));
+        if !valid_chunk_size(self.chunk_size) {
+            return Err(format!(
+                "chunk size {} is not a power of two in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                self.chunk_size
+            ));
         }
         if self.chunk_hashes.len() > MAX_CHUNKS {
             return Err(format!("{} chunks, over the {MAX_CHUNKS} limit", self.chunk_hashes.len()));
@@ -62,6 +131,9 @@ impl ArtifactInfo {
                 self.chunk_size,
                 self.chunk_count()
             ));
+        }
+        if content_hash_of(&self.chunk_hashes) != self.content_hash {
+            return Err("chunk hashes do not add up to the content hash".into());
         }
         Ok(())
     }
@@ -285,6 +357,48 @@ mod tests {
         assert!(!a.verify_chunk(0, &data[16384..32768]));
         assert!(!a.verify_chunk(2, &data[32768..39_999]));
         a.validate().unwrap();
+    }
+
+    #[test]
+    fn the_content_hash_is_the_blake3_of_the_whole_and_the_root_of_the_chunks() {
+        // One chunk, exact multiples, short last chunks, and the powers of two around
+        // which BLAKE3's tree changes shape.
+        let cs = MIN_CHUNK_SIZE as usize;
+        for chunks in [1usize, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 33] {
+            for short in [0usize, 1, cs / 2, cs - 1] {
+                let len = chunks * cs - short;
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+                let a = ArtifactInfo::describe(&data, MIN_CHUNK_SIZE);
+                assert_eq!(a.chunk_count(), chunks);
+                assert_eq!(a.content_hash, Digest::of(&data), "{chunks} chunks, {short} short");
+                a.validate().unwrap();
+                for (i, c) in data.chunks(cs).enumerate() {
+                    assert!(a.verify_chunk(i, c));
+                }
+            }
+        }
+        let empty = ArtifactInfo::describe(&[], MIN_CHUNK_SIZE);
+        assert_eq!(empty.content_hash, Digest::of(&[]));
+        empty.validate().unwrap();
+    }
+
+    #[test]
+    fn chunk_digests_that_do_not_add_up_are_refused() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 249) as u8).collect();
+        let good = ArtifactInfo::describe(&data, MIN_CHUNK_SIZE);
+        let mut swapped = good.clone();
+        swapped.chunk_hashes.swap(0, 1);
+        assert!(swapped.validate().unwrap_err().contains("add up"));
+        let mut other_content = good.clone();
+        other_content.content_hash = Digest::of(b"something else");
+        assert!(other_content.validate().is_err());
+        // A chunk's plain hash is not its digest: the tree binds each chunk to its place.
+        assert!(!good.verify_chunk(1, &[]));
+        let mut plain = good.clone();
+        plain.chunk_hashes[1] = Digest::of(&data[16384..32768]);
+        assert!(plain.validate().is_err());
+        let odd = ArtifactInfo { chunk_size: MIN_CHUNK_SIZE + 512, ..good };
+        assert!(odd.validate().unwrap_err().contains("power of two"));
     }
 
     #[test]
