@@ -16,7 +16,8 @@
 
 use crate::manifest::ArtifactInfo;
 use crate::time::UnixMillis;
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 /// Requests one peer may have outstanding for one download.
@@ -77,8 +78,8 @@ pub enum ChunkVerdict {
 
 #[derive(Clone, Debug, Default)]
 struct PeerState {
-    /// `None`: the peer holds the whole artifact (a seed).
-    has: Option<BTreeSet<usize>>,
+    /// `None`: the peer holds the whole artifact (a seed); else a bit per chunk.
+    has: Option<Vec<bool>>,
     in_flight: usize,
     strikes: u32,
     banned: bool,
@@ -87,7 +88,16 @@ struct PeerState {
 
 impl PeerState {
     fn holds(&self, chunk: usize) -> bool {
-        self.has.as_ref().is_none_or(|h| h.contains(&chunk))
+        self.has.as_ref().is_none_or(|h| h.get(chunk).copied().unwrap_or(false))
+    }
+
+    /// Adds (`up`) or removes this peer's chunks to or from the per-chunk holder counts.
+    fn count_into(&self, holders: &mut [u32], up: bool) {
+        let step = |h: &mut u32| *h = if up { *h + 1 } else { h.saturating_sub(1) };
+        match &self.has {
+            None => holders.iter_mut().for_each(step),
+            Some(bits) => holders.iter_mut().zip(bits).filter(|(_, b)| **b).for_each(|(h, _)| step(h)),
+        }
     }
 
     fn usable(&self) -> bool {
@@ -108,6 +118,9 @@ pub struct Download<P: Ord + Clone> {
     have: Vec<bool>,
     have_count: usize,
     peers: BTreeMap<P, PeerState>,
+    /// chunk -> how many usable peers hold it, kept up to date as peers change, so that
+    /// planning costs one pass over the chunks instead of one per chunk and peer.
+    holders: Vec<u32>,
     /// chunk -> requests outstanding for it (more than one only in endgame).
     in_flight: BTreeMap<usize, Vec<InFlight<P>>>,
     /// Requests this download stopped waiting for (an endgame twin answered first, or
@@ -126,11 +139,13 @@ impl<P: Ord + Clone> Download<P> {
         let mut have = have;
         have.resize(artifact.chunk_count(), false);
         let have_count = have.iter().filter(|h| **h).count();
+        let holders = vec![0; have.len()];
         Download {
             artifact,
             have,
             have_count,
             peers: BTreeMap::new(),
+            holders,
             in_flight: BTreeMap::new(),
             cancelled: BTreeSet::new(),
             salt,
@@ -166,22 +181,48 @@ impl<P: Ord + Clone> Download<P> {
         &self.have
     }
 
+    /// Changes what is known of `peer` (added if new, holding nothing) through `change`,
+    /// keeping the holder counts true: the peer's chunks count only while it is usable.
+    fn update_peer<R>(&mut self, peer: &P, change: impl FnOnce(&mut PeerState) -> R) -> R {
+        let n = self.have.len();
+        let state = self
+            .peers
+            .entry(peer.clone())
+            .or_insert_with(|| PeerState { has: Some(vec![false; n]), ..PeerState::default() });
+        if state.usable() {
+            state.count_into(&mut self.holders, false);
+        }
+        let result = change(state);
+        if state.usable() {
+            state.count_into(&mut self.holders, true);
+        }
+        result
+    }
+
     /// The peer holds every chunk.
     pub fn peer_is_seed(&mut self, peer: P) {
-        self.peers.entry(peer).or_default().has = None;
+        self.update_peer(&peer, |s| s.has = None);
     }
 
     /// The peer holds `chunks` (replacing what was known).
     pub fn peer_has(&mut self, peer: P, chunks: impl IntoIterator<Item = usize>) {
         let n = self.have.len();
-        let set: BTreeSet<usize> = chunks.into_iter().filter(|c| *c < n).collect();
-        let state = self.peers.entry(peer).or_default();
-        state.has = if set.len() == n { None } else { Some(set) };
+        let mut bits = vec![false; n];
+        let mut count = 0;
+        for c in chunks.into_iter().filter(|c| *c < n) {
+            count += usize::from(!bits[c]);
+            bits[c] = true;
+        }
+        self.update_peer(&peer, |s| s.has = if count == n { None } else { Some(bits) });
     }
 
     /// The peer disconnected: its requests are void and it is forgotten.
     pub fn peer_gone(&mut self, peer: &P) {
-        self.peers.remove(peer);
+        if let Some(s) = self.peers.remove(peer) {
+            if s.usable() {
+                s.count_into(&mut self.holders, false);
+            }
+        }
         for reqs in self.in_flight.values_mut() {
             reqs.retain(|r| &r.peer != peer);
         }
@@ -224,21 +265,28 @@ impl<P: Ord + Clone> Download<P> {
     }
 
     /// New requests to send now, as (peer, chunk index). Call after any change.
+    ///
+    /// One pass over the chunks: only those a peer with a free request slot holds are
+    /// candidates, and they come off a heap rarest first until the free slots are used.
     pub fn next_requests(&mut self, now: UnixMillis) -> Vec<(P, usize)> {
-        let mut wanted: Vec<(usize, u64, usize)> = (0..self.have.len())
-            .filter(|&c| !self.have[c] && !self.in_flight.contains_key(&c))
-            .map(|c| {
-                let holders = self.peers.values().filter(|s| s.usable() && s.holds(c)).count();
-                (holders, self.tie_break(c), c)
-            })
-            .filter(|(holders, _, _)| *holders > 0)
-            .collect();
-        wanted.sort_unstable();
         let mut out = Vec::new();
-        for (_, _, chunk) in wanted {
+        let free: Vec<&PeerState> = self.peers.values().filter(|s| s.usable() && s.in_flight < self.per_peer).collect();
+        let mut slots: usize = free.iter().map(|s| self.per_peer - s.in_flight).sum();
+        if slots == 0 {
+            return out;
+        }
+        let any_seed = free.iter().any(|s| s.has.is_none());
+        let mut candidates: BinaryHeap<Reverse<(u32, u64, usize)>> = (0..self.have.len())
+            .filter(|&c| !self.have[c] && self.holders[c] > 0 && !self.in_flight.contains_key(&c))
+            .filter(|&c| any_seed || free.iter().any(|s| s.holds(c)))
+            .map(|c| Reverse((self.holders[c], self.tie_break(c), c)))
+            .collect();
+        while slots > 0 {
+            let Some(Reverse((_, _, chunk))) = candidates.pop() else { break };
             if let Some(peer) = self.pick_peer(chunk, &[]) {
                 self.start(peer.clone(), chunk, now);
                 out.push((peer, chunk));
+                slots -= 1;
             }
         }
         // Endgame: nothing left to assign, so re-ask stalled chunks of another peer.
@@ -300,9 +348,11 @@ impl<P: Ord + Clone> Download<P> {
             self.ban(peer);
             return ChunkVerdict::Reject(Rejection::WrongHash);
         }
-        if let Some(s) = self.peers.get_mut(peer) {
-            s.received += data.len() as u64;
-            s.strikes = 0;
+        if self.peers.contains_key(peer) {
+            self.update_peer(peer, |s| {
+                s.received += data.len() as u64;
+                s.strikes = 0;
+            });
         }
         if self.have[index] {
             return ChunkVerdict::Duplicate;
@@ -332,8 +382,8 @@ impl<P: Ord + Clone> Download<P> {
     /// The request failed (peer refused, stream error): free it and strike the peer.
     pub fn on_failure(&mut self, peer: &P, index: usize) {
         if self.finish_request(peer, index) {
-            if let Some(s) = self.peers.get_mut(peer) {
-                s.strikes += 1;
+            if self.peers.contains_key(peer) {
+                self.update_peer(peer, |s| s.strikes += 1);
             }
         } else {
             self.cancelled.remove(&(peer.clone(), index));
@@ -366,9 +416,11 @@ impl<P: Ord + Clone> Download<P> {
         }
         self.in_flight.retain(|_, r| !r.is_empty());
         self.cancelled.retain(|(p, _)| p != peer);
-        if let Some(s) = self.peers.get_mut(peer) {
-            s.banned = true;
-            s.in_flight = 0;
+        if self.peers.contains_key(peer) {
+            self.update_peer(peer, |s| {
+                s.banned = true;
+                s.in_flight = 0;
+            });
         }
     }
 }
@@ -528,5 +580,83 @@ mod tests {
         // Wrong bytes are wrong however late they come.
         assert_eq!(d.on_chunk(&"slow", 1, chunk(&other, 1)), ChunkVerdict::Reject(Rejection::WrongHash));
         assert!(d.is_banned(&"slow"));
+    }
+
+    /// Holder counts recomputed from scratch, to check the incremental ones against.
+    fn recount(d: &Download<u8>) -> Vec<u32> {
+        (0..d.have.len()).map(|c| d.peers.values().filter(|s| s.usable() && s.holds(c)).count() as u32).collect()
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Seed(u8),
+        Has(u8, Vec<usize>),
+        Gone(u8),
+        Plan(u64),
+        GoodAnswer(usize),
+        BadAnswer(usize),
+        Fail(usize),
+        Tick(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0u8..5).prop_map(Op::Seed),
+            ((0u8..5), proptest::collection::vec(0usize..12, 0..12)).prop_map(|(p, c)| Op::Has(p, c)),
+            (0u8..5).prop_map(Op::Gone),
+            (0u64..100_000).prop_map(Op::Plan),
+            (0usize..64).prop_map(Op::GoodAnswer),
+            (0usize..64).prop_map(Op::BadAnswer),
+            (0usize..64).prop_map(Op::Fail),
+            (0u64..100_000).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever peers come, go, hold, answer or fail, the holder counts stay exact,
+        /// and every planned request is for a missing chunk not in flight from that peer,
+        /// from a usable peer that holds it, within the per-peer limit.
+        #[test]
+        fn planning_stays_consistent(ops in proptest::collection::vec(op(), 1..80)) {
+            let (bytes, info) = artifact(10);
+            let mut d: Download<u8> = Download::new(info, vec![], 9).with_limits(2, Duration::from_secs(10));
+            let mut asked: Vec<(u8, usize)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Seed(p) => d.peer_is_seed(p),
+                    Op::Has(p, c) => d.peer_has(p, c),
+                    Op::Gone(p) => {
+                        d.peer_gone(&p);
+                        asked.retain(|(q, _)| *q != p);
+                    }
+                    Op::Plan(t) => {
+                        for (p, c) in d.next_requests(UnixMillis(t)) {
+                            let s = &d.peers[&p];
+                            proptest::prop_assert!(s.usable() && s.holds(c) && !d.has_chunk(c));
+                            proptest::prop_assert!(s.in_flight <= 2);
+                            let twins = d.in_flight[&c].iter().filter(|r| r.peer == p).count();
+                            proptest::prop_assert_eq!(twins, 1, "asked twice at once");
+                            asked.push((p, c));
+                        }
+                    }
+                    Op::GoodAnswer(i) | Op::BadAnswer(i) | Op::Fail(i) if !asked.is_empty() => {
+                        let (p, c) = asked.remove(i % asked.len());
+                        match op {
+                            Op::GoodAnswer(_) => {
+                                d.on_chunk(&p, c, chunk(&bytes, c));
+                            }
+                            Op::BadAnswer(_) => {
+                                d.on_chunk(&p, c, b"not the chunk");
+                            }
+                            _ => d.on_failure(&p, c),
+                        }
+                    }
+                    Op::Tick(t) => d.on_tick(UnixMillis(t)),
+                    _ => {}
+                }
+                proptest::prop_assert_eq!(&d.holders, &recount(&d));
+            }
+        }
     }
 }

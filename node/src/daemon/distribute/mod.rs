@@ -61,7 +61,7 @@ pub enum Misbehaviour {
     /// Claim every chunk and serve the same chunk index of another artifact held
     /// (another version): mix-and-match.
     Mix,
-    /// Serve honestly, but every chunk a quarter second late: a slow peer, so tests can
+    /// Serve honestly, but every chunk a tenth of a second late: a slow peer, so tests can
     /// interrupt a download half-way.
     Slow,
 }
@@ -74,7 +74,7 @@ impl Misbehaviour {
 }
 
 /// How late a [`Misbehaviour::Slow`] peer answers chunk requests.
-const SLOW_SERVE_DELAY: Duration = Duration::from_millis(250);
+const SLOW_SERVE_DELAY: Duration = Duration::from_millis(100);
 
 /// A vendor's goal: seed until this many other peers hold a full copy.
 pub struct SeedGoal {
