@@ -13,3 +13,4 @@ pub mod release;
 pub mod sandbox;
 pub mod scan;
 pub mod store;
+pub mod transport_bench;

@@ -7,6 +7,35 @@ pub enum BenchCommand {
     Fingerprint(FingerprintArgs),
     /// Seed one artifact from a vendor to N receiver nodes on loopback and time it.
     Swarm(SwarmArgs),
+    /// The transport floor: the same bytes between the same number of processes through
+    /// libp2p alone (TCP, noise, yamux, the content protocol), no hashing, disk or DHT.
+    Transport(TransportArgs),
+    /// One peer of `bench transport` (started by it; talks to it by lines on stdio).
+    #[command(hide = true)]
+    TransportPeer(TransportPeerArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TransportArgs {
+    #[arg(long, default_value_t = 16)]
+    receivers: usize,
+    /// Bytes each receiver pulls, in MiB.
+    #[arg(long, default_value_t = 256)]
+    mib: usize,
+    #[arg(long, default_value_t = 1024)]
+    chunk_kib: usize,
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+#[derive(clap::Args)]
+pub struct TransportPeerArgs {
+    #[arg(long)]
+    chunks: usize,
+    #[arg(long)]
+    chunk_kib: usize,
+    #[arg(long)]
+    receive: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,7 +73,123 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Fingerprint(args) => fingerprint(args),
         BenchCommand::Swarm(args) => swarm(args),
+        BenchCommand::Transport(args) => transport(args),
+        BenchCommand::TransportPeer(args) => {
+            let options = mirage_node::transport_bench::PeerOptions {
+                chunks: args.chunks,
+                chunk_size: args.chunk_kib * 1024,
+                receive: args.receive,
+            };
+            super::async_runtime()?.block_on(mirage_node::transport_bench::run_peer(options))?;
+            Ok(())
+        }
     }
+}
+
+/// A `bench transport` peer process and what it said.
+struct TransportPeer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+}
+
+fn transport(args: TransportArgs) -> Result<()> {
+    use anyhow::{bail, Context};
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let chunks = (args.mib * 1024).div_ceil(args.chunk_kib);
+    let total = args.receivers + 1;
+    let exe = std::env::current_exe().context("locating the mirage binary")?;
+    let (lines_tx, lines) = std::sync::mpsc::channel::<(usize, String)>();
+    let mut peers = Vec::new();
+    for i in 0..total {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["bench", "transport-peer", "--chunks", &chunks.to_string()])
+            .args(["--chunk-kib", &args.chunk_kib.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if i > 0 {
+            cmd.arg("--receive");
+        }
+        let mut child = cmd.spawn().context("starting a transport peer")?;
+        let stdout = child.stdout.take().expect("piped");
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(std::io::Result::ok) {
+                if tx.send((i, line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take().expect("piped");
+        peers.push(TransportPeer { child, stdin });
+    }
+    // Dropping the peers closes their input, which ends them; kill what lingers.
+    struct Fleet(Vec<TransportPeer>);
+    impl Drop for Fleet {
+        fn drop(&mut self) {
+            for mut p in self.0.drain(..) {
+                drop(p.stdin);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline && matches!(p.child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+    }
+    let mut fleet = Fleet(peers);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let next = |what: &str| -> Result<(usize, String)> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        lines.recv_timeout(left).with_context(|| format!("waiting for the peers to {what}"))
+    };
+    let mut addrs: Vec<Option<String>> = vec![None; total];
+    while addrs.iter().any(Option::is_none) {
+        let (i, line) = next("listen")?;
+        if let Some(a) = line.strip_prefix("listening ") {
+            addrs[i].get_or_insert_with(|| a.to_string());
+        }
+    }
+    // Each pair connects once: the later peer dials the earlier ones.
+    for i in 1..total {
+        for addr in addrs[..i].iter().flatten() {
+            writeln!(fleet.0[i].stdin, "dial {addr}")?;
+        }
+    }
+    let mut connected = vec![0usize; total];
+    while connected.iter().any(|c| *c < total - 1) {
+        let (i, line) = next("connect")?;
+        if let Some(n) = line.strip_prefix("connected ").and_then(|n| n.parse().ok()) {
+            connected[i] = n;
+        }
+    }
+    let start = Instant::now();
+    for p in &mut fleet.0[1..] {
+        writeln!(p.stdin, "go")?;
+    }
+    let mut done = 0;
+    while done < args.receivers {
+        let (_, line) = next("pull every chunk")?;
+        if line.starts_with("done ") {
+            done += 1;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    for p in &mut fleet.0 {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            bail!("a transport peer exited early: {status}");
+        }
+    }
+    drop(fleet);
+    let gib = (args.receivers * chunks * args.chunk_kib) as f64 / (1024.0 * 1024.0);
+    println!("receivers {}", args.receivers);
+    println!("bytes_per_receiver_mib {}", chunks * args.chunk_kib / 1024);
+    println!("transport_{}_s {seconds:.2}", args.receivers);
+    println!("aggregate_gib_per_s {:.2}", gib / seconds);
+    Ok(())
 }
 
 fn swarm(args: SwarmArgs) -> Result<()> {
