@@ -99,10 +99,8 @@ pub async fn run_peer(options: PeerOptions) -> Result<(), TransportBenchError> {
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => println!("listening {address}/p2p/{local}"),
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    if peers.insert(peer_id) {
-                        println!("connected {}", peers.len());
-                    }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } if peers.insert(peer_id) => {
+                    println!("connected {}", peers.len());
                 }
                 SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => match message {
                     request_response::Message::Request { channel, .. } => {
