@@ -52,6 +52,7 @@ impl Node {
                 last_provider_poll: None,
                 holders: BTreeSet::new(),
                 heard: HashMap::new(),
+                asked: HashMap::new(),
                 bytes: 0,
                 latency: RequestLatency::default(),
             },
@@ -128,6 +129,15 @@ impl Node {
     pub(super) fn ask_have(&mut self, peer: PeerId, content: Digest) {
         if peer == self.local_peer {
             return;
+        }
+        // A provider search reports in many steps, each naming mostly the same peers:
+        // ask each peer at most once per poll interval.
+        if let Some(d) = self.dist.downloads.get_mut(&content) {
+            let now = Instant::now();
+            if d.asked.get(&peer).is_some_and(|t| now - *t < HAVE_POLL) {
+                return;
+            }
+            d.asked.insert(peer, now);
         }
         let id = self.swarm.behaviour_mut().content.send_request(&peer, ContentRequest::Have { content });
         self.dist.have_requests.insert(id, content);

@@ -97,6 +97,8 @@ struct ActiveDownload {
     holders: BTreeSet<PeerId>,
     /// When each peer last told us what it holds (a have answer or a chunk's bitmap).
     heard: HashMap<PeerId, Instant>,
+    /// When each peer was last asked what it holds.
+    asked: HashMap<PeerId, Instant>,
     bytes: u64,
     /// How long chunk requests took, from sending to the answer (any answer).
     latency: RequestLatency,
