@@ -27,6 +27,9 @@ pub struct SwarmResult {
     pub copies: Vec<PathBuf>,
     /// Each receiver's own download time, from its fetch request to its last chunk.
     pub node_seconds: Vec<f64>,
+    /// Chunks the receivers served each other, from their memory cache and from disk.
+    pub served_from_memory: u64,
+    pub served_from_disk: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FleetError + '_ {
@@ -144,10 +147,17 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
     }
     let seconds = start.elapsed().as_secs_f64();
     let (copies, node_seconds) = done.into_iter().flatten().unzip();
+    let (mut served_from_memory, mut served_from_disk) = (0, 0);
+    for api in &apis {
+        if let Some(s) = api_call(api, &json!({"cmd": "status"})) {
+            served_from_memory += s["served_chunks"]["memory"].as_u64().unwrap_or(0);
+            served_from_disk += s["served_chunks"]["disk"].as_u64().unwrap_or(0);
+        }
+    }
     for (p, _) in &mut nodes {
         p.terminate(Duration::from_secs(5));
     }
     vendor.terminate(Duration::from_secs(5));
     drop(bootstrap);
-    Ok(SwarmResult { seconds, bytes, copies, node_seconds })
+    Ok(SwarmResult { seconds, bytes, copies, node_seconds, served_from_memory, served_from_disk })
 }

@@ -239,6 +239,8 @@ fn swarm(args: SwarmArgs) -> Result<()> {
                 "verified": verified,
                 "chunk_size": args.chunk_kib as u64 * 1024,
                 "slowest_node_seconds": slowest_node,
+                "served_from_memory": r.served_from_memory,
+                "served_from_disk": r.served_from_disk,
                 "copies": r.copies,
             })
         );
@@ -248,6 +250,8 @@ fn swarm(args: SwarmArgs) -> Result<()> {
         println!("mirage_{}_s {:.2}", args.receivers, r.seconds);
         println!("mirage_{}_verified {verified}/{}", args.receivers, args.receivers);
         println!("slowest_node_s {slowest_node:.2}");
+        println!("served_from_memory {}", r.served_from_memory);
+        println!("served_from_disk {}", r.served_from_disk);
     }
     Ok(())
 }

@@ -142,6 +142,8 @@ pub struct Distribution {
     provider_lookups: HashMap<kad::QueryId, Digest>,
     rejected_manifests: BTreeMap<&'static str, u64>,
     rejected_chunks: BTreeMap<&'static str, u64>,
+    /// Chunks served to peers, by where they came from: "memory" (the LRU) or "disk".
+    served_chunks: BTreeMap<&'static str, u64>,
     /// Releases to publish on their topic once the topic has peers.
     pending_publish: Vec<(String, Vec<u8>)>,
     pub seed_goal: Option<SeedGoal>,
@@ -202,6 +204,7 @@ impl Distribution {
             provider_lookups: HashMap::new(),
             rejected_manifests: BTreeMap::new(),
             rejected_chunks: BTreeMap::new(),
+            served_chunks: BTreeMap::new(),
             pending_publish: Vec::new(),
             seed_goal: None,
             misbehaviour: Misbehaviour::Honest,

@@ -38,13 +38,20 @@ impl Node {
                     }
                 }
                 match self.dist.held.get(&content) {
-                    Some(s) if s.have().get(index).copied().unwrap_or(false) => match s.read_chunk(index) {
-                        Ok(data) => ContentResponse::Chunk { data, have: pack_bitmap(s.have()) },
-                        Err(e) => {
-                            warn!(%content, index, error = %e, "cannot read chunk to serve");
-                            ContentResponse::NotFound
+                    Some(s) if s.have().get(index).copied().unwrap_or(false) => {
+                        let (data, from) = match s.cached_chunk(index) {
+                            Some(hit) => (Ok(hit), "memory"),
+                            None => (s.read_chunk(index), "disk"),
+                        };
+                        *self.dist.served_chunks.entry(from).or_default() += 1;
+                        match data {
+                            Ok(data) => ContentResponse::Chunk { data, have: pack_bitmap(s.have()) },
+                            Err(e) => {
+                                warn!(%content, index, error = %e, "cannot read chunk to serve");
+                                ContentResponse::NotFound
+                            }
                         }
-                    },
+                    }
                     _ => ContentResponse::NotFound,
                 }
             }

@@ -29,6 +29,7 @@ impl Node {
             "releases": releases,
             "rejected_manifests": self.dist.rejected_manifests,
             "rejected_chunks": self.dist.rejected_chunks,
+            "served_chunks": self.dist.served_chunks,
             "replicas": self.dist.seed_goal.as_ref().map(|g| g.replicated.len()),
         })
     }
