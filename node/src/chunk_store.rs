@@ -244,11 +244,17 @@ impl StoredArtifact {
 
     /// Reads a stored chunk for serving, through a bounded LRU of hot chunks.
     pub fn read_chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, StoreError> {
+        match self.cached_chunk(index) {
+            Some(hit) => Ok(hit),
+            None => self.load_chunk(index),
+        }
+    }
+
+    /// Reads a stored chunk from disk into the serving cache: what [`Self::read_chunk`]
+    /// does when [`Self::cached_chunk`] has nothing.
+    pub fn load_chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, StoreError> {
         if !self.have.get(index).copied().unwrap_or(false) {
             return Err(StoreError::Missing { index });
-        }
-        if let Some(hit) = self.cache.lock().expect("cache lock").get(&index) {
-            return Ok(hit.clone());
         }
         let len = self.info.chunk_len(index).ok_or(StoreError::NoSuchChunk { index })? as usize;
         let mut buf = vec![0u8; len];

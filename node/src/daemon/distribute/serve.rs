@@ -41,7 +41,7 @@ impl Node {
                     Some(s) if s.have().get(index).copied().unwrap_or(false) => {
                         let (data, from) = match s.cached_chunk(index) {
                             Some(hit) => (Ok(hit), "memory"),
-                            None => (s.read_chunk(index), "disk"),
+                            None => (s.load_chunk(index), "disk"),
                         };
                         *self.dist.served_chunks.entry(from).or_default() += 1;
                         match data {
