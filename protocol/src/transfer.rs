@@ -181,27 +181,32 @@ impl<P: Ord + Clone> Download<P> {
         &self.have
     }
 
-    /// Changes what is known of `peer` (added if new, holding nothing) through `change`,
-    /// keeping the holder counts true: the peer's chunks count only while it is usable.
-    fn update_peer<R>(&mut self, peer: &P, change: impl FnOnce(&mut PeerState) -> R) -> R {
-        let n = self.have.len();
-        let state = self
-            .peers
-            .entry(peer.clone())
-            .or_insert_with(|| PeerState { has: Some(vec![false; n]), ..PeerState::default() });
+    /// Changes what is known of a known `peer` through `change`, keeping the holder
+    /// counts true: the peer's chunks count only while it is usable. Unknown peers are
+    /// left alone.
+    fn change_peer(&mut self, peer: &P, change: impl FnOnce(&mut PeerState)) {
+        let Some(state) = self.peers.get_mut(peer) else { return };
         if state.usable() {
             state.count_into(&mut self.holders, false);
         }
-        let result = change(state);
+        change(state);
         if state.usable() {
             state.count_into(&mut self.holders, true);
         }
-        result
+    }
+
+    /// Makes `peer` known, holding nothing (so counting for no chunk) if it is new.
+    fn know_peer(&mut self, peer: &P) {
+        let n = self.have.len();
+        self.peers
+            .entry(peer.clone())
+            .or_insert_with(|| PeerState { has: Some(vec![false; n]), ..PeerState::default() });
     }
 
     /// The peer holds every chunk.
     pub fn peer_is_seed(&mut self, peer: P) {
-        self.update_peer(&peer, |s| s.has = None);
+        self.know_peer(&peer);
+        self.change_peer(&peer, |s| s.has = None);
     }
 
     /// The peer holds `chunks` (replacing what was known).
@@ -213,7 +218,8 @@ impl<P: Ord + Clone> Download<P> {
             count += usize::from(!bits[c]);
             bits[c] = true;
         }
-        self.update_peer(&peer, |s| s.has = if count == n { None } else { Some(bits) });
+        self.know_peer(&peer);
+        self.change_peer(&peer, |s| s.has = if count == n { None } else { Some(bits) });
     }
 
     /// The peer disconnected: its requests are void and it is forgotten.
@@ -348,12 +354,10 @@ impl<P: Ord + Clone> Download<P> {
             self.ban(peer);
             return ChunkVerdict::Reject(Rejection::WrongHash);
         }
-        if self.peers.contains_key(peer) {
-            self.update_peer(peer, |s| {
-                s.received += data.len() as u64;
-                s.strikes = 0;
-            });
-        }
+        self.change_peer(peer, |s| {
+            s.received += data.len() as u64;
+            s.strikes = 0;
+        });
         if self.have[index] {
             return ChunkVerdict::Duplicate;
         }
@@ -382,9 +386,7 @@ impl<P: Ord + Clone> Download<P> {
     /// The request failed (peer refused, stream error): free it and strike the peer.
     pub fn on_failure(&mut self, peer: &P, index: usize) {
         if self.finish_request(peer, index) {
-            if self.peers.contains_key(peer) {
-                self.update_peer(peer, |s| s.strikes += 1);
-            }
+            self.change_peer(peer, |s| s.strikes += 1);
         } else {
             self.cancelled.remove(&(peer.clone(), index));
         }
@@ -416,12 +418,10 @@ impl<P: Ord + Clone> Download<P> {
         }
         self.in_flight.retain(|_, r| !r.is_empty());
         self.cancelled.retain(|(p, _)| p != peer);
-        if self.peers.contains_key(peer) {
-            self.update_peer(peer, |s| {
-                s.banned = true;
-                s.in_flight = 0;
-            });
-        }
+        self.change_peer(peer, |s| {
+            s.banned = true;
+            s.in_flight = 0;
+        });
     }
 }
 
