@@ -18,17 +18,18 @@ fn now() -> UnixMillis {
     UnixMillis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64)
 }
 
-fn signed_manifest(key: &Keypair, app: &str, version: &str, expires_at: UnixMillis, seed: u64) -> String {
+/// A manifest for `content`, signed by `key`, hex-encoded for the publish-release call.
+fn signed_manifest(key: &Keypair, app: &str, version: &str, expires_at: UnixMillis, content: &[u8]) -> String {
     let manifest = UpgradeManifest {
         app: app.into(),
         version: version.parse().unwrap(),
-        artifact: ArtifactInfo::describe(&pseudo_random_bytes(200_000, seed), CHUNK_KIB * 1024),
+        artifact: ArtifactInfo::describe(content, CHUNK_KIB * 1024),
         test_bundle: None,
         tests: vec![],
         health_check: None,
         policy: StagingPolicy::default(),
         expires_at,
-        notes: "forged by a test".into(),
+        notes: "made by a test".into(),
     };
     hex::encode(Envelope::sign(key, &manifest, now()).unwrap().to_bytes().unwrap())
 }
@@ -114,19 +115,8 @@ fn update_framework_attacks_are_refused() {
     // download could finish before the DHT named some attacker).
     let v2 = pseudo_random_bytes(2 * 1024 * 1024 + 333, 2);
     write(&dir.path().join("v2.tar"), &v2);
-    let v2_manifest = UpgradeManifest {
-        app: APP.into(),
-        version: "1.1.0".parse().unwrap(),
-        artifact: ArtifactInfo::describe(&v2, CHUNK_KIB * 1024),
-        test_bundle: None,
-        tests: vec![],
-        health_check: None,
-        policy: StagingPolicy::default(),
-        expires_at: UnixMillis(now().0 + 3_600_000),
-        notes: "announced before it is seeded".into(),
-    };
     let vendor_key = mirage_node::keyfile::load(&vendor.key).unwrap();
-    let v2_hex = hex::encode(Envelope::sign(&vendor_key, &v2_manifest, now()).unwrap().to_bytes().unwrap());
+    let v2_hex = signed_manifest(&vendor_key, APP, "1.1.0", UnixMillis(now().0 + 3_600_000), &v2);
     let reply = api_call(&attackers[0].api().unwrap(), &json!({"cmd": "publish-release", "app": APP, "hex": v2_hex}));
     assert!(reply.is_some(), "the vendor's 1.1.0 manifest could not be announced");
     for n in &honest {
@@ -164,10 +154,13 @@ fn update_framework_attacks_are_refused() {
     let rogue = Keypair::generate(&mut rand::rngs::OsRng);
     let later = UnixMillis(now().0 + 3_600_000);
     let attacks = [
-        ("untrusted_signer", signed_manifest(&rogue, APP, "9.0.0", later, 10)),
-        ("not_newer", signed_manifest(&vendor_key, APP, "1.0.5", later, 11)),
-        ("expired", signed_manifest(&vendor_key, APP, "2.0.0", UnixMillis(now().0 - 60_000), 12)),
-        ("wrong_app", signed_manifest(&vendor_key, "apache2", "3.0.0", later, 13)),
+        ("untrusted_signer", signed_manifest(&rogue, APP, "9.0.0", later, &pseudo_random_bytes(200_000, 10))),
+        ("not_newer", signed_manifest(&vendor_key, APP, "1.0.5", later, &pseudo_random_bytes(200_000, 11))),
+        (
+            "expired",
+            signed_manifest(&vendor_key, APP, "2.0.0", UnixMillis(now().0 - 60_000), &pseudo_random_bytes(200_000, 12)),
+        ),
+        ("wrong_app", signed_manifest(&vendor_key, "apache2", "3.0.0", later, &pseudo_random_bytes(200_000, 13))),
     ];
     let publisher = attackers[0].api().unwrap();
     for (reason, hex) in &attacks {
