@@ -154,7 +154,7 @@ impl Node {
         for p in providers {
             let downloading = self.dist.downloads.get(&content).is_some_and(|d| d.finished.is_none());
             let replicated = self.dist.seed_goal.as_ref().is_some_and(|g| g.replicated.contains(p));
-            if (downloading || (seeding && !replicated)) && *p != self.local_peer {
+            if downloading || (seeding && !replicated) {
                 self.ask_have(*p, content);
             }
         }
