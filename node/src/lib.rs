@@ -8,6 +8,7 @@ pub mod digest_cache;
 pub mod direct_write;
 pub mod install;
 pub mod keyfile;
+pub mod lane;
 pub mod net;
 pub mod release;
 pub mod sandbox;

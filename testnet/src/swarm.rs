@@ -30,6 +30,9 @@ pub struct SwarmResult {
     /// Chunks the receivers served each other, from their memory cache and from disk.
     pub served_from_memory: u64,
     pub served_from_disk: u64,
+    /// Chunks the receivers got over content lanes and over libp2p.
+    pub received_over_lanes: u64,
+    pub received_over_libp2p: u64,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FleetError + '_ {
@@ -148,10 +151,13 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
     let seconds = start.elapsed().as_secs_f64();
     let (copies, node_seconds) = done.into_iter().flatten().unzip();
     let (mut served_from_memory, mut served_from_disk) = (0, 0);
+    let (mut received_over_lanes, mut received_over_libp2p) = (0, 0);
     for api in &apis {
         if let Some(s) = api_call(api, &json!({"cmd": "status"})) {
             served_from_memory += s["served_chunks"]["memory"].as_u64().unwrap_or(0);
             served_from_disk += s["served_chunks"]["disk"].as_u64().unwrap_or(0);
+            received_over_lanes += s["received_chunks"]["lane"].as_u64().unwrap_or(0);
+            received_over_libp2p += s["received_chunks"]["libp2p"].as_u64().unwrap_or(0);
         }
     }
     for (p, _) in &mut nodes {
@@ -159,5 +165,14 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
     }
     vendor.terminate(Duration::from_secs(5));
     drop(bootstrap);
-    Ok(SwarmResult { seconds, bytes, copies, node_seconds, served_from_memory, served_from_disk })
+    Ok(SwarmResult {
+        seconds,
+        bytes,
+        copies,
+        node_seconds,
+        served_from_memory,
+        served_from_disk,
+        received_over_lanes,
+        received_over_libp2p,
+    })
 }

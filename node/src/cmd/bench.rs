@@ -241,6 +241,8 @@ fn swarm(args: SwarmArgs) -> Result<()> {
                 "slowest_node_seconds": slowest_node,
                 "served_from_memory": r.served_from_memory,
                 "served_from_disk": r.served_from_disk,
+                "received_over_lanes": r.received_over_lanes,
+                "received_over_libp2p": r.received_over_libp2p,
                 "copies": r.copies,
             })
         );
@@ -252,6 +254,8 @@ fn swarm(args: SwarmArgs) -> Result<()> {
         println!("slowest_node_s {slowest_node:.2}");
         println!("served_from_memory {}", r.served_from_memory);
         println!("served_from_disk {}", r.served_from_disk);
+        println!("received_over_lanes {}", r.received_over_lanes);
+        println!("received_over_libp2p {}", r.received_over_libp2p);
     }
     Ok(())
 }

@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// Download releases only when asked (`mirage fetch`), not as soon as they arrive.
     #[arg(long)]
     no_auto_fetch: bool,
+    /// Keep chunk bytes on libp2p's encrypted connections instead of content lanes
+    /// (plain TCP beside them, on the first listen address's IP and an ephemeral port;
+    /// every chunk is verified against the signed manifest either way).
+    #[arg(long)]
+    no_content_lanes: bool,
     /// Allow `mirage debug inject` (test fleets only).
     #[arg(long, hide = true)]
     allow_debug: bool,
@@ -98,6 +103,7 @@ struct ConfigFile {
     trust: Vec<String>,
     auto_fetch: Option<bool>,
     install_prefix: Option<PathBuf>,
+    content_lanes: Option<bool>,
 }
 
 fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
@@ -174,6 +180,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         stop_after_replicas: None,
         install_prefix: args.install_prefix.or(file.install_prefix),
         collect_reports: false,
+        content_lanes: !args.no_content_lanes && file.content_lanes.unwrap_or(true),
         data_dir,
     })
 }

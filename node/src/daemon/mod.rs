@@ -58,6 +58,8 @@ pub enum DaemonError {
     Install { path: PathBuf, reason: String },
     #[error("the test sandbox: {0}")]
     Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error("content lanes on {ip}: {source}")]
+    Lanes { ip: std::net::IpAddr, source: std::io::Error },
     #[error("control API on {addr}: {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
 }
@@ -95,6 +97,9 @@ pub struct NodeOptions {
     pub install_prefix: Option<PathBuf>,
     /// Ask peers for the problem reports they hold (`mirage vendor reports`).
     pub collect_reports: bool,
+    /// Move chunk bytes over content lanes (plain TCP beside libp2p; see [`crate::lane`]),
+    /// serving them on the IP of the first listen address.
+    pub content_lanes: bool,
 }
 
 impl NodeOptions {
@@ -122,6 +127,7 @@ impl NodeOptions {
             stop_after_replicas: None,
             install_prefix: None,
             collect_reports: false,
+            content_lanes: true,
         }
     }
 }
@@ -194,6 +200,15 @@ async fn run_inner(
 
     let (staging, mut completions) = staging_for(&options, &store, apps.keys().cloned().collect())?;
 
+    let (lanes, mut lane_events) = match options.content_lanes.then(|| lane_ip(&options.listen)).flatten() {
+        Some(ip) => crate::lane::Lanes::listen(ip, options.max_connections as usize, net::CHUNK_REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| DaemonError::Lanes { ip, source: e })?,
+        None => crate::lane::Lanes::off(),
+    };
+    if let Some(port) = lanes.port() {
+        info!(port, "content lanes listening");
+    }
     let lp_key = overlay::libp2p_keypair(&keypair);
     let local_peer = lp_key.public().to_peer_id();
     let swarm = net::build(
@@ -223,6 +238,7 @@ async fn run_inner(
             options.trust.clone(),
             crate::chunk_store::ChunkStore::open(&options.data_dir.join(CONTENT_DIR))?,
             options.auto_fetch,
+            lanes,
         ),
         staging,
     };
@@ -308,12 +324,26 @@ async fn run_inner(
             }
             _ = maintain.tick() => node.maintain_connections(),
             Some(done) = completions.recv() => node.on_staging_completion(done),
+            Some(event) = lane_events.recv() => node.on_lane_event(event),
         }
     }
     info!("shutting down");
     api_task.abort();
     let _ = std::fs::remove_file(options.data_dir.join(API_ADDR_FILE));
     Ok(())
+}
+
+/// The IP content lanes listen on: that of the first listen address that names one.
+fn lane_ip(listen: &[Multiaddr]) -> Option<std::net::IpAddr> {
+    listen.iter().find_map(ip_of)
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }
 
 /// The staging driver: with an install prefix, an installer (recovered from any crash
@@ -490,8 +520,9 @@ impl Node {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 debug!(peer = %peer_id, "connected");
+                self.dist.lanes.peer_connected(peer_id, ip_of(endpoint.get_remote_address()));
                 if num_established.get() == 1 {
                     self.on_peer_connected(peer_id);
                 }

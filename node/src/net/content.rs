@@ -34,6 +34,8 @@ pub enum ContentRequest {
     Chunk { content: Digest, index: u32 },
     /// The signed problem reports the peer holds for `app` (what a vendor collects).
     Reports { app: String },
+    /// A ticket for a content lane to the peer ([`crate::lane`]).
+    Lane,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +52,9 @@ pub enum ContentResponse {
     Reports(Vec<Vec<u8>>),
     /// The peer has nothing for that request.
     NotFound,
+    /// Where to open a content lane to the peer (the IP of this connection, this port),
+    /// and the ticket to open it with.
+    Lane { port: u16, ticket: crate::lane::wire::Ticket },
 }
 
 const TAG_MANIFEST: u8 = 1;
@@ -57,6 +62,7 @@ const TAG_HAVE: u8 = 2;
 const TAG_CHUNK: u8 = 3;
 const TAG_NOT_FOUND: u8 = 4;
 const TAG_REPORTS: u8 = 5;
+const TAG_LANE: u8 = 6;
 
 /// Packs a have-list into bits.
 pub fn pack_bitmap(have: &[bool]) -> Vec<u8> {
@@ -166,6 +172,10 @@ impl libp2p::request_response::Codec for ContentCodec {
             TAG_HAVE if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Have(body)),
             TAG_NOT_FOUND if body.is_empty() => Ok(ContentResponse::NotFound),
             TAG_REPORTS => wire::decode(&body).map(ContentResponse::Reports).map_err(|e| invalid(e.to_string())),
+            TAG_LANE if body.len() == 18 => Ok(ContentResponse::Lane {
+                port: u16::from_be_bytes([body[0], body[1]]),
+                ticket: body[2..].try_into().expect("16 bytes"),
+            }),
             _ => Err(invalid(format!("bad response (tag {tag}, {} bytes)", body.len()))),
         }
     }
@@ -197,6 +207,9 @@ impl libp2p::request_response::Codec for ContentCodec {
                 write_frame(io, TAG_CHUNK, &[&bits, &have, &data], MAX_RESPONSE_BYTES).await
             }
             ContentResponse::NotFound => write_frame(io, TAG_NOT_FOUND, &[], MAX_RESPONSE_BYTES).await,
+            ContentResponse::Lane { port, ticket } => {
+                write_frame(io, TAG_LANE, &[&port.to_be_bytes(), &ticket], MAX_RESPONSE_BYTES).await
+            }
             ContentResponse::Reports(reports) => {
                 let body = wire::encode(&reports).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 write_frame(io, TAG_REPORTS, &[&body], MAX_RESPONSE_BYTES).await
@@ -227,6 +240,7 @@ mod tests {
                 ContentRequest::Have { content: Digest([3; 32]) },
                 ContentRequest::Chunk { content: Digest([4; 32]), index: 7 },
                 ContentRequest::Reports { app: "mysql".into() },
+                ContentRequest::Lane,
             ] {
                 let mut buf = Vec::new();
                 ContentCodec.write_request(&CONTENT_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
@@ -240,6 +254,7 @@ mod tests {
             ContentResponse::Chunk { data: Arc::new(vec![]), have: vec![] },
             ContentResponse::NotFound,
             ContentResponse::Reports(vec![vec![1, 2, 3], vec![]]),
+            ContentResponse::Lane { port: 40123, ticket: [5; 16] },
         ] {
             assert_eq!(roundtrip_response(res.clone()).unwrap(), res);
         }

@@ -75,8 +75,8 @@ impl Node {
         let (due, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.dist.delayed).into_iter().partition(|d| d.0 <= now);
         self.dist.delayed = later;
-        for (_, channel, response) in due {
-            let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
+        for (_, reply, response) in due {
+            self.reply(reply, response);
         }
         let pending = std::mem::take(&mut self.dist.pending_publish);
         for (app, bytes) in pending {
@@ -173,12 +173,35 @@ impl Node {
         }
         let requests = d.download.next_requests(overlay::now());
         for (peer, index) in requests {
-            let id = self
-                .swarm
-                .behaviour_mut()
-                .content
-                .send_request(&peer, ContentRequest::Chunk { content, index: index as u32 });
-            self.dist.chunk_requests.insert(id, (content, index, Instant::now()));
+            self.ask_lane(peer);
+            if let Route::Libp2p = self.dist.lanes.route(peer, content, index as u32) {
+                self.request_chunk(peer, content, index);
+            }
+        }
+    }
+
+    /// Asks for a chunk over libp2p's content protocol.
+    pub(super) fn request_chunk(&mut self, peer: PeerId, content: Digest, index: usize) {
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .content
+            .send_request(&peer, ContentRequest::Chunk { content, index: index as u32 });
+        self.dist.chunk_requests.insert(id, (content, index, Instant::now()));
+    }
+
+    /// Asks `peer` for a content lane, unless we have one or asked already.
+    pub(super) fn ask_lane(&mut self, peer: PeerId) {
+        if self.dist.lanes.should_ask(peer) {
+            let id = self.swarm.behaviour_mut().content.send_request(&peer, ContentRequest::Lane);
+            self.dist.lane_offers.insert(id, peer);
+        }
+    }
+
+    /// Sends over libp2p the chunk requests that waited for a lane the peer refused.
+    pub(super) fn lane_refused(&mut self, peer: PeerId) {
+        for (content, index) in self.dist.lanes.on_refused(peer) {
+            self.request_chunk(peer, content, index as usize);
         }
     }
 
@@ -199,6 +222,7 @@ impl Node {
     }
 
     pub(in crate::daemon) fn on_peer_disconnected(&mut self, peer: &PeerId) {
+        self.dist.lanes.peer_gone(peer);
         for d in self.dist.downloads.values_mut() {
             d.download.peer_gone(peer);
         }
@@ -207,14 +231,17 @@ impl Node {
     pub(in crate::daemon) fn on_content(&mut self, event: request_response::Event<ContentRequest, ContentResponse>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request: ContentRequest::Lane, channel, .. } => {
+                    let response = match self.dist.lanes.issue_ticket(peer) {
+                        Some((port, ticket)) => ContentResponse::Lane { port, ticket },
+                        None => ContentResponse::NotFound,
+                    };
+                    let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
+                }
                 request_response::Message::Request { request, channel, .. } => {
                     let chunk = matches!(request, ContentRequest::Chunk { .. });
                     let response = self.serve(request);
-                    if chunk && self.dist.misbehaviour == Misbehaviour::Slow {
-                        self.dist.delayed.push((Instant::now() + SLOW_SERVE_DELAY, channel, response));
-                    } else {
-                        let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
-                    }
+                    self.answer(chunk, ReplyTo::Stream(channel), response);
                 }
                 request_response::Message::Response { request_id, response } => {
                     self.on_content_response(peer, request_id, response)
@@ -227,6 +254,9 @@ impl Node {
                         d.download.on_failure(&peer, index);
                     }
                     self.pump(content);
+                }
+                if let Some(peer) = self.dist.lane_offers.remove(&request_id) {
+                    self.lane_refused(peer);
                 }
                 self.dist.have_requests.remove(&request_id);
                 self.dist.manifest_requests.remove(&request_id);
@@ -269,11 +299,42 @@ impl Node {
             self.on_have(peer, content, response);
             return;
         }
+        if let Some(peer) = self.dist.lane_offers.remove(&id) {
+            match response {
+                ContentResponse::Lane { port, ticket } => {
+                    for (content, index) in self.dist.lanes.on_offer(peer, port, ticket) {
+                        self.request_chunk(peer, content, index as usize);
+                    }
+                }
+                _ => self.lane_refused(peer),
+            }
+            return;
+        }
         let Some((content, index, sent)) = self.dist.chunk_requests.remove(&id) else { return };
+        let answer = match response {
+            ContentResponse::Chunk { data, have } => {
+                self.dist.received_via_libp2p += 1;
+                Some(Served { data, have })
+            }
+            _ => None,
+        };
+        self.on_chunk_answer(peer, content, index, sent, answer);
+    }
+
+    /// The answer to a chunk request, over libp2p or a lane: `None` if the peer had
+    /// no chunk to give.
+    pub(super) fn on_chunk_answer(
+        &mut self,
+        peer: PeerId,
+        content: Digest,
+        index: usize,
+        sent: Instant,
+        answer: Option<Served>,
+    ) {
         let Some(d) = self.dist.downloads.get_mut(&content) else { return };
         d.latency.record(sent.elapsed());
-        let data = match response {
-            ContentResponse::Chunk { data, have } => {
+        let data = match answer {
+            Some(Served { data, have }) => {
                 // What the sender holds now: no need to ask it separately.
                 if let Some(held) = unpack_bitmap(&have, d.download.artifact().chunk_count()) {
                     let full = held.len() == d.download.artifact().chunk_count();
@@ -285,7 +346,7 @@ impl Node {
                 }
                 data
             }
-            _ => {
+            None => {
                 d.download.on_failure(&peer, index);
                 self.pump(content);
                 return;
@@ -346,6 +407,7 @@ impl Node {
                     d.holders.remove(&peer);
                 }
                 d.download.peer_has(peer, chunks);
+                self.ask_lane(peer);
                 self.pump(content);
             }
         }

@@ -7,12 +7,14 @@
 //! writes accepted chunks to the [`ChunkStore`].
 
 mod download;
+mod lanes;
 mod releases;
 mod serve;
 mod status;
 
 pub(super) use super::Node;
 use crate::chunk_store::{ChunkStore, StoredArtifact};
+use crate::lane::{LaneEvent, Lanes, Route, Served};
 use crate::net::content::{pack_bitmap, unpack_bitmap};
 use crate::net::{ContentRequest, ContentResponse};
 use libp2p::{gossipsub, kad, request_response, PeerId};
@@ -149,7 +151,19 @@ pub struct Distribution {
     pub seed_goal: Option<SeedGoal>,
     misbehaviour: Misbehaviour,
     /// Chunk responses held back by a slow peer, with when to send them.
-    delayed: Vec<(Instant, request_response::ResponseChannel<ContentResponse>, ContentResponse)>,
+    delayed: Vec<(Instant, ReplyTo, ContentResponse)>,
+    /// Content lanes: chunk bytes over plain TCP beside libp2p.
+    pub lanes: Lanes,
+    /// Chunks received over libp2p's content protocol (the rest came over lanes).
+    received_via_libp2p: u64,
+    /// Lane tickets asked of peers, by request.
+    lane_offers: HashMap<request_response::OutboundRequestId, PeerId>,
+}
+
+/// Where the answer to a chunk request goes.
+pub(in crate::daemon) enum ReplyTo {
+    Stream(request_response::ResponseChannel<ContentResponse>),
+    Lane(tokio::sync::oneshot::Sender<Option<Served>>),
 }
 
 /// A release a vendor seeds: the signed manifest and the files it describes.
@@ -188,7 +202,7 @@ fn chunk_rejection_name(r: Rejection) -> &'static str {
 }
 
 impl Distribution {
-    pub fn new(trust: TrustStore, chunks: ChunkStore, auto_fetch: bool) -> Self {
+    pub fn new(trust: TrustStore, chunks: ChunkStore, auto_fetch: bool, lanes: Lanes) -> Self {
         Distribution {
             trust,
             chunks,
@@ -209,6 +223,9 @@ impl Distribution {
             seed_goal: None,
             misbehaviour: Misbehaviour::Honest,
             delayed: Vec::new(),
+            lanes,
+            lane_offers: HashMap::new(),
+            received_via_libp2p: 0,
         }
     }
 

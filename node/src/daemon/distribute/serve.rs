@@ -5,6 +5,8 @@ use super::*;
 impl Node {
     pub(super) fn serve(&mut self, request: ContentRequest) -> ContentResponse {
         match request {
+            // Tickets are per peer: issued where the peer is known (`on_content`).
+            ContentRequest::Lane => ContentResponse::NotFound,
             ContentRequest::Reports { app } => {
                 let reports = self.problem_reports(&app);
                 if reports.is_empty() {

@@ -30,6 +30,10 @@ impl Node {
             "rejected_manifests": self.dist.rejected_manifests,
             "rejected_chunks": self.dist.rejected_chunks,
             "served_chunks": self.dist.served_chunks,
+            "received_chunks": {
+                "lane": self.dist.lanes.received_via_lane,
+                "libp2p": self.dist.received_via_libp2p,
+            },
             "replicas": self.dist.seed_goal.as_ref().map(|g| g.replicated.len()),
         })
     }
