@@ -5,15 +5,16 @@
 //! chunk indices written, 4 bytes each) and `complete` (present once the whole content
 //! hash was verified).
 //!
-//! Chunks are written past the page cache where the filesystem allows it
-//! ([`crate::direct_write`]): receivers write much and read little.
+//! A downloading artifact's chunks are written and read back past the page cache where
+//! the filesystem allows it ([`crate::direct_io`]).
 //!
 //! Only chunks the download planner verified are written. The journal is not synced
 //! per chunk; instead, on reopening, every journaled chunk is hashed again against the
 //! manifest, so a crash between writing data and journal, or a torn write, costs at most
 //! a re-download of the chunks involved and never serves a wrong byte.
 
-use crate::direct_write::DirectWriter;
+use crate::direct_io::DirectFile;
+use bytes::Bytes;
 use lru::LruCache;
 use mirage_protocol::manifest::ArtifactInfo;
 use mirage_protocol::transfer::ChunkProof;
@@ -22,15 +23,14 @@ use std::io::Write;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use thiserror::Error;
 
-/// Bytes of chunks kept in memory for serving, per artifact. Smaller is faster here, up
-/// to a point: every chunk kept is a buffer not reused, and a fresh buffer costs page
-/// faults and zeroing. `mirage bench swarm` (16 x 256 MiB, CPU of the whole run): 4 MiB
-/// 20 s, 16 MiB 19-21 s, 32 MiB 18-20 s, 64 MiB 20 s, 256 MiB (no disk reads at all)
-/// 25-30 s.
-pub const SERVE_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of chunks kept in memory for serving, per artifact. Every chunk kept is a buffer
+/// not reused (a fresh one costs page faults and zeroing), and every miss is a disk read.
+/// `mirage bench swarm` (16 x 256 MiB over content lanes, seconds): 32 MiB 3.6-5.9,
+/// 64 MiB 3.4-3.9, 128 MiB 3.6-4.2. (Over libp2p, before lanes, 32 MiB did best.)
+pub const SERVE_CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -117,8 +117,8 @@ impl ChunkStore {
         // and (but for the last) end on block boundaries can go direct: the zero padding
         // of a short write must never reach into the next chunk. Valid chunk sizes are
         // powers of two from 16 KiB, so this holds; the check keeps it so if that changes.
-        let aligned = (info.chunk_size as usize).is_multiple_of(crate::direct_write::ALIGN);
-        let direct = if !aligned || have.iter().all(|h| *h) { None } else { DirectWriter::open(&data_path) };
+        let aligned = (info.chunk_size as usize).is_multiple_of(crate::direct_io::ALIGN);
+        let direct = if !aligned || have.iter().all(|h| *h) { None } else { DirectFile::open(&data_path) };
         Ok(StoredArtifact {
             info: info.clone(),
             folder,
@@ -165,11 +165,11 @@ pub struct StoredArtifact {
     info: ArtifactInfo,
     folder: PathBuf,
     data: File,
-    /// The same file for direct writes, where the filesystem allows them.
-    direct: Option<DirectWriter>,
+    /// The same file for direct I/O, where the filesystem allows it.
+    direct: Option<DirectFile>,
     journal: File,
     have: Vec<bool>,
-    cache: Mutex<LruCache<usize, Arc<Vec<u8>>>>,
+    cache: Mutex<LruCache<usize, Bytes>>,
 }
 
 impl StoredArtifact {
@@ -225,7 +225,7 @@ impl StoredArtifact {
     /// a swarm peer is most often asked for what it just received, and serving it from
     /// memory saves a read and a copy. The download's proof (length and blake3 equal to
     /// the manifest's, for this index) stands in for hashing the bytes a second time.
-    pub fn store_chunk(&mut self, index: usize, chunk: Arc<Vec<u8>>, proof: ChunkProof) -> Result<(), StoreError> {
+    pub fn store_chunk(&mut self, index: usize, chunk: Bytes, proof: ChunkProof) -> Result<(), StoreError> {
         if index >= self.have.len() {
             return Err(StoreError::NoSuchChunk { index });
         }
@@ -238,12 +238,12 @@ impl StoredArtifact {
     }
 
     /// A stored chunk if the serving cache holds it (no disk access).
-    pub fn cached_chunk(&self, index: usize) -> Option<Arc<Vec<u8>>> {
+    pub fn cached_chunk(&self, index: usize) -> Option<Bytes> {
         self.cache.lock().expect("cache lock").get(&index).cloned()
     }
 
     /// Reads a stored chunk for serving, through a bounded LRU of hot chunks.
-    pub fn read_chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, StoreError> {
+    pub fn read_chunk(&self, index: usize) -> Result<Bytes, StoreError> {
         match self.cached_chunk(index) {
             Some(hit) => Ok(hit),
             None => self.load_chunk(index),
@@ -252,15 +252,25 @@ impl StoredArtifact {
 
     /// Reads a stored chunk from disk into the serving cache: what [`Self::read_chunk`]
     /// does when [`Self::cached_chunk`] has nothing.
-    pub fn load_chunk(&self, index: usize) -> Result<Arc<Vec<u8>>, StoreError> {
+    pub fn load_chunk(&self, index: usize) -> Result<Bytes, StoreError> {
         if !self.have.get(index).copied().unwrap_or(false) {
             return Err(StoreError::Missing { index });
         }
         let len = self.info.chunk_len(index).ok_or(StoreError::NoSuchChunk { index })? as usize;
-        let mut buf = vec![0u8; len];
+        let offset = index as u64 * self.info.chunk_size as u64;
         let path = self.data_path();
-        self.data.read_exact_at(&mut buf, index as u64 * self.info.chunk_size as u64).map_err(io(&path))?;
-        let chunk = Arc::new(buf);
+        let direct = self.direct.as_ref().map(|d| d.read_at(offset, len));
+        let chunk = match direct {
+            Some(Ok(chunk)) => chunk,
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::debug!(path = %path.display(), error = %e, "direct read refused; reading buffered");
+                }
+                let mut buf = vec![0u8; len];
+                self.data.read_exact_at(&mut buf, offset).map_err(io(&path))?;
+                Bytes::from(buf)
+            }
+        };
         self.cache.lock().expect("cache lock").put(index, chunk.clone());
         Ok(chunk)
     }
@@ -347,7 +357,7 @@ mod tests {
         assert!(a.is_complete());
         a.finish().unwrap();
         assert_eq!(std::fs::read(a.data_path()).unwrap(), bytes);
-        assert_eq!(*a.read_chunk(3).unwrap(), chunk(&bytes, 3));
+        assert_eq!(&a.read_chunk(3).unwrap()[..], chunk(&bytes, 3));
         assert!(store.open_artifact(&info).unwrap().is_complete());
     }
 
@@ -361,12 +371,12 @@ mod tests {
         d.peer_is_seed(7u8);
         let asked = d.next_requests(mirage_protocol::UnixMillis(0));
         let (_, index) = asked[0];
-        let data = Arc::new(chunk(&bytes, index).to_vec());
+        let data = Bytes::copy_from_slice(chunk(&bytes, index));
         let ChunkVerdict::Accept(proof) = d.on_chunk(&7, index, &data) else { panic!("a good chunk is accepted") };
         let other = (index + 1) % info.chunk_count();
-        let wrong = Arc::new(chunk(&bytes, other).to_vec());
+        let wrong = Bytes::copy_from_slice(chunk(&bytes, other));
         assert!(matches!(a.store_chunk(other, wrong, proof), Err(StoreError::Mismatch { .. })));
-        assert!(matches!(a.store_chunk(index, Arc::new(vec![0; 3]), proof), Err(StoreError::Mismatch { .. })));
+        assert!(matches!(a.store_chunk(index, Bytes::from(vec![0; 3]), proof), Err(StoreError::Mismatch { .. })));
         a.store_chunk(index, data.clone(), proof).unwrap();
         assert_eq!(a.read_chunk(index).unwrap(), data);
     }

@@ -5,7 +5,7 @@ pub mod bench;
 pub mod chunk_store;
 pub mod daemon;
 pub mod digest_cache;
-pub mod direct_write;
+pub mod direct_io;
 pub mod install;
 pub mod keyfile;
 pub mod lane;

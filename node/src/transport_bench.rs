@@ -19,7 +19,6 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{request_response, Multiaddr, PeerId};
 use mirage_protocol::Digest;
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Instant;
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -68,7 +67,7 @@ pub async fn run_peer(options: PeerOptions) -> Result<(), TransportBenchError> {
     let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().expect("a valid address");
     swarm.listen_on(listen).map_err(|e| TransportBenchError::Swarm(e.to_string()))?;
 
-    let chunk = Arc::new(vec![0x5au8; options.chunk_size]);
+    let chunk = bytes::Bytes::from(vec![0x5au8; options.chunk_size]);
     let have = pack_bitmap(&vec![true; options.chunks]);
     // Any content id: every peer serves the same bytes whatever is asked.
     let content = Digest::of(b"transport floor");

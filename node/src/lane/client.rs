@@ -4,12 +4,13 @@
 
 use super::wire::{self, AnswerHead, Ticket};
 use super::{LaneError, LaneEvent, Served};
-use bytes::BufMut;
+use crate::direct_io::AlignedFill;
+use bytes::{BufMut, Bytes};
 use libp2p::PeerId;
 use mirage_protocol::Digest;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -112,21 +113,22 @@ async fn read_answer<R: AsyncRead + Unpin>(
         AnswerHead::Chunk { bitmap_len, data_len, .. } => {
             let mut have = vec![0u8; bitmap_len];
             rd.read_exact(&mut have).await?;
-            Ok(Some(Served { data: Arc::new(read_exactly(rd, data_len).await?), have }))
+            Ok(Some(Served { data: read_exactly(rd, data_len).await?, have }))
         }
     }
 }
 
-/// Reads `len` bytes into a buffer of exactly that capacity, without zeroing it first.
-async fn read_exactly<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> Result<Vec<u8>, LaneError> {
-    let mut data = Vec::with_capacity(len);
-    while data.len() < len {
-        let room = len - data.len();
-        if rd.read_buf(&mut (&mut data).limit(room)).await? == 0 {
+/// Reads `len` bytes into a buffer of their own, without zeroing it first, aligned so
+/// the chunk store can write it to disk directly ([`crate::direct_io`]).
+async fn read_exactly<R: AsyncRead + Unpin>(rd: &mut R, len: usize) -> Result<Bytes, LaneError> {
+    let mut fill = AlignedFill::new(len);
+    while fill.filled() < len {
+        let room = len - fill.filled();
+        if rd.read_buf(&mut fill.vec_mut().limit(room)).await? == 0 {
             return Err(LaneError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
-    Ok(data)
+    Ok(fill.into_bytes())
 }
 
 #[cfg(test)]
@@ -136,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn answers_are_read_whole_and_short_streams_fail() {
         let mut bytes: &[u8] = &[1, 2, 3, 4, 5];
-        assert_eq!(read_exactly(&mut bytes, 4).await.unwrap(), vec![1, 2, 3, 4]);
+        assert_eq!(&read_exactly(&mut bytes, 4).await.unwrap()[..], &[1, 2, 3, 4]);
         let mut short: &[u8] = &[1, 2];
         assert!(read_exactly(&mut short, 4).await.is_err());
 
@@ -144,7 +146,7 @@ mod tests {
         let head = AnswerHead::Chunk { index: 3, bitmap_len: 1, data_len: 2 }.encode();
         let mut stream = [&head[1..], &[0b1], &[8, 9]].concat();
         let served = read_answer(head[0], &mut stream.as_slice(), &pending).await.unwrap().unwrap();
-        assert_eq!((served.data.as_slice(), served.have.as_slice()), (&[8u8, 9][..], &[0b1u8][..]));
+        assert_eq!((&served.data[..], served.have.as_slice()), (&[8u8, 9][..], &[0b1u8][..]));
         // An answer for another chunk than the oldest request is a broken lane.
         stream[0..4].copy_from_slice(&4u32.to_be_bytes());
         assert!(matches!(

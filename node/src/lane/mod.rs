@@ -59,7 +59,7 @@ pub enum LaneError {
 /// A chunk as a server answers it: the bytes and its have-bitmap for the artifact.
 #[derive(Debug)]
 pub struct Served {
-    pub data: Arc<Vec<u8>>,
+    pub data: bytes::Bytes,
     pub have: Vec<u8>,
 }
 

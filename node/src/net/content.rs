@@ -8,6 +8,7 @@
 //! the request fails; what arrives within the limit is still checked against the
 //! manifest by the download before a byte of it is written.
 
+use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use mirage_protocol::manifest::{MAX_CHUNKS, MAX_CHUNK_SIZE};
@@ -15,7 +16,6 @@ use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
 use mirage_protocol::Digest;
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::sync::Arc;
 
 pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/content/1.0.0");
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
@@ -47,7 +47,7 @@ pub enum ContentResponse {
     /// A chunk (shared, so a served chunk is never copied on its way out) and the
     /// sender's have-bitmap for the artifact: a downloader learns what its peers gained
     /// from the chunks it receives anyway, instead of asking again and again.
-    Chunk { data: Arc<Vec<u8>>, have: Vec<u8> },
+    Chunk { data: Bytes, have: Vec<u8> },
     /// Signed problem report envelopes.
     Reports(Vec<Vec<u8>>),
     /// The peer has nothing for that request.
@@ -164,7 +164,7 @@ impl libp2p::request_response::Codec for ContentCodec {
             }
             let have = read_bytes(io, bits).await?;
             let data = read_bytes(io, len - 4 - bits).await?;
-            return Ok(ContentResponse::Chunk { data: Arc::new(data), have });
+            return Ok(ContentResponse::Chunk { data: Bytes::from(data), have });
         }
         let body = read_bytes(io, len).await?;
         match tag {
@@ -250,8 +250,8 @@ mod tests {
         for res in [
             ContentResponse::Manifest(vec![1, 2]),
             ContentResponse::Have(vec![0xff]),
-            ContentResponse::Chunk { data: Arc::new(vec![9; 100_000]), have: vec![0b101] },
-            ContentResponse::Chunk { data: Arc::new(vec![]), have: vec![] },
+            ContentResponse::Chunk { data: Bytes::from(vec![9; 100_000]), have: vec![0b101] },
+            ContentResponse::Chunk { data: Bytes::new(), have: vec![] },
             ContentResponse::NotFound,
             ContentResponse::Reports(vec![vec![1, 2, 3], vec![]]),
             ContentResponse::Lane { port: 40123, ticket: [5; 16] },
@@ -274,7 +274,7 @@ mod tests {
             assert!(ContentCodec.read_request(&CONTENT_PROTOCOL, &mut Cursor::new(&junk)).await.is_err());
         });
         // Larger than any chunk may be: refused on the sending side too.
-        let huge = ContentResponse::Chunk { data: Arc::new(vec![0; MAX_RESPONSE_BYTES]), have: vec![] };
+        let huge = ContentResponse::Chunk { data: Bytes::from(vec![0; MAX_RESPONSE_BYTES]), have: vec![] };
         assert!(roundtrip_response(huge).is_err());
         // A bitmap length that claims more than the frame holds.
         futures::executor::block_on(async {

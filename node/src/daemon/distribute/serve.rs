@@ -36,7 +36,7 @@ impl Node {
                 if self.dist.misbehaviour.lies() {
                     if let Some(bad) = self.bad_chunk(&content, index) {
                         let info = self.dist.artifact_info(&content).map_or(0, ArtifactInfo::chunk_count);
-                        return ContentResponse::Chunk { data: Arc::new(bad), have: pack_bitmap(&vec![true; info]) };
+                        return ContentResponse::Chunk { data: bad.into(), have: pack_bitmap(&vec![true; info]) };
                     }
                 }
                 match self.dist.held.get(&content) {
@@ -69,12 +69,12 @@ impl Node {
         Some(match self.dist.misbehaviour {
             Misbehaviour::Honest | Misbehaviour::Slow => return None,
             Misbehaviour::Corrupt => {
-                let mut bytes = real.map_or_else(noise, |r| r.as_ref().clone());
+                let mut bytes = real.map_or_else(noise, |r| r.to_vec());
                 bytes[len / 2] ^= 0xff;
                 bytes
             }
             Misbehaviour::Endless => {
-                let mut bytes = real.map_or_else(noise, |r| r.as_ref().clone());
+                let mut bytes = real.map_or_else(noise, |r| r.to_vec());
                 bytes.resize(len + (1 << 20), 0xee);
                 bytes
             }
@@ -85,7 +85,7 @@ impl Node {
                     .iter()
                     .filter(|(k, s)| *k != content && s.have().get(index).copied().unwrap_or(false))
                     .find_map(|(_, s)| s.read_chunk(index).ok());
-                other.map_or_else(noise, |o| o.as_ref().clone())
+                other.map_or_else(noise, |o| o.to_vec())
             }
         })
     }
