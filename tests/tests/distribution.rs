@@ -1,6 +1,7 @@
 //! A vendor publishes a multi-chunk release; ten nodes end with byte-identical copies.
 //! The vendor stops by itself once one full copy exists elsewhere, and the nodes that
-//! join after that get the release and its content from their peers alone.
+//! join after that get the release and its content from their peers alone. Some of those
+//! run without content lanes: they and the others still trade chunks, over libp2p.
 
 use mirage_tests::{artifact_state, pseudo_random_bytes, wait_for, Bootstrap, Node, SampleMachine, Vendor};
 use std::time::Duration;
@@ -18,13 +19,18 @@ fn vendor_seeds_and_the_swarm_finishes_without_it() {
     let artifact = dir.path().join("mysql-8.0.36.tar");
     std::fs::write(&artifact, &content).unwrap();
 
+    let lanes_off = |i: usize| i >= 3 && i % 2 == 1;
     let start = |i: usize| {
+        let mut flags = vec!["--trust", &trust];
+        if lanes_off(i) {
+            flags.push("--no-content-lanes");
+        }
         Node::start(
             &dir.path().join(format!("n{i}")),
             i,
             SampleMachine { environment: (i % 2) as u32, host: i as u32 },
             &bootstrap.addr,
-            &["--trust", &trust],
+            &flags,
         )
     };
     let mut nodes: Vec<Node> = (0..3).map(start).collect();
@@ -62,4 +68,17 @@ fn vendor_seeds_and_the_swarm_finishes_without_it() {
     }
     let status = nodes[9].status().unwrap();
     assert_eq!(status["rejected_chunks"], serde_json::json!({}), "honest peers sent nothing bad");
+
+    // Which way the late joiners' 48 chunks came.
+    for n in &nodes[3..] {
+        let received = &n.status().unwrap()["received_chunks"];
+        let (lane, libp2p) = (received["lane"].as_u64().unwrap(), received["libp2p"].as_u64().unwrap());
+        assert!(lane + libp2p >= 48, "node{} counted {lane} + {libp2p} chunks", n.index);
+        if lanes_off(n.index) {
+            assert_eq!(lane, 0, "node{} runs without lanes", n.index);
+        } else {
+            // Three full copies with lanes (nodes 0 to 2) are among its peers.
+            assert!(lane > 0, "node{} got nothing over lanes ({libp2p} over libp2p)", n.index);
+        }
+    }
 }

@@ -242,3 +242,103 @@ impl Lanes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::net::Ipv4Addr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    async fn next(events: &mut mpsc::UnboundedReceiver<LaneEvent>) -> LaneEvent {
+        tokio::time::timeout(PATIENCE, events.recv()).await.expect("an event in time").expect("lanes running")
+    }
+
+    /// Whether the server closes a connection that opened with `hello`.
+    async fn refused(port: u16, hello: &[u8]) -> bool {
+        let mut stream = tokio::net::TcpStream::connect((LOOPBACK, port)).await.unwrap();
+        stream.write_all(hello).await.unwrap();
+        stream.write_all(&wire::encode_request(&Digest([1; 32]), 0)).await.unwrap();
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(PATIENCE, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn a_ticket_opens_a_lane_whose_answers_come_back_in_order() {
+        let (mut server, mut served) = Lanes::listen(LOOPBACK, 4, PATIENCE).await.unwrap();
+        let (mut client, mut answers) = Lanes::listen(LOOPBACK, 4, PATIENCE).await.unwrap();
+        let (server_peer, client_peer) = (PeerId::random(), PeerId::random());
+        let content = Digest([1; 32]);
+
+        client.peer_connected(server_peer, Some(LOOPBACK));
+        assert!(client.should_ask(server_peer));
+        assert!(!client.should_ask(server_peer), "asked once");
+        // Requests made while the ticket is on its way wait for the lane.
+        assert!(matches!(client.route(server_peer, content, 0), Route::Taken));
+        let (port, ticket) = server.issue_ticket(client_peer).unwrap();
+        assert!(client.on_offer(server_peer, port, ticket).is_empty());
+        assert!(matches!(client.route(server_peer, content, 1), Route::Taken));
+
+        let chunk = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        for expected in [0, 1] {
+            let LaneEvent::Request { peer, content: asked, index, reply } = next(&mut served).await else {
+                panic!("a request")
+            };
+            assert_eq!((peer, asked, index), (client_peer, content, expected));
+            let answer = (index == 0).then(|| Served { data: chunk.clone(), have: vec![0b11] });
+            reply.send(answer).unwrap();
+        }
+        let LaneEvent::Answer { peer, index: 0, chunk: Some(got), .. } = next(&mut answers).await else {
+            panic!("chunk 0 first")
+        };
+        assert_eq!((peer, &got.data, got.have.as_slice()), (server_peer, &chunk, &[0b11u8][..]));
+        assert_eq!(got.data.as_ptr().align_offset(crate::direct_io::ALIGN), 0, "ready for a direct write");
+        assert!(matches!(next(&mut answers).await, LaneEvent::Answer { index: 1, chunk: None, .. }));
+
+        // A ticket opens one lane only; a made-up one or a bad hello none.
+        assert!(refused(port, &wire::encode_hello(&ticket)).await);
+        assert!(refused(port, &wire::encode_hello(&[9; 16])).await);
+        assert!(refused(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await);
+
+        // The server's peer went away: the lane closes and nothing was left unanswered.
+        client.peer_gone(&server_peer);
+        let LaneEvent::Closed { peer, error: None, lost } = next(&mut answers).await else { panic!("closed") };
+        assert_eq!((peer, lost.len()), (server_peer, 0));
+        assert!(matches!(client.route(server_peer, content, 2), Route::Libp2p));
+    }
+
+    #[tokio::test]
+    async fn requests_a_broken_lane_took_are_handed_back() {
+        // A "server" that takes the hello and a request, then hangs up.
+        let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; wire::HELLO_LEN + wire::REQUEST_LEN];
+            stream.read_exact(&mut buf).await.unwrap();
+        });
+        let (mut client, mut events) = Lanes::listen(LOOPBACK, 4, PATIENCE).await.unwrap();
+        let server_peer = PeerId::random();
+        client.peer_connected(server_peer, Some(LOOPBACK));
+        assert!(client.should_ask(server_peer));
+        client.on_offer(server_peer, port, [3; 16]);
+        assert!(matches!(client.route(server_peer, Digest([2; 32]), 7), Route::Taken));
+        let LaneEvent::Closed { error: Some(_), lost, .. } = next(&mut events).await else { panic!("a broken lane") };
+        assert_eq!(lost, vec![(Digest([2; 32]), 7)]);
+        client.on_closed(server_peer);
+        assert!(matches!(client.route(server_peer, Digest([2; 32]), 8), Route::Libp2p), "libp2p from now on");
+    }
+
+    #[test]
+    fn a_peer_without_lanes_gets_its_waiting_requests_sent_over_libp2p() {
+        let (mut lanes, _events) = Lanes::off();
+        let peer = PeerId::random();
+        lanes.peer_connected(peer, Some(LOOPBACK));
+        assert!(!lanes.should_ask(peer), "a node without lanes asks nobody");
+        assert!(matches!(lanes.route(peer, Digest([0; 32]), 1), Route::Libp2p));
+        assert!(lanes.issue_ticket(peer).is_none());
+    }
+}

@@ -55,6 +55,7 @@ impl Node {
                 asked: HashMap::new(),
                 bytes: 0,
                 latency: RequestLatency::default(),
+                first_chunk: None,
             },
         );
         // Providing from the start lets other receivers find our partial copy.
@@ -66,6 +67,13 @@ impl Node {
             warn!(error = %e, "cannot record wanted artifact");
         }
         info!(app = m.app, version = %m.version, what, %content, chunks = total, resumed = got, "download started");
+        // Start at once rather than at the next tick: search the DHT for providers, and
+        // ask the peers we are connected to, which in a swarm often hold chunks already.
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in connected {
+            self.ask_have(peer, content);
+        }
+        self.poll_download(content, Instant::now());
         Ok(())
     }
 
@@ -91,30 +99,7 @@ impl Node {
         let active: Vec<Digest> =
             self.dist.downloads.iter().filter(|(_, d)| d.finished.is_none()).map(|(k, _)| *k).collect();
         for content in active {
-            let Some(d) = self.dist.downloads.get_mut(&content) else { continue };
-            let providers_due = d.last_provider_poll.is_none_or(|t| now - t >= PROVIDER_POLL);
-            let have_due = d.last_have_poll.is_none_or(|t| now - t >= HAVE_POLL);
-            if providers_due {
-                d.last_provider_poll = Some(now);
-            }
-            if have_due {
-                d.last_have_poll = Some(now);
-            }
-            d.download.on_tick(overlay::now());
-            if providers_due {
-                let id = self.swarm.behaviour_mut().overlay.kad.get_providers(overlay::content_record_key(&content));
-                self.dist.provider_lookups.insert(id, content);
-            }
-            if have_due {
-                let d = &self.dist.downloads[&content];
-                let stale = |p: &PeerId| d.heard.get(p).is_none_or(|t| now - *t >= HAVE_POLL);
-                let known: Vec<PeerId> =
-                    d.holders.iter().filter(|p| !d.download.is_banned(p) && stale(p)).copied().collect();
-                for p in known {
-                    self.ask_have(p, content);
-                }
-            }
-            self.pump(content);
+            self.poll_download(content, now);
         }
         if let Some(goal) = &mut self.dist.seed_goal {
             if goal.last_poll.is_none_or(|t| now - t >= Duration::from_secs(1)) {
@@ -124,6 +109,34 @@ impl Node {
                 self.dist.provider_lookups.insert(id, content);
             }
         }
+    }
+
+    /// One download's periodic work: provider searches, have polls, timeouts, requests.
+    fn poll_download(&mut self, content: Digest, now: Instant) {
+        let Some(d) = self.dist.downloads.get_mut(&content) else { return };
+        let providers_due = d.last_provider_poll.is_none_or(|t| now - t >= PROVIDER_POLL);
+        let have_due = d.last_have_poll.is_none_or(|t| now - t >= HAVE_POLL);
+        if providers_due {
+            d.last_provider_poll = Some(now);
+        }
+        if have_due {
+            d.last_have_poll = Some(now);
+        }
+        d.download.on_tick(overlay::now());
+        if providers_due {
+            let id = self.swarm.behaviour_mut().overlay.kad.get_providers(overlay::content_record_key(&content));
+            self.dist.provider_lookups.insert(id, content);
+        }
+        if have_due {
+            let d = &self.dist.downloads[&content];
+            let stale = |p: &PeerId| d.heard.get(p).is_none_or(|t| now - *t >= HAVE_POLL);
+            let known: Vec<PeerId> =
+                d.holders.iter().filter(|p| !d.download.is_banned(p) && stale(p)).copied().collect();
+            for p in known {
+                self.ask_have(p, content);
+            }
+        }
+        self.pump(content);
     }
 
     pub(super) fn ask_have(&mut self, peer: PeerId, content: Digest) {
@@ -362,6 +375,7 @@ impl Node {
                 } else {
                     d.download.mark_stored(index);
                     d.bytes += len;
+                    d.first_chunk.get_or_insert_with(|| d.started.elapsed());
                 }
                 if d.download.is_complete() {
                     self.finish_download(content);
@@ -419,6 +433,8 @@ impl Node {
         d.finished = Some(elapsed);
         let (app, version, what, bytes) = (d.app.clone(), d.version.clone(), d.what, d.bytes);
         let (requests, mean_ms, max_ms) = (d.latency.count, d.latency.mean_ms(), d.latency.max.as_millis() as u64);
+        let first_chunk_ms = d.first_chunk.map(|f| f.as_millis() as u64);
+        let peers = d.heard.len();
         // The fsync and whole-content check run off the event loop, so this node keeps
         // serving the swarm meanwhile; until they are done a restart re-verifies chunks.
         match self.dist.held.get(&content).map(StoredArtifact::finisher) {
@@ -437,7 +453,7 @@ impl Node {
         }
         let secs = elapsed.as_secs_f64().max(1e-3);
         info!(app, %version, what, %content, seconds = secs, mib_per_s = bytes as f64 / secs / 1048576.0,
-            requests, mean_ms, max_ms, "download complete");
+            requests, mean_ms, max_ms, first_chunk_ms, peers, "download complete");
         if self.staging.manages(&app) {
             self.staging_content_check(&app);
         }

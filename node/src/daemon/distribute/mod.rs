@@ -103,6 +103,9 @@ struct ActiveDownload {
     bytes: u64,
     /// How long chunk requests took, from sending to the answer (any answer).
     latency: RequestLatency,
+    /// How long after the start the first chunk was stored: the swarm's start-up delay
+    /// (finding providers, asking what they hold, opening lanes).
+    first_chunk: Option<Duration>,
 }
 
 /// Running figures of chunk request latency, logged when a download completes: the
