@@ -28,8 +28,9 @@ use thiserror::Error;
 
 /// Bytes of chunks kept in memory for serving, per artifact. Every chunk kept is a buffer
 /// not reused (a fresh one costs page faults and zeroing), and every miss is a disk read.
-/// `mirage bench swarm` (16 x 256 MiB over content lanes, seconds): 32 MiB 3.6-5.9,
-/// 64 MiB 3.4-3.9, 128 MiB 3.6-4.2. (Over libp2p, before lanes, 32 MiB did best.)
+/// `mirage bench swarm` (16 x 256 MiB over content lanes, seconds, alternated runs):
+/// 32 MiB 3.6-5.9, 64 MiB 3.35-3.6, 128 MiB 3.4-4.2, 256 MiB (no disk reads) 4.0-4.8.
+/// (Over libp2p, before lanes, 32 MiB did best.)
 pub const SERVE_CACHE_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Error)]
