@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// every chunk is verified against the signed manifest either way).
     #[arg(long)]
     no_content_lanes: bool,
+    /// The TCP port content lanes listen on (default: any free port; peers learn it over
+    /// libp2p). Open it in firewalls beside the libp2p port.
+    #[arg(long)]
+    lane_port: Option<u16>,
     /// Allow `mirage debug inject` (test fleets only).
     #[arg(long, hide = true)]
     allow_debug: bool,
@@ -104,6 +108,7 @@ struct ConfigFile {
     auto_fetch: Option<bool>,
     install_prefix: Option<PathBuf>,
     content_lanes: Option<bool>,
+    lane_port: Option<u16>,
 }
 
 fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
@@ -181,6 +186,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         install_prefix: args.install_prefix.or(file.install_prefix),
         collect_reports: false,
         content_lanes: !args.no_content_lanes && file.content_lanes.unwrap_or(true),
+        lane_port: args.lane_port.or(file.lane_port).unwrap_or(0),
         data_dir,
     })
 }

@@ -58,8 +58,8 @@ pub enum DaemonError {
     Install { path: PathBuf, reason: String },
     #[error("the test sandbox: {0}")]
     Sandbox(#[from] crate::sandbox::SandboxError),
-    #[error("content lanes on {ip}: {source}")]
-    Lanes { ip: std::net::IpAddr, source: std::io::Error },
+    #[error("content lanes on {addr}: {source}")]
+    Lanes { addr: SocketAddr, source: std::io::Error },
     #[error("control API on {addr}: {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
 }
@@ -100,6 +100,9 @@ pub struct NodeOptions {
     /// Move chunk bytes over content lanes (plain TCP beside libp2p; see [`crate::lane`]),
     /// serving them on the IP of the first listen address.
     pub content_lanes: bool,
+    /// The TCP port content lanes listen on; 0 picks a free one (the node tells peers
+    /// which over libp2p), a fixed one suits firewalls.
+    pub lane_port: u16,
 }
 
 impl NodeOptions {
@@ -128,6 +131,7 @@ impl NodeOptions {
             install_prefix: None,
             collect_reports: false,
             content_lanes: true,
+            lane_port: 0,
         }
     }
 }
@@ -200,10 +204,11 @@ async fn run_inner(
 
     let (staging, mut completions) = staging_for(&options, &store, apps.keys().cloned().collect())?;
 
-    let (lanes, mut lane_events) = match options.content_lanes.then(|| lane_ip(&options.listen)).flatten() {
-        Some(ip) => crate::lane::Lanes::listen(ip, options.max_connections as usize, net::CHUNK_REQUEST_TIMEOUT)
+    let lane_addr = options.content_lanes.then(|| lane_ip(&options.listen)).flatten();
+    let (lanes, mut lane_events) = match lane_addr.map(|ip| SocketAddr::new(ip, options.lane_port)) {
+        Some(addr) => crate::lane::Lanes::listen(addr, options.max_connections as usize, net::CHUNK_REQUEST_TIMEOUT)
             .await
-            .map_err(|e| DaemonError::Lanes { ip, source: e })?,
+            .map_err(|e| DaemonError::Lanes { addr, source: e })?,
         None => crate::lane::Lanes::off(),
     };
     if let Some(port) = lanes.port() {

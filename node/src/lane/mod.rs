@@ -122,13 +122,14 @@ impl Lanes {
         (lanes, rx)
     }
 
-    /// Listens for lanes on `ip` (an ephemeral port), serving at most `max_open` at once.
+    /// Listens for lanes on `addr` (port 0: an ephemeral one), serving at most `max_open`
+    /// at once.
     pub async fn listen(
-        ip: IpAddr,
+        addr: SocketAddr,
         max_open: usize,
         answer_timeout: Duration,
     ) -> std::io::Result<(Lanes, mpsc::UnboundedReceiver<LaneEvent>)> {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let (mut lanes, rx) = Lanes::off();
         lanes.port = Some(listener.local_addr()?.port());
         lanes.answer_timeout = answer_timeout;
@@ -268,8 +269,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_ticket_opens_a_lane_whose_answers_come_back_in_order() {
-        let (mut server, mut served) = Lanes::listen(LOOPBACK, 4, PATIENCE).await.unwrap();
-        let (mut client, mut answers) = Lanes::listen(LOOPBACK, 4, PATIENCE).await.unwrap();
+        let (mut server, mut served) = Lanes::listen(SocketAddr::new(LOOPBACK, 0), 4, PATIENCE).await.unwrap();
+        let (mut client, mut answers) = Lanes::listen(SocketAddr::new(LOOPBACK, 0), 4, PATIENCE).await.unwrap();
         let (server_peer, client_peer) = (PeerId::random(), PeerId::random());
         let content = Digest([1; 32]);
 
@@ -320,7 +321,7 @@ mod tests {
             let mut buf = [0u8; wire::HELLO_LEN + wire::REQUEST_LEN];
             stream.read_exact(&mut buf).await.unwrap();
         });
-        let (mut client, mut events) = Lanes::listen(LOOPBACK, 4, PATIENCE).await.unwrap();
+        let (mut client, mut events) = Lanes::listen(SocketAddr::new(LOOPBACK, 0), 4, PATIENCE).await.unwrap();
         let server_peer = PeerId::random();
         client.peer_connected(server_peer, Some(LOOPBACK));
         assert!(client.should_ask(server_peer));
