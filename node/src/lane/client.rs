@@ -33,13 +33,20 @@ pub(super) async fn run(
     peer: PeerId,
     addr: SocketAddr,
     ticket: Ticket,
-    requests: mpsc::UnboundedReceiver<LaneRequest>,
+    mut requests: mpsc::UnboundedReceiver<LaneRequest>,
     events: mpsc::UnboundedSender<LaneEvent>,
     answer_timeout: Duration,
 ) {
     let pending = Mutex::new(VecDeque::new());
-    let outcome = talk(peer, addr, ticket, requests, &events, &pending, answer_timeout).await;
-    let lost = pending.into_inner().expect("pending lock").into_iter().map(|(c, i, _)| (c, i)).collect();
+    let outcome = talk(peer, addr, ticket, &mut requests, &events, &pending, answer_timeout).await;
+    // Lost: what was sent and not answered, and what was never sent (a lane that never
+    // connected loses everything that waited for it).
+    let mut lost: Vec<(Digest, u32)> =
+        pending.into_inner().expect("pending lock").into_iter().map(|(c, i, _)| (c, i)).collect();
+    requests.close();
+    while let Ok(r) = requests.try_recv() {
+        lost.push((r.content, r.index));
+    }
     let _ = events.send(LaneEvent::Closed { peer, error: outcome.err(), lost });
 }
 
@@ -49,7 +56,7 @@ async fn talk(
     peer: PeerId,
     addr: SocketAddr,
     ticket: Ticket,
-    mut requests: mpsc::UnboundedReceiver<LaneRequest>,
+    requests: &mut mpsc::UnboundedReceiver<LaneRequest>,
     events: &mpsc::UnboundedSender<LaneEvent>,
     pending: &Pending,
     answer_timeout: Duration,

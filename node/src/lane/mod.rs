@@ -206,7 +206,9 @@ impl Lanes {
     /// the requests to send over libp2p instead (when the peer's address is gone).
     pub fn on_offer(&mut self, peer: PeerId, port: u16, ticket: Ticket) -> Vec<(Digest, u32)> {
         let Some(ip) = self.addrs.get(&peer).copied() else { return self.on_refused(peer) };
-        let Some(Outbound::Asked(held)) = self.outbound.remove(&peer) else { return Vec::new() };
+        // Only an offer we asked for and still wait on opens a lane.
+        let Some(Outbound::Asked(held)) = self.outbound.get_mut(&peer) else { return Vec::new() };
+        let held = std::mem::take(held);
         let (tx, rx) = mpsc::unbounded_channel();
         for request in held {
             tx.send(request).expect("the receiver is right here");
@@ -281,6 +283,8 @@ mod tests {
         assert!(matches!(client.route(server_peer, content, 0), Route::Taken));
         let (port, ticket) = server.issue_ticket(client_peer).unwrap();
         assert!(client.on_offer(server_peer, port, ticket).is_empty());
+        // An offer nobody waits for (a late duplicate) changes nothing.
+        assert!(client.on_offer(server_peer, port, [0; 16]).is_empty());
         assert!(matches!(client.route(server_peer, content, 1), Route::Taken));
 
         let chunk = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>());
@@ -309,6 +313,21 @@ mod tests {
         let LaneEvent::Closed { peer, error: None, lost } = next(&mut answers).await else { panic!("closed") };
         assert_eq!((peer, lost.len()), (server_peer, 0));
         assert!(matches!(client.route(server_peer, content, 2), Route::Libp2p));
+    }
+
+    #[tokio::test]
+    async fn requests_waiting_for_a_lane_that_never_opens_are_handed_back() {
+        // A port nobody listens on: bind one, note it, let it go.
+        let port = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap().local_addr().unwrap().port();
+        let (mut client, mut events) = Lanes::listen(SocketAddr::new(LOOPBACK, 0), 4, PATIENCE).await.unwrap();
+        let server_peer = PeerId::random();
+        client.peer_connected(server_peer, Some(LOOPBACK));
+        assert!(client.should_ask(server_peer));
+        assert!(matches!(client.route(server_peer, Digest([4; 32]), 1), Route::Taken));
+        assert!(matches!(client.route(server_peer, Digest([4; 32]), 2), Route::Taken));
+        client.on_offer(server_peer, port, [3; 16]);
+        let LaneEvent::Closed { error: Some(_), lost, .. } = next(&mut events).await else { panic!("no lane") };
+        assert_eq!(lost, vec![(Digest([4; 32]), 1), (Digest([4; 32]), 2)]);
     }
 
     #[tokio::test]
