@@ -226,18 +226,26 @@ if [ "${SEC[mirage]}" = unavailable ]; then echo "mirage_${N}_verified unavailab
 else echo "mirage_${N}_verified ${VER[mirage]}/$N$MVER_SRC"; fi
 rm -rf "$M/work"
 
-# ---------- 4. the transport floor (for reading the Mirage figure, not a contender) ----------
-# `mirage bench transport`: the same bytes between the same number of processes through
-# libp2p alone (TCP, noise, yamux, the content protocol), every peer serving any chunk
-# from memory: no hashing, disk, DHT or swarm planning. Mirage's time minus this is what
-# Mirage's own work and the swarm's spreading of the chunks cost.
-FLOOR=unavailable
-if [ -x "$MIRAGE_BIN" ]; then
-  FLOOR=$(timeout --kill-after=15 "$PHASE_TIMEOUT" "$MIRAGE_BIN" bench transport --receivers "$N" \
-    --mib $((BYTES / 1048576)) 2>"$W/transport.err" | awk -v k="transport_${N}_s" '$1 == k {print $2}')
-  [ -n "$FLOOR" ] || { FLOOR=unavailable; echo "WARN mirage bench transport: $(tail -n 2 "$W/transport.err" | tr '\n' ' ')" >&2; }
-fi
+# ---------- 4. the transport floors (for reading the Mirage figure, not contenders) ----------
+# `mirage bench transport`: the same bytes between the same number of processes, every
+# peer serving any chunk from memory: no hashing, disk, DHT or swarm planning. Over
+# libp2p (TCP, noise, yamux, the content protocol: the path of nodes without content
+# lanes) and over content lanes (the path Mirage's chunks take). Mirage's time minus the
+# lane floor is what Mirage's own work (verifying, writing) and the swarm's spreading of
+# the chunks cost.
+floor() { # floor NAME [flags]: prints the seconds or "unavailable"
+  local name=$1 v=""; shift
+  if [ -x "$MIRAGE_BIN" ]; then
+    v=$(timeout --kill-after=15 "$PHASE_TIMEOUT" "$MIRAGE_BIN" bench transport --receivers "$N" \
+      --mib $((BYTES / 1048576)) "$@" 2>"$W/$name.err" | awk -v k="transport_${N}_s" '$1 == k {print $2}')
+    [ -n "$v" ] || echo "WARN mirage bench transport $*: $(tail -n 2 "$W/$name.err" | tr '\n' ' ')" >&2
+  fi
+  echo "${v:-unavailable}"
+}
+FLOOR=$(floor transport)
 echo "transport_floor_${N}_s $FLOOR"
+LANE_FLOOR=$(floor lanes --lanes)
+echo "lane_floor_${N}_s $LANE_FLOOR"
 
 # ---------- summary ----------
 num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
@@ -261,6 +269,7 @@ echo "mirage/http $(ratio "${SEC[mirage]}" "${SEC[http]}")"
 echo "mirage/bt $(ratio "${SEC[mirage]}" "${SEC[bt]}")"
 echo "mirage/best $(ratio "${SEC[mirage]}" "$best_s")${best:+ (best: $best)}"
 echo "transport_floor/http $(ratio "$FLOOR" "${SEC[http]}")"
+echo "mirage/lane_floor $(ratio "${SEC[mirage]}" "$LANE_FLOOR")"
 if ! full mirage; then verdict="missed (mirage unavailable or not all copies verified)"
 elif [ -z "$best" ]; then verdict="missed (no baseline completed to compare with)"
 elif awk -v a="${SEC[mirage]}" -v b="$best_s" 'BEGIN{exit !(a<=b)}'; then verdict=met

@@ -26,6 +26,10 @@ pub struct TransportArgs {
     chunk_kib: usize,
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Move the chunks over content lanes (the path between nodes that have them)
+    /// instead of libp2p.
+    #[arg(long)]
+    lanes: bool,
 }
 
 #[derive(clap::Args)]
@@ -36,6 +40,8 @@ pub struct TransportPeerArgs {
     chunk_kib: usize,
     #[arg(long)]
     receive: bool,
+    #[arg(long)]
+    lanes: bool,
 }
 
 #[derive(clap::Args)]
@@ -79,6 +85,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 chunks: args.chunks,
                 chunk_size: args.chunk_kib * 1024,
                 receive: args.receive,
+                lanes: args.lanes,
             };
             super::async_runtime()?.block_on(mirage_node::transport_bench::run_peer(options))?;
             Ok(())
@@ -111,6 +118,9 @@ fn transport(args: TransportArgs) -> Result<()> {
             .stdout(Stdio::piped());
         if i > 0 {
             cmd.arg("--receive");
+        }
+        if args.lanes {
+            cmd.arg("--lanes");
         }
         let mut child = cmd.spawn().context("starting a transport peer")?;
         let stdout = child.stdout.take().expect("piped");
@@ -186,6 +196,7 @@ fn transport(args: TransportArgs) -> Result<()> {
     drop(fleet);
     let gib = (args.receivers * chunks * args.chunk_kib) as f64 / (1024.0 * 1024.0);
     println!("receivers {}", args.receivers);
+    println!("path {}", if args.lanes { "lanes" } else { "libp2p" });
     println!("bytes_per_receiver_mib {}", chunks * args.chunk_kib / 1024);
     println!("transport_{}_s {seconds:.2}", args.receivers);
     println!("aggregate_gib_per_s {:.2}", gib / seconds);
