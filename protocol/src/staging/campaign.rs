@@ -125,7 +125,7 @@ impl Campaign {
         match a.gates.get_mut(&cluster) {
             Some(g) => g.set_members(members),
             None => {
-                let g = ClusterGate::new(&a.release.manifest, a.release.id, cluster, members);
+                let g = ClusterGate::new(&a.release.manifest, a.release.id, a.release.issued_at, cluster, members);
                 a.gates.insert(cluster, g);
             }
         }
@@ -180,7 +180,7 @@ impl Campaign {
         let gates = self
             .members
             .iter()
-            .map(|(c, m)| (*c, ClusterGate::new(&release.manifest, release.id, *c, m)))
+            .map(|(c, m)| (*c, ClusterGate::new(&release.manifest, release.id, release.issued_at, *c, m)))
             .collect::<BTreeMap<_, _>>();
         let mut a = Active { release, plan, schedule, gates, evaluations: BTreeMap::new() };
         let clusters: Vec<ClusterKey> = a.gates.keys().copied().collect();
@@ -209,7 +209,7 @@ impl Campaign {
         if !a.gates.contains_key(&cluster) {
             // A report can outrun membership; keep it under a gate that has no members
             // yet (so it counts for nothing until the members are known).
-            let g = ClusterGate::new(&a.release.manifest, a.release.id, cluster, &[]);
+            let g = ClusterGate::new(&a.release.manifest, a.release.id, a.release.issued_at, cluster, &[]);
             a.gates.insert(cluster, g);
             changed.extend(a.open_gate_if_stage_open(cluster, now));
         }

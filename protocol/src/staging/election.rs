@@ -67,31 +67,38 @@ impl Quorum {
     }
 }
 
-/// Computes the seats at `now`, given when testing started, the report deadline and a
-/// lookup of the earliest report issue time per member.
+/// Computes the seats at `now`, given when testing started, the report deadline, when
+/// the release was issued and a lookup of the earliest report issue time per member.
 ///
 /// All seats start at `start`. Every `deadline` after that, each unsettled seat whose
 /// holder has issued no report within its term passes to the next unused member in the
 /// ranking (seats in order, so the result is deterministic). A seat stays with its last
 /// holder when the ranking is exhausted.
+///
+/// A report counts from the release's issue time (`valid_from`) on, not only from
+/// `start`: a representative whose early view of the membership put its cluster in an
+/// open stage may have tested before the stage opened in the views of others, and its
+/// result is a test of this release in this environment all the same. Counting from
+/// each node's own opening time made nodes with different plan histories disagree on
+/// the same report, and deadlock until the report deadline.
 pub fn seats_at(
     ranking: &[PublicKey],
     seats: usize,
     start: UnixMillis,
     deadline: Duration,
     now: UnixMillis,
+    valid_from: UnixMillis,
     reported_at: impl Fn(&PublicKey) -> Option<UnixMillis>,
 ) -> Vec<Seat> {
     let seats = seats.min(ranking.len());
     let term = deadline.as_millis().clamp(1, u64::MAX as u128) as u64;
-    let on_time = |holder: &PublicKey, from: UnixMillis, until: UnixMillis| {
-        reported_at(holder).is_some_and(|t| t >= from && t <= until)
-    };
+    let on_time =
+        |holder: &PublicKey, until: UnixMillis| reported_at(holder).is_some_and(|t| t >= valid_from && t <= until);
     let mut out: Vec<Seat> = (0..seats)
         .map(|rank| {
             let holder = ranking[rank];
             let deadline = UnixMillis(start.0.saturating_add(term));
-            Seat { rank, holder, elected_at: start, deadline, settled: on_time(&holder, start, deadline) }
+            Seat { rank, holder, elected_at: start, deadline, settled: on_time(&holder, deadline) }
         })
         .collect();
     let mut next = seats;
@@ -114,7 +121,7 @@ pub fn seats_at(
             let elected_at = out[i].deadline;
             let holder = ranking[next];
             let deadline = UnixMillis(elected_at.0.saturating_add(term));
-            out[i] = Seat { rank: next, holder, elected_at, deadline, settled: on_time(&holder, start, deadline) };
+            out[i] = Seat { rank: next, holder, elected_at, deadline, settled: on_time(&holder, deadline) };
             next += 1;
         }
     }
@@ -166,15 +173,15 @@ mod tests {
         let p = peers(6);
         let start = UnixMillis(1_000);
         let none = |_: &PublicKey| None;
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 59_999), none);
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 59_999), UnixMillis(0), none);
         assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![0, 1]);
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 60_000), none);
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 60_000), UnixMillis(0), none);
         assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(s[0].elected_at, UnixMillis(61_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 120_000), none);
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 120_000), UnixMillis(0), none);
         assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 5]);
         // Exhausted: the last holders keep their seats for good.
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(10_000_000), none);
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(10_000_000), UnixMillis(0), none);
         assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 5]);
     }
 
@@ -184,21 +191,24 @@ mod tests {
         let start = UnixMillis(0);
         let mut reports = BTreeMap::new();
         reports.insert(p[0], UnixMillis(59_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), |k| reports.get(k).copied());
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), UnixMillis(0), |k| reports.get(k).copied());
         assert_eq!(s[0].rank, 0);
         assert!(s[0].settled);
         // Seat 1 passed on at every deadline: ranks 2, 3, 4, 5 (exhausted).
         assert_eq!(s[1].rank, 5);
         // A report issued after the term does not settle it.
         reports.insert(p[1], UnixMillis(61_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), |k| reports.get(k).copied());
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), UnixMillis(0), |k| reports.get(k).copied());
         assert_eq!(s[1].rank, 2);
     }
 
     #[test]
-    fn reports_issued_before_testing_started_do_not_count() {
+    fn reports_count_from_the_release_on_even_before_testing_started() {
         let p = peers(3);
-        let s = seats_at(&p, 1, UnixMillis(10_000), MIN, UnixMillis(10_000), |_| Some(UnixMillis(5_000)));
-        assert!(!s[0].settled);
+        let (start, released) = (UnixMillis(10_000), UnixMillis(4_000));
+        let s = seats_at(&p, 1, start, MIN, start, released, |_| Some(UnixMillis(5_000)));
+        assert!(s[0].settled, "tested early, after the release: counts");
+        let s = seats_at(&p, 1, start, MIN, start, released, |_| Some(UnixMillis(3_999)));
+        assert!(!s[0].settled, "a report older than the release is no test of it");
     }
 }

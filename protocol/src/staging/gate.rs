@@ -84,6 +84,8 @@ pub struct ClusterGate {
     representatives: u16,
     threshold: u16,
     deadline: Duration,
+    /// When the release was issued: reports from before it are no tests of it.
+    released_at: UnixMillis,
     ranking: Vec<PublicKey>,
     /// The same members, sorted: membership checks stay logarithmic in big clusters.
     sorted: Vec<PublicKey>,
@@ -92,7 +94,13 @@ pub struct ClusterGate {
 }
 
 impl ClusterGate {
-    pub fn new(manifest: &UpgradeManifest, manifest_id: Digest, cluster: ClusterKey, members: &[PublicKey]) -> Self {
+    pub fn new(
+        manifest: &UpgradeManifest,
+        manifest_id: Digest,
+        released_at: UnixMillis,
+        cluster: ClusterKey,
+        members: &[PublicKey],
+    ) -> Self {
         let policy = &manifest.policy;
         // No staging means no testing: the gate holds the moment the stage opens.
         let (representatives, threshold) = match policy.kind {
@@ -107,6 +115,7 @@ impl ClusterGate {
             representatives,
             threshold,
             deadline: Duration::from_secs(policy.report_deadline_secs as u64),
+            released_at,
             ranking: rank_members(&manifest_id, &cluster, members),
             sorted: sorted(members),
             opened_at: None,
@@ -196,7 +205,7 @@ impl ClusterGate {
         };
         let quorum = self.quorum();
         let reported_at = |k: &PublicKey| self.reports.get(k).map(|r| r.issued_at);
-        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, reported_at);
+        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, self.released_at, reported_at);
         // Replacements take ranks in order, so the highest seated rank tells how far down
         // the ranking the seats have gone.
         let exhausted = seats.iter().map(|s| s.rank + 1).max().unwrap_or(0) >= self.ranking.len();
@@ -204,7 +213,7 @@ impl ClusterGate {
         // cluster will get, so it counts.
         if exhausted {
             for s in &mut seats {
-                if reported_at(&s.holder).is_some_and(|t| t >= start) {
+                if reported_at(&s.holder).is_some_and(|t| t >= self.released_at) {
                     s.settled = true;
                 }
             }

@@ -356,6 +356,45 @@ fn a_cluster_moved_into_an_open_stage_by_new_sizes_opens_its_gate() {
 }
 
 #[test]
+fn a_pass_issued_before_the_stage_opened_counts_for_every_member() {
+    // Cluster 0 (2 machines) is planned first, cluster 1 (3 machines) second. One node's
+    // early view knows a single member of cluster 1, which puts cluster 1 first: its
+    // representative tests at once and passes at 100 s. Views converge; cluster 1's
+    // stage opens at 300 s for everyone else, and its second representative passes at
+    // 400 s. Both passes count in both views: the cluster holds everywhere.
+    let fleet = Fleet::new(&[2, 3]);
+    let m = manifest("1.0.0", policy(PolicyKind::Balanced));
+    let release = signed_manifest(&m, 0);
+    let mut converged = fleet.campaign();
+    converged.start_release(&release, UnixMillis(0)).unwrap();
+    assert_eq!(verdict(&converged, 1), Verdict::NotOpen);
+    let first = fleet.ranked(&converged, 1, 0);
+    let second = fleet.ranked(&converged, 1, 1);
+
+    let mut early = Campaign::new();
+    early.set_members(cluster_key(0), fleet.members(0), UnixMillis(0));
+    early.set_members(cluster_key(1), vec![first.public()], UnixMillis(0));
+    early.start_release(&release, UnixMillis(0)).unwrap();
+    assert_eq!(verdict(&early, 1), Verdict::Pending, "cluster 1 tests at once in the early view");
+    early.set_members(cluster_key(1), fleet.members(1), UnixMillis(50 * SEC));
+
+    let early_pass = report_for(first, &m, cluster_key(1), Outcome::Pass, 100 * SEC);
+    let stage_one: Vec<_> = (0..2)
+        .map(|rank| report_for(fleet.ranked(&converged, 0, rank), &m, cluster_key(0), Outcome::Pass, 300 * SEC))
+        .collect();
+    let late_pass = report_for(second, &m, cluster_key(1), Outcome::Pass, 400 * SEC);
+    for campaign in [&mut converged, &mut early] {
+        campaign.admit(&early_pass, UnixMillis(100 * SEC)).unwrap();
+        for r in &stage_one {
+            campaign.admit(r, UnixMillis(300 * SEC)).unwrap();
+        }
+        campaign.admit(&late_pass, UnixMillis(400 * SEC)).unwrap();
+        assert_eq!(verdict(campaign, 1), Verdict::Holds { at: UnixMillis(400 * SEC) });
+    }
+    assert_eq!(converged.gate(&cluster_key(1)).unwrap().opened_at(), Some(UnixMillis(300 * SEC)));
+}
+
+#[test]
 fn no_staging_holds_everywhere_at_once() {
     let fleet = Fleet::new(&[2, 10, 3]);
     let mut campaign = fleet.campaign();
