@@ -156,17 +156,23 @@ impl DirectFile {
 mod tests {
     use super::*;
 
+    /// An empty file opened for direct I/O in a fresh directory, or `None` when the test
+    /// directory's filesystem has no O_DIRECT: nothing to check there; the chunk store's
+    /// own tests cover the buffered path.
+    fn empty_direct_file(dir: &Path) -> Option<(DirectFile, std::path::PathBuf)> {
+        let path = dir.join("data");
+        std::fs::write(&path, b"").unwrap();
+        let file = DirectFile::open(&path);
+        if file.is_none() {
+            eprintln!("no O_DIRECT on {}", dir.display());
+        }
+        Some((file?, path))
+    }
+
     #[test]
     fn writes_land_at_their_offsets_and_padding_is_overwritten_or_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        std::fs::write(&path, b"").unwrap();
-        let Some(mut w) = DirectFile::open(&path) else {
-            // The test directory's filesystem has no O_DIRECT: nothing to check here;
-            // the chunk store's own tests cover the buffered path.
-            eprintln!("no O_DIRECT on {}", dir.path().display());
-            return;
-        };
+        let Some((mut w, path)) = empty_direct_file(dir.path()) else { return };
         let a: Vec<u8> = (0..ALIGN * 2).map(|i| (i % 251) as u8).collect();
         let b: Vec<u8> = (0..1000).map(|i| (i % 13) as u8).collect();
         // The short last chunk first: its padding lies where nothing else goes.
@@ -183,12 +189,7 @@ mod tests {
     #[test]
     fn aligned_chunks_go_straight_and_read_back_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        std::fs::write(&path, b"").unwrap();
-        let Some(mut w) = DirectFile::open(&path) else {
-            eprintln!("no O_DIRECT on {}", dir.path().display());
-            return;
-        };
+        let Some((mut w, _)) = empty_direct_file(dir.path()) else { return };
         let mut fill = AlignedFill::new(ALIGN * 2);
         fill.vec_mut().extend((0..ALIGN * 2).map(|i| (i % 241) as u8));
         assert_eq!(fill.filled(), ALIGN * 2);
