@@ -71,7 +71,9 @@ fn vendor_seeds_and_the_swarm_finishes_without_it() {
 
     // Which way the late joiners' 48 chunks came.
     for n in &nodes[3..] {
-        let received = &n.status().unwrap()["received_chunks"];
+        let status = n.status().unwrap();
+        assert_eq!(status["lane_port"].is_u64(), !lanes_off(n.index), "node{}'s lane port", n.index);
+        let received = &status["received_chunks"];
         let (lane, libp2p) = (received["lane"].as_u64().unwrap(), received["libp2p"].as_u64().unwrap());
         assert!(lane + libp2p >= 48, "node{} counted {lane} + {libp2p} chunks", n.index);
         if lanes_off(n.index) {

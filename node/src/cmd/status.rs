@@ -93,6 +93,16 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    match status["lane_port"].as_u64() {
+        Some(port) => println!("content lanes:    port {port}"),
+        None => println!("content lanes:    off (chunks over libp2p only)"),
+    }
+    let received = &status["received_chunks"];
+    if let (Some(lane), Some(libp2p)) = (received["lane"].as_u64(), received["libp2p"].as_u64()) {
+        if lane + libp2p > 0 {
+            println!("chunks received:  {lane} over content lanes, {libp2p} over libp2p");
+        }
+    }
     for a in status["staging"].as_array().into_iter().flatten() {
         let opt = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
         println!(

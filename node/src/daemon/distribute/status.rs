@@ -30,6 +30,7 @@ impl Node {
             "rejected_manifests": self.dist.rejected_manifests,
             "rejected_chunks": self.dist.rejected_chunks,
             "served_chunks": self.dist.served_chunks,
+            "lane_port": self.dist.lanes.port(),
             "received_chunks": {
                 "lane": self.dist.lanes.received_via_lane,
                 "libp2p": self.dist.received_via_libp2p,
