@@ -122,10 +122,7 @@ pub async fn run_peer(options: PeerOptions) -> Result<(), TransportBenchError> {
                 }
                 SwarmEvent::Behaviour(request_response::Event::Message { peer, message, .. }) => match message {
                     request_response::Message::Request { request: ContentRequest::Lane, channel, .. } => {
-                        let response = match lanes.issue_ticket(peer) {
-                            Some((port, ticket)) => ContentResponse::Lane { port, ticket },
-                            None => ContentResponse::NotFound,
-                        };
+                        let response = ContentResponse::lane_offer(lanes.issue_ticket(peer));
                         let _ = swarm.behaviour_mut().send_response(channel, response);
                     }
                     request_response::Message::Request { channel, .. } => {

@@ -102,22 +102,24 @@ pub struct Lanes {
     addrs: HashMap<PeerId, IpAddr>,
     events: mpsc::UnboundedSender<LaneEvent>,
     answer_timeout: Duration,
-    /// Chunks received, by the way they came.
-    pub received_via_lane: u64,
 }
 
 impl Lanes {
     /// Lanes off: no listener, and no asking others for lanes.
     pub fn off() -> (Lanes, mpsc::UnboundedReceiver<LaneEvent>) {
+        // Without a port this node asks nobody for a lane, so it never waits on an answer.
+        Lanes::with(None, Duration::ZERO)
+    }
+
+    fn with(port: Option<u16>, answer_timeout: Duration) -> (Lanes, mpsc::UnboundedReceiver<LaneEvent>) {
         let (events, rx) = mpsc::unbounded_channel();
         let lanes = Lanes {
-            port: None,
+            port,
             tickets: Arc::default(),
             outbound: HashMap::new(),
             addrs: HashMap::new(),
             events,
-            answer_timeout: Duration::from_secs(30),
-            received_via_lane: 0,
+            answer_timeout,
         };
         (lanes, rx)
     }
@@ -130,9 +132,7 @@ impl Lanes {
         answer_timeout: Duration,
     ) -> std::io::Result<(Lanes, mpsc::UnboundedReceiver<LaneEvent>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let (mut lanes, rx) = Lanes::off();
-        lanes.port = Some(listener.local_addr()?.port());
-        lanes.answer_timeout = answer_timeout;
+        let (lanes, rx) = Lanes::with(Some(listener.local_addr()?.port()), answer_timeout);
         tokio::spawn(server::accept_loop(
             listener,
             lanes.tickets.clone(),

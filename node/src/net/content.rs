@@ -57,6 +57,26 @@ pub enum ContentResponse {
     Lane { port: u16, ticket: crate::lane::wire::Ticket },
 }
 
+impl ContentResponse {
+    /// The answer to a lane request: the ticket [`crate::lane::Lanes::issue_ticket`] gave,
+    /// or not found when this node runs without lanes.
+    pub fn lane_offer(offer: Option<(u16, crate::lane::wire::Ticket)>) -> Self {
+        match offer {
+            Some((port, ticket)) => ContentResponse::Lane { port, ticket },
+            None => ContentResponse::NotFound,
+        }
+    }
+
+    /// The chunk this answer carries, in the form a lane carries it; `None` for any other
+    /// answer.
+    pub fn into_chunk(self) -> Option<crate::lane::Served> {
+        match self {
+            ContentResponse::Chunk { data, have } => Some(crate::lane::Served { data, have }),
+            _ => None,
+        }
+    }
+}
+
 const TAG_MANIFEST: u8 = 1;
 const TAG_HAVE: u8 = 2;
 const TAG_CHUNK: u8 = 3;

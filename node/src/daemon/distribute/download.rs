@@ -245,10 +245,7 @@ impl Node {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request: ContentRequest::Lane, channel, .. } => {
-                    let response = match self.dist.lanes.issue_ticket(peer) {
-                        Some((port, ticket)) => ContentResponse::Lane { port, ticket },
-                        None => ContentResponse::NotFound,
-                    };
+                    let response = ContentResponse::lane_offer(self.dist.lanes.issue_ticket(peer));
                     let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
                 }
                 request_response::Message::Request { request, channel, .. } => {
@@ -324,13 +321,10 @@ impl Node {
             return;
         }
         let Some((content, index, sent)) = self.dist.chunk_requests.remove(&id) else { return };
-        let answer = match response {
-            ContentResponse::Chunk { data, have } => {
-                self.dist.received_via_libp2p += 1;
-                Some(Served { data, have })
-            }
-            _ => None,
-        };
+        let answer = response.into_chunk();
+        if answer.is_some() {
+            self.dist.received_via_libp2p += 1;
+        }
         self.on_chunk_answer(peer, content, index, sent, answer);
     }
 

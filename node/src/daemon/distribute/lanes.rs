@@ -13,7 +13,7 @@ impl Node {
             }
             LaneEvent::Answer { peer, content, index, sent, chunk } => {
                 if chunk.is_some() {
-                    self.dist.lanes.received_via_lane += 1;
+                    self.dist.received_via_lane += 1;
                 }
                 self.on_chunk_answer(peer, content, index as usize, sent, chunk);
             }
@@ -52,12 +52,8 @@ impl Node {
                 let _ = self.swarm.behaviour_mut().content.send_response(channel, response);
             }
             ReplyTo::Lane(reply) => {
-                let chunk = match response {
-                    ContentResponse::Chunk { data, have } => Some(Served { data, have }),
-                    _ => None,
-                };
                 // The lane may have closed meanwhile: then nobody waits for this.
-                let _ = reply.send(chunk);
+                let _ = reply.send(response.into_chunk());
             }
         }
     }

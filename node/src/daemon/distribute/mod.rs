@@ -156,7 +156,9 @@ pub struct Distribution {
     delayed: Vec<(Instant, ReplyTo, ContentResponse)>,
     /// Content lanes: chunk bytes over plain TCP beside libp2p.
     pub lanes: Lanes,
-    /// Chunks received over libp2p's content protocol (the rest came over lanes).
+    /// Chunks received, by the way they came: over content lanes or libp2p's content
+    /// protocol.
+    received_via_lane: u64,
     received_via_libp2p: u64,
     /// Lane tickets asked of peers, by request.
     lane_offers: HashMap<request_response::OutboundRequestId, PeerId>,
@@ -227,6 +229,7 @@ impl Distribution {
             delayed: Vec::new(),
             lanes,
             lane_offers: HashMap::new(),
+            received_via_lane: 0,
             received_via_libp2p: 0,
         }
     }

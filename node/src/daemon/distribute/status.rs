@@ -32,7 +32,7 @@ impl Node {
             "served_chunks": self.dist.served_chunks,
             "lane_port": self.dist.lanes.port(),
             "received_chunks": {
-                "lane": self.dist.lanes.received_via_lane,
+                "lane": self.dist.received_via_lane,
                 "libp2p": self.dist.received_via_libp2p,
             },
             "replicas": self.dist.seed_goal.as_ref().map(|g| g.replicated.len()),
