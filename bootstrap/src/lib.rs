@@ -98,6 +98,8 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
     )?;
     let mut swarm = build_swarm(&keypair, |_| behaviour)?;
     for addr in &options.listen {
+        overlay::check_port_free(addr)
+            .map_err(|e| BootstrapError::Listen { addr: addr.clone(), reason: e.to_string() })?;
         swarm
             .listen_on(addr.clone())
             .map_err(|e| BootstrapError::Listen { addr: addr.clone(), reason: e.to_string() })?;

@@ -92,6 +92,61 @@ pub fn peer_id_of(key: &mirage_protocol::PublicKey) -> PeerId {
     PeerId::from_bytes(&key.peer_id_bytes()).expect("an ed25519 public key is a valid peer id")
 }
 
+/// Checks that no other process listens on a listen address's fixed port. libp2p
+/// binds its TCP listeners with `SO_REUSEPORT`, so a second node or bootstrap peer on a
+/// port in use would start, print that it listens, and share the port's connections
+/// with the first. A plain bind (no `SO_REUSEPORT`) fails where anyone listens. Port 0
+/// and addresses that are not ip/tcp or ip/udp are left to libp2p.
+pub fn check_port_free(addr: &Multiaddr) -> Result<(), std::io::Error> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let in_use = |e: std::io::Error, what: &str, port: u16| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                format!("address in use: another process listens on {ip} {what} port {port} (another mirage node or bootstrap peer?)"),
+            )
+        } else {
+            e
+        }
+    };
+    match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => {
+            std::net::TcpListener::bind((ip, port)).map(drop).map_err(|e| in_use(e, "TCP", port))
+        }
+        Some(Protocol::Udp(port)) if port != 0 => {
+            std::net::UdpSocket::bind((ip, port)).map(drop).map_err(|e| in_use(e, "UDP", port))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_process_listens_on_is_reported_in_use() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let e = check_port_free(&addr).unwrap_err();
+        assert!(e.to_string().contains("address in use"), "{e}");
+        drop(taken);
+        assert!(check_port_free(&addr).is_ok());
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/udp/{port}/quic-v1").parse().unwrap();
+        assert!(check_port_free(&addr).unwrap_err().to_string().contains("address in use"));
+        assert!(check_port_free(&"/ip4/127.0.0.1/tcp/0".parse().unwrap()).is_ok());
+    }
+}
+
 /// Splits `/ip4/.../tcp/N/p2p/<id>` into the peer id and the address.
 pub fn split_peer_addr(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
     let mut addr = addr.clone();

@@ -28,6 +28,7 @@ use crash::{CrashMode, CrashPlan, CrashPoint, CRASH_ENV};
 use journal::{AppState, Applying, Transition};
 use mirage_protocol::manifest::{validate_app_name, CommandSpec};
 use mirage_protocol::report::{excerpt_tail, MAX_EXCERPT_BYTES};
+use mirage_protocol::staging::{ApplyStep, Fault};
 use redb::Database;
 use semver::Version;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ pub enum InstallError {
     UnsafeArchive { path: PathBuf, reason: String },
     #[error("{app} {version} is not prepared")]
     NotPrepared { app: String, version: Version },
-    #[error("{0} has no previous version to roll back to")]
+    #[error("{0} has no earlier version to roll back to")]
     NoPrevious(String),
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
@@ -64,9 +65,31 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '
 pub enum ApplyOutcome {
     /// The new version is current and healthy.
     Applied { previous: Option<Version> },
-    /// The health check failed and the previous version is current again (or, for a
-    /// first install, no version is).
-    RolledBack { reason: String, output_excerpt: String },
+    /// The apply failed at `step` and the version that ran before is current again (or,
+    /// for a first install, no version is). This is the only place a failed apply is
+    /// undone: callers must not roll back again, which would step back once more.
+    NotApplied { fault: Fault, step: ApplyStep, reason: String, output_excerpt: String },
+}
+
+/// Where a rollback went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RolledBack {
+    pub from: Option<Version>,
+    pub to: Version,
+    /// The versions a further rollback could still go to, newest last.
+    pub earlier: Vec<Version>,
+}
+
+impl InstallError {
+    /// Whose fault the error is when it stops an apply: an archive that does not
+    /// unpack (or an empty health check) is the release's, everything else (disk,
+    /// permissions, the journal) is this node's.
+    pub fn fault(&self) -> Fault {
+        match self {
+            InstallError::UnsafeArchive { .. } | InstallError::Invalid(_) => Fault::Release,
+            _ => Fault::Local,
+        }
+    }
 }
 
 /// Installs, switches and rolls back apps under one prefix.
@@ -121,8 +144,14 @@ impl Installer {
         Ok(journal::load(&self.db, app)?.current)
     }
 
+    /// The version a rollback would go to.
     pub fn previous(&self, app: &str) -> Result<Option<Version>, InstallError> {
-        Ok(journal::load(&self.db, app)?.previous)
+        Ok(journal::load(&self.db, app)?.previous().cloned())
+    }
+
+    /// The versions that ran before the current one, oldest first.
+    pub fn history(&self, app: &str) -> Result<Vec<Version>, InstallError> {
+        Ok(journal::load(&self.db, app)?.history)
     }
 
     /// Unpacks `artifact_tar` as `version` (nothing to do if already there).
@@ -131,20 +160,19 @@ impl Installer {
         self.prepare_locked(app, version, artifact_tar)
     }
 
-    /// Points `current` at a prepared version.
-    pub fn switch(&self, app: &str, version: &Version) -> Result<(), InstallError> {
+    /// Switches back to the version that ran before the current one and takes it off
+    /// the history, so a second rollback goes further back, never forward again.
+    pub fn rollback(&self, app: &str) -> Result<RolledBack, InstallError> {
         let _op = self.lock(app)?;
         self.recover_locked(app)?;
-        self.switch_to(app, Some(version))
-    }
-
-    /// Switches back to the previous version and returns it.
-    pub fn rollback(&self, app: &str) -> Result<Version, InstallError> {
-        let _op = self.lock(app)?;
-        self.recover_locked(app)?;
-        let previous = journal::load(&self.db, app)?.previous.ok_or_else(|| InstallError::NoPrevious(app.into()))?;
-        self.switch_to(app, Some(&previous))?;
-        Ok(previous)
+        let state = journal::load(&self.db, app)?;
+        let to = state.previous().cloned().ok_or_else(|| InstallError::NoPrevious(app.into()))?;
+        let from = state.current.clone();
+        self.switch_to(app, Some(&to))?;
+        let mut state = journal::load(&self.db, app)?;
+        state.history.pop();
+        journal::store(&self.db, app, &state)?;
+        Ok(RolledBack { from, to, earlier: state.history })
     }
 
     /// Prepares, switches, and runs the health check in `P/A/current`; on failure
@@ -177,33 +205,49 @@ impl Installer {
         let _op = self.lock(app)?;
         self.arm_from_env()?;
         self.recover_locked(app)?;
-        self.prepare_locked(app, version, artifact_tar)?;
+        if let Err(e) = self.prepare_locked(app, version, artifact_tar) {
+            if matches!(e, InstallError::Crashed(_)) {
+                return Err(e);
+            }
+            return Ok(not_applied(e.fault(), ApplyStep::Unpack, e.to_string(), String::new()));
+        }
         let mut state = journal::load(&self.db, app)?;
         if state.current.as_ref() == Some(version) {
-            return Ok(ApplyOutcome::Applied { previous: state.previous });
+            return Ok(ApplyOutcome::Applied { previous: state.previous().cloned() });
         }
         let from = state.current.clone();
-        state.applying = Some(Applying { from: from.clone(), to: version.clone(), previous: state.previous.clone() });
+        state.applying = Some(Applying { from: from.clone(), to: version.clone() });
         journal::store(&self.db, app, &state)?;
         self.checkpoint(CrashPoint::ApplyIntent)?;
-        self.switch_to(app, Some(version))?;
+        if let Err(e) = self.switch_to(app, Some(version)) {
+            if matches!(e, InstallError::Crashed(_)) {
+                return Err(e);
+            }
+            // Undone here, once; if even that fails, the journal still holds the apply
+            // and the recovery that starts every operation undoes it.
+            if let Err(undo) = self.undo_apply(app) {
+                tracing::error!(app, %version, error = %undo, "cannot undo a failed switch yet; recovery will");
+            }
+            return Ok(not_applied(e.fault(), ApplyStep::Switch, e.to_string(), String::new()));
+        }
 
         let failure = health_check.and_then(|h| self.health_failure(app, h, health_dir));
         self.checkpoint(CrashPoint::HealthChecked)?;
         if let Some((reason, _)) = &failure {
-            tracing::warn!(app, %version, %reason, "health check failed; rolling back");
+            tracing::warn!(app, %version, %reason, "health check failed; switching back");
             self.undo_apply(app)?;
         } else {
             let mut state = journal::load(&self.db, app)?;
             state.applying = None;
+            if let Some(replaced) = from.clone().filter(|f| f != version) {
+                state.push_history(replaced);
+            }
             journal::store(&self.db, app, &state)?;
         }
         self.checkpoint(CrashPoint::ApplyDone)?;
         Ok(match failure {
             None => ApplyOutcome::Applied { previous: from },
-            Some((reason, output)) => {
-                ApplyOutcome::RolledBack { reason, output_excerpt: excerpt_tail(&output, MAX_EXCERPT_BYTES) }
-            }
+            Some((reason, output)) => not_applied(Fault::Release, ApplyStep::HealthCheck, reason, output),
         })
     }
 
@@ -279,12 +323,14 @@ impl Installer {
     }
 }
 
+fn not_applied(fault: Fault, step: ApplyStep, reason: String, output: String) -> ApplyOutcome {
+    ApplyOutcome::NotApplied { fault, step, reason, output_excerpt: excerpt_tail(&output, MAX_EXCERPT_BYTES) }
+}
+
 impl AppState {
-    /// The state after `current` moved from `t.from` to `t.to`.
+    /// The state after `current` moved from `t.from` to `t.to`. The history is not
+    /// touched: only a healthy apply or a rollback changes it.
     fn switched(mut self, t: &Transition) -> AppState {
-        if t.from != t.to {
-            self.previous = t.from.clone();
-        }
         self.current = t.to.clone();
         self.switching = None;
         self

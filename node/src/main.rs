@@ -6,11 +6,36 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "mirage", version, about = "Staged, environment-aware software upgrades over a peer-to-peer fleet")]
+#[command(
+    name = "mirage",
+    version,
+    about = "Staged, environment-aware software upgrades over a peer-to-peer fleet",
+    after_help = "Logs go to standard error. MIRAGE_LOG sets what is logged, as a tracing filter \
+                  (default: info for mirage, warn for its libraries; e.g. MIRAGE_LOG=debug or \
+                  MIRAGE_LOG=warn,mirage_node=debug).\n\nExit codes: 0 success, 1 the command \
+                  failed (the reason is on standard error), 2 bad usage."
+)]
 struct Cli {
+    /// How log lines are written: `text` (colours only on a terminal) or `json` (one
+    /// object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// What is logged unless MIRAGE_LOG says otherwise: what an operator cares about from
+/// Mirage itself, and only trouble from the libraries under it. Kademlia and yamux warn
+/// about normal traffic (an empty routing table at start, a peer that hung up), so only
+/// their errors show.
+const DEFAULT_LOG: &str = "warn,mirage=info,mirage_node=info,mirage_bootstrap=info,mirage_protocol=info,\
+                           mirage_testnet=info,libp2p_kad=error,yamux=error,libp2p_yamux=error";
 
 #[derive(Subcommand)]
 enum Command {
@@ -31,8 +56,10 @@ enum Command {
     Vendor(cmd::vendor::VendorCommand),
     /// Ask a running node to download a release, and follow it.
     Fetch(cmd::fetch::Args),
-    /// Ask a running node to switch an app back to its previous version.
+    /// Ask a running node to switch an app back one version, and pin it there.
     Rollback(cmd::status::RollbackArgs),
+    /// Ask a running node to lift a rollback's pin: the app follows releases again.
+    Unpin(cmd::status::UnpinArgs),
     /// Ask a running node for its status.
     Status(cmd::status::Args),
     /// Simulate a staged rollout over a large fleet and compare staging policies.
@@ -73,12 +100,49 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+fn init_logging(format: LogFormat) -> Result<()> {
+    use std::io::IsTerminal;
+    let filter = match std::env::var("MIRAGE_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&spec)
+            .map_err(|e| anyhow::anyhow!("MIRAGE_LOG={spec:?} is not a valid log filter: {e}"))?,
+        _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+impl Command {
+    /// Commands that print and exit, as opposed to the long-running ones (node, bootstrap
+    /// peer, testnet, a vendor's seed), which hold sockets of their own.
+    fn prints_and_exits(&self) -> bool {
+        !matches!(
+            self,
+            Command::Node(_) | Command::Bootstrap(_) | Command::Testnet(_) | Command::Bench(_) | Command::Vendor(_)
+        )
+    }
+}
+
+/// `mirage status | head -3`: when the reader goes away, end quietly, as `cat` would,
+/// instead of panicking in `println!`. Rust ignores SIGPIPE so that socket writes fail
+/// with EPIPE; only commands with no sockets of their own to write get the default.
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: restoring a signal's default disposition before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn run() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MIRAGE_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format)?;
+    if cli.command.prints_and_exits() {
+        end_quietly_on_closed_pipe();
+    }
     match cli.command {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Fingerprint(args) => cmd::fingerprint::run(args),
@@ -89,6 +153,7 @@ fn run() -> Result<()> {
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Rollback(args) => cmd::status::rollback(args),
+        Command::Unpin(args) => cmd::status::unpin(args),
         Command::Sim(args) => cmd::sim::run(args),
         Command::Testnet(args) => cmd::testnet::run(args),
         Command::Debug(c) => cmd::status::run_debug(c),

@@ -18,8 +18,15 @@ fn mirage(args: &[&str]) -> Output {
 
 fn fingerprint_json(root: &Path, extra: &[&str]) -> Value {
     let mysql = profile("mysql.toml");
-    let mut args =
-        vec!["fingerprint", "--app", mysql.to_str().unwrap(), "--root", root.to_str().unwrap(), "--json", "--no-cache"];
+    let mut args = vec![
+        "fingerprint",
+        "--profile",
+        mysql.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--json",
+        "--no-cache",
+    ];
     args.extend_from_slice(extra);
     let out = mirage(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -72,18 +79,24 @@ fn bad_inputs_give_errors_naming_the_path() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "app = [").unwrap();
-    let out =
-        mirage(&["fingerprint", "--app", bad.to_str().unwrap(), "--root", dir.path().to_str().unwrap(), "--no-cache"]);
+    let out = mirage(&[
+        "fingerprint",
+        "--profile",
+        bad.to_str().unwrap(),
+        "--root",
+        dir.path().to_str().unwrap(),
+        "--no-cache",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml"), "{err}");
 
     let mysql = profile("mysql.toml");
-    let out = mirage(&["fingerprint", "--app", mysql.to_str().unwrap(), "--root", "/no/such/root", "--no-cache"]);
+    let out = mirage(&["fingerprint", "--profile", mysql.to_str().unwrap(), "--root", "/no/such/root", "--no-cache"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/root"));
 
-    let out = mirage(&["fingerprint", "--app", "/no/such/profile.toml", "--no-cache"]);
+    let out = mirage(&["fingerprint", "--profile", "/no/such/profile.toml", "--no-cache"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/profile.toml"));
 
     let key = dir.path().join("k");
@@ -92,7 +105,7 @@ fn bad_inputs_give_errors_naming_the_path() {
     write_mysql_machine(root.path(), &SampleMachine { environment: 0, host: 0 }).unwrap();
     let out = mirage(&[
         "fingerprint",
-        "--app",
+        "--profile",
         mysql.to_str().unwrap(),
         "--root",
         root.path().to_str().unwrap(),
@@ -113,7 +126,7 @@ fn cache_makes_the_second_run_read_nothing() {
     let run = || {
         let out = mirage(&[
             "fingerprint",
-            "--app",
+            "--profile",
             mysql.to_str().unwrap(),
             "--root",
             root.path().to_str().unwrap(),

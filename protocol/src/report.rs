@@ -10,10 +10,32 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SUMMARY_BYTES: usize = 1024;
 pub const MAX_EXCERPT_BYTES: usize = 16 * 1024;
 
+/// What a representative says about an upgrade in its environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Outcome {
     Pass,
     Fail,
+    /// The representative could not test here, for a fault of its own (its sandbox
+    /// would not start, its disk is full): no verdict on the release. Its seat passes
+    /// to the next member in line at once instead of at the report deadline.
+    Abstain,
+}
+
+impl Outcome {
+    /// The word `mirage status` and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "fail",
+            Outcome::Abstain => "abstain",
+        }
+    }
+
+    /// A pass or a fail: a statement about the release, which a gate counts.
+    pub fn is_verdict(self) -> bool {
+        matches!(self, Outcome::Pass | Outcome::Fail)
+    }
 }
 
 /// A representative's signed verdict on one upgrade for its cluster.

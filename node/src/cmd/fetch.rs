@@ -4,7 +4,7 @@
 use super::status::Target;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use mirage_node::daemon::api::{self, ClientError, Request};
+use mirage_node::daemon::api::{self, ClientError, ErrorKind, Request};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,11 +56,17 @@ pub fn run(args: Args) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let request = Request::Fetch { app: args.app.clone(), version: args.version.clone() };
     // The release may not have reached the node yet: keep asking until the deadline.
+    // What will never work (an app the node does not know, a version older than its
+    // newest) fails at once.
+    let mut said_waiting = false;
     let started = loop {
         match call(request.clone()) {
             Ok(v) => break v,
-            Err(ClientError::Node(reason)) if Instant::now() < deadline => {
-                tracing::debug!(%reason, "not yet");
+            Err(ClientError::Node { kind: ErrorKind::NotYet, message }) if Instant::now() < deadline => {
+                if !said_waiting {
+                    eprintln!("waiting (up to {} s): {message}", args.timeout_secs);
+                    said_waiting = true;
+                }
                 std::thread::sleep(Duration::from_millis(500));
             }
             Err(e) => return Err(e).context("asking the node to fetch"),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Args)]
 pub struct Args {
     /// The application profile (TOML) saying which resources matter.
-    #[arg(long = "app", value_name = "PROFILE.toml")]
+    #[arg(long = "profile", alias = "app", value_name = "PROFILE.toml")]
     profile: PathBuf,
     /// The machine's root directory.
     #[arg(long, default_value = "/")]

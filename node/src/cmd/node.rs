@@ -33,10 +33,12 @@ pub struct RunArgs {
     /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
     #[arg(long)]
     bootstrap: Vec<String>,
-    /// An application profile to fingerprint and announce (repeatable).
-    #[arg(long = "app")]
-    apps: Vec<PathBuf>,
-    /// The machine's root to fingerprint. Default: /.
+    /// An application profile (TOML) to fingerprint and announce; the node runs the app
+    /// it names (repeatable; at least one, here or in the config file).
+    #[arg(long = "profile", alias = "app", value_name = "PROFILE.toml")]
+    profiles: Vec<PathBuf>,
+    /// The machine's root to fingerprint: an absolute path to an existing directory.
+    /// Default: /.
     #[arg(long)]
     root: Option<PathBuf>,
     /// Local control API address. Default: 127.0.0.1:4700.
@@ -93,8 +95,8 @@ struct ConfigFile {
     listen: Vec<String>,
     #[serde(default)]
     bootstrap: Vec<String>,
-    #[serde(default)]
-    apps: Vec<PathBuf>,
+    #[serde(default, alias = "apps")]
+    profiles: Vec<PathBuf>,
     root: Option<PathBuf>,
     api: Option<SocketAddr>,
     announce_interval_secs: Option<u64>,
@@ -167,7 +169,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         key,
         listen,
         bootstrap,
-        apps: pick(args.apps, file.apps),
+        apps: pick(args.profiles, file.profiles),
         root: args.root.or(file.root).unwrap_or_else(|| PathBuf::from("/")),
         api: args.api.or(file.api).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4700))),
         membership,
@@ -191,10 +193,45 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
     })
 }
 
+/// Refuses, with one clear line, a configuration that cannot work: no app, a machine
+/// root that is relative or missing, a profile that does not parse, a `--trust` for an
+/// app the node does not run, a relative install prefix. Such mistakes used to surface
+/// later as failed tests, signed and sent to the whole fleet as verdicts on a release.
+fn check(o: &NodeOptions) -> Result<()> {
+    if o.apps.is_empty() {
+        bail!("no app to run: give a profile with --profile PATH (or `profiles = [...]` in --config)");
+    }
+    if !o.root.is_absolute() {
+        bail!("--root {} is a relative path; give the machine root as an absolute path", o.root.display());
+    }
+    match std::fs::metadata(&o.root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("--root {} is not a directory", o.root.display()),
+        Err(e) => bail!("--root {}: {e}", o.root.display()),
+    }
+    if let Some(prefix) = o.install_prefix.as_ref().filter(|p| !p.is_absolute()) {
+        bail!("--install-prefix {} is a relative path; give an absolute path", prefix.display());
+    }
+    let mut apps = Vec::new();
+    for path in &o.apps {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading profile {}", path.display()))?;
+        let profile = mirage_protocol::fingerprint::Profile::parse(&text)
+            .with_context(|| format!("profile {}", path.display()))?;
+        apps.push(profile.app().to_string());
+    }
+    for app in o.trust.apps() {
+        if !apps.iter().any(|a| a == app) {
+            bail!("--trust {app}=...: this node runs no app `{app}` (its profiles name: {})", apps.join(", "));
+        }
+    }
+    Ok(())
+}
+
 pub fn run(command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Run(args) => {
             let options = options(*args)?;
+            check(&options)?;
             let runtime = super::async_runtime()?;
             runtime
                 .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
@@ -228,7 +265,7 @@ mod tests {
 data_dir = "/var/lib/mirage"
 listen = ["/ip4/127.0.0.1/tcp/4801"]
 bootstrap = ["/ip4/127.0.0.1/tcp/4701/p2p/12D3KooWE7nWm4B9Fr9gg37WMP9mkPRGq8VrdrmSgUoqMpmWk974"]
-apps = ["/etc/mirage/mysql.toml"]
+profiles = ["/etc/mirage/mysql.toml"]
 root = "/srv/root"
 api = "127.0.0.1:4999"
 announce_interval_secs = 120
@@ -274,5 +311,32 @@ auto_fetch = false
         assert!(o.auto_fetch, "releases download on arrival by default");
         assert!(parse(&["--data-dir", "/d", "--trust", "mysql"]).is_err(), "trust needs APP=PUBKEY");
         assert!(parse(&["--data-dir", "/d", "--trust", "mysql=abcd"]).is_err(), "trust needs a real key");
+    }
+
+    #[test]
+    fn a_configuration_that_cannot_work_is_refused_with_one_clear_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = dir.path().join("mysql.toml");
+        std::fs::write(
+            &profile,
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles/mysql.toml")).unwrap(),
+        )
+        .unwrap();
+        let p = profile.to_str().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let key = "mysql=3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+        let err = |args: &[&str]| check(&parse(args).unwrap()).unwrap_err().to_string();
+        assert!(check(&parse(&["--data-dir", "/d", "--profile", p, "--root", root, "--trust", key]).unwrap()).is_ok());
+        // The old flag name still works.
+        assert!(check(&parse(&["--data-dir", "/d", "--app", p, "--root", root]).unwrap()).is_ok());
+        assert!(err(&["--data-dir", "/d", "--root", root]).contains("no app to run"));
+        assert!(err(&["--data-dir", "/d", "--profile", p, "--root", "roots/r3"]).contains("relative path"));
+        assert!(err(&["--data-dir", "/d", "--profile", p, "--root", "/no/such/root"]).contains("/no/such/root"));
+        assert!(err(&["--data-dir", "/d", "--profile", "/no/such.toml", "--root", root]).contains("/no/such.toml"));
+        let other = "postgres=3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+        let e = err(&["--data-dir", "/d", "--profile", p, "--root", root, "--trust", other]);
+        assert!(e.contains("runs no app `postgres`") && e.contains("mysql"), "{e}");
+        let e = err(&["--data-dir", "/d", "--profile", p, "--root", root, "--install-prefix", "opt"]);
+        assert!(e.contains("--install-prefix opt is a relative path"), "{e}");
     }
 }

@@ -115,6 +115,17 @@ pub fn run(args: Args) -> Result<()> {
             a["stage"].as_u64().map_or("-".into(), |n| (n + 1).to_string()),
             a["stage_count"]
         );
+        if let Some(v) = a["pinned"].as_str() {
+            println!("  pinned to {v} by a rollback, until the next release or `mirage unpin`");
+        }
+        if let Some(f) = a["local_fault"].as_object() {
+            println!(
+                "  local fault while {} ({} attempt(s)), not reported to the vendor: {}",
+                f.get("during").and_then(|v| v.as_str()).unwrap_or("?"),
+                f.get("attempts").and_then(|v| v.as_u64()).unwrap_or(0),
+                f.get("reason").and_then(|v| v.as_str()).unwrap_or("")
+            );
+        }
         for rep in a["reports"].as_array().into_iter().flatten() {
             println!("  report {} {}: {}", s(&rep["signer"]), s(&rep["outcome"]), s(&rep["summary"]));
         }
@@ -126,14 +137,57 @@ pub fn run(args: Args) -> Result<()> {
 pub struct RollbackArgs {
     #[command(flatten)]
     target: Target,
+    /// The app to roll back (its name, as in the profile).
     #[arg(long)]
     app: String,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
-/// `mirage rollback`: switch an app back to the version it ran before.
+/// `mirage rollback`: one step back through the versions the app ran, pinned there.
 pub fn rollback(args: RollbackArgs) -> Result<()> {
     let reply = call(&args.target, Request::Rollback { app: args.app.clone() })?;
-    println!("{} rolled back to {}", args.app, reply["version"].as_str().unwrap_or("?"));
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    let to = reply["version"].as_str().unwrap_or("?");
+    let from = reply["from"].as_str().map(|f| format!(" from {f}")).unwrap_or_default();
+    println!("{} rolled back{from} to {to}, pinned to {to} until the next release or `mirage unpin`", args.app);
+    match reply["earlier"].as_array().filter(|e| !e.is_empty()) {
+        Some(earlier) => {
+            let list: Vec<&str> = earlier.iter().filter_map(|v| v.as_str()).collect();
+            println!("earlier versions to roll back to: {}", list.join(", "));
+        }
+        None => println!("no earlier version to roll back to"),
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct UnpinArgs {
+    #[command(flatten)]
+    target: Target,
+    /// The app to unpin (its name, as in the profile).
+    #[arg(long)]
+    app: String,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mirage unpin`: lift a rollback's pin; the app follows its cluster's releases again.
+pub fn unpin(args: UnpinArgs) -> Result<()> {
+    let reply = call(&args.target, Request::Unpin { app: args.app.clone() })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reply)?);
+        return Ok(());
+    }
+    match reply["was_pinned_to"].as_str() {
+        Some(v) => println!("{} unpinned (was pinned to {v}); it follows its cluster's releases again", args.app),
+        None => println!("{} was not pinned", args.app),
+    }
     Ok(())
 }
 

@@ -96,6 +96,12 @@ pub struct PublishArgs {
     /// Stop seeding once this many other peers hold a full copy; 0 seeds until stopped.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// Fail if no peer has admitted the release (trusted the key, found it newer) by then.
+    #[arg(long, default_value_t = 60)]
+    admit_timeout_secs: u64,
+    /// Fail if no bootstrap peer has answered by then.
+    #[arg(long, default_value_t = 15)]
+    bootstrap_timeout_secs: u64,
 }
 
 pub fn run(command: VendorCommand) -> Result<()> {
@@ -147,6 +153,13 @@ fn publish(args: PublishArgs) -> Result<()> {
     let built = release::build(&spec, &data_dir, now).context("building the release")?;
     let envelope = Envelope::sign(&keypair, &built.manifest, now)?.to_bytes()?;
     let m = &built.manifest;
+    let ledger = ledger_path(&args.key);
+    if let Err(e) = record_published(&ledger, m, now) {
+        eprintln!(
+            "warning: cannot record the release in {}: {e:#} (`vendor reports` will not list its reports)",
+            ledger.display()
+        );
+    }
     println!(
         "manifest {} for {} {}: {} bytes in {} chunks, content {}",
         m.id(),
@@ -172,17 +185,163 @@ fn publish(args: PublishArgs) -> Result<()> {
     options.api = args.api;
     options.seed = vec![SeedRelease { envelope, artifact: built.artifact_path.clone(), bundle: built.bundle_path }];
     options.stop_after_replicas = (args.replicas > 0).then_some(args.replicas);
-    if args.replicas > 0 {
-        println!("seeding until {} peers hold a full copy", args.replicas);
+    let goal = if args.replicas > 0 {
+        format!("until {} peers hold a full copy", args.replicas)
     } else {
-        println!("seeding until stopped");
-    }
+        "until stopped".to_string()
+    };
+    println!("seeding {goal}; waiting up to {} s for peers to admit the release", args.admit_timeout_secs);
+    let watch = Watch {
+        app: m.app.clone(),
+        version: m.version.to_string(),
+        key: keypair.public().to_string(),
+        replicas: args.replicas,
+        bootstrap_timeout: Duration::from_secs(args.bootstrap_timeout_secs),
+        admit_timeout: Duration::from_secs(args.admit_timeout_secs),
+    };
     let runtime = super::async_runtime()?;
-    runtime
-        .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
-        .context("the seed stopped with an error")?;
-    println!("seeding done");
-    Ok(())
+    let outcome = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let seed = tokio::spawn(daemon::run(options, async move {
+            let _ = stop_rx.await;
+        }));
+        let outcome = watch.follow(&data_dir, seed).await;
+        (outcome, stop_tx)
+    });
+    let (outcome, stop_tx) = outcome;
+    let _ = stop_tx.send(());
+    drop(runtime);
+    outcome
+}
+
+/// What `vendor publish` waits for, and how long.
+struct Watch {
+    app: String,
+    version: String,
+    key: String,
+    replicas: usize,
+    bootstrap_timeout: Duration,
+    admit_timeout: Duration,
+}
+
+impl Watch {
+    /// Follows the seed through its API until the goal is met (success), or something
+    /// says it never will be: no bootstrap peer, no peer admitting the release, Ctrl-C
+    /// before the goal. Prints a progress line as it goes.
+    async fn follow(
+        &self,
+        data_dir: &std::path::Path,
+        mut seed: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
+    ) -> Result<()> {
+        let started = std::time::Instant::now();
+        let mut shutdown = std::pin::pin!(mirage_bootstrap::shutdown_signal());
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_line = String::new();
+        let mut last = serde_json::Value::Null;
+        loop {
+            tokio::select! {
+                done = &mut seed => {
+                    return match done {
+                        Ok(Ok(())) => {
+                            println!("{}", self.line(&last));
+                            println!("seeding done");
+                            Ok(())
+                        }
+                        Ok(Err(e)) => Err(e).context("the seed stopped with an error"),
+                        Err(e) => bail!("the seed task failed: {e}"),
+                    };
+                }
+                _ = &mut shutdown => {
+                    let line = self.line(&last);
+                    if self.replicas == 0 && admitted(&last) > 0 {
+                        println!("{line}; stopped");
+                        return Ok(());
+                    }
+                    bail!("stopped before the goal was met ({line})");
+                }
+                _ = tick.tick() => {}
+            }
+            let Some(status) = seed_status(data_dir).await else { continue };
+            last = status;
+            let line = self.line(&last);
+            if line != last_line {
+                println!("{line}");
+                last_line = line;
+            }
+            let elapsed = started.elapsed();
+            let bootstrap = &last["bootstrap_peers"];
+            if bootstrap["connected"].as_u64() == Some(0)
+                && last["connected_peers"].as_u64() == Some(0)
+                && elapsed >= self.bootstrap_timeout
+            {
+                bail!(
+                    "no bootstrap peer answered within {} s: check the --bootstrap addresses and that the peers run",
+                    self.bootstrap_timeout.as_secs()
+                );
+            }
+            if admitted(&last) == 0 && elapsed >= self.admit_timeout {
+                bail!("{}", self.not_admitted(&last));
+            }
+        }
+    }
+
+    fn line(&self, status: &serde_json::Value) -> String {
+        let s = &status["seeding"];
+        let full = s["full_copies"].as_u64().unwrap_or(0);
+        let goal = if self.replicas > 0 {
+            format!("{full}/{} full copies", self.replicas)
+        } else {
+            format!("{full} full copies")
+        };
+        format!(
+            "{} {}: admitted by {} peer(s), {goal}, {} peer(s) connected",
+            self.app,
+            self.version,
+            admitted(status),
+            status["connected_peers"].as_u64().unwrap_or(0)
+        )
+    }
+
+    /// Why no peer admitted the release, from what the peers that answered hold.
+    fn not_admitted(&self, status: &serde_json::Value) -> String {
+        let s = &status["seeding"];
+        let mut why =
+            format!("no peer admitted {} {} within {} s", self.app, self.version, self.admit_timeout.as_secs());
+        let others: Vec<String> = s["other_versions"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(v, n)| format!("{n} hold {} {v}", self.app))
+            .collect();
+        let without = s["without_release"].as_u64().unwrap_or(0);
+        if !others.is_empty() {
+            why.push_str(&format!("; {} (a node takes only a version newer than the one it holds)", others.join(", ")));
+        }
+        if without > 0 {
+            why.push_str(&format!(
+                "; {without} peer(s) hold no release of {}: do they trust this key? (--trust {}={})",
+                self.app, self.app, self.key
+            ));
+        }
+        if others.is_empty() && without == 0 {
+            why.push_str(&format!(
+                "; no node answered (connected peers: {}): are nodes running {} and reachable from the bootstrap peers?",
+                status["connected_peers"].as_u64().unwrap_or(0),
+                self.app
+            ));
+        }
+        why
+    }
+}
+
+fn admitted(status: &serde_json::Value) -> u64 {
+    status["seeding"]["admitted"].as_u64().unwrap_or(0)
+}
+
+/// The seed's status, once its API is up.
+async fn seed_status(data_dir: &std::path::Path) -> Option<serde_json::Value> {
+    let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).ok()?;
+    daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(5)).await.ok()
 }
 
 fn reports(args: ReportsArgs) -> Result<()> {
@@ -199,7 +358,7 @@ fn reports(args: ReportsArgs) -> Result<()> {
     let data_dir = options.data_dir.clone();
     let runtime = super::async_runtime()?;
     let app = args.app.clone();
-    let collected = runtime.block_on(async move {
+    let (collected, status) = runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let node = tokio::spawn(daemon::run(options, async move {
             let _ = stop_rx.await;
@@ -208,10 +367,27 @@ fn reports(args: ReportsArgs) -> Result<()> {
         let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).unwrap_or_default();
         let request = daemon::api::Request::ProblemReports { app };
         let reply = daemon::api::call(addr.trim(), &request, Duration::from_secs(10)).await;
+        let status = daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(10)).await;
         let _ = stop_tx.send(());
         let _ = node.await;
-        reply
-    })?;
+        (reply, status)
+    });
+    let collected = collected.context("asking the collector for reports")?;
+    let status = status.context("asking the collector for its status")?;
+    if status["connected_peers"].as_u64() == Some(0) {
+        bail!("cannot reach the overlay: no bootstrap peer answered within {} s (check --bootstrap)", args.wait_secs);
+    }
+    // Only this vendor's releases: the ones it published (its ledger) and the one the
+    // collector admitted under its key. Anyone can sign a problem report naming any
+    // manifest; those about others' releases are left out.
+    let mut ours: std::collections::BTreeSet<String> =
+        read_ledger(&ledger_path(&args.key)).into_iter().filter(|e| e.app == args.app).map(|e| e.manifest_id).collect();
+    for r in status["releases"].as_array().into_iter().flatten() {
+        if r["app"] == args.app.as_str() && r["signer"] == keypair.public().to_hex().as_str() {
+            ours.extend(r["manifest_id"].as_str().map(str::to_string));
+        }
+    }
+    let mut others = 0;
     let mut count = 0;
     for hex in collected["reports"].as_array().into_iter().flatten() {
         let Some(bytes) = hex.as_str().and_then(|h| hex::decode(h).ok()) else { continue };
@@ -219,6 +395,10 @@ fn reports(args: ReportsArgs) -> Result<()> {
             continue;
         };
         let p = report.payload();
+        if !ours.contains(&p.manifest_id.to_hex()) {
+            others += 1;
+            continue;
+        }
         count += 1;
         if args.json {
             println!(
@@ -251,6 +431,50 @@ fn reports(args: ReportsArgs) -> Result<()> {
     }
     if !args.json {
         println!("{count} problem report(s) for {}", args.app);
+        if others > 0 {
+            println!("({others} report(s) about releases not published with this key were left out)");
+        }
     }
     Ok(())
+}
+
+/// One release a vendor published, as `vendor publish` records it beside the key.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Published {
+    app: String,
+    version: String,
+    manifest_id: String,
+    issued_at_ms: u64,
+}
+
+/// `vendor.key` → `vendor.key.published`: the releases published with that key.
+fn ledger_path(key: &std::path::Path) -> PathBuf {
+    let mut name = key.file_name().unwrap_or_default().to_os_string();
+    name.push(".published");
+    key.with_file_name(name)
+}
+
+fn record_published(
+    ledger: &std::path::Path,
+    m: &mirage_protocol::manifest::UpgradeManifest,
+    now: mirage_protocol::UnixMillis,
+) -> Result<()> {
+    use std::io::Write;
+    let entry = Published {
+        app: m.app.clone(),
+        version: m.version.to_string(),
+        manifest_id: m.id().to_hex(),
+        issued_at_ms: now.0,
+    };
+    let mut line = serde_json::to_vec(&entry)?;
+    line.push(b'\n');
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(ledger)?;
+    f.write_all(&line)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The ledger's entries; lines that do not parse are skipped (a torn last line).
+fn read_ledger(ledger: &std::path::Path) -> Vec<Published> {
+    std::fs::read_to_string(ledger).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }

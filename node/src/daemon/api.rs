@@ -57,8 +57,13 @@ pub enum Request {
         app: String,
         version: Option<String>,
     },
-    /// Switch `app` back to its previous installed version.
+    /// Switch `app` back to the version that ran before the current one, and pin it
+    /// there until the next release or [`Request::Unpin`].
     Rollback {
+        app: String,
+    },
+    /// Lift the pin a rollback set: `app` follows its cluster's releases again.
+    Unpin {
         app: String,
     },
     /// The signed problem reports this node holds for `app` (hex envelopes).
@@ -78,7 +83,42 @@ pub enum Request {
     },
 }
 
-pub type Reply = Result<serde_json::Value, String>;
+/// Whether a refused request may succeed if asked again later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// It will not: the app is unknown, the version is gone, the feature is off.
+    Refused,
+    /// Not yet: the release has not reached the node, say. Worth asking again.
+    NotYet,
+}
+
+/// A request the node did not carry out, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn not_yet(message: impl Into<String>) -> Self {
+        ApiError { kind: ErrorKind::NotYet, message: message.into() }
+    }
+}
+
+impl From<String> for ApiError {
+    fn from(message: String) -> Self {
+        ApiError { kind: ErrorKind::Refused, message }
+    }
+}
+
+impl From<&str> for ApiError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+pub type Reply = Result<serde_json::Value, ApiError>;
 pub type Incoming = (Request, oneshot::Sender<Reply>);
 
 /// Binds the API socket. Returns the bound address (the port may have been 0).
@@ -105,20 +145,20 @@ async fn handle(stream: TcpStream, tx: mpsc::Sender<Incoming>) -> std::io::Resul
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST_LINE)).lines();
     while let Some(line) = lines.next_line().await? {
-        let reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Err(format!("bad request: {e}")),
+        let reply: Reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Err(format!("bad request: {e}").into()),
             Ok(req) => {
                 let (otx, orx) = oneshot::channel();
                 if tx.send((req, otx)).await.is_err() {
-                    Err("node is shutting down".to_string())
+                    Err("node is shutting down".into())
                 } else {
-                    orx.await.unwrap_or_else(|_| Err("node is shutting down".to_string()))
+                    orx.await.unwrap_or_else(|_| Err("node is shutting down".into()))
                 }
             }
         };
         let body = match reply {
             Ok(v) => serde_json::json!({ "ok": v }),
-            Err(e) => serde_json::json!({ "error": e }),
+            Err(e) => serde_json::json!({ "error": e.message, "kind": e.kind }),
         };
         let mut out = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
         out.push(b'\n');
@@ -137,8 +177,8 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("bad reply from the node: {0}")]
     BadReply(String),
-    #[error("node says: {0}")]
-    Node(String),
+    #[error("node says: {message}")]
+    Node { kind: ErrorKind, message: String },
 }
 
 /// Sends one request to a node's API and returns its reply.
@@ -155,7 +195,9 @@ pub async fn call(addr: &str, request: &Request, timeout: Duration) -> Result<se
         let mut v: serde_json::Value =
             serde_json::from_str(&reply).map_err(|e| ClientError::BadReply(e.to_string()))?;
         if let Some(e) = v.get("error") {
-            return Err(ClientError::Node(e.as_str().unwrap_or_default().to_string()));
+            // A node from before error kinds said nothing of it: take it as final.
+            let kind = v.get("kind").and_then(|k| serde_json::from_value(k.clone()).ok()).unwrap_or(ErrorKind::Refused);
+            return Err(ClientError::Node { kind, message: e.as_str().unwrap_or_default().to_string() });
         }
         v.get_mut("ok").map(serde_json::Value::take).ok_or(ClientError::BadReply(reply))
     };
@@ -188,6 +230,7 @@ mod tests {
             while let Some((req, reply)) = rx.recv().await {
                 let _ = reply.send(match req {
                     Request::Status => Ok(serde_json::json!({"peer_id": "x"})),
+                    Request::Fetch { .. } => Err(ApiError::not_yet("later")),
                     _ => Err("no".into()),
                 });
             }
@@ -195,6 +238,9 @@ mod tests {
         let v = call(&addr.to_string(), &Request::Status, Duration::from_secs(5)).await.unwrap();
         assert_eq!(v["peer_id"], "x");
         let e = call(&addr.to_string(), &Request::Announce { app: None }, Duration::from_secs(5)).await.unwrap_err();
-        assert!(matches!(e, ClientError::Node(m) if m == "no"));
+        assert!(matches!(e, ClientError::Node { kind: ErrorKind::Refused, message } if message == "no"));
+        let fetch = Request::Fetch { app: "a".into(), version: None };
+        let e = call(&addr.to_string(), &fetch, Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(e, ClientError::Node { kind: ErrorKind::NotYet, message } if message == "later"));
     }
 }

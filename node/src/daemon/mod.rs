@@ -167,6 +167,8 @@ struct Node {
     penalties: HashMap<PeerId, f64>,
     allow_debug: bool,
     target_peers: usize,
+    /// The bootstrap peers given at start, to tell whether the overlay is reachable.
+    bootstrap_peers: Vec<PeerId>,
     dist: Distribution,
     staging: Staging,
 }
@@ -239,6 +241,7 @@ async fn run_inner(
         penalties: HashMap::new(),
         allow_debug: options.allow_debug,
         target_peers: options.target_peers,
+        bootstrap_peers: options.bootstrap.iter().filter_map(overlay::split_peer_addr).map(|(p, _)| p).collect(),
         dist: Distribution::new(
             options.trust.clone(),
             crate::chunk_store::ChunkStore::open(&options.data_dir.join(CONTENT_DIR))?,
@@ -250,6 +253,8 @@ async fn run_inner(
     node.dist.collect_reports = options.collect_reports;
 
     for addr in &options.listen {
+        overlay::check_port_free(addr)
+            .map_err(|e| DaemonError::Listen { addr: addr.clone(), reason: e.to_string() })?;
         node.swarm
             .listen_on(addr.clone())
             .map_err(|e| DaemonError::Listen { addr: addr.clone(), reason: e.to_string() })?;
@@ -266,8 +271,9 @@ async fn run_inner(
     for seed in &options.seed {
         node.seed_release(seed).map_err(DaemonError::Seed)?;
     }
-    if let (Some(replicas), Some(first)) = (options.stop_after_replicas, node.dist.seeded_content()) {
-        node.dist.seed_goal = Some(SeedGoal::new(first, replicas));
+    if let (false, Some((app, version, manifest, content))) = (options.seed.is_empty(), node.dist.seeded()) {
+        let replicas = options.stop_after_replicas.unwrap_or(0);
+        node.dist.seed_goal = Some(SeedGoal::new(&app, version, manifest, content, replicas));
     }
     node.dial_initial(&options.bootstrap)?;
 
@@ -635,6 +641,11 @@ impl Node {
                 (gossipsub::MessageAcceptance::Accept, None)
             }
             Verdict::Ignored => (gossipsub::MessageAcceptance::Ignore, None),
+            // A stale announcement is late, not hostile: gossip delivers old messages.
+            Verdict::Rejected(reason @ DropReason::Stale) => {
+                debug!(app, %reason, "dropped announcement");
+                (gossipsub::MessageAcceptance::Reject, None)
+            }
             Verdict::Rejected(reason) => {
                 warn!(app, %reason, "dropped announcement");
                 (gossipsub::MessageAcceptance::Reject, None)
@@ -699,7 +710,7 @@ impl Node {
                     {
                         let _span = info_span!("exchange", from = %peer, app = request.app).entered();
                         match self.on_announcement(bytes, &request.app, Some(&signer)).0 {
-                            gossipsub::MessageAcceptance::Reject => self.penalize(peer),
+                            gossipsub::MessageAcceptance::Reject => self.penalize(peer, "a bad announcement"),
                             gossipsub::MessageAcceptance::Accept => info!("fingerprint received in an exchange"),
                             gossipsub::MessageAcceptance::Ignore => {}
                         }
@@ -713,7 +724,7 @@ impl Node {
                     if let Some(bytes) = response.announcement {
                         let _span = info_span!("fetched", from = %peer, app).entered();
                         match self.on_announcement(&bytes, &app, Some(&signer)).0 {
-                            gossipsub::MessageAcceptance::Reject => self.penalize(peer),
+                            gossipsub::MessageAcceptance::Reject => self.penalize(peer, "a bad announcement"),
                             gossipsub::MessageAcceptance::Accept => info!("fingerprint fetched"),
                             gossipsub::MessageAcceptance::Ignore => debug!("fetched fingerprint was not news"),
                         }
@@ -751,12 +762,12 @@ impl Node {
 
     /// Scores down a peer that answered a fetch with a bad announcement. Gossip already
     /// scores bad messages itself (P4); fetch replies go through the application score.
-    fn penalize(&mut self, peer: PeerId) {
+    fn penalize(&mut self, peer: PeerId, what: &str) {
         let penalty = self.penalties.entry(peer).or_default();
         *penalty += FETCH_PENALTY;
         let score = -*penalty;
         self.swarm.behaviour_mut().overlay.gossipsub.set_application_score(&peer, score);
-        warn!(%peer, application_score = score, "peer answered a fetch with a bad announcement");
+        warn!(%peer, application_score = score, "peer answered a request with {what}");
     }
 
     fn on_api(&mut self, req: Request) -> api::Reply {
@@ -766,7 +777,7 @@ impl Node {
                 let now = overlay::now();
                 let apps: Vec<String> = match app {
                     Some(a) if self.apps.contains_key(&a) => vec![a],
-                    Some(a) => return Err(format!("this node has no app `{a}`")),
+                    Some(a) => return Err(format!("this node has no app `{a}`").into()),
                     None => self.apps.keys().cloned().collect(),
                 };
                 let mut published = Vec::new();
@@ -792,23 +803,34 @@ impl Node {
             }
             Request::Fetch { app, version } => {
                 let newest = self.dist.release(&app).map(|a| a.manifest.payload().version.clone());
-                match (&newest, version) {
-                    (None, _) => return Err(format!("no release of `{app}` admitted yet")),
-                    (Some(v), Some(want)) if v.to_string() != want => {
-                        return Err(format!("no release {want} of `{app}` admitted (newest: {v})"))
+                let known = self.apps.contains_key(&app) || self.dist.trusted_apps().iter().any(|a| a == &app);
+                let want = match version.as_deref().map(semver::Version::parse).transpose() {
+                    Ok(w) => w,
+                    Err(e) => return Err(format!("`{}` is not a version: {e}", version.unwrap_or_default()).into()),
+                };
+                match (&newest, want) {
+                    (None, _) if !known => {
+                        return Err(format!(
+                            "this node neither runs `{app}` nor trusts a vendor for it (--trust {app}=VENDORKEY)"
+                        )
+                        .into())
+                    }
+                    (None, _) => return Err(api::ApiError::not_yet(format!("no release of `{app}` admitted yet"))),
+                    (Some(v), Some(want)) if &want < v => {
+                        return Err(format!("{app} {want} is older than the newest admitted release, {v}").into())
+                    }
+                    (Some(v), Some(want)) if &want > v => {
+                        return Err(api::ApiError::not_yet(format!(
+                            "no release {want} of `{app}` admitted yet (newest: {v})"
+                        )))
                     }
                     _ => {}
                 }
                 let version = self.fetch_release(&app).ok_or("cannot start the download (see the node's log)")?;
                 Ok(serde_json::json!({ "app": app, "version": version.to_string() }))
             }
-            Request::Rollback { app } => {
-                let installer =
-                    self.staging.installer().ok_or("this node manages no installs (no --install-prefix)")?;
-                let version = installer.rollback(&app).map_err(|e| e.to_string())?;
-                warn!(app, %version, "rolled back on request");
-                Ok(serde_json::json!({ "app": app, "version": version.to_string() }))
-            }
+            Request::Rollback { app } => self.operator_rollback(&app).map_err(Into::into),
+            Request::Unpin { app } => self.operator_unpin(&app).map_err(Into::into),
             Request::ProblemReports { app } => {
                 let reports: Vec<String> = self.problem_reports(&app).iter().map(hex::encode).collect();
                 Ok(serde_json::json!({ "app": app, "reports": reports }))
@@ -926,9 +948,12 @@ impl Node {
         let gs = &self.swarm.behaviour().overlay.gossipsub;
         let scores: serde_json::Map<String, serde_json::Value> =
             connected.iter().filter_map(|p| gs.peer_score(p).map(|s| (p.to_base58(), s.into()))).collect();
+        let bootstrap_connected = self.bootstrap_peers.iter().filter(|p| connected.contains(p)).count();
         let mut status = serde_json::json!({
             "peer_id": self.local_peer.to_base58(),
             "connected_peers": connected.len(),
+            "bootstrap_peers": { "configured": self.bootstrap_peers.len(), "connected": bootstrap_connected },
+            "seeding": self.dist.seed_goal.as_ref().map(|g| g.status()),
             "listen_addrs": self.swarm.listeners().map(|a| a.to_string()).collect::<Vec<_>>(),
             "clusters": clusters,
             "apps_pending_scan": pending,

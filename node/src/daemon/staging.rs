@@ -15,7 +15,7 @@ use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
 use mirage_protocol::fingerprint::ResourceClass;
 use mirage_protocol::report::{Outcome, ProblemReport, TestReport};
-use mirage_protocol::staging::{Action, ApplyResult, Event, NodeConfig, Rollout, Snapshot, TestRun};
+use mirage_protocol::staging::{Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Rollout, Snapshot, TestRun};
 use mirage_protocol::{wire, ClusterKey, Digest, Envelope, Fingerprint, SignedPayload, UnixMillis, Verified};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -32,9 +32,17 @@ const MAX_PROBLEMS: usize = 256;
 
 /// What a long-running staging action reports back to the event loop.
 pub enum Completion {
-    Tested { app: String, manifest: Digest, run: TestRun },
-    Applied { app: String, manifest: Digest, result: ApplyResult },
-    RolledBack { app: String, manifest: Digest },
+    /// `Err` carries why the tests could not run here (a fault of this node's).
+    Tested {
+        app: String,
+        manifest: Digest,
+        run: Result<TestRun, String>,
+    },
+    Applied {
+        app: String,
+        manifest: Digest,
+        result: ApplyResult,
+    },
 }
 
 struct AppRollout {
@@ -101,13 +109,6 @@ impl Staging {
     }
 }
 
-fn outcome_name(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Pass => "pass",
-        Outcome::Fail => "fail",
-    }
-}
-
 impl Node {
     /// The app's fingerprint is known (first scan, or changed): build its core, from the
     /// stored snapshot if there is one, and feed it everything the node already holds.
@@ -135,9 +136,18 @@ impl Node {
                 None
             }
         };
-        let (rollout, actions) = match snapshot {
+        let (rollout, mut actions) = match snapshot {
             Some(s) => Rollout::restore(config, s),
             None => (Rollout::new(config), Vec::new()),
+        };
+        // What the installer has in place after its recovery is what runs: the core
+        // takes it over whatever its snapshot said.
+        let installed = match self.staging.installer().map(|i| i.current(&app)).transpose() {
+            Ok(v) => v.flatten(),
+            Err(e) => {
+                error!(error = %e, "cannot read the install journal");
+                None
+            }
         };
         let mut reports = BTreeMap::new();
         let now = overlay::now();
@@ -162,7 +172,10 @@ impl Node {
                 waiting: None,
             },
         );
-        info!("staging core ready");
+        info!(installed = ?installed.as_ref().map(|v| v.to_string()), "staging core ready");
+        if let Some(r) = self.staging.rollouts.get_mut(&app) {
+            actions.extend(r.rollout.handle(Event::Installed { version: installed }, overlay::now()));
+        }
         self.staging_execute(&app, actions);
         // Replay in issue order: the release first, then memberships, then reports.
         self.staging_manifest(&app);
@@ -252,7 +265,7 @@ impl Node {
         r.reports.insert((report.payload().manifest_id, *report.signer()), report.clone());
         let p = report.payload();
         info!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
-            outcome = outcome_name(p.outcome), "test report");
+            outcome = p.outcome.name(), "test report");
         self.staging_handle(app, Event::Report(report));
     }
 
@@ -342,26 +355,31 @@ impl Node {
 
     pub(super) fn on_staging_completion(&mut self, completion: Completion) {
         match completion {
-            Completion::Tested { app, manifest, run } => {
+            Completion::Tested { app, manifest, run: Ok(run) } => {
                 info!(
                     app,
-                    outcome = outcome_name(run.outcome),
+                    outcome = run.outcome.name(),
                     tests = run.tests_run,
                     summary = run.summary,
                     "tests finished"
                 );
                 self.staging_handle(&app, Event::TestFinished { manifest, run });
             }
+            Completion::Tested { app, manifest, run: Err(reason) } => {
+                warn!(app, %reason, "could not test here (a local fault, not a verdict on the release)");
+                self.staging_handle(&app, Event::TestsCouldNotRun { manifest, reason });
+            }
             Completion::Applied { app, manifest, result } => {
                 match &result {
                     ApplyResult::Healthy => info!(app, "upgrade applied"),
-                    ApplyResult::Unhealthy { .. } => warn!(app, "upgrade unhealthy; rolled back"),
+                    ApplyResult::Failed { fault: Fault::Release, step, output, .. } => {
+                        warn!(app, step = step.name(), reason = %first_line(output), "upgrade not applied; the previous version runs")
+                    }
+                    ApplyResult::Failed { fault: Fault::Local, step, output, .. } => {
+                        warn!(app, step = step.name(), reason = %first_line(output), "upgrade not applied (a local fault); will retry")
+                    }
                 }
                 self.staging_handle(&app, Event::ApplyFinished { manifest, result });
-            }
-            Completion::RolledBack { app, manifest } => {
-                info!(app, "rolled back");
-                self.staging_handle(&app, Event::RollbackFinished { manifest });
             }
         }
     }
@@ -391,7 +409,6 @@ impl Node {
                 Action::PublishTestReport(report) => self.publish_test_report(app, report),
                 Action::PublishProblemReport(report) => self.publish_problem_report(app, report),
                 Action::Apply { manifest, version } => self.start_apply(app, manifest, version),
-                Action::RollBack { manifest } => self.start_rollback(app, manifest),
                 Action::SetTimer(at) => {
                     if let Some(r) = self.staging.rollouts.get_mut(app) {
                         r.timer = Some(at);
@@ -419,7 +436,7 @@ impl Node {
 
     fn publish_test_report(&mut self, app: &str, report: TestReport) {
         let Some(bytes) = self.sign_and_publish(app, &report) else { return };
-        info!(app, outcome = outcome_name(report.outcome), version = %report.version, "published test report");
+        info!(app, outcome = report.outcome.name(), version = %report.version, "published test report");
         let verified = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<TestReport>().ok());
         if let Some(v) = verified {
             if let Err(e) = self.store.put_report(app, &v.id().to_hex(), &bytes) {
@@ -476,16 +493,7 @@ impl Node {
         info!(app, version = %release.version, tests = release.tests.len(), "testing in the sandbox");
         tokio::task::spawn_blocking(move || {
             let run =
-                run_tests(&installer, &sandbox, &app, &release, &artifact, bundle.as_deref(), resources, &root, &work)
-                    .unwrap_or_else(|reason| TestRun {
-                        outcome: Outcome::Fail,
-                        summary: mirage_protocol::report::excerpt_tail(&reason, 512),
-                        logs_digest: Digest::of(reason.as_bytes()),
-                        tests_run: 0,
-                        duration_ms: 0,
-                        failed_tests: vec!["setup".into()],
-                        output: reason,
-                    });
+                run_tests(&installer, &sandbox, &app, &release, &artifact, bundle.as_deref(), resources, &root, &work);
             let _ = tx.send(Completion::Tested { app, manifest, run });
         });
     }
@@ -519,29 +527,57 @@ impl Node {
                 health_dir,
             ) {
                 Ok(ApplyOutcome::Applied { .. }) => ApplyResult::Healthy,
-                Ok(ApplyOutcome::RolledBack { reason, output_excerpt }) => {
+                Ok(ApplyOutcome::NotApplied { fault, step, reason, output_excerpt }) => {
                     let output = format!("{reason}\n{output_excerpt}");
-                    ApplyResult::Unhealthy { logs_digest: Digest::of(output.as_bytes()), output }
+                    ApplyResult::Failed { fault, step, logs_digest: Digest::of(output.as_bytes()), output }
                 }
+                // The installer could not even settle its own state (its journal, the
+                // disk): this node's fault; its recovery runs before the retry.
                 Err(e) => {
                     let output = format!("apply failed: {e}");
-                    ApplyResult::Unhealthy { logs_digest: Digest::of(output.as_bytes()), output }
+                    ApplyResult::Failed {
+                        fault: e.fault(),
+                        step: ApplyStep::Switch,
+                        logs_digest: Digest::of(output.as_bytes()),
+                        output,
+                    }
                 }
             };
             let _ = tx.send(Completion::Applied { app, manifest, result });
         });
     }
 
-    fn start_rollback(&mut self, app: &str, manifest: Digest) {
-        let Some(installer) = self.staging.installer.clone() else { return };
-        let tx = self.staging.completions.clone();
-        let app = app.to_string();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = installer.rollback(&app) {
-                warn!(app, error = %e, "rollback");
-            }
-            let _ = tx.send(Completion::RolledBack { app, manifest });
-        });
+    /// `mirage rollback`: one step back through the install history, then pinned there
+    /// until the next release or `mirage unpin`. Refused while an apply is under way.
+    pub(super) fn operator_rollback(&mut self, app: &str) -> Result<serde_json::Value, String> {
+        let installer = self.staging.installer.clone().ok_or("this node manages no installs (no --install-prefix)")?;
+        if !self.staging.apps.contains(app) {
+            return Err(format!("this node runs no app `{app}`"));
+        }
+        if self.staging.rollouts.get(app).is_some_and(|r| !r.rollout.may_roll_back()) {
+            return Err(format!("an upgrade of {app} is being applied; roll back once it has finished"));
+        }
+        let back = installer.rollback(app).map_err(|e| e.to_string())?;
+        warn!(app, to = %back.to, from = ?back.from.as_ref().map(|v| v.to_string()), "rolled back on request; pinned");
+        self.staging_handle(app, Event::RolledBackByOperator { version: back.to.clone() });
+        Ok(serde_json::json!({
+            "app": app,
+            "from": back.from.map(|v| v.to_string()),
+            "version": back.to.to_string(),
+            "pinned": true,
+            "earlier": back.earlier.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// `mirage unpin`: the app follows its cluster's releases again.
+    pub(super) fn operator_unpin(&mut self, app: &str) -> Result<serde_json::Value, String> {
+        let r = self.staging.rollouts.get(app).ok_or_else(|| format!("this node stages no app `{app}`"))?;
+        let was = r.rollout.status().pin.map(|p| p.version.to_string());
+        self.staging_handle(app, Event::Unpin);
+        if let Some(version) = &was {
+            info!(app, %version, "unpinned on request");
+        }
+        Ok(serde_json::json!({ "app": app, "was_pinned_to": was }))
     }
 
     /// Per-app staging state for `mirage status`.
@@ -565,7 +601,7 @@ impl Node {
                         serde_json::json!({
                             "signer": rep.signer().peer_id(),
                             "version": p.version.to_string(),
-                            "outcome": outcome_name(p.outcome),
+                            "outcome": p.outcome.name(),
                             "summary": p.summary,
                         })
                     })
@@ -581,7 +617,14 @@ impl Node {
                     "stage": s.stage,
                     "stage_count": s.stage_count,
                     "open_stages": s.open_stages,
-                    "verdict": s.verdict.map(|v| format!("{v:?}")),
+                    "verdict": s.verdict.map(verdict_name),
+                    "pinned": s.pin.as_ref().map(|p| p.version.to_string()),
+                    "local_fault": s.local_fault.as_ref().map(|f| serde_json::json!({
+                        "during": f.during.name(),
+                        "attempts": f.attempts,
+                        "reason": f.reason,
+                        "retry_at_ms": f.retry_at.map(|t| t.0),
+                    })),
                     "reports": reports,
                 })
             })
@@ -590,17 +633,52 @@ impl Node {
     }
 }
 
-/// Unpacks a tar once into `dir` (kept for the manifest's lifetime).
-fn unpack_once(tar: &Path, dir: &Path) -> Result<(), String> {
+/// A gate's verdict as a word for status output.
+fn verdict_name(v: mirage_protocol::staging::Verdict) -> &'static str {
+    use mirage_protocol::staging::Verdict;
+    match v {
+        Verdict::NotOpen => "not-open",
+        Verdict::Pending => "pending",
+        Verdict::Holds { .. } => "holds",
+        Verdict::Halted { .. } => "halted",
+    }
+}
+
+/// Unpacks an archive once into `dir` (kept for the manifest's lifetime).
+fn unpack_once(tar: &Path, dir: &Path) -> Result<(), crate::install::InstallError> {
     if dir.is_dir() {
         return Ok(());
     }
     let partial = dir.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
-    crate::install::unpack::unpack_safely(tar, &partial).map_err(|e| e.to_string())?;
-    std::fs::rename(&partial, dir).map_err(|e| format!("{}: {e}", dir.display()))
+    crate::install::unpack::unpack_safely(tar, &partial)?;
+    std::fs::rename(&partial, dir)
+        .map_err(|source| crate::install::InstallError::Io { path: dir.to_path_buf(), source })
 }
 
+/// The first line of a multi-line reason, for one-line logs.
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+/// A failing run for content of the release that this node could not unpack: the
+/// vendor's archive is broken, which is a verdict on the release.
+fn broken_content(what: &str, e: &crate::install::InstallError) -> TestRun {
+    let output = format!("{what}: {e}");
+    TestRun {
+        outcome: Outcome::Fail,
+        summary: mirage_protocol::report::excerpt_tail(&output, 512),
+        logs_digest: Digest::of(output.as_bytes()),
+        tests_run: 0,
+        duration_ms: 0,
+        failed_tests: vec![ApplyStep::Unpack.name().to_string()],
+        output,
+    }
+}
+
+/// Runs the release's tests. `Ok` is a verdict on the release (including an artifact
+/// or bundle that does not unpack); `Err` is why this node could not test it (its disk,
+/// its sandbox): never signed, retried by the core.
 #[allow(clippy::too_many_arguments)]
 fn run_tests(
     installer: &Installer,
@@ -613,14 +691,23 @@ fn run_tests(
     root: &Path,
     work: &Path,
 ) -> Result<TestRun, String> {
-    let new_version_dir = installer.prepare(app, &release.version, artifact).map_err(|e| e.to_string())?;
+    let new_version_dir = match installer.prepare(app, &release.version, artifact) {
+        Ok(dir) => dir,
+        Err(e) if e.fault() == Fault::Release => return Ok(broken_content("the artifact does not unpack", &e)),
+        Err(e) => return Err(format!("preparing the new version: {e}")),
+    };
     let old_version_dir = installer.current(app).map_err(|e| e.to_string())?.map(|v| installer.version_dir(app, &v));
     let bundle_dir = match bundle {
         Some(b) => {
             let dir = work.join("tests");
-            std::fs::create_dir_all(work).map_err(|e| e.to_string())?;
-            unpack_once(b, &dir)?;
-            Some(dir)
+            std::fs::create_dir_all(work).map_err(|e| format!("{}: {e}", work.display()))?;
+            match unpack_once(b, &dir) {
+                Ok(()) => Some(dir),
+                Err(e) if e.fault() == Fault::Release => {
+                    return Ok(broken_content("the test bundle does not unpack", &e))
+                }
+                Err(e) => return Err(format!("unpacking the test bundle: {e}")),
+            }
         }
         None => None,
     };
@@ -634,7 +721,9 @@ fn run_tests(
         tests: release.tests.clone(),
         machine_root: root.to_path_buf(),
     };
-    let results = sandbox.run_tests(&run).map_err(|e| e.to_string())?;
+    // Every sandbox error is a setup error of this node's: a test that ran and failed
+    // comes back as results, not as an error.
+    let results = sandbox.run_tests(&run).map_err(|e| format!("the sandbox: {e}"))?;
     Ok(TestRun {
         outcome: if results.passed { Outcome::Pass } else { Outcome::Fail },
         summary: results.summary,

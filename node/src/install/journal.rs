@@ -19,20 +19,44 @@ pub struct Transition {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppState {
     pub current: Option<Version>,
-    pub previous: Option<Version>,
+    /// The versions that ran before `current`, oldest first: each healthy apply pushes
+    /// the one it replaced, each rollback pops one. A rollback never goes forward.
+    #[serde(default)]
+    pub history: Vec<Version>,
+    /// Journals written before `history` existed kept only this; read into `history`.
+    #[serde(default, skip_serializing)]
+    pub(super) previous: Option<Version>,
     /// A switch of the `current` link that began and has not been recorded as done.
     pub switching: Option<Transition>,
     /// An apply whose health check has not passed yet; recovery undoes it.
     pub applying: Option<Applying>,
 }
 
-/// An apply in progress: undoing it returns `current` to `from` and `previous` to
-/// what it was, so a later rollback never lands on the version that failed.
+/// An apply in progress: undoing it returns `current` to `from`. `history` only
+/// changes once the apply is healthy, so a later rollback never lands on the version
+/// that failed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applying {
     pub from: Option<Version>,
     pub to: Version,
-    pub previous: Option<Version>,
+}
+
+/// How many earlier versions the history keeps (their directories stay on disk).
+pub const MAX_HISTORY: usize = 32;
+
+impl AppState {
+    /// The version a rollback would go to.
+    pub fn previous(&self) -> Option<&Version> {
+        self.history.last()
+    }
+
+    /// Records that `replaced` ran before the version now current.
+    pub fn push_history(&mut self, replaced: Version) {
+        self.history.push(replaced);
+        if self.history.len() > MAX_HISTORY {
+            self.history.remove(0);
+        }
+    }
 }
 
 fn db_err(e: impl std::fmt::Display) -> InstallError {
@@ -50,7 +74,14 @@ pub fn load(db: &Database, app: &str) -> Result<AppState, InstallError> {
     let table = txn.open_table(TABLE).map_err(db_err)?;
     match table.get(app).map_err(db_err)? {
         None => Ok(AppState::default()),
-        Some(v) => serde_json::from_slice(v.value()).map_err(|e| db_err(format!("journal entry for {app}: {e}"))),
+        Some(v) => {
+            let mut state: AppState =
+                serde_json::from_slice(v.value()).map_err(|e| db_err(format!("journal entry for {app}: {e}")))?;
+            if let Some(previous) = state.previous.take().filter(|_| state.history.is_empty()) {
+                state.history.push(previous);
+            }
+            Ok(state)
+        }
     }
 }
 

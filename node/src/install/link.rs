@@ -85,15 +85,14 @@ impl Installer {
         self.checkpoint(CrashPoint::SwitchDone)
     }
 
-    /// Returns `current` to where it was before the unfinished apply, and `previous`
-    /// with it; clears the apply from the journal.
+    /// Returns `current` to where it was before the unfinished apply; clears the apply
+    /// from the journal.
     pub(super) fn undo_apply(&self, app: &str) -> Result<(), InstallError> {
         let Some(applying) = journal::load(&self.db, app)?.applying else {
             return Ok(());
         };
         self.switch_to(app, applying.from.as_ref())?;
         let mut state = journal::load(&self.db, app)?;
-        state.previous = applying.previous;
         state.applying = None;
         journal::store(&self.db, app, &state)
     }
@@ -135,6 +134,11 @@ impl Installer {
         if state.current != on_disk {
             tracing::warn!(app, journal = ?state.current, link = ?on_disk, "journal disagreed with the link");
             state.current = on_disk;
+        }
+        // A rollback that switched but did not get to take its target off the history:
+        // finish it, or the next rollback would go nowhere.
+        if state.applying.is_none() && state.current.is_some() && state.history.last() == state.current.as_ref() {
+            state.history.pop();
         }
         if state != before {
             // The link may be in place without the directory synced yet.

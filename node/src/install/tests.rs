@@ -93,14 +93,15 @@ fn install_unpacks_switches_and_rolls_back() {
     assert_eq!(e.running().as_deref(), Some("two"));
     assert_eq!(e.inst.previous(APP).unwrap(), Some(v("1.0.0")));
 
-    assert_eq!(e.inst.rollback(APP).unwrap(), v("1.0.0"));
+    let back = e.inst.rollback(APP).unwrap();
+    assert_eq!(back, RolledBack { from: Some(v("2.0.0")), to: v("1.0.0"), earlier: Vec::new() });
     assert_eq!(e.running().as_deref(), Some("one"));
     assert_eq!(e.assert_consistent(), Some(v("1.0.0")));
     assert!(e.inst.version_dir(APP, &v("2.0.0")).join("bin/app").is_file(), "old versions stay on disk");
-    // Switching forward again needs no unpacking.
-    e.inst.switch(APP, &v("2.0.0")).unwrap();
+    // Applying forward again needs no unpacking.
+    let out = e.inst.apply(APP, &v("2.0.0"), Path::new("/nonexistent.tar"), None).unwrap();
+    assert_eq!(out, ApplyOutcome::Applied { previous: Some(v("1.0.0")) });
     assert_eq!(e.running().as_deref(), Some("two"));
-    assert!(matches!(e.inst.switch(APP, &v("9.9.9")), Err(InstallError::NotPrepared { .. })));
     assert!(matches!(e.inst.rollback("other"), Err(InstallError::NoPrevious(_))));
     assert!(matches!(e.inst.current("../etc"), Ok(None)));
     assert!(matches!(e.inst.apply("../etc", &v("1.0.0"), &e.one, None), Err(InstallError::Invalid(_))));
@@ -127,7 +128,8 @@ fn install_health_check_failure_rolls_back() {
 
     let broken = sh("echo checking; cat $MIRAGE_APP_DIR/bin/app; exit 1", 10);
     match e.inst.apply(APP, &v("2.0.0"), &e.two, Some(&broken)).unwrap() {
-        ApplyOutcome::RolledBack { reason, output_excerpt } => {
+        ApplyOutcome::NotApplied { fault, step, reason, output_excerpt } => {
+            assert_eq!((fault, step), (Fault::Release, ApplyStep::HealthCheck));
             assert_eq!(reason, "health check: exit status 1");
             // The check ran against the new version.
             assert_eq!(output_excerpt, "checking\ntwo");
@@ -136,15 +138,15 @@ fn install_health_check_failure_rolls_back() {
     }
     assert_eq!(e.running().as_deref(), Some("one"));
     assert_eq!(e.assert_consistent(), Some(v("1.0.0")));
-    assert_eq!(e.inst.previous(APP).unwrap(), None, "previous is not the version that failed");
+    assert_eq!(e.inst.previous(APP).unwrap(), None, "the version that failed is not in the history");
     assert!(e.inst.version_dir(APP, &v("2.0.0")).is_dir());
 
     let slow = sh("sleep 30", 1);
     let out = e.inst.apply(APP, &v("2.0.0"), &e.two, Some(&slow)).unwrap();
-    assert!(matches!(out, ApplyOutcome::RolledBack { reason, .. } if reason.contains("timed out")));
+    assert!(matches!(out, ApplyOutcome::NotApplied { reason, .. } if reason.contains("timed out")));
     let missing = CommandSpec { argv: vec!["/nonexistent/check".into()], timeout_secs: 5, max_output_bytes: 100 };
     let out = e.inst.apply(APP, &v("2.0.0"), &e.two, Some(&missing)).unwrap();
-    assert!(matches!(out, ApplyOutcome::RolledBack { reason, .. } if reason.contains("cannot run")));
+    assert!(matches!(out, ApplyOutcome::NotApplied { reason, .. } if reason.contains("cannot run")));
     assert_eq!(e.running().as_deref(), Some("one"));
 
     let good = sh("test \"$(cat $MIRAGE_APP_DIR/bin/app)\" = two && test \"$(cat bin/app)\" = two", 10);
@@ -156,7 +158,7 @@ fn install_health_check_failure_rolls_back() {
 fn install_first_version_failing_its_health_check_leaves_nothing_current() {
     let e = Env::new();
     let out = e.inst.apply(APP, &v("1.0.0"), &e.one, Some(&sh("exit 2", 10))).unwrap();
-    assert!(matches!(out, ApplyOutcome::RolledBack { .. }));
+    assert!(matches!(out, ApplyOutcome::NotApplied { .. }));
     assert_eq!(e.assert_consistent(), None);
     assert!(fs::symlink_metadata(e.inst.current_link(APP)).is_err());
 }
@@ -168,7 +170,13 @@ fn install_refuses_unsafe_archives_and_changes_nothing() {
     let escape = raw_tar(e.tmp.path(), "escape.tar", "../escape", tar::EntryType::Regular);
     let device = raw_tar(e.tmp.path(), "device.tar", "dev/null", tar::EntryType::Char);
     for bad in [&escape, &device] {
-        let err = e.inst.apply(APP, &v("2.0.0"), bad, None).unwrap_err();
+        let out = e.inst.apply(APP, &v("2.0.0"), bad, None).unwrap();
+        assert!(
+            matches!(&out, ApplyOutcome::NotApplied { fault: Fault::Release, step: ApplyStep::Unpack, reason, .. }
+                if reason.starts_with("refusing archive")),
+            "{out:?}"
+        );
+        let err = e.inst.prepare(APP, &v("2.0.0"), bad).unwrap_err();
         assert!(matches!(err, InstallError::UnsafeArchive { .. }), "{err}");
         assert_eq!(e.assert_consistent(), Some(v("1.0.0")));
         assert_eq!(e.running().as_deref(), Some("one"));
@@ -211,7 +219,7 @@ fn install_recovers_from_a_crash_at_every_step() {
                         }
                     }
                     Ok(ApplyOutcome::Applied { .. }) => v("2.0.0"),
-                    Ok(ApplyOutcome::RolledBack { .. }) => v("1.0.0"),
+                    Ok(ApplyOutcome::NotApplied { .. }) => v("1.0.0"),
                     Err(other) => panic!("{case}: {other}"),
                 };
                 assert_eq!(link, Some(expected.clone()), "{case}");
@@ -240,6 +248,9 @@ fn install_recovers_from_a_crash_during_rollback_and_first_install() {
         let expected = if matches!(point, CrashPoint::Renamed | CrashPoint::SwitchDone) { "1.0.0" } else { "2.0.0" };
         assert_eq!(e.inst.recover(APP).unwrap(), Some(v(expected)), "{point}");
         assert_eq!(e.assert_consistent(), Some(v(expected)));
+        // The history agrees: back at 1.0.0 there is nowhere further to go.
+        let history = if expected == "1.0.0" { Vec::new() } else { vec![v("1.0.0")] };
+        assert_eq!(e.inst.history(APP).unwrap(), history, "{point}");
 
         // A first install interrupted before its apply finished leaves no version.
         let mut f = Env::new();
@@ -307,4 +318,88 @@ fn install_survives_abort_in_another_process() {
         assert_eq!(fs::read_to_string(inst.current_link(APP).join("bin/app")).unwrap(), "one");
         drop(e.tmp);
     }
+}
+
+#[test]
+fn a_failed_apply_leaves_the_running_version_and_rollback_walks_back_through_history() {
+    let e = Env::new();
+    let three = make_tar(e.tmp.path(), "three.tar", &[("bin/app", "three")]);
+    e.inst.apply(APP, &v("1.0.0"), &e.one, None).unwrap();
+    e.inst.apply(APP, &v("2.0.0"), &e.two, None).unwrap();
+    let out = e.inst.apply(APP, &v("3.0.0"), &three, Some(&sh("exit 1", 10))).unwrap();
+    assert!(matches!(out, ApplyOutcome::NotApplied { step: ApplyStep::HealthCheck, .. }), "{out:?}");
+    assert_eq!(e.running().as_deref(), Some("two"), "still on 2.0.0");
+    assert_eq!(e.inst.history(APP).unwrap(), vec![v("1.0.0")]);
+
+    let back = e.inst.rollback(APP).unwrap();
+    assert_eq!((back.from, back.to), (Some(v("2.0.0")), v("1.0.0")));
+    assert_eq!(e.running().as_deref(), Some("one"));
+    // No further back exists, and a rollback never goes forward.
+    assert!(matches!(e.inst.rollback(APP), Err(InstallError::NoPrevious(_))));
+    assert_eq!(e.running().as_deref(), Some("one"));
+    assert_eq!(e.assert_consistent(), Some(v("1.0.0")));
+}
+
+#[test]
+fn an_artifact_that_does_not_unpack_is_not_applied_and_is_the_releases_fault() {
+    let e = Env::new();
+    e.inst.apply(APP, &v("1.0.0"), &e.one, None).unwrap();
+    let junk = e.tmp.path().join("junk.tar");
+    fs::write(&junk, vec![0x42u8; 3000]).unwrap();
+    let out = e.inst.apply(APP, &v("2.0.0"), &junk, None).unwrap();
+    let ApplyOutcome::NotApplied { fault, step, reason, .. } = out else { panic!("{out:?}") };
+    assert_eq!((fault, step), (Fault::Release, ApplyStep::Unpack), "{reason}");
+    assert_eq!(e.running().as_deref(), Some("one"));
+    assert_eq!(e.inst.history(APP).unwrap(), Vec::<Version>::new());
+    assert_eq!(e.assert_consistent(), Some(v("1.0.0")));
+}
+
+#[test]
+fn a_journal_from_before_the_history_reads_its_previous_version_into_it() {
+    let e = Env::new();
+    e.inst.apply(APP, &v("1.0.0"), &e.one, None).unwrap();
+    e.inst.apply(APP, &v("2.0.0"), &e.two, None).unwrap();
+    let old = br#"{"current":"2.0.0","previous":"1.0.0","switching":null,"applying":null}"#;
+    {
+        let txn = e.db.begin_write().unwrap();
+        txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("install_journal_v1"))
+            .unwrap()
+            .insert(APP, old.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    assert_eq!(e.inst.history(APP).unwrap(), vec![v("1.0.0")]);
+    assert_eq!(e.inst.rollback(APP).unwrap().to, v("1.0.0"));
+}
+
+#[test]
+fn gzip_and_zstd_compressed_artifacts_are_detected_by_content_and_unpacked() {
+    use std::io::Write;
+    let e = Env::new();
+    let plain = fs::read(&e.two).unwrap();
+    let gz = e.tmp.path().join("two.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&plain).unwrap();
+    fs::write(&gz, enc.finish().unwrap()).unwrap();
+    // The name says nothing: a zstd archive under a .tar name is still read as zstd.
+    let zst = e.tmp.path().join("three.tar");
+    let three = fs::read(make_tar(e.tmp.path(), "three-plain.tar", &[("bin/app", "three")])).unwrap();
+    fs::write(&zst, ruzstd::encoding::compress_to_vec(three.as_slice(), ruzstd::encoding::CompressionLevel::Fastest))
+        .unwrap();
+
+    assert!(matches!(e.inst.apply(APP, &v("2.0.0"), &gz, None).unwrap(), ApplyOutcome::Applied { .. }));
+    assert_eq!(e.running().as_deref(), Some("two"));
+    assert!(matches!(e.inst.apply(APP, &v("3.0.0"), &zst, None).unwrap(), ApplyOutcome::Applied { .. }));
+    assert_eq!(e.running().as_deref(), Some("three"));
+
+    // gzip of something that is no tar: refused, named as what it was read as.
+    let text = e.tmp.path().join("notes.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&[b'x'; 2048]).unwrap();
+    fs::write(&text, enc.finish().unwrap()).unwrap();
+    let out = e.inst.apply(APP, &v("4.0.0"), &text, None).unwrap();
+    let ApplyOutcome::NotApplied { fault, reason, .. } = out else { panic!("{out:?}") };
+    assert_eq!(fault, Fault::Release);
+    assert!(reason.contains("gzip-compressed tar"), "{reason}");
+    assert_eq!(e.running().as_deref(), Some("three"));
 }

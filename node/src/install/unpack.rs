@@ -13,21 +13,92 @@ fn unsafe_archive(tar: &Path, reason: String) -> InstallError {
     InstallError::UnsafeArchive { path: tar.to_path_buf(), reason }
 }
 
-/// Unpacks `tar_path` into `dest`, which must not exist yet. The whole archive is
-/// refused (an error; `dest` may hold part of it) if an entry would land outside `dest`
+/// How an artifact or test bundle is packed, told from its first bytes (not its name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packing {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+impl Packing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Packing::Tar => "tar",
+            Packing::Gzip => "gzip-compressed tar",
+            Packing::Zstd => "zstd-compressed tar",
+        }
+    }
+
+    /// Reads the magic numbers at the start of `file`, and seeks back.
+    pub fn detect(file: &mut File) -> std::io::Result<Packing> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut magic = [0u8; 4];
+        let mut got = 0;
+        while got < magic.len() {
+            match file.read(&mut magic[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        file.seek(SeekFrom::Start(0))?;
+        Ok(match magic {
+            [0x1f, 0x8b, ..] => Packing::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd] => Packing::Zstd,
+            _ => Packing::Tar,
+        })
+    }
+}
+
+/// Opens `path` as a stream of tar bytes, decompressing gzip or zstd as detected.
+pub fn open_tar_stream(path: &Path) -> Result<(Box<dyn std::io::Read>, Packing), InstallError> {
+    let mut file = File::open(path).map_err(io(path))?;
+    let packing = Packing::detect(&mut file).map_err(io(path))?;
+    let reader = std::io::BufReader::new(file);
+    let stream: Box<dyn std::io::Read> = match packing {
+        Packing::Tar => Box::new(reader),
+        Packing::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Packing::Zstd => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(reader)
+                .map_err(|e| unsafe_archive(path, format!("not a valid zstd stream: {e}")))?,
+        ),
+    };
+    Ok((stream, packing))
+}
+
+/// Whether an I/O error while unpacking is this node's (disk full, no permission, a
+/// read-only or failing disk) rather than the archive's.
+fn is_local(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), StorageFull | QuotaExceeded | PermissionDenied | ReadOnlyFilesystem | OutOfMemory)
+        || e.raw_os_error() == Some(libc::EIO)
+}
+
+/// Unpacks the archive at `tar_path` (a tar, or a gzip- or zstd-compressed tar) into
+/// `dest`, which must not exist yet. The whole archive is refused (an error; `dest`
+/// may hold part of it) if it is not a tar, if an entry would land outside `dest`
 /// (`..`, or through a symlink) or is a device file or FIFO. Owners are not restored.
+/// Errors of this node's own (a full disk) come back as `Io`, so callers can tell them
+/// from a broken archive.
 pub fn unpack_safely(tar_path: &Path, dest: &Path) -> Result<(), InstallError> {
     std::fs::create_dir(dest).map_err(io(dest))?;
-    let file = File::open(tar_path).map_err(io(tar_path))?;
-    let mut archive = tar::Archive::new(file);
+    let (stream, packing) = open_tar_stream(tar_path)?;
+    let mut archive = tar::Archive::new(stream);
     archive.set_preserve_permissions(true);
     archive.set_overwrite(false);
-    let bad = |e: std::io::Error| unsafe_archive(tar_path, e.to_string());
+    let mut entries_seen = 0usize;
+    let bad = |e: std::io::Error| {
+        if is_local(&e) {
+            return InstallError::Io { path: dest.to_path_buf(), source: e };
+        }
+        unsafe_archive(tar_path, format!("{e} (read as a {})", packing.name()))
+    };
     // Directories go last (as `Archive::unpack` does) so a read-only directory mode
     // cannot block its own contents.
     let mut directories = Vec::new();
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
+        entries_seen += 1;
         let kind = entry.header().entry_type();
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         if matches!(kind, EntryType::Block | EntryType::Char | EntryType::Fifo) {
@@ -43,6 +114,10 @@ pub fn unpack_safely(tar_path: &Path, dest: &Path) -> Result<(), InstallError> {
         if !entry.unpack_in(dest).map_err(bad)? {
             return Err(unsafe_archive(tar_path, format!("`{name}` points outside the archive")));
         }
+    }
+    if entries_seen == 0 {
+        // tar reads a file of zeros, or nothing at all, as an empty archive.
+        return Err(unsafe_archive(tar_path, format!("no files in it (read as a {})", packing.name())));
     }
     Ok(())
 }

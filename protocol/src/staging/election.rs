@@ -11,6 +11,7 @@
 
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
+use crate::report::Outcome;
 use crate::time::UnixMillis;
 use crate::Digest;
 use std::time::Duration;
@@ -68,11 +69,12 @@ impl Quorum {
 }
 
 /// Computes the seats at `now`, given when testing started, the report deadline, when
-/// the release was issued and a lookup of the earliest report issue time per member.
+/// the release was issued and a lookup of each member's report (issue time, outcome).
 ///
-/// All seats start at `start`. Every `deadline` after that, each unsettled seat whose
-/// holder has issued no report within its term passes to the next unused member in the
-/// ranking (seats in order, so the result is deterministic). A seat stays with its last
+/// All seats start at `start`. A seat passes to the next unused member in the ranking
+/// when its holder's term ends without a pass or fail from it, or as soon as its holder
+/// abstains (it could not test, for a fault of its own). Hand-offs happen in order of
+/// time, ties in seat order, so the result is deterministic. A seat stays with its last
 /// holder when the ranking is exhausted.
 ///
 /// A report counts from the release's issue time (`valid_from`) on, not only from
@@ -88,44 +90,53 @@ pub fn seats_at(
     deadline: Duration,
     now: UnixMillis,
     valid_from: UnixMillis,
-    reported_at: impl Fn(&PublicKey) -> Option<UnixMillis>,
+    reported: impl Fn(&PublicKey) -> Option<(UnixMillis, Outcome)>,
 ) -> Vec<Seat> {
     let seats = seats.min(ranking.len());
     let term = deadline.as_millis().clamp(1, u64::MAX as u128) as u64;
-    let on_time =
-        |holder: &PublicKey, until: UnixMillis| reported_at(holder).is_some_and(|t| t >= valid_from && t <= until);
-    let mut out: Vec<Seat> = (0..seats)
-        .map(|rank| {
-            let holder = ranking[rank];
-            let deadline = UnixMillis(start.0.saturating_add(term));
-            Seat { rank, holder, elected_at: start, deadline, settled: on_time(&holder, deadline) }
-        })
-        .collect();
+    let seat = |rank: usize, elected_at: UnixMillis| {
+        let holder = ranking[rank];
+        let deadline = UnixMillis(elected_at.0.saturating_add(term));
+        let settled =
+            reported(&holder).is_some_and(|(t, outcome)| outcome.is_verdict() && t >= valid_from && t <= deadline);
+        Seat { rank, holder, elected_at, deadline, settled }
+    };
+    // When a seat passes on, if it does: at its holder's abstention, or at its deadline.
+    let hand_off = |s: &Seat| -> Option<UnixMillis> {
+        if s.settled {
+            return None;
+        }
+        match reported(&s.holder) {
+            Some((t, Outcome::Abstain)) if t >= valid_from && t <= s.deadline => Some(t.max(s.elected_at)),
+            _ => Some(s.deadline),
+        }
+    };
+    let mut out: Vec<Seat> = (0..seats).map(|rank| seat(rank, start)).collect();
     let mut next = seats;
-    // Each round passes on the seats whose term ended without a report. Seats share
-    // terms, so one round per elapsed deadline covers them all.
     while next < ranking.len() {
-        let mut open: Vec<usize> = Vec::new();
-        for (i, s) in out.iter().enumerate() {
-            if !s.settled && now >= s.deadline {
-                open.push(i);
-            }
-        }
-        if open.is_empty() {
-            break;
-        }
-        for i in open {
-            if next >= ranking.len() {
-                break;
-            }
-            let elected_at = out[i].deadline;
-            let holder = ranking[next];
-            let deadline = UnixMillis(elected_at.0.saturating_add(term));
-            out[i] = Seat { rank: next, holder, elected_at, deadline, settled: on_time(&holder, deadline) };
-            next += 1;
-        }
+        let due = out.iter().enumerate().filter_map(|(i, s)| hand_off(s).filter(|t| *t <= now).map(|t| (t, i))).min();
+        let Some((at, i)) = due else { break };
+        out[i] = seat(next, at);
+        next += 1;
     }
     out
+}
+
+/// When the next seat may pass on after `now` (an abstention issued ahead of the
+/// local clock, or a deadline), for the timer.
+pub fn next_hand_off(
+    seats: &[Seat],
+    valid_from: UnixMillis,
+    reported: impl Fn(&PublicKey) -> Option<(UnixMillis, Outcome)>,
+) -> Option<UnixMillis> {
+    seats
+        .iter()
+        .filter(|s| !s.settled)
+        .map(|s| match reported(&s.holder) {
+            Some((t, Outcome::Abstain)) if t >= valid_from && t <= s.deadline => t.max(s.elected_at),
+            _ => s.deadline,
+        })
+        .min()
 }
 
 #[cfg(test)]
@@ -191,14 +202,18 @@ mod tests {
         let start = UnixMillis(0);
         let mut reports = BTreeMap::new();
         reports.insert(p[0], UnixMillis(59_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), UnixMillis(0), |k| reports.get(k).copied());
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(500_000), UnixMillis(0), |k| {
+            reports.get(k).map(|t| (*t, Outcome::Pass))
+        });
         assert_eq!(s[0].rank, 0);
         assert!(s[0].settled);
         // Seat 1 passed on at every deadline: ranks 2, 3, 4, 5 (exhausted).
         assert_eq!(s[1].rank, 5);
         // A report issued after the term does not settle it.
         reports.insert(p[1], UnixMillis(61_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), UnixMillis(0), |k| reports.get(k).copied());
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), UnixMillis(0), |k| {
+            reports.get(k).map(|t| (*t, Outcome::Pass))
+        });
         assert_eq!(s[1].rank, 2);
     }
 
@@ -206,9 +221,30 @@ mod tests {
     fn reports_count_from_the_release_on_even_before_testing_started() {
         let p = peers(3);
         let (start, released) = (UnixMillis(10_000), UnixMillis(4_000));
-        let s = seats_at(&p, 1, start, MIN, start, released, |_| Some(UnixMillis(5_000)));
+        let s = seats_at(&p, 1, start, MIN, start, released, |_| Some((UnixMillis(5_000), Outcome::Pass)));
         assert!(s[0].settled, "tested early, after the release: counts");
-        let s = seats_at(&p, 1, start, MIN, start, released, |_| Some(UnixMillis(3_999)));
+        let s = seats_at(&p, 1, start, MIN, start, released, |_| Some((UnixMillis(3_999), Outcome::Fail)));
         assert!(!s[0].settled, "a report older than the release is no test of it");
+    }
+
+    #[test]
+    fn an_abstaining_holder_hands_its_seat_on_at_once() {
+        let p = peers(5);
+        let start = UnixMillis(0);
+        let mut reports = BTreeMap::new();
+        reports.insert(p[0], (UnixMillis(5_000), Outcome::Abstain));
+        let at = |now: u64| seats_at(&p, 2, start, MIN, UnixMillis(now), UnixMillis(0), |k| reports.get(k).copied());
+        let before = at(4_999);
+        assert_eq!(before.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![0, 1]);
+        let after = at(5_000);
+        assert_eq!(after.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 1], "seat 0 passed on, seat 1 kept");
+        assert_eq!(after[0].elected_at, UnixMillis(5_000));
+        assert_eq!(after[0].deadline, UnixMillis(65_000), "the new holder gets a full term");
+        assert!(!after.iter().any(|s| s.settled), "an abstention is no verdict");
+        // At the shared deadline the silent seat 1 passes on next, then seat 0 in its own time.
+        assert_eq!(at(60_000).iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(at(65_000).iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 3]);
+        let seats = at(5_000);
+        assert_eq!(next_hand_off(&seats, UnixMillis(0), |k| reports.get(k).copied()), Some(UnixMillis(60_000)));
     }
 }

@@ -5,7 +5,7 @@
 //! function of (membership, signed reports, open time, now). Nodes that have heard the
 //! same reports agree, whatever order the reports arrived in.
 
-use super::election::{rank_members, seats_at, Quorum, Seat};
+use super::election::{next_hand_off, rank_members, seats_at, Quorum, Seat};
 use crate::envelope::Verified;
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
@@ -204,27 +204,28 @@ impl ClusterGate {
             return Evaluation { verdict: Verdict::NotOpen, seats: Vec::new(), next_deadline: None };
         };
         let quorum = self.quorum();
-        let reported_at = |k: &PublicKey| self.reports.get(k).map(|r| r.issued_at);
-        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, self.released_at, reported_at);
+        let reported = |k: &PublicKey| self.reports.get(k).map(|r| (r.issued_at, r.outcome));
+        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, self.released_at, reported);
         // Replacements take ranks in order, so the highest seated rank tells how far down
         // the ranking the seats have gone.
         let exhausted = seats.iter().map(|s| s.rank + 1).max().unwrap_or(0) >= self.ranking.len();
-        // With no one left to pass a seat to, a late report from its holder is all the
+        // With no one left to pass a seat to, a late verdict from its holder is all the
         // cluster will get, so it counts.
         if exhausted {
             for s in &mut seats {
-                if reported_at(&s.holder).is_some_and(|t| t >= self.released_at) {
+                if reported(&s.holder).is_some_and(|(t, o)| o.is_verdict() && t >= self.released_at) {
                     s.settled = true;
                 }
             }
         }
+        // Only passes and fails are verdicts; an abstention only moved its seat on.
         let counted: Vec<(UnixMillis, Outcome, PublicKey)> = seats
             .iter()
             .filter(|s| s.settled)
             .filter_map(|s| self.reports.get(&s.holder).map(|r| (r.issued_at, r.outcome, s.holder)))
+            .filter(|c| c.1.is_verdict())
             .collect();
-        let next_deadline =
-            if exhausted { None } else { seats.iter().filter(|s| !s.settled).map(|s| s.deadline).min() };
+        let next_deadline = if exhausted { None } else { next_hand_off(&seats, self.released_at, reported) };
         let first_fail = counted.iter().filter(|c| c.1 == Outcome::Fail).min_by_key(|c| (c.0, c.2));
         let verdict = if let Some(&(at, _, by)) = first_fail {
             Verdict::Halted { at, by }

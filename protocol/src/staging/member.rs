@@ -28,10 +28,33 @@ pub enum Phase {
     Failed,
     Applying,
     Applied,
+    /// Only in snapshots of older nodes, which rolled back in a step of its own after a
+    /// failed apply; restored as [`Phase::RolledBack`]. The installer now undoes a
+    /// failed apply itself, so the node never enters this phase.
     RollingBack,
+    /// The apply failed (unpack or health check) and the version that ran before is
+    /// running again; the vendor got a problem report.
     RolledBack,
     /// A representative of this cluster failed the release: it will not be applied here.
     Halted,
+    /// Testing or applying failed for a fault of this node (its sandbox, its disk), not
+    /// of the release: nothing was signed, and the step is retried.
+    LocalFault,
+    /// This node could not test and handed its representative seat on; it applies once
+    /// its cluster's gate holds, like any member.
+    Abstained,
+}
+
+/// Whose fault a failed test or apply was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The release's: its artifact does not unpack, its health check fails. The vendor
+    /// hears of it in a problem report.
+    Release,
+    /// This node's: its sandbox cannot start, its disk is full, a file it needs is
+    /// missing. Never reported as a verdict on the release; retried.
+    Local,
 }
 
 impl Phase {
@@ -48,13 +71,15 @@ impl Phase {
             Phase::RollingBack => "rolling back",
             Phase::RolledBack => "rolled back",
             Phase::Halted => "halted",
+            Phase::LocalFault => "local fault",
+            Phase::Abstained => "abstained",
         }
     }
 
     /// An external action is under way in this phase; it must finish (or be re-issued
     /// after a restart) before the node moves on.
     pub fn in_flight(self) -> bool {
-        matches!(self, Phase::Fetching | Phase::Testing | Phase::Applying | Phase::RollingBack)
+        matches!(self, Phase::Fetching | Phase::Testing | Phase::Applying)
     }
 }
 
@@ -66,14 +91,18 @@ pub enum Step {
     /// Publish this node's test report (and, on failure, a problem report).
     Publish(Digest, Outcome),
     Apply(Digest),
-    RollBack(Digest),
+    /// The apply failed for a fault of the release; the installer already left the
+    /// version that ran before in place. Tell the vendor.
+    ReportProblem(Digest),
 }
 
 impl Step {
     /// The manifest the step is about.
     pub fn manifest(&self) -> &Digest {
         match self {
-            Step::Fetch(id) | Step::RunTests(id) | Step::Publish(id, _) | Step::Apply(id) | Step::RollBack(id) => id,
+            Step::Fetch(id) | Step::RunTests(id) | Step::Publish(id, _) | Step::Apply(id) | Step::ReportProblem(id) => {
+                id
+            }
         }
     }
 }
@@ -96,6 +125,10 @@ impl Member {
     }
 
     pub fn restore(work: Option<Work>) -> Self {
+        let work = work.map(|w| match w.phase {
+            Phase::RollingBack => Work { phase: Phase::RolledBack, ..w },
+            _ => w,
+        });
         Member { work }
     }
 
@@ -109,16 +142,18 @@ impl Member {
         let view = view?;
         let work = match self.work {
             Some(w) if w.manifest == view.manifest => w,
-            // A newer release supersedes the current one, except mid-apply or
-            // mid-rollback: those finish first, then the node moves on.
-            Some(w) if w.phase == Phase::Applying || w.phase == Phase::RollingBack => return None,
+            // A newer release supersedes the current one, except mid-apply: that
+            // finishes first, then the node moves on.
+            Some(w) if w.phase == Phase::Applying => return None,
             _ => Work { manifest: view.manifest, phase: Phase::WaitingForStage },
         };
         let id = work.manifest;
         let (phase, step) = match (work.phase, view.verdict) {
             (Phase::WaitingForStage, _) if view.open => (Phase::Fetching, Some(Step::Fetch(id))),
-            (Phase::WaitingForGate | Phase::Passed, Verdict::Holds { .. }) => (Phase::Applying, Some(Step::Apply(id))),
-            (Phase::WaitingForGate | Phase::Passed, Verdict::Halted { .. }) => (Phase::Halted, None),
+            (Phase::WaitingForGate | Phase::Passed | Phase::Abstained, Verdict::Holds { .. }) => {
+                (Phase::Applying, Some(Step::Apply(id)))
+            }
+            (Phase::WaitingForGate | Phase::Passed | Phase::Abstained, Verdict::Halted { .. }) => (Phase::Halted, None),
             (Phase::WaitingForGate, Verdict::Pending) if view.seated => (Phase::Testing, Some(Step::RunTests(id))),
             (phase, _) => (phase, None),
         };
@@ -132,29 +167,56 @@ impl Member {
         self.observe(view)
     }
 
-    /// This node's tests finished; the outcome must be published. The gate may hold
-    /// without this node's report, so the caller observes again once it is out (the
-    /// node does when its own report comes back to it).
+    /// This node's tests finished; the outcome must be published (an abstention too:
+    /// it hands the seat on). The gate may hold without this node's report, so the
+    /// caller observes again once it is out (the node does when its own report comes
+    /// back to it).
     pub fn test_finished(&mut self, manifest: Digest, outcome: Outcome) -> Option<Step> {
         let next = match outcome {
             Outcome::Pass => Phase::Passed,
             Outcome::Fail => Phase::Failed,
+            Outcome::Abstain => Phase::Abstained,
         };
         self.advance(manifest, Phase::Testing, next).then_some(Step::Publish(manifest, outcome))
     }
 
-    /// Applying finished: a healthy release is in place, an unhealthy one must go.
-    pub fn apply_finished(&mut self, manifest: Digest, healthy: bool, view: Option<&View>) -> Option<Step> {
-        if healthy {
-            self.advance(manifest, Phase::Applying, Phase::Applied);
-            self.observe(view)
-        } else {
-            self.advance(manifest, Phase::Applying, Phase::RollingBack).then_some(Step::RollBack(manifest))
+    /// The tests could not run, for a fault of this node: nothing to publish; the
+    /// caller retries later with [`Member::retry`].
+    pub fn test_fault(&mut self, manifest: Digest) -> bool {
+        self.advance(manifest, Phase::Testing, Phase::LocalFault)
+    }
+
+    /// Applying finished. Whatever went wrong, the installer left the version that ran
+    /// before in place: a release fault is reported, a local one waits for a retry.
+    pub fn apply_finished(&mut self, manifest: Digest, result: Result<(), Fault>, view: Option<&View>) -> Option<Step> {
+        match result {
+            Ok(()) => {
+                self.advance(manifest, Phase::Applying, Phase::Applied);
+                self.observe(view)
+            }
+            Err(Fault::Release) => {
+                self.advance(manifest, Phase::Applying, Phase::RolledBack).then_some(Step::ReportProblem(manifest))
+            }
+            Err(Fault::Local) => {
+                self.advance(manifest, Phase::Applying, Phase::LocalFault);
+                None
+            }
         }
     }
 
-    pub fn rollback_finished(&mut self, manifest: Digest, view: Option<&View>) -> Option<Step> {
-        self.advance(manifest, Phase::RollingBack, Phase::RolledBack);
+    /// Time to try again after a local fault: back to waiting for the gate, from
+    /// where the view decides (test again if still seated, apply if the gate holds).
+    pub fn retry(&mut self, manifest: Digest, view: Option<&View>) -> Option<Step> {
+        self.advance(manifest, Phase::LocalFault, Phase::WaitingForGate);
+        self.observe(view)
+    }
+
+    /// The operator lifted a pin after rolling this node back from the release it
+    /// had applied: apply it again once the view says so.
+    pub fn unpin(&mut self, view: Option<&View>) -> Option<Step> {
+        if let Some(w) = self.work.as_mut().filter(|w| w.phase == Phase::Applied) {
+            w.phase = Phase::WaitingForGate;
+        }
         self.observe(view)
     }
 

@@ -25,7 +25,10 @@ mod tests;
 pub use campaign::{Campaign, Release, ReleaseIgnored, View};
 pub use election::{rank_members, Quorum, Seat};
 pub use gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
-pub use member::{Member, Phase, Step, Work};
+pub use member::{Fault, Member, Phase, Step, Work};
 pub use plan::StagePlan;
-pub use rollout::{Action, ApplyResult, Event, Ignored, NodeConfig, Rollout, Snapshot, Status, TestRun};
+pub use rollout::{
+    Action, ApplyResult, ApplyStep, Event, Ignored, LocalFault, NodeConfig, Pin, Rollout, Snapshot, Status, TestRun,
+    LOCAL_RETRY_BASE, LOCAL_RETRY_MAX, MAX_TEST_ATTEMPTS,
+};
 pub use schedule::StageSchedule;

@@ -34,7 +34,7 @@
 
 use super::campaign::{Campaign, ReleaseIgnored, View};
 use super::gate::{ReportRejected, Verdict};
-use super::member::{Member, Phase, Step, Work};
+use super::member::{Fault, Member, Phase, Step, Work};
 use crate::envelope::Verified;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::PublicKey;
@@ -66,13 +66,39 @@ pub struct TestRun {
     pub output: String,
 }
 
-/// How applying a release ended.
+/// The step of an apply that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyStep {
+    /// Unpacking the artifact beside the running version.
+    Unpack,
+    /// Switching `current` to the new version.
+    Switch,
+    /// The manifest's health check against the switched version.
+    HealthCheck,
+}
+
+impl ApplyStep {
+    /// The name problem reports list the step under, beside the vendor's test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            ApplyStep::Unpack => "unpack",
+            ApplyStep::Switch => "switch",
+            ApplyStep::HealthCheck => HEALTH_CHECK,
+        }
+    }
+}
+
+/// How applying a release ended. The shell's installer is atomic: whatever failed, the
+/// version that ran before is running again when it reports, so the core never asks
+/// for a rollback of its own (which would step back once more).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApplyResult {
     /// Installed and the health check (if any) passed.
     Healthy,
-    /// Installed but the health check failed: the core rolls back and tells the vendor.
-    Unhealthy { logs_digest: Digest, output: String },
+    /// Not applied; the previous version is in place. A [`Fault::Release`] goes to the
+    /// vendor as a problem report, a [`Fault::Local`] is retried.
+    Failed { fault: Fault, step: ApplyStep, logs_digest: Digest, output: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +119,12 @@ pub enum Event {
         manifest: Digest,
         run: TestRun,
     },
+    /// The tests could not run for a fault of this node (the sandbox did not start, a
+    /// resource is missing, the disk is full): retried, never signed as a verdict.
+    TestsCouldNotRun {
+        manifest: Digest,
+        reason: String,
+    },
     /// A test report whose signature checked out, including this node's own, fed back.
     Report(Verified<TestReport>),
     /// The time set by the last [`Action::SetTimer`] has come.
@@ -101,9 +133,18 @@ pub enum Event {
         manifest: Digest,
         result: ApplyResult,
     },
-    RollbackFinished {
-        manifest: Digest,
+    /// The version the installer has in place (after recovery at start-up): the core
+    /// takes it as what runs, so the two never disagree.
+    Installed {
+        version: Option<semver::Version>,
     },
+    /// The operator rolled the app back to `version` (`mirage rollback`): the node is
+    /// pinned there until a release newer than any it knows, or [`Event::Unpin`].
+    RolledBackByOperator {
+        version: semver::Version,
+    },
+    /// The operator lifted the pin (`mirage unpin`).
+    Unpin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,9 +160,8 @@ pub enum Action {
     /// Sign and send to the vendor.
     PublishProblemReport(ProblemReport),
     /// Apply atomically, run the health check, then send [`Event::ApplyFinished`].
+    /// On any failure the version that ran before must be in place when it is sent.
     Apply { manifest: Digest, version: semver::Version },
-    /// Restore the version that ran before `manifest` was applied.
-    RollBack { manifest: Digest },
     /// Send [`Event::Timer`] at this time (replaces any earlier timer).
     SetTimer(UnixMillis),
 }
@@ -141,6 +181,43 @@ pub struct Snapshot {
     pub own_report: Option<TestReport>,
     /// This node's problem report on the current release, re-sent after a restart.
     pub own_problem: Option<ProblemReport>,
+    /// A test or apply that failed for a fault of this node, and when to retry it.
+    pub local_fault: Option<LocalFault>,
+    /// Set by the operator's rollback: no release is applied while it stands.
+    pub pin: Option<Pin>,
+}
+
+/// A step that failed for a fault of this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalFault {
+    pub manifest: Digest,
+    /// What failed: [`Phase::Testing`] or [`Phase::Applying`].
+    pub during: Phase,
+    pub attempts: u32,
+    /// When to try again; `None` once the retry was made.
+    pub retry_at: Option<UnixMillis>,
+    pub reason: String,
+}
+
+/// The operator's rollback: the node stays on `version` until a release newer than
+/// `through` (the newest it knew then) arrives, or the operator unpins it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub version: semver::Version,
+    pub through: Option<semver::Version>,
+}
+
+/// A representative whose tests could not run this many times hands its seat on.
+pub const MAX_TEST_ATTEMPTS: u32 = 2;
+/// The first retry after a local fault; each further one waits twice as long.
+pub const LOCAL_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(15);
+/// The longest wait between retries of a locally failed apply.
+pub const LOCAL_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn retry_delay(attempts: u32) -> u64 {
+    let base = LOCAL_RETRY_BASE.as_millis() as u64;
+    let doubled = base.saturating_mul(1u64 << attempts.saturating_sub(1).min(16));
+    doubled.min(LOCAL_RETRY_MAX.as_millis() as u64)
 }
 
 /// Why an event changed nothing. Returned for logging and tests; never fatal.
@@ -169,6 +246,8 @@ pub struct Status {
     pub stage_count: usize,
     pub verdict: Option<Verdict>,
     pub representative: bool,
+    pub local_fault: Option<LocalFault>,
+    pub pin: Option<Pin>,
 }
 
 pub struct Rollout {
@@ -180,6 +259,8 @@ pub struct Rollout {
     applying: Option<semver::Version>,
     own_report: Option<TestReport>,
     own_problem: Option<ProblemReport>,
+    local_fault: Option<LocalFault>,
+    pin: Option<Pin>,
     timer: Option<UnixMillis>,
     last_ignored: Option<Ignored>,
 }
@@ -187,7 +268,7 @@ pub struct Rollout {
 /// Data an event carried that the resulting step needs for its payload.
 enum Detail {
     Run(TestRun),
-    Unhealthy { logs_digest: Digest, output: String },
+    ApplyFailed { step: ApplyStep, logs_digest: Digest, output: String },
 }
 
 impl Rollout {
@@ -202,6 +283,8 @@ impl Rollout {
             applying: None,
             own_report: None,
             own_problem: None,
+            local_fault: None,
+            pin: None,
             timer: None,
             last_ignored: None,
         }
@@ -217,8 +300,10 @@ impl Rollout {
         r.applying = snapshot.work_version.clone();
         r.own_report = snapshot.own_report;
         r.own_problem = snapshot.own_problem;
+        r.local_fault = snapshot.local_fault;
+        r.pin = snapshot.pin;
         let mut actions = Vec::new();
-        if let Some(w) = snapshot.work {
+        if let Some(w) = r.member.work() {
             match w.phase {
                 Phase::Fetching => actions.push(Action::Fetch { manifest: w.manifest }),
                 Phase::Testing => actions.push(Action::RunTests { manifest: w.manifest }),
@@ -227,7 +312,6 @@ impl Rollout {
                         actions.push(Action::Apply { manifest: w.manifest, version });
                     }
                 }
-                Phase::RollingBack => actions.push(Action::RollBack { manifest: w.manifest }),
                 _ => {}
             }
         }
@@ -253,7 +337,14 @@ impl Rollout {
     /// When the core next needs [`Event::Timer`], for shells that poll rather than
     /// follow [`Action::SetTimer`].
     pub fn next_timeout(&self) -> Option<UnixMillis> {
-        self.campaign.next_timeout()
+        let retry = self.local_fault.as_ref().and_then(|f| f.retry_at);
+        self.campaign.next_timeout().into_iter().chain(retry).min()
+    }
+
+    /// Whether the operator may roll the app back now: not while an apply is under
+    /// way, whose end would contradict it.
+    pub fn may_roll_back(&self) -> bool {
+        self.member.work().is_none_or(|w| w.phase != Phase::Applying)
     }
 
     /// Why the last event was ignored, if it was.
@@ -269,6 +360,8 @@ impl Rollout {
             running: self.running.clone(),
             own_report: self.own_report.clone(),
             own_problem: self.own_problem.clone(),
+            local_fault: self.local_fault.clone(),
+            pin: self.pin.clone(),
         }
     }
 
@@ -284,6 +377,8 @@ impl Rollout {
             stage_count: plan.map_or(0, |p| p.stage_count()),
             verdict: view.map(|v| v.verdict),
             representative: view.is_some_and(|v| v.seated),
+            local_fault: self.local_fault.clone(),
+            pin: self.pin.clone(),
         }
     }
 
@@ -310,7 +405,7 @@ impl Rollout {
             actions.push(Action::Persist(Box::new(after)));
         }
         actions.extend(work_actions);
-        let next = self.campaign.next_timeout();
+        let next = self.next_timeout();
         if next != self.timer {
             self.timer = next;
             if let Some(at) = next {
@@ -320,7 +415,12 @@ impl Rollout {
         actions
     }
 
+    /// What the member acts on. A pinned node acts on nothing: it keeps the version
+    /// the operator chose.
     fn view(&self) -> Option<View> {
+        if self.pin.is_some() {
+            return None;
+        }
         self.campaign.view(&self.cluster, &self.config.me)
     }
 
@@ -348,7 +448,14 @@ impl Rollout {
                         });
                     }
                 }
+                // The next release lifts an operator's pin: it is what the pin waited for.
+                if self.pin.as_ref().is_some_and(|p| p.through.as_ref().is_none_or(|t| &manifest.version > t)) {
+                    self.pin = None;
+                }
                 self.campaign.start_release(&m, now)?;
+                if self.local_fault.as_ref().is_some_and(|f| f.manifest != manifest.id()) {
+                    self.local_fault = None;
+                }
                 if self.own_report.as_ref().is_some_and(|r| r.manifest_id != manifest.id()) {
                     self.own_report = None;
                 }
@@ -371,7 +478,40 @@ impl Rollout {
                 Ok((self.member.content_ready(manifest, view.as_ref()), None))
             }
             Event::TestFinished { manifest, run } => {
+                if self.local_fault.as_ref().is_some_and(|f| f.manifest == manifest) {
+                    self.local_fault = None;
+                }
                 Ok((self.member.test_finished(manifest, run.outcome), Some(Detail::Run(run))))
+            }
+            Event::TestsCouldNotRun { manifest, reason } => {
+                let testing = self.member.work().is_some_and(|w| w.manifest == manifest && w.phase == Phase::Testing);
+                if !testing {
+                    return Ok((None, None));
+                }
+                let attempts = self.local_attempts(manifest, Phase::Testing) + 1;
+                if attempts >= MAX_TEST_ATTEMPTS {
+                    // Hand the seat on rather than hold the cluster until the deadline.
+                    self.local_fault = None;
+                    let run = TestRun {
+                        outcome: Outcome::Abstain,
+                        summary: format!("could not test here ({attempts} attempts): {reason}"),
+                        logs_digest: Digest::of(reason.as_bytes()),
+                        tests_run: 0,
+                        duration_ms: 0,
+                        failed_tests: Vec::new(),
+                        output: reason,
+                    };
+                    return Ok((self.member.test_finished(manifest, Outcome::Abstain), Some(Detail::Run(run))));
+                }
+                self.member.test_fault(manifest);
+                self.local_fault = Some(LocalFault {
+                    manifest,
+                    during: Phase::Testing,
+                    attempts,
+                    retry_at: Some(UnixMillis(now.0.saturating_add(retry_delay(attempts)))),
+                    reason,
+                });
+                Ok((None, None))
             }
             Event::Report(r) => {
                 self.campaign.admit(&r, now)?;
@@ -380,33 +520,79 @@ impl Rollout {
             Event::Timer => {
                 self.timer = None;
                 self.campaign.tick(now);
+                let due = self.local_fault.as_mut().filter(|f| f.retry_at.is_some_and(|t| t <= now));
+                let Some(fault) = due else { return Ok((None, None)) };
+                fault.retry_at = None;
+                let manifest = fault.manifest;
+                let view = self.view();
+                Ok((self.member.retry(manifest, view.as_ref()), None))
+            }
+            Event::Installed { version } => {
+                self.running = version;
                 Ok((None, None))
+            }
+            Event::RolledBackByOperator { version } => {
+                let through = [self.running.clone(), self.campaign.release().map(|r| r.manifest.version.clone())]
+                    .into_iter()
+                    .flatten()
+                    .max();
+                self.running = Some(version.clone());
+                self.applying = None;
+                self.local_fault = None;
+                self.pin = Some(Pin { version, through });
+                Ok((None, None))
+            }
+            Event::Unpin => {
+                if self.pin.take().is_none() {
+                    return Ok((None, None));
+                }
+                let view = self.view();
+                Ok((self.member.unpin(view.as_ref()), None))
             }
             Event::ApplyFinished { manifest, result } => {
                 let was_applying =
                     self.member.work().is_some_and(|w| w.manifest == manifest && w.phase == Phase::Applying);
+                if was_applying {
+                    self.applying_ended(manifest, &result, now);
+                }
                 let view = self.view();
                 match result {
-                    ApplyResult::Healthy => {
-                        if was_applying {
-                            self.running = self.applying.take();
-                        }
-                        Ok((self.member.apply_finished(manifest, true, view.as_ref()), None))
-                    }
-                    ApplyResult::Unhealthy { logs_digest, output } => {
-                        if was_applying {
-                            self.applying = None;
-                        }
-                        let step = self.member.apply_finished(manifest, false, view.as_ref());
-                        Ok((step, Some(Detail::Unhealthy { logs_digest, output })))
+                    ApplyResult::Healthy => Ok((self.member.apply_finished(manifest, Ok(()), view.as_ref()), None)),
+                    ApplyResult::Failed { fault, step, logs_digest, output } => {
+                        let next = self.member.apply_finished(manifest, Err(fault), view.as_ref());
+                        Ok((next, Some(Detail::ApplyFailed { step, logs_digest, output })))
                     }
                 }
             }
-            Event::RollbackFinished { manifest } => {
-                let view = self.view();
-                Ok((self.member.rollback_finished(manifest, view.as_ref()), None))
+        }
+    }
+
+    /// Bookkeeping when the apply this node was doing ends: what runs now, and when to
+    /// try again after a local fault.
+    fn applying_ended(&mut self, manifest: Digest, result: &ApplyResult, now: UnixMillis) {
+        let version = self.applying.take();
+        match result {
+            ApplyResult::Healthy => {
+                self.running = version;
+                self.local_fault = None;
+            }
+            ApplyResult::Failed { fault: Fault::Release, .. } => self.local_fault = None,
+            ApplyResult::Failed { fault: Fault::Local, output, .. } => {
+                let attempts = self.local_attempts(manifest, Phase::Applying) + 1;
+                self.local_fault = Some(LocalFault {
+                    manifest,
+                    during: Phase::Applying,
+                    attempts,
+                    retry_at: Some(UnixMillis(now.0.saturating_add(retry_delay(attempts)))),
+                    reason: excerpt_tail(output, MAX_SUMMARY_BYTES),
+                });
             }
         }
+    }
+
+    /// Local faults so far for this manifest in this phase.
+    fn local_attempts(&self, manifest: Digest, during: Phase) -> u32 {
+        self.local_fault.as_ref().filter(|f| f.manifest == manifest && f.during == during).map_or(0, |f| f.attempts)
     }
 
     /// Turns a member step into actions with full payloads.
@@ -447,15 +633,13 @@ impl Rollout {
                 self.own_report = Some(report);
                 actions
             }
-            Step::RollBack(id) => {
-                let mut actions = vec![Action::RollBack { manifest: id }];
-                if let Some(Detail::Unhealthy { logs_digest, output }) = detail {
-                    let failed = vec![HEALTH_CHECK.to_string()];
-                    let problem = self.problem_report(id, failed, logs_digest, &output);
-                    self.own_problem = Some(problem.clone());
-                    actions.push(Action::PublishProblemReport(problem));
-                }
-                actions
+            Step::ReportProblem(id) => {
+                let Some(Detail::ApplyFailed { step, logs_digest, output }) = detail else {
+                    return Vec::new();
+                };
+                let problem = self.problem_report(id, vec![step.name().to_string()], logs_digest, &output);
+                self.own_problem = Some(problem.clone());
+                vec![Action::PublishProblemReport(problem)]
             }
         }
     }

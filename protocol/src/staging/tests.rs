@@ -5,7 +5,7 @@ use super::*;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
 use crate::manifest::{ArtifactInfo, PolicyKind, StagingPolicy, UpgradeManifest, MIN_CHUNK_SIZE};
-use crate::report::{Outcome, TestReport};
+use crate::report::{Outcome, ProblemReport, TestReport};
 use crate::time::UnixMillis;
 use crate::{Digest, Envelope, Verified};
 use proptest::prelude::*;
@@ -557,30 +557,184 @@ fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
     assert!(applied);
 }
 
+fn failed(fault: Fault, step: ApplyStep) -> ApplyResult {
+    ApplyResult::Failed { fault, step, logs_digest: Digest([1; 32]), output: "crash".into() }
+}
+
+fn problem_of(actions: &[Action]) -> Option<&ProblemReport> {
+    actions.iter().find_map(|a| match a {
+        Action::PublishProblemReport(p) => Some(p),
+        _ => None,
+    })
+}
+
+/// Applies `m` under no staging and returns the actions of its completion.
+fn apply_no_staging(n: &mut Node, m: &UpgradeManifest, at: u64, result: ApplyResult) -> Vec<Action> {
+    let id = m.id();
+    let a = n.rollout.handle(Event::Manifest(signed_manifest(m, at)), UnixMillis(at));
+    assert!(a.contains(&Action::Fetch { manifest: id }), "{a:?}");
+    let a = n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(at + 1));
+    assert!(a.contains(&Action::Apply { manifest: id, version: m.version.clone() }), "{a:?}");
+    n.rollout.handle(Event::ApplyFinished { manifest: id, result }, UnixMillis(at + 2))
+}
+
 #[test]
-fn no_staging_applies_on_receipt_and_rolls_back_an_unhealthy_release() {
+fn an_unhealthy_release_is_reported_and_the_node_stays_on_what_it_ran() {
+    let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    let mut n = node(3, 0, &m);
+    let a = apply_no_staging(&mut n, &m, 0, failed(Fault::Release, ApplyStep::HealthCheck));
+    persist_precedes_every_action(&a);
+    // The installer already undid the apply: asking it to roll back again would step
+    // back past the version that ran before.
+    assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. } | Action::RunTests { .. })), "{a:?}");
+    assert_eq!(problem_of(&a).map(|p| p.failed_tests.clone()), Some(vec![rollout::HEALTH_CHECK.to_string()]));
+    assert_eq!(phase(&n), Some(Phase::RolledBack));
+    assert_eq!(n.rollout.status().running, None);
+    // A crash right after persisting loses not the vendor's report.
+    let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
+    let (r, again) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
+    assert!(again.iter().any(|a| matches!(a, Action::PublishProblemReport(_))), "{again:?}");
+    assert_eq!(r.status().phase, Some(Phase::RolledBack));
+}
+
+#[test]
+fn a_failed_apply_never_moves_the_node_backwards() {
+    let v1 = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    let v2 = manifest("2.0.0", policy(PolicyKind::NoStaging));
+    let v3 = manifest("3.0.0", policy(PolicyKind::NoStaging));
+    let mut n = node(3, 0, &v1);
+    apply_no_staging(&mut n, &v1, 0, ApplyResult::Healthy);
+    apply_no_staging(&mut n, &v2, 10 * SEC, ApplyResult::Healthy);
+    assert_eq!(n.rollout.status().running, Some(v2.version.clone()));
+    let a = apply_no_staging(&mut n, &v3, 20 * SEC, failed(Fault::Release, ApplyStep::HealthCheck));
+    assert_eq!(n.rollout.status().running, Some(v2.version.clone()), "still on 2.0.0");
+    assert!(problem_of(&a).is_some());
+    // Nothing the core does afterwards touches the install: no event brings an apply
+    // or test back for the failed release.
+    for e in [Event::Timer, Event::ContentReady { manifest: v3.id() }, Event::Manifest(signed_manifest(&v3, 20 * SEC))]
+    {
+        let a = n.rollout.handle(e, UnixMillis(30 * SEC));
+        assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. } | Action::RunTests { .. })), "{a:?}");
+    }
+    // An artifact that does not unpack is the release's fault too: same outcome.
+    let v4 = manifest("4.0.0", policy(PolicyKind::NoStaging));
+    let a = apply_no_staging(&mut n, &v4, 40 * SEC, failed(Fault::Release, ApplyStep::Unpack));
+    assert_eq!(problem_of(&a).map(|p| p.failed_tests.clone()), Some(vec!["unpack".to_string()]));
+    assert_eq!(n.rollout.status().running, Some(v2.version.clone()));
+}
+
+#[test]
+fn a_local_fault_while_applying_is_retried_and_never_reported() {
     let m = manifest("1.0.0", policy(PolicyKind::NoStaging));
     let id = m.id();
     let mut n = node(3, 0, &m);
-    let a = n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
-    assert!(a.contains(&Action::Fetch { manifest: id }));
-    let a = n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
-    assert!(a.contains(&Action::Apply { manifest: id, version: m.version.clone() }));
-    let result = ApplyResult::Unhealthy { logs_digest: Digest([1; 32]), output: "crash".into() };
-    let a = n.rollout.handle(Event::ApplyFinished { manifest: id, result }, UnixMillis(2 * SEC));
+    let a = apply_no_staging(&mut n, &m, 0, failed(Fault::Local, ApplyStep::Unpack));
+    assert!(problem_of(&a).is_none(), "a full disk is no verdict on the release: {a:?}");
+    assert_eq!(phase(&n), Some(Phase::LocalFault));
+    let first = UnixMillis(2 + LOCAL_RETRY_BASE.as_millis() as u64);
+    assert!(a.contains(&Action::SetTimer(first)), "{a:?}");
+    assert!(n.rollout.handle(Event::Timer, UnixMillis(first.0 - 1)).iter().all(|a| !matches!(a, Action::Apply { .. })));
+    let a = n.rollout.handle(Event::Timer, first);
+    assert!(a.contains(&Action::Apply { manifest: id, version: m.version.clone() }), "{a:?}");
+    // The second failure waits twice as long.
+    let a =
+        n.rollout.handle(Event::ApplyFinished { manifest: id, result: failed(Fault::Local, ApplyStep::Switch) }, first);
+    assert!(a.contains(&Action::SetTimer(UnixMillis(first.0 + 2 * LOCAL_RETRY_BASE.as_millis() as u64))), "{a:?}");
+    assert_eq!(n.rollout.status().local_fault.map(|f| f.attempts), Some(2));
+    let a = n.rollout.handle(Event::Timer, UnixMillis(first.0 + 2 * LOCAL_RETRY_BASE.as_millis() as u64));
+    assert!(a.contains(&Action::Apply { manifest: id, version: m.version.clone() }), "{a:?}");
+    n.rollout.handle(Event::ApplyFinished { manifest: id, result: ApplyResult::Healthy }, UnixMillis(100 * SEC));
+    assert_eq!(phase(&n), Some(Phase::Applied));
+    assert_eq!(n.rollout.status().local_fault, None);
+}
+
+#[test]
+fn a_representative_that_cannot_test_retries_then_hands_its_seat_on_without_a_verdict() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let id = m.id();
+    let mut rep = node(4, 0, &m);
+    rep.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    let a = rep.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    assert!(a.contains(&Action::RunTests { manifest: id }));
+    let why = "bwrap: cannot start the sandbox".to_string();
+    let a = rep.rollout.handle(Event::TestsCouldNotRun { manifest: id, reason: why.clone() }, UnixMillis(2 * SEC));
     persist_precedes_every_action(&a);
-    assert!(a.contains(&Action::RollBack { manifest: id }));
-    assert!(a
-        .iter()
-        .any(|a| matches!(a, Action::PublishProblemReport(p) if p.failed_tests == [rollout::HEALTH_CHECK])));
-    // A crash right after persisting loses neither the rollback nor the vendor's report.
-    let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
-    let (_, again) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
-    assert!(again.contains(&Action::RollBack { manifest: id }), "{again:?}");
-    assert!(again.iter().any(|a| matches!(a, Action::PublishProblemReport(_))), "{again:?}");
-    n.rollout.handle(Event::RollbackFinished { manifest: id }, UnixMillis(3 * SEC));
-    assert_eq!(phase(&n), Some(Phase::RolledBack));
-    assert_eq!(n.rollout.status().running, None);
+    assert!(!a.iter().any(|a| matches!(a, Action::PublishTestReport(_) | Action::PublishProblemReport(_))), "{a:?}");
+    assert_eq!(phase(&rep), Some(Phase::LocalFault));
+    let retry = 2 * SEC + LOCAL_RETRY_BASE.as_millis() as u64;
+    assert!(a.contains(&Action::SetTimer(UnixMillis(retry))), "{a:?}");
+    let a = rep.rollout.handle(Event::Timer, UnixMillis(retry));
+    assert!(a.contains(&Action::RunTests { manifest: id }), "retried: {a:?}");
+    let a = rep.rollout.handle(Event::TestsCouldNotRun { manifest: id, reason: why }, UnixMillis(retry + SEC));
+    assert!(problem_of(&a).is_none(), "{a:?}");
+    let Some(Action::PublishTestReport(abstain)) = a.iter().find(|a| matches!(a, Action::PublishTestReport(_))) else {
+        panic!("no abstention in {a:?}")
+    };
+    assert_eq!(abstain.outcome, Outcome::Abstain);
+    assert_eq!(phase(&rep), Some(Phase::Abstained));
+
+    // The member next in line takes the seat at once, not at the report deadline, and
+    // the cluster is not halted.
+    let mut next = node(4, 2, &m);
+    next.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    next.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    assert!(!next.rollout.status().representative);
+    let signed = Envelope::sign(&rep.me, abstain, UnixMillis(retry + SEC)).unwrap().verify().unwrap();
+    let a = next.rollout.handle(Event::Report(signed.clone()), UnixMillis(retry + 2 * SEC));
+    assert!(next.rollout.status().representative);
+    assert!(a.contains(&Action::RunTests { manifest: id }), "{a:?}");
+    assert_eq!(next.rollout.status().verdict, Some(Verdict::Pending));
+
+    // Once the gate holds, the abstainer applies like any member.
+    rep.rollout.handle(Event::Report(signed), UnixMillis(retry + 2 * SEC));
+    let mut applied = false;
+    for rank in [1, 2] {
+        let r = report_for(&rep.key_ranked(&m, rank), &m, cluster_key(0), Outcome::Pass, retry + 3 * SEC);
+        let a = rep.rollout.handle(Event::Report(r), UnixMillis(retry + 3 * SEC));
+        applied |= a.contains(&Action::Apply { manifest: id, version: m.version.clone() });
+    }
+    assert!(applied);
+}
+
+#[test]
+fn an_operator_rollback_pins_the_node_until_the_next_release_or_unpin() {
+    let v1 = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    let v2 = manifest("2.0.0", policy(PolicyKind::NoStaging));
+    let mut n = node(3, 0, &v1);
+    apply_no_staging(&mut n, &v1, 0, ApplyResult::Healthy);
+    apply_no_staging(&mut n, &v2, 10 * SEC, ApplyResult::Healthy);
+    assert!(n.rollout.may_roll_back());
+    let a = n.rollout.handle(Event::RolledBackByOperator { version: v1.version.clone() }, UnixMillis(20 * SEC));
+    assert!(matches!(a.as_slice(), [Action::Persist(_)]), "{a:?}");
+    let status = n.rollout.status();
+    assert_eq!(status.running, Some(v1.version.clone()));
+    assert_eq!(status.pin.as_ref().map(|p| &p.version), Some(&v1.version));
+    // The same release heard again (a restart's replay) does not undo the operator.
+    let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot());
+    restored.handle(Event::Members { cluster: cluster_key(0), members: n.fleet.members(0) }, UnixMillis(21 * SEC));
+    for r in [&mut n.rollout, &mut restored] {
+        let a = r.handle(Event::Manifest(signed_manifest(&v2, 10 * SEC)), UnixMillis(21 * SEC));
+        assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. } | Action::Fetch { .. })), "{a:?}");
+    }
+    // Unpinned, it goes back to the release its cluster runs.
+    let a = n.rollout.handle(Event::Unpin, UnixMillis(22 * SEC));
+    assert!(a.contains(&Action::Apply { manifest: v2.id(), version: v2.version.clone() }), "{a:?}");
+    assert_eq!(n.rollout.status().pin, None);
+    // The next release lifts a pin by itself.
+    let v3 = manifest("3.0.0", policy(PolicyKind::NoStaging));
+    let a = restored.handle(Event::Manifest(signed_manifest(&v3, 30 * SEC)), UnixMillis(30 * SEC));
+    assert!(a.contains(&Action::Fetch { manifest: v3.id() }), "{a:?}");
+    assert_eq!(restored.status().pin, None);
+}
+
+#[test]
+fn the_installed_version_is_what_the_core_runs() {
+    let m = manifest("2.0.0", policy(PolicyKind::NoStaging));
+    let mut n = node(1, 0, &m);
+    n.rollout.handle(Event::Installed { version: Some("2.0.0".parse().unwrap()) }, UnixMillis(0));
+    assert_eq!(n.rollout.status().running, Some(m.version.clone()));
+    let a = n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    assert!(a.is_empty(), "already running: {a:?}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::vendor::Vendor;
 use mirage_protocol::fingerprint::ClusterKey;
 use mirage_protocol::manifest::PolicyKind;
 use mirage_protocol::report::{Outcome, TestReport};
-use mirage_protocol::staging::{Campaign, Member, Step, Verdict};
+use mirage_protocol::staging::{Campaign, Fault, Member, Step, Verdict};
 use mirage_protocol::{Digest, Envelope, PublicKey, UnixMillis, Verified};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -42,7 +42,6 @@ enum Event {
     FetchDone(Mach, Rel),
     TestDone(Mach, Rel),
     ApplyDone(Mach, Rel),
-    RollbackDone(Mach, Rel),
     /// A problem report about this release from this machine reached the vendor.
     ProblemAtVendor(Rel, Mach),
     FixReady(u32),
@@ -176,7 +175,6 @@ impl<'w> Simulation<'w> {
                 TraceInput::TestFinished(id(r), outcome)
             }
             Event::ApplyDone(m, r) if m == *watched => TraceInput::ApplyFinished(id(r), !faulty(m, r)),
-            Event::RollbackDone(m, r) if m == *watched => TraceInput::RollbackFinished(id(r)),
             _ => return,
         };
         trace.inputs.push((now, input));
@@ -237,13 +235,8 @@ impl<'w> Simulation<'w> {
                 }
                 let id = self.vendor.release_at(r).id;
                 let view = self.view(m);
-                let step = self.machines[m as usize].member.apply_finished(id, !faulty, view.as_ref());
-                self.carry_out(m, step, now);
-            }
-            Event::RollbackDone(m, r) => {
-                let id = self.vendor.release_at(r).id;
-                let view = self.view(m);
-                let step = self.machines[m as usize].member.rollback_finished(id, view.as_ref());
+                let result = if faulty { Err(Fault::Release) } else { Ok(()) };
+                let step = self.machines[m as usize].member.apply_finished(id, result, view.as_ref());
                 self.carry_out(m, step, now);
             }
             Event::ProblemAtVendor(r, m) => {
@@ -278,9 +271,9 @@ impl<'w> Simulation<'w> {
             Step::Fetch(_) => self.queue.push(now + timing.download(&mut self.rng), Event::FetchDone(m, release)),
             Step::RunTests(_) => self.queue.push(now + timing.test(&mut self.rng), Event::TestDone(m, release)),
             Step::Apply(_) => self.queue.push(now + timing.apply(&mut self.rng), Event::ApplyDone(m, release)),
-            Step::RollBack(_) => {
-                self.queue.push(now + timing.apply(&mut self.rng), Event::RollbackDone(m, release));
-                // An unhealthy apply is reported to the vendor, as the node's core does.
+            Step::ReportProblem(_) => {
+                // An unhealthy apply, undone by the installer, is reported to the vendor,
+                // as the node's core does.
                 self.queue.push(now + timing.gossip(&mut self.rng), Event::ProblemAtVendor(release, m));
             }
             Step::Publish(_, outcome) => {

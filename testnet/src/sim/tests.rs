@@ -86,7 +86,7 @@ fn hung_representatives_are_replaced_and_everyone_finishes() {
 /// `Rollout` reproduces the machine's steps.
 #[test]
 fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
-    use mirage_protocol::staging::{Action, ApplyResult, Event, NodeConfig, Rollout, Step, TestRun};
+    use mirage_protocol::staging::{Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Rollout, Step, TestRun};
     use mirage_protocol::{Digest, UnixMillis};
     use trace::TraceInput;
 
@@ -143,10 +143,14 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
                         result: if healthy {
                             ApplyResult::Healthy
                         } else {
-                            ApplyResult::Unhealthy { logs_digest: Digest([0; 32]), output: String::new() }
+                            ApplyResult::Failed {
+                                fault: Fault::Release,
+                                step: ApplyStep::HealthCheck,
+                                logs_digest: Digest([0; 32]),
+                                output: String::new(),
+                            }
                         },
                     },
-                    TraceInput::RollbackFinished(manifest) => Event::RollbackFinished { manifest },
                 };
                 for action in node.handle(event, UnixMillis(at)) {
                     steps.extend(match action {
@@ -154,7 +158,11 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
                         Action::RunTests { manifest } => Some(Step::RunTests(manifest)),
                         Action::PublishTestReport(r) => Some(Step::Publish(r.manifest_id, r.outcome)),
                         Action::Apply { manifest, .. } => Some(Step::Apply(manifest)),
-                        Action::RollBack { manifest } => Some(Step::RollBack(manifest)),
+                        Action::PublishProblemReport(p)
+                            if p.failed_tests == [mirage_protocol::staging::rollout::HEALTH_CHECK] =>
+                        {
+                            Some(Step::ReportProblem(p.manifest_id))
+                        }
                         Action::Persist(_) | Action::SetTimer(_) | Action::PublishProblemReport(_) => None,
                     });
                 }

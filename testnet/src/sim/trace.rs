@@ -19,7 +19,6 @@ pub enum TraceInput {
     ContentReady(Digest),
     TestFinished(Digest, Outcome),
     ApplyFinished(Digest, bool),
-    RollbackFinished(Digest),
 }
 
 #[derive(Clone, Debug, Default)]

@@ -108,6 +108,19 @@ impl Node {
                 let id = self.swarm.behaviour_mut().overlay.kad.get_providers(overlay::content_record_key(&content));
                 self.dist.provider_lookups.insert(id, content);
             }
+            // Ask the peers that have not shown they admitted the release what they hold:
+            // the vendor learns who took it, and what the others hold instead.
+            let app = goal.app.clone();
+            let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+            let due = goal.due_asks(connected.into_iter(), now);
+            for peer in due {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .content
+                    .send_request(&peer, ContentRequest::Manifest { app: app.clone() });
+                self.dist.manifest_requests.insert(id, app.clone());
+            }
         }
     }
 
@@ -250,6 +263,13 @@ impl Node {
                 }
                 request_response::Message::Request { request, channel, .. } => {
                     let chunk = matches!(request, ContentRequest::Chunk { .. });
+                    if let (ContentRequest::Have { content } | ContentRequest::Chunk { content, .. }, Some(goal)) =
+                        (&request, self.dist.seed_goal.as_mut())
+                    {
+                        if goal.content == *content {
+                            goal.on_admitted(peer);
+                        }
+                    }
                     let response = self.serve(request);
                     self.answer(chunk, ReplyTo::Stream(channel), response);
                 }
@@ -283,10 +303,23 @@ impl Node {
         response: ContentResponse,
     ) {
         if let Some(app) = self.dist.manifest_requests.remove(&id) {
+            if let Some(goal) = self.dist.seed_goal.as_mut().filter(|g| g.app == app) {
+                // A seed never takes another manifest for its own app: it is there to
+                // serve the one it publishes, and to learn who admitted it.
+                let held = match &response {
+                    ContentResponse::Manifest(bytes) => Envelope::from_bytes(bytes)
+                        .ok()
+                        .and_then(|e| e.verify::<UpgradeManifest>().ok())
+                        .map(|m| (m.payload().id(), m.payload().version.clone())),
+                    _ => None,
+                };
+                goal.on_answer(peer, held);
+                return;
+            }
             if let ContentResponse::Manifest(bytes) = response {
                 let _span = info_span!("release", from = %peer, app).entered();
                 if self.admit_manifest(&bytes, &app, false) == gossipsub::MessageAcceptance::Reject {
-                    self.penalize(peer);
+                    self.penalize(peer, "a bad manifest");
                 }
             }
             return;
@@ -385,7 +418,7 @@ impl Node {
                     debug!(%peer, %content, index, "ignored chunk from a banned peer");
                 } else {
                     warn!(%peer, %content, index, reason = name, bytes = data.len(), "refused chunk; peer banned from this download");
-                    self.penalize(peer);
+                    self.penalize(peer, "a bad chunk");
                 }
             }
         }

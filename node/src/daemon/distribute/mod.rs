@@ -77,12 +77,83 @@ impl Misbehaviour {
 /// How late a [`Misbehaviour::Slow`] peer answers chunk requests.
 const SLOW_SERVE_DELAY: Duration = Duration::from_millis(100);
 
-/// A vendor's goal: seed until this many other peers hold a full copy.
+/// A vendor's seed: which peers admitted the release, and the goal of seeding until
+/// `replicas` other peers hold a full copy (0: until stopped).
 pub struct SeedGoal {
+    pub app: String,
+    pub version: semver::Version,
+    pub manifest: Digest,
     pub content: Digest,
     pub replicas: usize,
     pub replicated: BTreeSet<PeerId>,
+    /// Peers that showed they admitted the manifest: they answered our manifest request
+    /// with it, or asked us for its content.
+    pub admitted: BTreeSet<PeerId>,
+    /// What the other peers that answered hold for the app: another version, or none.
+    pub answers: BTreeMap<PeerId, Option<semver::Version>>,
+    /// When each peer was last asked for its manifest.
+    asked: HashMap<PeerId, Instant>,
     last_poll: Option<Instant>,
+}
+
+/// How often a seed asks a peer that has not admitted its release what it holds.
+pub const ADMISSION_POLL: Duration = Duration::from_secs(2);
+
+impl SeedGoal {
+    /// Peers to ask now for their manifest: connected, not yet admitted, not asked lately.
+    pub fn due_asks(&mut self, connected: impl Iterator<Item = PeerId>, now: Instant) -> Vec<PeerId> {
+        let due: Vec<PeerId> = connected
+            .filter(|p| !self.admitted.contains(p))
+            .filter(|p| self.asked.get(p).is_none_or(|t| now - *t >= ADMISSION_POLL))
+            .take(64)
+            .collect();
+        for p in &due {
+            self.asked.insert(*p, now);
+        }
+        due
+    }
+
+    /// A peer's answer to our manifest request: the manifest it holds, if any.
+    pub fn on_answer(&mut self, peer: PeerId, held: Option<(Digest, semver::Version)>) {
+        match held {
+            Some((id, _)) if id == self.manifest => self.on_admitted(peer),
+            Some((_, version)) => {
+                self.answers.insert(peer, Some(version));
+            }
+            None => {
+                self.answers.insert(peer, None);
+            }
+        }
+    }
+
+    pub fn on_admitted(&mut self, peer: PeerId) {
+        self.answers.remove(&peer);
+        if self.admitted.insert(peer) {
+            tracing::info!(%peer, admitted = self.admitted.len(), "peer admitted the release");
+        }
+    }
+
+    /// For `mirage status` and `vendor publish`.
+    pub fn status(&self) -> serde_json::Value {
+        let mut other: BTreeMap<String, usize> = BTreeMap::new();
+        let mut without = 0;
+        for v in self.answers.values() {
+            match v {
+                Some(v) => *other.entry(v.to_string()).or_default() += 1,
+                None => without += 1,
+            }
+        }
+        serde_json::json!({
+            "app": self.app,
+            "version": self.version.to_string(),
+            "manifest_id": self.manifest.to_hex(),
+            "admitted": self.admitted.len(),
+            "other_versions": other,
+            "without_release": without,
+            "full_copies": self.replicated.len(),
+            "replicas_wanted": self.replicas,
+        })
+    }
 }
 
 struct ActiveDownload {
@@ -243,17 +314,19 @@ impl Distribution {
         self.releases.get(app)
     }
 
-    /// The artifact of the first release this node seeds.
-    pub fn seeded_content(&self) -> Option<Digest> {
-        self.releases
-            .values()
-            .map(|a| a.manifest.payload().artifact.content_hash)
-            .find(|c| self.held.get(c).is_some_and(StoredArtifact::is_complete) && !self.downloads.contains_key(c))
+    /// The first release this node seeds: app, version, manifest id, artifact.
+    pub fn seeded(&self) -> Option<(String, semver::Version, Digest, Digest)> {
+        self.releases.iter().find_map(|(app, a)| {
+            let m = a.manifest.payload();
+            let c = m.artifact.content_hash;
+            (self.held.get(&c).is_some_and(StoredArtifact::is_complete) && !self.downloads.contains_key(&c))
+                .then(|| (app.clone(), m.version.clone(), m.id(), c))
+        })
     }
 
     /// Whether the vendor's replication goal is met.
     pub fn replicated(&self) -> bool {
-        self.seed_goal.as_ref().is_some_and(|g| g.replicated.len() >= g.replicas)
+        self.seed_goal.as_ref().is_some_and(|g| g.replicas > 0 && g.replicated.len() >= g.replicas)
     }
 
     fn artifact_info(&self, content: &Digest) -> Option<&ArtifactInfo> {
@@ -267,7 +340,18 @@ impl Distribution {
 }
 
 impl SeedGoal {
-    pub fn new(content: Digest, replicas: usize) -> Self {
-        SeedGoal { content, replicas, replicated: BTreeSet::new(), last_poll: None }
+    pub fn new(app: &str, version: semver::Version, manifest: Digest, content: Digest, replicas: usize) -> Self {
+        SeedGoal {
+            app: app.to_string(),
+            version,
+            manifest,
+            content,
+            replicas,
+            replicated: BTreeSet::new(),
+            admitted: BTreeSet::new(),
+            answers: BTreeMap::new(),
+            asked: HashMap::new(),
+            last_poll: None,
+        }
     }
 }

@@ -111,7 +111,9 @@ impl Node {
             }
             return match rejection {
                 ManifestRejection::NoTrustForApp(_) => gossipsub::MessageAcceptance::Ignore,
-                ManifestRejection::NotNewer { .. } if same => gossipsub::MessageAcceptance::Ignore,
+                // A peer that answers our request with an older release has simply not
+                // heard of the newer one yet: no fault of its own.
+                ManifestRejection::NotNewer { .. } if same || !counted => gossipsub::MessageAcceptance::Ignore,
                 _ => gossipsub::MessageAcceptance::Reject,
             };
         }
