@@ -41,6 +41,9 @@ const DEFAULT_LOG: &str = "warn,mirage=info,mirage_node=info,mirage_bootstrap=in
 enum Command {
     /// Write a new secret key (mode 0600) and print its public key and peer id.
     Keygen(cmd::keygen::Args),
+    /// Key files: show a key's public half.
+    #[command(subcommand)]
+    Key(cmd::keygen::KeyCommand),
     /// Fingerprint an application's environment on the machine rooted at --root.
     Fingerprint(cmd::fingerprint::Args),
     /// Benchmarks that print figures.
@@ -145,6 +148,7 @@ fn run() -> Result<()> {
     }
     match cli.command {
         Command::Keygen(args) => cmd::keygen::run(args),
+        Command::Key(c) => cmd::keygen::run_key(c),
         Command::Fingerprint(args) => cmd::fingerprint::run(args),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Bootstrap(args) => cmd::bootstrap::run(args),

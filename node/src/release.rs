@@ -120,6 +120,33 @@ pub fn read_tests(dir: &Path) -> Result<(Vec<TestSpec>, Option<CommandSpec>), Re
     let text = std::fs::read_to_string(&path).map_err(io(&path))?;
     let file: TestsFile =
         toml::from_str(&text).map_err(|e| ReleaseError::Tests { path: path.clone(), reason: e.to_string() })?;
+    let fail = |reason: String| ReleaseError::Tests { path: path.clone(), reason };
+    if file.health_check.as_ref().is_some_and(|h| !h.name.is_empty()) {
+        return Err(fail("[health_check] takes no name (it is reported as `health-check`)".into()));
+    }
+    let commands = file.test.iter().map(|t| (t.name.as_str(), &t.run));
+    let replays = file.replay.iter().map(|r| (r.name.as_str(), &r.run));
+    let health = file.health_check.iter().map(|h| ("health_check", &h.run));
+    for (name, run) in commands.chain(replays).chain(health) {
+        check_command(dir, name, run).map_err(fail)?;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for name in file.test.iter().map(|t| &t.name).chain(file.replay.iter().map(|r| &r.name)) {
+        if !name.is_empty() && !seen.insert(name.as_str()) {
+            return Err(fail(format!(
+                "two tests are named `{name}`; problem reports name failing tests, so names must differ"
+            )));
+        }
+    }
+    for r in &file.replay {
+        let rel = Path::new(&r.inputs);
+        if r.inputs.is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return Err(fail(format!(
+                "replay `{}`: inputs `{}` must be a relative path inside the tests directory",
+                r.name, r.inputs
+            )));
+        }
+    }
     let mut tests = Vec::new();
     for t in file.test {
         tests.push(TestSpec::Command { name: t.name, command: command(t.run, t.timeout_secs, t.max_output_bytes) });
@@ -143,6 +170,28 @@ pub fn read_tests(dir: &Path) -> Result<(Vec<TestSpec>, Option<CommandSpec>), Re
     }
     let health = file.health_check.map(|h| command(h.run, h.timeout_secs, h.max_output_bytes));
     Ok((tests, health))
+}
+
+/// A command's `run` must name something, and a script it runs from the tests
+/// directory (`./check.sh`, or `sh check.sh`) must be there: a typo would otherwise
+/// fail on every representative and halt every cluster.
+fn check_command(dir: &Path, name: &str, run: &[String]) -> Result<(), String> {
+    let Some(program) = run.first() else {
+        return Err(format!("`{name}`: `run` is empty"));
+    };
+    const INTERPRETERS: [&str; 6] = ["sh", "bash", "dash", "python3", "perl", "/bin/sh"];
+    let script = if INTERPRETERS.contains(&program.as_str()) {
+        run.get(1).filter(|a| !a.starts_with('-'))
+    } else {
+        Some(program).filter(|p| p.contains('/'))
+    };
+    let Some(script) = script.filter(|s| !s.starts_with('/') && !s.contains('$')) else {
+        return Ok(());
+    };
+    if !dir.join(script).is_file() {
+        return Err(format!("`{name}` runs `{script}`, which is not a file in {}", dir.display()));
+    }
+    Ok(())
 }
 
 /// Packs a tests directory as a tar with sorted entries and no owners or times, so the
@@ -258,6 +307,7 @@ mod tests {
         std::fs::create_dir_all(tests.join("inputs")).unwrap();
         std::fs::write(tests.join("inputs/q1.sql"), "select 1;").unwrap();
         std::fs::write(tests.join("smoke.sh"), "exit 0").unwrap();
+        std::fs::write(tests.join("replay.sh"), "cat").unwrap();
         std::fs::write(
             tests.join(TESTS_FILE),
             "[[test]]\nname = \"smoke\"\nrun = [\"sh\", \"smoke.sh\"]\n[[replay]]\nname = \"q\"\ninputs = \"inputs\"\nrun = [\"sh\", \"replay.sh\"]\n[health_check]\nrun = [\"true\"]\n",
@@ -277,5 +327,28 @@ mod tests {
         std::fs::write(tests.join(TESTS_FILE), "[[test]]\nrun = \"not a list\"\n").unwrap();
         let err = build(&spec, dir.path(), UnixMillis(1000)).err().unwrap().to_string();
         assert!(err.contains("tests.toml"), "{err}");
+    }
+
+    #[test]
+    fn mistakes_in_a_tests_directory_are_named_before_anything_is_published() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("inputs")).unwrap();
+        std::fs::write(dir.path().join("ok.sh"), "exit 0").unwrap();
+        let err = |toml: &str| {
+            std::fs::write(dir.path().join(TESTS_FILE), toml).unwrap();
+            read_tests(dir.path()).err().map(|e| e.to_string()).unwrap_or_default()
+        };
+        assert_eq!(err("[[test]]\nname = \"a\"\nrun = [\"sh\", \"ok.sh\"]\n"), "");
+        assert!(
+            err("[[test]]\nname = \"a\"\nrun = [\"sh\", \"smoke.sh\"]\n").contains("`smoke.sh`, which is not a file")
+        );
+        assert!(err("[[test]]\nname = \"a\"\nrun = [\"./nope\"]\n").contains("`./nope`"));
+        assert!(err("[[test]]\nname = \"a\"\nrun = []\n").contains("`run` is empty"));
+        let dup = "[[test]]\nname = \"a\"\nrun = [\"true\"]\n[[test]]\nname = \"a\"\nrun = [\"true\"]\n";
+        assert!(err(dup).contains("two tests are named `a`"));
+        let escape = "[[replay]]\nname = \"r\"\ninputs = \"../inputs\"\nrun = [\"cat\"]\n";
+        assert!(err(escape).contains("relative path inside the tests directory"));
+        assert!(err("[health_check]\nname = \"h\"\nrun = [\"true\"]\n").contains("takes no name"));
+        assert!(err("[[tset]]\nname = \"a\"\n").contains("tset"), "unknown tables are named");
     }
 }

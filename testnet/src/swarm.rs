@@ -96,7 +96,7 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
         &o.artifact,
         &bootstrap.addr,
         &vendor_dir,
-        &["--chunk-kib", &chunk_kib, "--replicas", "0"],
+        &["--chunk-kib", &chunk_kib, "--replicas", "0", "--no-verify-artifact"],
     );
     let mut vendor = Process::spawn(&o.mirage, "vendor", &vendor_args, &o.work_dir.join("vendor.log"))?;
     vendor.read_stdout_until(o.timeout, "start seeding", |l| l.starts_with("seeding"))?;

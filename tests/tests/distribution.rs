@@ -44,7 +44,7 @@ fn vendor_seeds_and_the_swarm_finishes_without_it() {
         "8.0.36",
         &artifact,
         &bootstrap.addr,
-        &["--replicas", "1", "--chunk-kib", "64"],
+        &["--replicas", "1", "--chunk-kib", "64", "--no-verify-artifact"],
     );
     let exit =
         wait_for("the vendor to stop after one replica", Duration::from_secs(90), Duration::from_millis(200), || {

@@ -29,7 +29,7 @@ fn a_killed_download_resumes_from_what_is_on_disk() {
         "8.0.36",
         &artifact,
         &bootstrap.addr,
-        &["--replicas", "1", "--chunk-kib", "16"],
+        &["--replicas", "1", "--chunk-kib", "16", "--no-verify-artifact"],
     );
     wait_for("the vendor to leave", Duration::from_secs(60), Duration::from_millis(200), || publish.try_wait());
     assert!(api_call(&seed.api().unwrap(), &json!({"cmd": "misbehave", "mode": "slow"})).is_some());

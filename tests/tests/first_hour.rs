@@ -88,7 +88,10 @@ fn a_failed_apply_leaves_every_node_on_the_version_it_ran_and_rollback_walks_bac
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut enc, "these are release notes, not an archive\n".repeat(200).as_bytes()).unwrap();
     std::fs::write(&gz, enc.finish().unwrap()).unwrap();
-    let mut seed = publish_custom(&fleet, &junk, "8.6.0", &gz, None, &["--policy", "no-staging"]);
+    // The vendor's own check would refuse it (below); a vendor that skips it reaches nodes
+    // that must hold their ground.
+    let mut seed =
+        publish_custom(&fleet, &junk, "8.6.0", &gz, None, &["--policy", "no-staging", "--no-verify-artifact"]);
     let refused = |v: &[Option<NodeView>]| {
         v.iter().all(|v| {
             v.as_ref().is_some_and(|v| {
@@ -277,6 +280,34 @@ fn commands_tell_the_truth_about_their_outcome() {
         let log = d.join(name).join("vendor.log");
         (p, log)
     };
+
+    // A dry run checks and prints, and publishes nothing; an artifact no node could
+    // install is refused before anything is signed.
+    let tests = d.join("tests");
+    sample_app::write_tests_dir(&tests).unwrap();
+    let key = vendor.key.display().to_string();
+    let dry = |artifact: &Path| {
+        std::process::Command::new(mirage_bin())
+            .args(["vendor", "publish", "--dry-run", "--json", "--key", &key, "--app", APP, "--version", "9.0.0"])
+            .arg("--artifact")
+            .arg(artifact)
+            .arg("--tests")
+            .arg(&tests)
+            .args(["--bootstrap", &boot.addr])
+            .output()
+            .unwrap()
+    };
+    let out = dry(&tar);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["artifact"]["packing"], "tar");
+    assert_eq!(summary["tests"].as_array().unwrap().len(), 3, "{summary}");
+    let junk = d.join("notes.tar.gz");
+    std::fs::write(&junk, b"\x1f\x8b not really gzip").unwrap();
+    let out = dry(&junk);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would not install on any node"));
+    assert!(!vendor.key.with_file_name("vendor.key.published").exists(), "a dry run records nothing");
 
     // An untrusted key: nobody admits it, and the vendor is told why.
     let (mut p, log) = publish(&stranger, "8.4.1", "untrusted", &boot.addr, &[]);

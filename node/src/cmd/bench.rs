@@ -17,13 +17,16 @@ pub enum BenchCommand {
 
 #[derive(clap::Args)]
 pub struct TransportArgs {
+    /// Receiving processes.
     #[arg(long, default_value_t = 16)]
     receivers: usize,
     /// Bytes each receiver pulls, in MiB.
     #[arg(long, default_value_t = 256)]
     mib: usize,
+    /// Chunk size in KiB.
     #[arg(long, default_value_t = 1024)]
     chunk_kib: usize,
+    /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
     /// Move the chunks over content lanes (the path between nodes that have them)
@@ -34,18 +37,23 @@ pub struct TransportArgs {
 
 #[derive(clap::Args)]
 pub struct TransportPeerArgs {
+    /// Chunks to serve or receive.
     #[arg(long)]
     chunks: usize,
+    /// Chunk size in KiB.
     #[arg(long)]
     chunk_kib: usize,
+    /// Receive (instead of serve).
     #[arg(long)]
     receive: bool,
+    /// Over content lanes instead of libp2p.
     #[arg(long)]
     lanes: bool,
 }
 
 #[derive(clap::Args)]
 pub struct SwarmArgs {
+    /// Receiving nodes.
     #[arg(long, default_value_t = 16)]
     receivers: usize,
     /// The artifact to distribute [default: 256 MiB of random bytes, generated].
@@ -54,8 +62,10 @@ pub struct SwarmArgs {
     /// Where the processes keep their data [default: a new temporary directory].
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Chunk size in KiB.
     #[arg(long, default_value_t = 1024)]
     chunk_kib: u32,
+    /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
     /// Print one JSON object (the last line) instead of key-value lines.
@@ -71,6 +81,7 @@ pub struct FingerprintArgs {
     /// Directory to generate the tree in [default: a new temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Seed of the generated tree's contents.
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 pub struct Args {
     #[command(flatten)]
     target: Target,
+    /// The app whose release to download (its name, as in the profile).
     #[arg(long)]
     app: String,
     /// The version expected (the node's newest admitted release must be this one).

@@ -9,8 +9,10 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Machines in the simulated fleet.
     #[arg(long, default_value_t = 100_000)]
     machines: u32,
+    /// Clusters (distinct environments) the machines fall into.
     #[arg(long, default_value_t = 2_000)]
     clusters: u32,
     /// Problems in the first release, each breaking a random subset of clusters.
@@ -26,6 +28,7 @@ pub struct Args {
     /// Zipf exponent of cluster sizes (0 = equal sizes).
     #[arg(long, default_value_t = 1.0)]
     zipf: f64,
+    /// Random seed: runs with the same seed are identical.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Repeat with this many consecutive seeds and summarize the latency ratios.
@@ -43,16 +46,20 @@ pub struct Args {
     /// Put the largest clusters first instead of the smallest.
     #[arg(long)]
     largest_first: bool,
+    /// Representatives that test per cluster.
     #[arg(long, default_value_t = 2)]
     representatives: u16,
+    /// Passing reports a cluster needs before its members apply.
     #[arg(long, default_value_t = 2)]
     threshold: u16,
+    /// How long a representative may take to report before the next in line replaces it.
     #[arg(long, default_value_t = 1800)]
     report_deadline_secs: u32,
     /// Minimum hours the vendor needs to fix a reported problem (plus an exponential tail
     /// of mean --fix-tail-hours).
     #[arg(long, default_value_t = 4.0)]
     fix_hours: f64,
+    /// Mean of the exponential tail added to --fix-hours.
     #[arg(long, default_value_t = 2.0)]
     fix_tail_hours: f64,
 }

@@ -200,6 +200,7 @@ pub enum DebugCommand {
         /// malformed, oversized, unsigned, wrong-signature, stale or wrong-app.
         #[arg(long)]
         kind: InjectKind,
+        /// The app's topic (default: the node's first app).
         #[arg(long)]
         app: Option<String>,
     },
@@ -207,6 +208,7 @@ pub enum DebugCommand {
     Announce {
         #[command(flatten)]
         target: Target,
+        /// Only this app (default: all).
         #[arg(long)]
         app: Option<String>,
     },
@@ -214,8 +216,10 @@ pub enum DebugCommand {
     Seen {
         #[command(flatten)]
         target: Target,
+        /// The app.
         #[arg(long)]
         app: String,
+        /// The peer id.
         #[arg(long)]
         peer: String,
     },

@@ -27,6 +27,7 @@ pub struct ReportsArgs {
     /// The vendor's signing key (the collector trusts it for the app).
     #[arg(long)]
     key: PathBuf,
+    /// The app whose problem reports to collect.
     #[arg(long)]
     app: String,
     /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
@@ -45,8 +46,10 @@ pub struct PublishArgs {
     /// The vendor's signing key (from `mirage vendor keygen`).
     #[arg(long)]
     key: PathBuf,
+    /// The app the release is for (its name in the nodes' profiles).
     #[arg(long)]
     app: String,
+    /// The release's version (semver); a node takes only a version newer than the one it holds.
     #[arg(long)]
     version: semver::Version,
     /// The upgrade itself (a tar archive of the new version's files).
@@ -79,6 +82,7 @@ pub struct PublishArgs {
     /// Chunk size in KiB (16 to 16384).
     #[arg(long, default_value_t = 1024)]
     chunk_kib: u32,
+    /// Release notes, carried in the signed manifest.
     #[arg(long, default_value = "")]
     notes: String,
     /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
@@ -102,6 +106,17 @@ pub struct PublishArgs {
     /// Fail if no bootstrap peer has answered by then.
     #[arg(long, default_value_t = 15)]
     bootstrap_timeout_secs: u64,
+    /// Check everything (artifact, tests, policy), print what would be published, and
+    /// stop: nothing is signed or sent.
+    #[arg(long)]
+    dry_run: bool,
+    /// Publish an artifact that is not an installable archive (distribution benchmarks):
+    /// skips unpacking it as the nodes would.
+    #[arg(long, hide = true)]
+    no_verify_artifact: bool,
+    /// With --dry-run, print the summary as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn run(command: VendorCommand) -> Result<()> {
@@ -151,8 +166,16 @@ fn publish(args: PublishArgs) -> Result<()> {
     };
     let now = mirage_bootstrap::overlay::now();
     let built = release::build(&spec, &data_dir, now).context("building the release")?;
-    let envelope = Envelope::sign(&keypair, &built.manifest, now)?.to_bytes()?;
+    let packing = if args.no_verify_artifact { None } else { Some(check_artifact(&built.artifact_path, &data_dir)?) };
     let m = &built.manifest;
+    if args.dry_run {
+        print_summary(m, packing, &keypair.public().to_string(), args.json);
+        if !args.json {
+            println!("dry run: the release is well-formed; nothing was signed or published");
+        }
+        return Ok(());
+    }
+    let envelope = Envelope::sign(&keypair, &built.manifest, now)?.to_bytes()?;
     let ledger = ledger_path(&args.key);
     if let Err(e) = record_published(&ledger, m, now) {
         eprintln!(
@@ -160,16 +183,7 @@ fn publish(args: PublishArgs) -> Result<()> {
             ledger.display()
         );
     }
-    println!(
-        "manifest {} for {} {}: {} bytes in {} chunks, content {}",
-        m.id(),
-        m.app,
-        m.version,
-        m.artifact.size,
-        m.artifact.chunk_count(),
-        m.artifact.content_hash
-    );
-    println!("vendor key {} (nodes need --trust {}={})", keypair.public(), m.app, keypair.public());
+    print_summary(m, packing, &keypair.public().to_string(), false);
 
     let mut options = NodeOptions::new(data_dir.clone(), data_dir.join("seed.key"));
     let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
@@ -212,6 +226,80 @@ fn publish(args: PublishArgs) -> Result<()> {
     let _ = stop_tx.send(());
     drop(runtime);
     outcome
+}
+
+/// Unpacks the artifact as every node will, into a scratch directory, so an archive no
+/// node could install is refused here and not by the whole fleet.
+fn check_artifact(artifact: &std::path::Path, work: &std::path::Path) -> Result<&'static str> {
+    let scratch = tempfile::tempdir_in(work).context("creating a scratch directory")?;
+    let dest = scratch.path().join("unpacked");
+    let (_, packing) = mirage_node::install::unpack::open_tar_stream(artifact)?;
+    mirage_node::install::unpack::unpack_safely(artifact, &dest)
+        .with_context(|| format!("{} would not install on any node", artifact.display()))?;
+    Ok(packing.name())
+}
+
+/// The release as the vendor is about to sign it (or, with `--dry-run`, would).
+fn print_summary(m: &mirage_protocol::manifest::UpgradeManifest, packing: Option<&str>, key: &str, json: bool) {
+    use mirage_protocol::manifest::TestSpec;
+    let tests: Vec<String> = m
+        .tests
+        .iter()
+        .map(|t| match t {
+            TestSpec::Command { name, .. } => name.clone(),
+            TestSpec::Replay { name, .. } => format!("{name} (replay)"),
+        })
+        .collect();
+    if json {
+        let v = serde_json::json!({
+            "manifest_id": m.id().to_hex(),
+            "app": m.app,
+            "version": m.version.to_string(),
+            "artifact": {
+                "size": m.artifact.size,
+                "chunks": m.artifact.chunk_count(),
+                "content_hash": m.artifact.content_hash.to_hex(),
+                "packing": packing,
+            },
+            "tests": tests,
+            "health_check": m.health_check.as_ref().map(|h| h.argv.clone()),
+            "policy": m.policy,
+            "vendor_key": key,
+        });
+        println!("{v}");
+        return;
+    }
+    println!(
+        "manifest {} for {} {}: {} bytes in {} chunks, content {}",
+        m.id(),
+        m.app,
+        m.version,
+        m.artifact.size,
+        m.artifact.chunk_count(),
+        m.artifact.content_hash
+    );
+    if let Some(p) = packing {
+        println!("artifact: a {p} that unpacks cleanly");
+    }
+    println!(
+        "tests: {}; health check: {}",
+        if tests.is_empty() { "none".to_string() } else { tests.join(", ") },
+        if m.health_check.is_some() { "yes" } else { "none" }
+    );
+    let p = &m.policy;
+    println!(
+        "policy: {}, {} representative(s) per cluster, {} pass(es) to apply, report deadline {} s{}",
+        p.kind,
+        p.representatives,
+        p.threshold,
+        p.report_deadline_secs,
+        if p.kind == PolicyKind::Balanced {
+            format!(", {} stage(s), stage timeout {} s", p.stages, p.stage_timeout_secs)
+        } else {
+            String::new()
+        }
+    );
+    println!("vendor key {key} (nodes need --trust {}={key})", m.app);
 }
 
 /// What `vendor publish` waits for, and how long.
