@@ -6,7 +6,7 @@
 use crate::envelope::{MessageKind, Verified, VerifyError};
 use crate::manifest::UpgradeManifest;
 use crate::membership::{decode_envelope, DropReason};
-use crate::report::{ProblemReport, TestReport};
+use crate::report::{ProblemReport, RetestRequest, TestReport};
 use crate::time::UnixMillis;
 
 #[derive(Clone, Debug)]
@@ -16,6 +16,8 @@ pub enum ReleaseMessage {
     /// A representative's failure report, for the vendor (and kept by peers until the
     /// vendor asks).
     ProblemReport(Verified<ProblemReport>),
+    /// The vendor's request to test a release again (trusted keys only: each node checks).
+    Retest(Verified<RetestRequest>),
 }
 
 impl ReleaseMessage {
@@ -24,6 +26,7 @@ impl ReleaseMessage {
             ReleaseMessage::Manifest(m) => &m.payload().app,
             ReleaseMessage::TestReport(r) => &r.payload().app,
             ReleaseMessage::ProblemReport(r) => &r.payload().app,
+            ReleaseMessage::Retest(r) => &r.payload().app,
         }
     }
 }
@@ -53,6 +56,7 @@ pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result
         MessageKind::ProblemReport => {
             ReleaseMessage::ProblemReport(envelope.verify::<ProblemReport>().map_err(verify_error)?)
         }
+        MessageKind::RetestRequest => ReleaseMessage::Retest(envelope.verify::<RetestRequest>().map_err(verify_error)?),
         MessageKind::Fingerprint => return Err(DropReason::Decode),
     };
     if message.app() != app {

@@ -21,6 +21,7 @@ pub enum MessageKind {
     Manifest,
     TestReport,
     ProblemReport,
+    RetestRequest,
 }
 
 impl MessageKind {
@@ -30,6 +31,7 @@ impl MessageKind {
             MessageKind::Manifest => b"mirage/v1/manifest",
             MessageKind::TestReport => b"mirage/v1/test-report",
             MessageKind::ProblemReport => b"mirage/v1/problem-report",
+            MessageKind::RetestRequest => b"mirage/v1/retest-request",
         }
     }
 }

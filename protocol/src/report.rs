@@ -94,6 +94,39 @@ impl SignedPayload for ProblemReport {
     }
 }
 
+/// The vendor asks clusters halted on a release to test it again (the failure was in
+/// the test, say, not in the release). Only a key trusted for the app counts; reports
+/// issued before the request no longer count in the clusters it names.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetestRequest {
+    pub manifest_id: Digest,
+    pub app: String,
+    pub version: semver::Version,
+    /// The clusters to test again; empty: every cluster.
+    pub clusters: Vec<ClusterKey>,
+}
+
+/// Most clusters one retest request may name.
+pub const MAX_RETEST_CLUSTERS: usize = 256;
+
+impl SignedPayload for RetestRequest {
+    const KIND: MessageKind = MessageKind::RetestRequest;
+
+    fn validate(&self) -> Result<(), String> {
+        validate_app_name(&self.app)?;
+        if self.clusters.len() > MAX_RETEST_CLUSTERS {
+            return Err(format!("more than {MAX_RETEST_CLUSTERS} clusters"));
+        }
+        Ok(())
+    }
+}
+
+impl RetestRequest {
+    pub fn covers(&self, cluster: &ClusterKey) -> bool {
+        self.clusters.is_empty() || self.clusters.contains(cluster)
+    }
+}
+
 /// Cuts `text` to at most `max` bytes on a character boundary, keeping the tail, where
 /// test failures usually are.
 pub fn excerpt_tail(text: &str, max: usize) -> String {

@@ -342,3 +342,71 @@ fn commands_tell_the_truth_about_their_outcome() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the overlay"));
 }
+
+#[test]
+fn a_vendor_retest_sends_a_halted_cluster_back_to_testing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut fleet = fleet(dir.path(), 2);
+    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
+    fleet.wait_until(OLD_VERSION, TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
+    seed.terminate(Duration::from_secs(10));
+
+    // A vendor test that fails for a reason outside the release (here: a marker the
+    // test looks for in the machines' my.cnf, a comment, so the fingerprint stays the
+    // same) halts the cluster.
+    let cnfs: Vec<PathBuf> = fleet.nodes.iter().map(|n| n.dir.join("root/etc/mysql/my.cnf")).collect();
+    let originals: Vec<String> = cnfs.iter().map(|c| std::fs::read_to_string(c).unwrap()).collect();
+    for (c, o) in cnfs.iter().zip(&originals) {
+        std::fs::write(c, format!("{o}\n# flaky-marker\n")).unwrap();
+    }
+    let release = dir.path().join("release-flaky");
+    std::fs::create_dir_all(&release).unwrap();
+    let tar = release.join("mysql.tar");
+    sample_app::write_release(FIXED_VERSION, &tar).unwrap();
+    let tests_toml =
+        "[[test]]\nname = \"flaky\"\nrun = [\"sh\", \"-c\", '! grep -q flaky-marker \"$MIRAGE_ROOT/etc/mysql/my.cnf\"']\n";
+    let mut seed =
+        publish_custom(&fleet, &release, FIXED_VERSION, &tar, Some(tests_toml), &["--policy", "front-loading"]);
+    let halted = |v: &[Option<NodeView>]| {
+        v.iter().all(|v| v.as_ref().is_some_and(|v| matches!(v.phase.as_deref(), Some("failed" | "halted"))))
+    };
+    fleet.wait_until("the cluster to halt", TIMEOUT, |_| {}, halted).unwrap();
+
+    // Fixed on the machines; the vendor asks for a retest, and the cluster applies.
+    for (c, o) in cnfs.iter().zip(&originals) {
+        std::fs::write(c, o).unwrap();
+    }
+    let key = fleet.vendor_key.display().to_string();
+    let out = mirage(&[
+        "vendor",
+        "retest",
+        "--key",
+        &key,
+        "--app",
+        APP,
+        "--version",
+        FIXED_VERSION,
+        "--bootstrap",
+        &fleet.bootstrap.addr,
+    ])
+    .unwrap();
+    assert!(out.contains(&format!("asked every cluster to test {APP} {FIXED_VERSION} again")), "{out}");
+    fleet.wait_until("the retested release everywhere", TIMEOUT, |_| {}, |v| all_installed(v, FIXED_VERSION)).unwrap();
+    seed.terminate(Duration::from_secs(10));
+
+    // A version the vendor never published is refused with the reason.
+    let err = mirage(&[
+        "vendor",
+        "retest",
+        "--key",
+        &key,
+        "--app",
+        APP,
+        "--version",
+        "9.9.9",
+        "--bootstrap",
+        &fleet.bootstrap.addr,
+    ])
+    .unwrap_err();
+    assert!(err.contains("9.9.9 is not in"), "{err}");
+}

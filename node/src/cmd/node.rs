@@ -184,6 +184,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         trust,
         auto_fetch: !args.no_auto_fetch && file.auto_fetch.unwrap_or(true),
         seed: Vec::new(),
+        release_messages: Vec::new(),
         stop_after_replicas: None,
         install_prefix: args.install_prefix.or(file.install_prefix),
         collect_reports: false,

@@ -20,6 +20,36 @@ pub enum VendorCommand {
     Publish(Box<PublishArgs>),
     /// Collect the signed problem reports the fleet holds for an app.
     Reports(ReportsArgs),
+    /// Ask clusters halted on a release to test it again (signed; reports from before
+    /// the request no longer count there).
+    Retest(RetestArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RetestArgs {
+    /// The vendor's signing key (the one the release was published with).
+    #[arg(long)]
+    key: PathBuf,
+    /// The app.
+    #[arg(long)]
+    app: String,
+    /// The release to test again (it must be in the ledger beside the key, as
+    /// `vendor publish` records it).
+    #[arg(long)]
+    version: semver::Version,
+    /// A cluster to test again, by its key as problem reports show it (repeatable;
+    /// default: every cluster).
+    #[arg(long = "cluster", value_name = "CLUSTER_KEY")]
+    clusters: Vec<String>,
+    /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
+    #[arg(long, required = true)]
+    bootstrap: Vec<String>,
+    /// Fail if the request could not be sent to any peer by then.
+    #[arg(long, default_value_t = 20)]
+    timeout_secs: u64,
+    /// Print the outcome as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -124,6 +154,7 @@ pub fn run(command: VendorCommand) -> Result<()> {
         VendorCommand::Keygen(args) => super::keygen::run(args),
         VendorCommand::Publish(args) => publish(*args),
         VendorCommand::Reports(args) => reports(args),
+        VendorCommand::Retest(args) => retest(args),
     }
 }
 
@@ -522,6 +553,86 @@ fn reports(args: ReportsArgs) -> Result<()> {
         if others > 0 {
             println!("({others} report(s) about releases not published with this key were left out)");
         }
+    }
+    Ok(())
+}
+
+fn retest(args: RetestArgs) -> Result<()> {
+    use mirage_protocol::report::RetestRequest;
+    mirage_protocol::manifest::validate_app_name(&args.app).map_err(anyhow::Error::msg)?;
+    let keypair = mirage_node::keyfile::load(&args.key)?;
+    let ledger = ledger_path(&args.key);
+    let version = args.version.to_string();
+    let published = read_ledger(&ledger).into_iter().rev().find(|e| e.app == args.app && e.version == version);
+    let Some(published) = published else {
+        bail!("{} {} is not in {} (releases published with this key)", args.app, version, ledger.display());
+    };
+    let manifest_id = mirage_protocol::Digest::from_hex(&published.manifest_id)
+        .map_err(|e| anyhow::anyhow!("{}: bad manifest id: {e}", ledger.display()))?;
+    let clusters = args
+        .clusters
+        .iter()
+        .map(|c| {
+            mirage_protocol::Digest::from_hex(c)
+                .map(mirage_protocol::ClusterKey)
+                .map_err(|e| anyhow::anyhow!("--cluster {c}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let request = RetestRequest { manifest_id, app: args.app.clone(), version: args.version.clone(), clusters };
+    let now = mirage_bootstrap::overlay::now();
+    let bytes = Envelope::sign(&keypair, &request, now)?.to_bytes()?;
+
+    let temp = tempfile::tempdir().context("creating a temporary data directory")?;
+    let mut options = NodeOptions::new(temp.path().to_path_buf(), temp.path().join("sender.key"));
+    let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
+    options.bootstrap = args.bootstrap.iter().map(parse).collect::<Result<_>>()?;
+    options.release_messages = vec![(args.app.clone(), bytes)];
+    let data_dir = options.data_dir.clone();
+    let runtime = super::async_runtime()?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let sent = runtime.block_on(async move {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(daemon::run(options, async move {
+            let _ = stop_rx.await;
+        }));
+        let started = std::time::Instant::now();
+        let mut sent = None;
+        while started.elapsed() < timeout {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some(s) = seed_status(&data_dir).await {
+                if s["pending_publishes"].as_u64() == Some(0) {
+                    sent = Some(s["connected_peers"].as_u64().unwrap_or(0));
+                    // Gossip forwards from the peers it went to; stay a moment for that.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    break;
+                }
+            }
+        }
+        let _ = stop_tx.send(());
+        let _ = node.await;
+        sent
+    });
+    let Some(peers) = sent else {
+        bail!("the retest request reached no peer within {} s (check --bootstrap)", args.timeout_secs);
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "app": args.app,
+                "version": version,
+                "manifest_id": manifest_id.to_hex(),
+                "clusters": args.clusters,
+                "sent_via_peers": peers,
+            })
+        );
+    } else {
+        let which = if args.clusters.is_empty() {
+            "every cluster".to_string()
+        } else {
+            format!("{} cluster(s)", args.clusters.len())
+        };
+        println!("asked {which} to test {} {version} again (sent via {peers} peer(s))", args.app);
     }
     Ok(())
 }

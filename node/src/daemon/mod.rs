@@ -89,6 +89,9 @@ pub struct NodeOptions {
     pub auto_fetch: bool,
     /// Releases this node seeds (a vendor).
     pub seed: Vec<SeedRelease>,
+    /// Signed messages (app, envelope) to publish on release topics once they have
+    /// peers: a vendor's retest request.
+    pub release_messages: Vec<(String, Vec<u8>)>,
     /// Stop once this many other peers hold a full copy of the first seeded release.
     pub stop_after_replicas: Option<usize>,
     /// Where this node installs its apps' versions (`<prefix>/<app>/current`). With it,
@@ -127,6 +130,7 @@ impl NodeOptions {
             trust: mirage_protocol::trust::TrustStore::default(),
             auto_fetch: true,
             seed: Vec::new(),
+            release_messages: Vec::new(),
             stop_after_replicas: None,
             install_prefix: None,
             collect_reports: false,
@@ -270,6 +274,10 @@ async fn run_inner(
     node.restore_releases()?;
     for seed in &options.seed {
         node.seed_release(seed).map_err(DaemonError::Seed)?;
+    }
+    for (app, bytes) in &options.release_messages {
+        node.follow_release_topic(app);
+        node.dist.queue_publish(app, bytes.clone());
     }
     if let (false, Some((app, version, manifest, content))) = (options.seed.is_empty(), node.dist.seeded()) {
         let replicas = options.stop_after_replicas.unwrap_or(0);
@@ -954,6 +962,7 @@ impl Node {
             "connected_peers": connected.len(),
             "bootstrap_peers": { "configured": self.bootstrap_peers.len(), "connected": bootstrap_connected },
             "seeding": self.dist.seed_goal.as_ref().map(|g| g.status()),
+            "pending_publishes": self.dist.pending_publishes(),
             "listen_addrs": self.swarm.listeners().map(|a| a.to_string()).collect::<Vec<_>>(),
             "clusters": clusters,
             "apps_pending_scan": pending,

@@ -14,7 +14,7 @@ use crate::sandbox::{Sandbox, TestRun as SandboxRun};
 use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
 use mirage_protocol::fingerprint::ResourceClass;
-use mirage_protocol::report::{Outcome, ProblemReport, TestReport};
+use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use mirage_protocol::staging::{Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Rollout, Snapshot, TestRun};
 use mirage_protocol::{wire, ClusterKey, Digest, Envelope, Fingerprint, SignedPayload, UnixMillis, Verified};
 use std::collections::{BTreeMap, BTreeSet};
@@ -150,10 +150,15 @@ impl Node {
             }
         };
         let mut reports = BTreeMap::new();
+        let mut retests = Vec::new();
         let now = overlay::now();
         for bytes in self.store.reports(&app).unwrap_or_default() {
             let Ok(env) = Envelope::from_bytes(&bytes) else { continue };
-            if let Ok(r) = env.verify::<TestReport>() {
+            if let Ok(r) = env.verify::<RetestRequest>() {
+                if self.dist.trusts(&app, r.signer()) {
+                    retests.push(r);
+                }
+            } else if let Ok(r) = env.verify::<TestReport>() {
                 if r.check_freshness(now, REPORT_MAX_AGE, REPORT_MAX_SKEW).is_ok() {
                     reports.insert((r.payload().manifest_id, *r.signer()), r);
                 }
@@ -180,6 +185,12 @@ impl Node {
         // Replay in issue order: the release first, then memberships, then reports.
         self.staging_manifest(&app);
         self.staging_members(&app);
+        // Retests first: a gate refuses reports older than a retest whatever the order,
+        // and the core's snapshot says which retests this node already acted on.
+        retests.sort_by_key(|r| r.issued_at());
+        for r in retests {
+            self.staging_handle(&app, Event::Retest(r));
+        }
         let mut stored: Vec<Verified<TestReport>> = reports.into_values().collect();
         stored.sort_by_key(|r| r.issued_at());
         for r in stored {
@@ -267,6 +278,34 @@ impl Node {
         info!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
             outcome = p.outcome.name(), "test report");
         self.staging_handle(app, Event::Report(report));
+    }
+
+    /// The vendor's request to test a release again: only from a key trusted for the
+    /// app, as for manifests. Kept with the reports, so a restart replays it.
+    pub(super) fn on_retest(
+        &mut self,
+        app: &str,
+        request: Verified<RetestRequest>,
+        bytes: &[u8],
+    ) -> gossipsub::MessageAcceptance {
+        if !self.dist.trusts(app, request.signer()) {
+            self.dist.count_rejection("untrusted_retest");
+            warn!(app, signer = %request.signer().peer_id(), "refused a retest request from a key not trusted for the app");
+            return gossipsub::MessageAcceptance::Reject;
+        }
+        if request.check_freshness(overlay::now(), REPORT_MAX_AGE, REPORT_MAX_SKEW).is_err() {
+            return gossipsub::MessageAcceptance::Reject;
+        }
+        if !self.staging.manages(app) {
+            return gossipsub::MessageAcceptance::Accept;
+        }
+        let r = request.payload();
+        info!(app, version = %r.version, clusters = r.clusters.len(), "the vendor asks to test again");
+        if let Err(e) = self.store.put_report(app, &request.id().to_hex(), bytes) {
+            warn!(error = %e, "cannot store the retest request");
+        }
+        self.staging_handle(app, Event::Retest(request));
+        gossipsub::MessageAcceptance::Accept
     }
 
     /// A problem report from the release topic: kept for the vendor.

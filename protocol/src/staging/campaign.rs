@@ -14,7 +14,7 @@ use crate::envelope::Verified;
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
-use crate::report::TestReport;
+use crate::report::{RetestRequest, TestReport};
 use crate::time::UnixMillis;
 use crate::Digest;
 use std::collections::BTreeMap;
@@ -64,6 +64,22 @@ struct Active {
     schedule: StageSchedule,
     gates: BTreeMap<ClusterKey, ClusterGate>,
     evaluations: BTreeMap<ClusterKey, Evaluation>,
+    /// The vendor's latest request to test again, for every cluster and per cluster:
+    /// applied to gates made later too.
+    retest_all: Option<UnixMillis>,
+    retests: BTreeMap<ClusterKey, UnixMillis>,
+}
+
+/// Most clusters a campaign remembers retest requests for; more are dropped.
+pub const MAX_RETESTED_CLUSTERS: usize = 4096;
+
+/// Why a retest request changed nothing.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum RetestIgnored {
+    #[error("the request is for another release than the one being rolled out")]
+    OtherRelease,
+    #[error("too many clusters asked to test again")]
+    TooManyClusters,
 }
 
 /// The shared rollout state of one app.
@@ -125,7 +141,7 @@ impl Campaign {
         match a.gates.get_mut(&cluster) {
             Some(g) => g.set_members(members),
             None => {
-                let g = ClusterGate::new(&a.release.manifest, a.release.id, a.release.issued_at, cluster, members);
+                let g = a.new_gate(cluster, members);
                 a.gates.insert(cluster, g);
             }
         }
@@ -182,7 +198,15 @@ impl Campaign {
             .iter()
             .map(|(c, m)| (*c, ClusterGate::new(&release.manifest, release.id, release.issued_at, *c, m)))
             .collect::<BTreeMap<_, _>>();
-        let mut a = Active { release, plan, schedule, gates, evaluations: BTreeMap::new() };
+        let mut a = Active {
+            release,
+            plan,
+            schedule,
+            gates,
+            evaluations: BTreeMap::new(),
+            retest_all: None,
+            retests: BTreeMap::new(),
+        };
         let clusters: Vec<ClusterKey> = a.gates.keys().copied().collect();
         let mut changed = clusters.clone();
         for c in clusters {
@@ -209,12 +233,51 @@ impl Campaign {
         if !a.gates.contains_key(&cluster) {
             // A report can outrun membership; keep it under a gate that has no members
             // yet (so it counts for nothing until the members are known).
-            let g = ClusterGate::new(&a.release.manifest, a.release.id, a.release.issued_at, cluster, &[]);
+            let g = a.new_gate(cluster, &[]);
             a.gates.insert(cluster, g);
             changed.extend(a.open_gate_if_stage_open(cluster, now));
         }
         a.gates.get_mut(&cluster).map(|g| g.admit(report)).unwrap_or(Err(ReportRejected::OtherCluster))?;
         changed.extend(a.refresh(cluster, now));
+        changed.extend(a.open_ready_stages(now));
+        Ok(changed)
+    }
+
+    /// The vendor's request (signature and trust checked by the caller) to test the
+    /// current release again in the clusters it names; returns the clusters whose view
+    /// changed.
+    pub fn retest(
+        &mut self,
+        request: &Verified<RetestRequest>,
+        now: UnixMillis,
+    ) -> Result<Vec<ClusterKey>, RetestIgnored> {
+        let Some(a) = self.active.as_mut() else {
+            return Err(RetestIgnored::OtherRelease);
+        };
+        let r = request.payload();
+        if r.manifest_id != a.release.id || r.app != a.release.manifest.app || r.version != a.release.manifest.version {
+            return Err(RetestIgnored::OtherRelease);
+        }
+        let at = request.issued_at();
+        if r.clusters.is_empty() {
+            a.retest_all = Some(a.retest_all.map_or(at, |t| t.max(at)));
+        } else {
+            let new = r.clusters.iter().filter(|c| !a.retests.contains_key(c)).count();
+            if a.retests.len() + new > MAX_RETESTED_CLUSTERS {
+                return Err(RetestIgnored::TooManyClusters);
+            }
+            for c in &r.clusters {
+                let t = a.retests.entry(*c).or_insert(at);
+                *t = (*t).max(at);
+            }
+        }
+        let mut changed = Vec::new();
+        let clusters: Vec<ClusterKey> = a.gates.keys().copied().filter(|c| r.covers(c)).collect();
+        for c in clusters {
+            if a.gates.get_mut(&c).is_some_and(|g| g.retest(at)) {
+                changed.extend(a.refresh(c, now));
+            }
+        }
         changed.extend(a.open_ready_stages(now));
         Ok(changed)
     }
@@ -243,6 +306,16 @@ impl Campaign {
 }
 
 impl Active {
+    /// A cluster's gate, with the retest requests already heard applied.
+    fn new_gate(&self, cluster: ClusterKey, members: &[PublicKey]) -> ClusterGate {
+        let mut g = ClusterGate::new(&self.release.manifest, self.release.id, self.release.issued_at, cluster, members);
+        let at = [self.retest_all, self.retests.get(&cluster).copied()].into_iter().flatten().max();
+        if let Some(at) = at {
+            g.retest(at);
+        }
+        g
+    }
+
     /// Re-evaluates one gate; returns the cluster if its evaluation changed.
     fn refresh(&mut self, cluster: ClusterKey, now: UnixMillis) -> Option<ClusterKey> {
         let gate = self.gates.get(&cluster)?;

@@ -36,6 +36,8 @@ pub enum ReportRejected {
     Duplicate,
     #[error("too many reports from signers outside the cluster")]
     TooManyStrangers,
+    #[error("the report predates the vendor's request to test again")]
+    BeforeRetest,
 }
 
 /// Where a cluster stands for one upgrade.
@@ -84,8 +86,9 @@ pub struct ClusterGate {
     representatives: u16,
     threshold: u16,
     deadline: Duration,
-    /// When the release was issued: reports from before it are no tests of it.
-    released_at: UnixMillis,
+    /// When the release was issued, or the vendor last asked this cluster to test again:
+    /// reports from before it count for nothing.
+    valid_from: UnixMillis,
     ranking: Vec<PublicKey>,
     /// The same members, sorted: membership checks stay logarithmic in big clusters.
     sorted: Vec<PublicKey>,
@@ -115,7 +118,7 @@ impl ClusterGate {
             representatives,
             threshold,
             deadline: Duration::from_secs(policy.report_deadline_secs as u64),
-            released_at,
+            valid_from: released_at,
             ranking: rank_members(&manifest_id, &cluster, members),
             sorted: sorted(members),
             opened_at: None,
@@ -164,6 +167,20 @@ impl ClusterGate {
         self.opened_at.get_or_insert(at);
     }
 
+    /// The vendor asked this cluster to test again as of `at`: earlier reports (the
+    /// failure that halted it among them) no longer count, and seats start over from
+    /// `at` in ranking order. Later requests move `at` forward; earlier ones change
+    /// nothing, so every node that heard the same requests agrees.
+    pub fn retest(&mut self, at: UnixMillis) -> bool {
+        if at <= self.valid_from {
+            return false;
+        }
+        self.valid_from = at;
+        self.opened_at = self.opened_at.map(|o| o.max(at));
+        self.reports.retain(|_, r| r.issued_at >= at);
+        true
+    }
+
     /// Stores a verified report if it concerns this gate. Whether it counts is decided
     /// at evaluation, since seats move with time.
     pub fn admit(&mut self, report: &Verified<TestReport>) -> Result<(), ReportRejected> {
@@ -178,6 +195,9 @@ impl ClusterGate {
             return Err(ReportRejected::OtherCluster);
         }
         let record = ReportRecord { id: report.id(), issued_at: report.issued_at(), outcome: r.outcome };
+        if record.issued_at < self.valid_from {
+            return Err(ReportRejected::BeforeRetest);
+        }
         let signer = *report.signer();
         if let Some(old) = self.reports.get(&signer) {
             if old.id == record.id {
@@ -205,7 +225,7 @@ impl ClusterGate {
         };
         let quorum = self.quorum();
         let reported = |k: &PublicKey| self.reports.get(k).map(|r| (r.issued_at, r.outcome));
-        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, self.released_at, reported);
+        let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, self.valid_from, reported);
         // Replacements take ranks in order, so the highest seated rank tells how far down
         // the ranking the seats have gone.
         let exhausted = seats.iter().map(|s| s.rank + 1).max().unwrap_or(0) >= self.ranking.len();
@@ -213,7 +233,7 @@ impl ClusterGate {
         // cluster will get, so it counts.
         if exhausted {
             for s in &mut seats {
-                if reported(&s.holder).is_some_and(|(t, o)| o.is_verdict() && t >= self.released_at) {
+                if reported(&s.holder).is_some_and(|(t, o)| o.is_verdict() && t >= self.valid_from) {
                     s.settled = true;
                 }
             }
@@ -225,7 +245,7 @@ impl ClusterGate {
             .filter_map(|s| self.reports.get(&s.holder).map(|r| (r.issued_at, r.outcome, s.holder)))
             .filter(|c| c.1.is_verdict())
             .collect();
-        let next_deadline = if exhausted { None } else { next_hand_off(&seats, self.released_at, reported) };
+        let next_deadline = if exhausted { None } else { next_hand_off(&seats, self.valid_from, reported) };
         let first_fail = counted.iter().filter(|c| c.1 == Outcome::Fail).min_by_key(|c| (c.0, c.2));
         let verdict = if let Some(&(at, _, by)) = first_fail {
             Verdict::Halted { at, by }

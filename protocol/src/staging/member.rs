@@ -211,6 +211,18 @@ impl Member {
         self.observe(view)
     }
 
+    /// The vendor asked this node's cluster to test `manifest` again: whatever the node
+    /// concluded from the reports that no longer count (halted, failed, passed,
+    /// abstained, a local fault) starts over from waiting for the gate.
+    pub fn retest(&mut self, manifest: Digest, view: Option<&View>) -> Option<Step> {
+        if let Some(w) = self.work.as_mut().filter(|w| w.manifest == manifest) {
+            if matches!(w.phase, Phase::Halted | Phase::Failed | Phase::Passed | Phase::Abstained | Phase::LocalFault) {
+                w.phase = Phase::WaitingForGate;
+            }
+        }
+        self.observe(view)
+    }
+
     /// The operator lifted a pin after rolling this node back from the release it
     /// had applied: apply it again once the view says so.
     pub fn unpin(&mut self, view: Option<&View>) -> Option<Step> {

@@ -22,7 +22,7 @@ pub mod schedule;
 #[cfg(test)]
 mod tests;
 
-pub use campaign::{Campaign, Release, ReleaseIgnored, View};
+pub use campaign::{Campaign, Release, ReleaseIgnored, RetestIgnored, View};
 pub use election::{rank_members, Quorum, Seat};
 pub use gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
 pub use member::{Fault, Member, Phase, Step, Work};

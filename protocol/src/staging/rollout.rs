@@ -32,14 +32,16 @@
 //! are rejected ([`ReportRejected::OtherUpgrade`]), so keep them and replay them after
 //! their manifest.
 
-use super::campaign::{Campaign, ReleaseIgnored, View};
+use super::campaign::{Campaign, ReleaseIgnored, RetestIgnored, View};
 use super::gate::{ReportRejected, Verdict};
 use super::member::{Fault, Member, Phase, Step, Work};
 use crate::envelope::Verified;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
-use crate::report::{excerpt_tail, Outcome, ProblemReport, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES};
+use crate::report::{
+    excerpt_tail, Outcome, ProblemReport, RetestRequest, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES,
+};
 use crate::time::UnixMillis;
 use crate::Digest;
 use serde::{Deserialize, Serialize};
@@ -145,6 +147,9 @@ pub enum Event {
     },
     /// The operator lifted the pin (`mirage unpin`).
     Unpin,
+    /// The vendor's signed request to test the release again. Feed it only if its
+    /// signer is trusted for the app, as for manifests.
+    Retest(Verified<RetestRequest>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,6 +190,9 @@ pub struct Snapshot {
     pub local_fault: Option<LocalFault>,
     /// Set by the operator's rollback: no release is applied while it stands.
     pub pin: Option<Pin>,
+    /// The newest retest request this node acted on (manifest, issue time): replayed
+    /// after a restart, it must not send the node back to testing again.
+    pub retested: Option<(Digest, UnixMillis)>,
 }
 
 /// A step that failed for a fault of this node.
@@ -233,6 +241,8 @@ pub enum Ignored {
     Release(#[from] ReleaseIgnored),
     #[error(transparent)]
     Report(#[from] ReportRejected),
+    #[error(transparent)]
+    Retest(#[from] RetestIgnored),
 }
 
 /// What `mirage status` shows for an app.
@@ -261,6 +271,7 @@ pub struct Rollout {
     own_problem: Option<ProblemReport>,
     local_fault: Option<LocalFault>,
     pin: Option<Pin>,
+    retested: Option<(Digest, UnixMillis)>,
     timer: Option<UnixMillis>,
     last_ignored: Option<Ignored>,
 }
@@ -285,6 +296,7 @@ impl Rollout {
             own_problem: None,
             local_fault: None,
             pin: None,
+            retested: None,
             timer: None,
             last_ignored: None,
         }
@@ -302,6 +314,7 @@ impl Rollout {
         r.own_problem = snapshot.own_problem;
         r.local_fault = snapshot.local_fault;
         r.pin = snapshot.pin;
+        r.retested = snapshot.retested;
         let mut actions = Vec::new();
         if let Some(w) = r.member.work() {
             match w.phase {
@@ -362,6 +375,7 @@ impl Rollout {
             own_problem: self.own_problem.clone(),
             local_fault: self.local_fault.clone(),
             pin: self.pin.clone(),
+            retested: self.retested,
         }
     }
 
@@ -541,6 +555,28 @@ impl Rollout {
                 self.local_fault = None;
                 self.pin = Some(Pin { version, through });
                 Ok((None, None))
+            }
+            Event::Retest(request) => {
+                self.campaign.retest(&request, now)?;
+                let r = request.payload();
+                let at = request.issued_at();
+                let acted = self.retested.is_some_and(|(m, t)| m == r.manifest_id && t >= at);
+                if !r.covers(&self.cluster) || acted {
+                    return Ok((None, None));
+                }
+                self.retested = Some((r.manifest_id, at));
+                // What this node said before no longer counts; its next word replaces it.
+                if self.own_report.as_ref().is_some_and(|o| o.manifest_id == r.manifest_id) {
+                    self.own_report = None;
+                }
+                if self.own_problem.as_ref().is_some_and(|o| o.manifest_id == r.manifest_id) {
+                    self.own_problem = None;
+                }
+                if self.local_fault.as_ref().is_some_and(|f| f.manifest == r.manifest_id) {
+                    self.local_fault = None;
+                }
+                let view = self.view();
+                Ok((self.member.retest(r.manifest_id, view.as_ref()), None))
             }
             Event::Unpin => {
                 if self.pin.take().is_none() {

@@ -5,7 +5,7 @@ use super::*;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
 use crate::manifest::{ArtifactInfo, PolicyKind, StagingPolicy, UpgradeManifest, MIN_CHUNK_SIZE};
-use crate::report::{Outcome, ProblemReport, TestReport};
+use crate::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use crate::time::UnixMillis;
 use crate::{Digest, Envelope, Verified};
 use proptest::prelude::*;
@@ -933,4 +933,60 @@ proptest! {
         b.tick(now);
         prop_assert_eq!(a.evaluation(&cluster_key(0)), b.evaluation(&cluster_key(0)));
     }
+}
+
+fn retest_for(m: &UpgradeManifest, clusters: Vec<ClusterKey>, at: u64) -> Verified<RetestRequest> {
+    let r = RetestRequest { manifest_id: m.id(), app: m.app.clone(), version: m.version.clone(), clusters };
+    Envelope::sign(&vendor(), &r, UnixMillis(at)).unwrap().verify().unwrap()
+}
+
+#[test]
+fn a_vendor_retest_unhalts_the_cluster_and_reports_from_before_it_no_longer_count() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let id = m.id();
+    let mut member = node(4, 3, &m);
+    member.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    member.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    let fail = report_for(&member.key_ranked(&m, 0), &m, cluster_key(0), Outcome::Fail, 2 * SEC);
+    member.rollout.handle(Event::Report(fail.clone()), UnixMillis(2 * SEC));
+    assert_eq!(phase(&member), Some(Phase::Halted));
+
+    // A retest of another cluster changes nothing here.
+    let elsewhere = retest_for(&m, vec![cluster_key(9)], 50 * SEC);
+    member.rollout.handle(Event::Retest(elsewhere), UnixMillis(50 * SEC));
+    assert_eq!(phase(&member), Some(Phase::Halted));
+
+    let a =
+        member.rollout.handle(Event::Retest(retest_for(&m, vec![cluster_key(0)], 100 * SEC)), UnixMillis(100 * SEC));
+    persist_precedes_every_action(&a);
+    assert_eq!(phase(&member), Some(Phase::WaitingForGate));
+    assert_eq!(member.rollout.status().verdict, Some(Verdict::Pending));
+    // The old failure, heard again, is refused; so is a request older than the last.
+    member.rollout.handle(Event::Report(fail), UnixMillis(101 * SEC));
+    assert!(matches!(member.rollout.last_ignored(), Some(Ignored::Report(ReportRejected::BeforeRetest))));
+    member.rollout.handle(Event::Retest(retest_for(&m, Vec::new(), 60 * SEC)), UnixMillis(101 * SEC));
+    assert_eq!(member.rollout.status().verdict, Some(Verdict::Pending));
+
+    let mut applied = false;
+    for rank in [0, 1] {
+        let r = report_for(&member.key_ranked(&m, rank), &m, cluster_key(0), Outcome::Pass, 110 * SEC);
+        let a = member.rollout.handle(Event::Report(r), UnixMillis(110 * SEC));
+        applied |= a.contains(&Action::Apply { manifest: id, version: m.version.clone() });
+    }
+    assert!(applied, "the retested cluster applies once its representatives pass");
+
+    // The representative that failed tests again at once.
+    let mut rep = node(4, 0, &m);
+    rep.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
+    rep.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
+    rep.rollout.handle(Event::TestFinished { manifest: id, run: run(Outcome::Fail) }, UnixMillis(2 * SEC));
+    assert_eq!(phase(&rep), Some(Phase::Failed));
+    let a = rep.rollout.handle(Event::Retest(retest_for(&m, Vec::new(), 100 * SEC)), UnixMillis(100 * SEC));
+    assert!(a.contains(&Action::RunTests { manifest: id }), "{a:?}");
+    assert!(rep.rollout.snapshot().own_problem.is_none());
+
+    // A request for another release is ignored.
+    let other = manifest("2.0.0", policy(PolicyKind::FrontLoading));
+    rep.rollout.handle(Event::Retest(retest_for(&other, Vec::new(), 120 * SEC)), UnixMillis(120 * SEC));
+    assert!(matches!(rep.rollout.last_ignored(), Some(Ignored::Retest(RetestIgnored::OtherRelease))));
 }

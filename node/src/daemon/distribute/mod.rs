@@ -306,6 +306,26 @@ impl Distribution {
     }
 
     /// Apps whose release topics this node follows.
+    /// Whether `key` may sign for `app` (manifests, retest requests).
+    pub fn trusts(&self, app: &str, key: &mirage_protocol::PublicKey) -> bool {
+        self.trust.is_trusted(app, key)
+    }
+
+    /// Counts a refused release-topic message by reason, for `mirage status`.
+    pub fn count_rejection(&mut self, reason: &'static str) {
+        *self.rejected_manifests.entry(reason).or_default() += 1;
+    }
+
+    /// Queues a signed message for the app's release topic (sent once it has peers).
+    pub fn queue_publish(&mut self, app: &str, bytes: Vec<u8>) {
+        self.pending_publish.push((app.to_string(), bytes));
+    }
+
+    /// Release-topic messages still waiting for peers to send them to.
+    pub fn pending_publishes(&self) -> usize {
+        self.pending_publish.len()
+    }
+
     pub fn trusted_apps(&self) -> Vec<String> {
         self.trust.apps().map(str::to_string).collect()
     }

@@ -80,6 +80,7 @@ impl Node {
         match check_release_message(bytes, app, overlay::now()) {
             Ok(ReleaseMessage::TestReport(report)) => self.on_test_report(app, report, bytes),
             Ok(ReleaseMessage::ProblemReport(report)) => self.on_problem_report(app, report, bytes),
+            Ok(ReleaseMessage::Retest(request)) => self.on_retest(app, request, bytes),
             _ => self.admit_manifest(bytes, app, true),
         }
     }
