@@ -93,6 +93,22 @@ impl TestRun {
 }
 
 /// How one test went.
+/// The files of an app's environment on the machine at `root` that tests get
+/// throw-away copies of: its config, data, log and temp files, as the fingerprint found
+/// them. The node's representatives and `mirage vendor test` pick them alike.
+pub fn resources_of(fingerprint: &mirage_protocol::Fingerprint, root: &Path) -> Vec<PathBuf> {
+    use mirage_protocol::fingerprint::ResourceClass;
+    let paths: std::collections::BTreeSet<&str> = fingerprint
+        .items()
+        .iter()
+        .filter(|i| {
+            matches!(i.class, ResourceClass::Config | ResourceClass::Data | ResourceClass::Log | ResourceClass::Temp)
+        })
+        .map(|i| i.path.as_str())
+        .collect();
+    paths.into_iter().filter_map(|p| crate::scan::resolve(root, p).ok().flatten()).filter(|p| p.exists()).collect()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TestOutcome {
     pub name: String,

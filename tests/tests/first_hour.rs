@@ -410,3 +410,49 @@ fn a_vendor_retest_sends_a_halted_cluster_back_to_testing() {
     .unwrap_err();
     assert!(err.contains("9.9.9 is not in"), "{err}");
 }
+
+#[test]
+fn vendor_test_runs_a_release_against_a_machine_root_in_the_representatives_sandbox() {
+    use mirage_testnet::sample_app::BROKEN_VERSION;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tests = d.join("tests");
+    sample_app::write_tests_dir(&tests).unwrap();
+    let tar = |v: &str| {
+        let p = d.join(format!("mysql-{v}.tar"));
+        sample_app::write_release(v, &p).unwrap();
+        p.display().to_string()
+    };
+    let (old, broken, fixed) = (tar(OLD_VERSION), tar(BROKEN_VERSION), tar(FIXED_VERSION));
+    // Environment 2 still sets query_cache_size, which 8.4.0 removed.
+    let root = d.join("machine");
+    mirage_tests::write_mysql_machine(&root, &SampleMachine { environment: 2, host: 7 }).unwrap();
+    let profile = mirage_tests::mysql_profile().display().to_string();
+    let run = |artifact: &str| {
+        std::process::Command::new(mirage_bin())
+            .args(["vendor", "test", "--json", "--profile", &profile, "--artifact", artifact, "--old-artifact", &old])
+            .arg("--root")
+            .arg(&root)
+            .arg("--tests")
+            .arg(&tests)
+            .output()
+            .unwrap()
+    };
+    let out = run(&broken);
+    assert!(!out.status.success());
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let failed: Vec<&str> = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["passed"] == false)
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["config-validates"], "{results}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fails its tests"));
+
+    let out = run(&fixed);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let results: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(results["tests"].as_array().unwrap().len(), 3, "the replay ran against the old version too");
+}

@@ -27,7 +27,8 @@ pub struct RunArgs {
     /// The node's secret key; created on first run if absent. Default: DATA_DIR/node.key.
     #[arg(long)]
     key: Option<PathBuf>,
-    /// Listen address, e.g. /ip4/0.0.0.0/tcp/4701 or /ip4/0.0.0.0/udp/4701/quic-v1 (repeatable).
+    /// Listen address, e.g. /ip4/0.0.0.0/tcp/4702 or /ip4/0.0.0.0/udp/4702/quic-v1
+    /// (repeatable) [default: both of those].
     #[arg(long)]
     listen: Vec<String>,
     /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
@@ -138,7 +139,8 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
     };
     let mut listen = parse(pick(args.listen, file.listen), "listen")?;
     if listen.is_empty() {
-        listen = vec!["/ip4/0.0.0.0/tcp/4701".parse()?, "/ip4/0.0.0.0/udp/4701/quic-v1".parse()?];
+        // 4701 is the bootstrap peer's customary port; a node beside one must not collide.
+        listen = vec!["/ip4/0.0.0.0/tcp/4702".parse()?, "/ip4/0.0.0.0/udp/4702/quic-v1".parse()?];
     }
     let bootstrap = parse(pick(args.bootstrap, file.bootstrap), "bootstrap")?;
     for b in &bootstrap {

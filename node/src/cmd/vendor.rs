@@ -23,6 +23,32 @@ pub enum VendorCommand {
     /// Ask clusters halted on a release to test it again (signed; reports from before
     /// the request no longer count there).
     Retest(RetestArgs),
+    /// Run a release's tests against a machine root here, in the sandbox the
+    /// representatives use, before publishing it.
+    Test(TestArgs),
+}
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// The app's profile (TOML): which of the machine's files the tests get copies of.
+    #[arg(long, value_name = "PROFILE.toml")]
+    profile: PathBuf,
+    /// The machine root to test against: an absolute path (`/` for this machine).
+    #[arg(long)]
+    root: PathBuf,
+    /// The new version: an archive as for `vendor publish` (tar, tar.gz or tar.zst).
+    #[arg(long)]
+    artifact: PathBuf,
+    /// The directory with `tests.toml` and the files the tests use.
+    #[arg(long)]
+    tests: PathBuf,
+    /// The version the machine runs now, as an archive: replay tests compare it with the
+    /// new one (without it they are skipped, as on a first install).
+    #[arg(long)]
+    old_artifact: Option<PathBuf>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -155,6 +181,7 @@ pub fn run(command: VendorCommand) -> Result<()> {
         VendorCommand::Publish(args) => publish(*args),
         VendorCommand::Reports(args) => reports(args),
         VendorCommand::Retest(args) => retest(args),
+        VendorCommand::Test(args) => test(args),
     }
 }
 
@@ -173,6 +200,9 @@ fn publish(args: PublishArgs) -> Result<()> {
     let mut policy = StagingPolicy { kind: args.policy, ..StagingPolicy::default() };
     if let Some(r) = args.representatives {
         policy.representatives = r;
+        // Fewer representatives than the default threshold: all of them must pass,
+        // unless --threshold says otherwise.
+        policy.threshold = policy.threshold.min(r);
     }
     if let Some(t) = args.threshold {
         policy.threshold = t;
@@ -633,6 +663,87 @@ fn retest(args: RetestArgs) -> Result<()> {
             format!("{} cluster(s)", args.clusters.len())
         };
         println!("asked {which} to test {} {version} again (sent via {peers} peer(s))", args.app);
+    }
+    Ok(())
+}
+
+fn test(args: TestArgs) -> Result<()> {
+    use mirage_node::install::unpack::unpack_safely;
+    use mirage_node::sandbox::{resources_of, Sandbox, TestRun};
+    if !args.root.is_absolute() || !args.root.is_dir() {
+        bail!("--root {} must be an absolute path to a directory", args.root.display());
+    }
+    let text = std::fs::read_to_string(&args.profile).with_context(|| format!("reading {}", args.profile.display()))?;
+    let profile = mirage_protocol::fingerprint::Profile::parse(&text)
+        .with_context(|| format!("profile {}", args.profile.display()))?;
+    let app = profile.app().to_string();
+    let (tests, _health) = release::read_tests(&args.tests)?;
+    let tests_dir = std::fs::canonicalize(&args.tests).with_context(|| format!("{}", args.tests.display()))?;
+    let scanned = mirage_node::scan::scan(&profile, &args.root, None)
+        .with_context(|| format!("fingerprinting {app} under {}", args.root.display()))?;
+    let resources = resources_of(&scanned.fingerprint, &args.root);
+
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let prefix = scratch.path().join("prefix");
+    let versions = prefix.join(&app).join("versions");
+    std::fs::create_dir_all(&versions).with_context(|| format!("creating {}", versions.display()))?;
+    let new_dir = versions.join("new");
+    unpack_safely(&args.artifact, &new_dir).with_context(|| format!("{} does not unpack", args.artifact.display()))?;
+    let old_dir = match &args.old_artifact {
+        Some(old) => {
+            let dir = versions.join("old");
+            unpack_safely(old, &dir).with_context(|| format!("{} does not unpack", old.display()))?;
+            Some(dir)
+        }
+        None => None,
+    };
+    let sandbox = Sandbox::new()?.with_scratch_dir(scratch.path());
+    let run = TestRun {
+        app: app.clone(),
+        install_prefix: prefix,
+        old_version_dir: old_dir,
+        new_version_dir: new_dir,
+        resources,
+        bundle_dir: Some(tests_dir),
+        tests,
+        machine_root: args.root.clone(),
+    };
+    let results = sandbox.run_tests(&run).context("the sandbox")?;
+    if args.json {
+        let tests: Vec<serde_json::Value> = results
+            .tests
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "name": t.name,
+                    "passed": t.passed,
+                    "reason": t.reason,
+                    "exit_code": t.exit_code,
+                    "duration_ms": t.duration_ms,
+                    "output": t.output,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "app": app, "passed": results.passed, "tests": tests }));
+    } else {
+        for t in &results.tests {
+            let verdict = if t.passed { "pass" } else { "FAIL" };
+            println!(
+                "{verdict}  {} ({} ms){}",
+                t.name,
+                t.duration_ms,
+                t.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            if !t.passed || t.output.starts_with("skipped") {
+                for line in t.output.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
+                    println!("      {line}");
+                }
+            }
+        }
+        println!("{}", results.summary);
+    }
+    if !results.passed {
+        bail!("the release fails its tests on {}", args.root.display());
     }
     Ok(())
 }

@@ -13,7 +13,6 @@ use crate::install::{ApplyOutcome, Installer};
 use crate::sandbox::{Sandbox, TestRun as SandboxRun};
 use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
-use mirage_protocol::fingerprint::ResourceClass;
 use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use mirage_protocol::staging::{Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Rollout, Snapshot, TestRun};
 use mirage_protocol::{wire, ClusterKey, Digest, Envelope, Fingerprint, SignedPayload, UnixMillis, Verified};
@@ -496,23 +495,7 @@ impl Node {
     /// The files of the app's environment that tests get throw-away copies of.
     fn resources(&self, app: &str) -> Vec<PathBuf> {
         let Some(r) = self.staging.rollouts.get(app) else { return Vec::new() };
-        let paths: BTreeSet<&str> = r
-            .fingerprint
-            .items()
-            .iter()
-            .filter(|i| {
-                matches!(
-                    i.class,
-                    ResourceClass::Config | ResourceClass::Data | ResourceClass::Log | ResourceClass::Temp
-                )
-            })
-            .map(|i| i.path.as_str())
-            .collect();
-        paths
-            .into_iter()
-            .filter_map(|p| crate::scan::resolve(&self.staging.root, p).ok().flatten())
-            .filter(|p| p.exists())
-            .collect()
+        crate::sandbox::resources_of(&r.fingerprint, &self.staging.root)
     }
 
     fn start_tests(&mut self, app: &str, manifest: Digest) {
