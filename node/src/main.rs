@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
     version,
     about = "Staged, environment-aware software upgrades over a peer-to-peer fleet",
     after_help = "Logs go to standard error. MIRAGE_LOG sets what is logged, as a tracing filter \
-                  (default: info for mirage, warn for its libraries; e.g. MIRAGE_LOG=debug or \
-                  MIRAGE_LOG=warn,mirage_node=debug).\n\nExit codes: 0 success, 1 the command \
+                  (default: info from mirage for `node run` and `bootstrap`, warnings only for the other \
+                  commands; e.g. MIRAGE_LOG=debug or MIRAGE_LOG=warn,mirage_node=debug).\n\nExit codes: 0 success, 1 the command \
                   failed (the reason is on standard error), 2 bad usage."
 )]
 struct Cli {
@@ -30,12 +30,15 @@ enum LogFormat {
     Json,
 }
 
-/// What is logged unless MIRAGE_LOG says otherwise: what an operator cares about from
-/// Mirage itself, and only trouble from the libraries under it. Kademlia and yamux warn
-/// about normal traffic (an empty routing table at start, a peer that hung up), so only
-/// their errors show.
-const DEFAULT_LOG: &str = "warn,mirage=info,mirage_node=info,mirage_bootstrap=info,mirage_protocol=info,\
-                           mirage_testnet=info,libp2p_kad=error,yamux=error,libp2p_yamux=error";
+/// What the long-running peers (node, bootstrap peer) log unless MIRAGE_LOG says
+/// otherwise: what an operator cares about from Mirage itself, and only trouble from
+/// the libraries under it. Kademlia and yamux warn about normal traffic (an empty
+/// routing table at start, a peer that hung up), so only their errors show.
+const PEER_LOG: &str = "warn,mirage=info,mirage_node=info,mirage_bootstrap=info,mirage_protocol=info,\
+                        mirage_testnet=info,libp2p_kad=error,yamux=error,libp2p_yamux=error";
+/// What the other commands log: they print their own progress and outcome, so only
+/// trouble (a vendor's publish runs a whole peer inside).
+const COMMAND_LOG: &str = "warn,libp2p_kad=error,yamux=error,libp2p_yamux=error";
 
 #[derive(Subcommand)]
 enum Command {
@@ -103,12 +106,12 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) -> Result<()> {
+fn init_logging(format: LogFormat, default: &str) -> Result<()> {
     use std::io::IsTerminal;
     let filter = match std::env::var("MIRAGE_LOG") {
         Ok(spec) if !spec.trim().is_empty() => tracing_subscriber::EnvFilter::try_new(&spec)
             .map_err(|e| anyhow::anyhow!("MIRAGE_LOG={spec:?} is not a valid log filter: {e}"))?,
-        _ => tracing_subscriber::EnvFilter::new(DEFAULT_LOG),
+        _ => tracing_subscriber::EnvFilter::new(default),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
@@ -142,7 +145,11 @@ fn end_quietly_on_closed_pipe() {
 
 fn run() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(cli.log_format)?;
+    let default_log = match cli.command {
+        Command::Node(_) | Command::Bootstrap(_) => PEER_LOG,
+        _ => COMMAND_LOG,
+    };
+    init_logging(cli.log_format, default_log)?;
     if cli.command.prints_and_exits() {
         end_quietly_on_closed_pipe();
     }

@@ -105,12 +105,17 @@ pub fn run(args: Args) -> Result<()> {
     }
     for a in status["staging"].as_array().into_iter().flatten() {
         let opt = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+        // A pinned node acts on nothing: its phase for the release is beside the point.
+        let phase = match a["pinned"].as_str() {
+            Some(v) => format!("pinned at {v}"),
+            None => opt(&a["phase"]),
+        };
         println!(
             "staging {}: installed {}, target {}, phase {}{}, stage {} of {}",
             s(&a["app"]),
             opt(&a["installed"]),
             opt(&a["target"]),
-            opt(&a["phase"]),
+            phase,
             if a["representative"] == true { " (representative)" } else { "" },
             a["stage"].as_u64().map_or("-".into(), |n| (n + 1).to_string()),
             a["stage_count"]

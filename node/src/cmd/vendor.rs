@@ -391,9 +391,12 @@ impl Watch {
             tokio::select! {
                 done = &mut seed => {
                     return match done {
+                        // The seed stops by itself only once its goal is met.
                         Ok(Ok(())) => {
-                            println!("{}", self.line(&last));
-                            println!("seeding done");
+                            println!(
+                                "seeding done: {} peers hold a full copy of {} {}",
+                                self.replicas, self.app, self.version
+                            );
                             Ok(())
                         }
                         Ok(Err(e)) => Err(e).context("the seed stopped with an error"),

@@ -318,8 +318,8 @@ impl Node {
         let kept = self.staging.problems.entry(app.to_string()).or_default();
         if kept.len() < MAX_PROBLEMS && !kept.contains_key(&report.id()) {
             kept.insert(report.id(), bytes.to_vec());
-            warn!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
-                failed = ?p.failed_tests, "problem report");
+            info!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
+                failed = ?p.failed_tests, "problem report, kept for the vendor");
             if let Err(e) = self.store.put_report(app, &report.id().to_hex(), bytes) {
                 warn!(error = %e, "cannot store problem report");
             }
@@ -580,7 +580,7 @@ impl Node {
             return Err(format!("an upgrade of {app} is being applied; roll back once it has finished"));
         }
         let back = installer.rollback(app).map_err(|e| e.to_string())?;
-        warn!(app, to = %back.to, from = ?back.from.as_ref().map(|v| v.to_string()), "rolled back on request; pinned");
+        info!(app, to = %back.to, from = ?back.from.as_ref().map(|v| v.to_string()), "rolled back on request; pinned");
         self.staging_handle(app, Event::RolledBackByOperator { version: back.to.clone() });
         Ok(serde_json::json!({
             "app": app,
