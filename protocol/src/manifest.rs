@@ -168,6 +168,7 @@ impl TestSpec {
 
 /// How clusters are ordered through a rollout. The names follow the Mirage paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyKind {
     /// Every node applies on receipt: today's practice, kept as the baseline.
     NoStaging,
@@ -208,6 +209,7 @@ impl fmt::Display for PolicyKind {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum StageOrder {
     SmallestFirst,
     LargestFirst,

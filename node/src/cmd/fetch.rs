@@ -25,6 +25,9 @@ pub struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// Print the outcome as JSON (progress still goes to standard error).
+    #[arg(long)]
+    json: bool,
 }
 
 /// How a download looks in the node's status.
@@ -133,6 +136,17 @@ pub fn run(args: Args) -> Result<()> {
     if hash != done.content_hash {
         bail!("{} hashes to {hash}, not the manifest's {}", file.display(), done.content_hash);
     }
-    println!("fetched {} {}: {} ({} bytes, blake3 {hash})", args.app, version, file.display(), done.size);
+    if args.json {
+        let v = serde_json::json!({
+            "app": args.app,
+            "version": version,
+            "path": file,
+            "size": done.size,
+            "blake3": hash,
+        });
+        println!("{v}");
+    } else {
+        println!("fetched {} {}: {} ({} bytes, blake3 {hash})", args.app, version, file.display(), done.size);
+    }
     Ok(())
 }
