@@ -170,7 +170,8 @@ pub struct PublishArgs {
     /// skips unpacking it as the nodes would.
     #[arg(long, hide = true)]
     no_verify_artifact: bool,
-    /// With --dry-run, print the summary as JSON.
+    /// Print the summary, progress and outcome as JSON lines (errors stay on standard
+    /// error).
     #[arg(long)]
     json: bool,
 }
@@ -244,7 +245,7 @@ fn publish(args: PublishArgs) -> Result<()> {
             ledger.display()
         );
     }
-    print_summary(m, packing, &keypair.public().to_string(), false);
+    print_summary(m, packing, &keypair.public().to_string(), args.json);
 
     let mut options = NodeOptions::new(data_dir.clone(), data_dir.join("seed.key"));
     let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
@@ -265,8 +266,13 @@ fn publish(args: PublishArgs) -> Result<()> {
     } else {
         "until stopped".to_string()
     };
-    println!("seeding {goal}; waiting up to {} s for peers to admit the release", args.admit_timeout_secs);
+    if args.json {
+        println!("{}", serde_json::json!({ "event": "seeding", "replicas_wanted": args.replicas }));
+    } else {
+        println!("seeding {goal}; waiting up to {} s for peers to admit the release", args.admit_timeout_secs);
+    }
     let watch = Watch {
+        json: args.json,
         app: m.app.clone(),
         version: m.version.to_string(),
         key: keypair.public().to_string(),
@@ -365,6 +371,8 @@ fn print_summary(m: &mirage_protocol::manifest::UpgradeManifest, packing: Option
 
 /// What `vendor publish` waits for, and how long.
 struct Watch {
+    /// Progress and outcome as JSON lines.
+    json: bool,
     app: String,
     version: String,
     key: String,
@@ -393,10 +401,14 @@ impl Watch {
                     return match done {
                         // The seed stops by itself only once its goal is met.
                         Ok(Ok(())) => {
-                            println!(
-                                "seeding done: {} peers hold a full copy of {} {}",
-                                self.replicas, self.app, self.version
-                            );
+                            if self.json {
+                                println!("{}", serde_json::json!({ "event": "done", "full_copies": self.replicas }));
+                            } else {
+                                println!(
+                                    "seeding done: {} peers hold a full copy of {} {}",
+                                    self.replicas, self.app, self.version
+                                );
+                            }
                             Ok(())
                         }
                         Ok(Err(e)) => Err(e).context("the seed stopped with an error"),
@@ -406,7 +418,11 @@ impl Watch {
                 _ = &mut shutdown => {
                     let line = self.line(&last);
                     if self.replicas == 0 && admitted(&last) > 0 {
-                        println!("{line}; stopped");
+                        if self.json {
+                            println!("{}", self.progress("stopped", &last));
+                        } else {
+                            println!("{line}; stopped");
+                        }
                         return Ok(());
                     }
                     bail!("stopped before the goal was met ({line})");
@@ -417,7 +433,11 @@ impl Watch {
             last = status;
             let line = self.line(&last);
             if line != last_line {
-                println!("{line}");
+                if self.json {
+                    println!("{}", self.progress("progress", &last));
+                } else {
+                    println!("{line}");
+                }
                 last_line = line;
             }
             let elapsed = started.elapsed();
@@ -435,6 +455,15 @@ impl Watch {
                 bail!("{}", self.not_admitted(&last));
             }
         }
+    }
+
+    fn progress(&self, event: &str, status: &serde_json::Value) -> serde_json::Value {
+        let mut v = status["seeding"].clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("event".into(), event.into());
+            o.insert("connected_peers".into(), status["connected_peers"].clone());
+        }
+        v
     }
 
     fn line(&self, status: &serde_json::Value) -> String {

@@ -14,7 +14,9 @@ use crate::sandbox::{Sandbox, TestRun as SandboxRun};
 use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
 use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
-use mirage_protocol::staging::{Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Rollout, Snapshot, TestRun};
+use mirage_protocol::staging::{
+    Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Phase, Rollout, Snapshot, TestRun,
+};
 use mirage_protocol::{wire, ClusterKey, Digest, Envelope, Fingerprint, SignedPayload, UnixMillis, Verified};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -199,9 +201,21 @@ impl Node {
 
     fn staging_handle(&mut self, app: &str, event: Event) {
         let Some(r) = self.staging.rollouts.get_mut(app) else { return };
+        let before = r.rollout.status().phase;
         let actions = r.rollout.handle(event, overlay::now());
         if let Some(why) = r.rollout.last_ignored() {
             tracing::debug!(app, %why, "staging event ignored");
+        }
+        let after = r.rollout.status();
+        if after.phase != before {
+            let version = after.target.as_ref().map(|v| v.to_string()).unwrap_or_default();
+            match after.phase {
+                Some(Phase::Halted) => {
+                    warn!(app, %version, "cluster halted: a representative failed this release; it is not applied here")
+                }
+                Some(p) => info!(app, %version, phase = p.name(), "staging phase"),
+                None => {}
+            }
         }
         self.staging_execute(app, actions);
     }
