@@ -98,8 +98,14 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // The cause chain, one line each; backtraces are for developers (MIRAGE_LOG).
             eprintln!("error: {e}");
+            // Errors that already print their source (`{path}: {source}`) would say it twice.
+            let mut said = e.to_string();
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let cause = cause.to_string();
+                if !said.ends_with(&cause) {
+                    eprintln!("  caused by: {cause}");
+                }
+                said = cause;
             }
             std::process::ExitCode::FAILURE
         }

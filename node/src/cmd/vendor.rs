@@ -63,10 +63,13 @@ pub struct RetestArgs {
     /// `vendor publish` records it).
     #[arg(long)]
     version: semver::Version,
-    /// A cluster to test again, by its key as problem reports show it (repeatable;
-    /// default: every cluster).
+    /// A cluster to test again, by its key as `vendor reports` shows it (repeatable;
+    /// default: every cluster that reported a problem with this release).
     #[arg(long = "cluster", value_name = "CLUSTER_KEY")]
     clusters: Vec<String>,
+    /// Without --cluster: how long to listen for problem reports to find the clusters.
+    #[arg(long, default_value_t = 5)]
+    wait_secs: u64,
     /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
     #[arg(long, required = true)]
     bootstrap: Vec<String>,
@@ -135,14 +138,15 @@ pub struct PublishArgs {
     /// Hours until the manifest expires (nodes refuse it afterwards).
     #[arg(long, default_value_t = 720)]
     valid_for_hours: u64,
-    /// Chunk size in KiB (16 to 16384).
+    /// Chunk size in KiB: a power of two from 16 to 16384.
     #[arg(long, default_value_t = 1024)]
     chunk_kib: u32,
     /// Release notes, carried in the signed manifest.
     #[arg(long, default_value = "")]
     notes: String,
-    /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable).
-    #[arg(long, required = true)]
+    /// A bootstrap peer, /ip4/../tcp/../p2p/<peer id> (repeatable; not needed with
+    /// --dry-run).
+    #[arg(long, required_unless_present = "dry_run")]
     bootstrap: Vec<String>,
     /// Listen address for serving content (repeatable). Default: TCP on an ephemeral port.
     #[arg(long)]
@@ -319,6 +323,7 @@ fn print_summary(m: &mirage_protocol::manifest::UpgradeManifest, packing: Option
         .collect();
     if json {
         let v = serde_json::json!({
+            "event": "summary",
             "manifest_id": m.id().to_hex(),
             "app": m.app,
             "version": m.version.to_string(),
@@ -525,28 +530,36 @@ async fn seed_status(data_dir: &std::path::Path) -> Option<serde_json::Value> {
     daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(5)).await.ok()
 }
 
-fn reports(args: ReportsArgs) -> Result<()> {
+/// Problem reports the fleet holds on this vendor's releases of `app`, and how many
+/// others (about releases it did not publish) were left out.
+struct Collected {
+    ours: Vec<mirage_protocol::Verified<mirage_protocol::report::ProblemReport>>,
+    others: usize,
+}
+
+/// Runs a collector peer for `wait` and asks it what it gathered. Fails when the
+/// overlay cannot be reached.
+fn collect_reports(key: &std::path::Path, app: &str, bootstrap: &[String], wait: Duration) -> Result<Collected> {
     use mirage_protocol::report::ProblemReport;
-    mirage_protocol::manifest::validate_app_name(&args.app).map_err(anyhow::Error::msg)?;
-    let keypair = mirage_node::keyfile::load(&args.key)?;
+    mirage_protocol::manifest::validate_app_name(app).map_err(anyhow::Error::msg)?;
+    let keypair = mirage_node::keyfile::load(key)?;
     let temp = tempfile::tempdir().context("creating a temporary data directory")?;
     let mut options = NodeOptions::new(temp.path().to_path_buf(), temp.path().join("collector.key"));
     let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
-    options.bootstrap = args.bootstrap.iter().map(parse).collect::<Result<_>>()?;
-    options.trust.trust(&args.app, keypair.public());
+    options.bootstrap = bootstrap.iter().map(parse).collect::<Result<_>>()?;
+    options.trust.trust(app, keypair.public());
     options.auto_fetch = false;
     options.collect_reports = true;
     let data_dir = options.data_dir.clone();
     let runtime = super::async_runtime()?;
-    let app = args.app.clone();
+    let request = daemon::api::Request::ProblemReports { app: app.to_string() };
     let (collected, status) = runtime.block_on(async move {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let node = tokio::spawn(daemon::run(options, async move {
             let _ = stop_rx.await;
         }));
-        tokio::time::sleep(Duration::from_secs(args.wait_secs)).await;
+        tokio::time::sleep(wait).await;
         let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).unwrap_or_default();
-        let request = daemon::api::Request::ProblemReports { app };
         let reply = daemon::api::call(addr.trim(), &request, Duration::from_secs(10)).await;
         let status = daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(10)).await;
         let _ = stop_tx.send(());
@@ -556,31 +569,37 @@ fn reports(args: ReportsArgs) -> Result<()> {
     let collected = collected.context("asking the collector for reports")?;
     let status = status.context("asking the collector for its status")?;
     if status["connected_peers"].as_u64() == Some(0) {
-        bail!("cannot reach the overlay: no bootstrap peer answered within {} s (check --bootstrap)", args.wait_secs);
+        bail!("cannot reach the overlay: no bootstrap peer answered within {} s (check --bootstrap)", wait.as_secs());
     }
     // Only this vendor's releases: the ones it published (its ledger) and the one the
     // collector admitted under its key. Anyone can sign a problem report naming any
     // manifest; those about others' releases are left out.
-    let mut ours: std::collections::BTreeSet<String> =
-        read_ledger(&ledger_path(&args.key)).into_iter().filter(|e| e.app == args.app).map(|e| e.manifest_id).collect();
+    let mut ours_ids: std::collections::BTreeSet<String> =
+        read_ledger(&ledger_path(key)).into_iter().filter(|e| e.app == app).map(|e| e.manifest_id).collect();
     for r in status["releases"].as_array().into_iter().flatten() {
-        if r["app"] == args.app.as_str() && r["signer"] == keypair.public().to_hex().as_str() {
-            ours.extend(r["manifest_id"].as_str().map(str::to_string));
+        if r["app"] == app && r["signer"] == keypair.public().to_hex().as_str() {
+            ours_ids.extend(r["manifest_id"].as_str().map(str::to_string));
         }
     }
-    let mut others = 0;
-    let mut count = 0;
+    let mut out = Collected { ours: Vec::new(), others: 0 };
     for hex in collected["reports"].as_array().into_iter().flatten() {
         let Some(bytes) = hex.as_str().and_then(|h| hex::decode(h).ok()) else { continue };
         let Some(report) = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<ProblemReport>().ok()) else {
             continue;
         };
-        let p = report.payload();
-        if !ours.contains(&p.manifest_id.to_hex()) {
-            others += 1;
-            continue;
+        if ours_ids.contains(&report.payload().manifest_id.to_hex()) {
+            out.ours.push(report);
+        } else {
+            out.others += 1;
         }
-        count += 1;
+    }
+    Ok(out)
+}
+
+fn reports(args: ReportsArgs) -> Result<()> {
+    let collected = collect_reports(&args.key, &args.app, &args.bootstrap, Duration::from_secs(args.wait_secs))?;
+    for report in &collected.ours {
+        let p = report.payload();
         if args.json {
             println!(
                 "{}",
@@ -597,11 +616,12 @@ fn reports(args: ReportsArgs) -> Result<()> {
                 })
             );
         } else {
+            // The whole cluster key: it is what `vendor retest --cluster` takes.
             println!(
                 "{} {} failed on cluster {} (reported by {}): {}",
                 p.app,
                 p.version,
-                &p.cluster_key.to_hex()[..16],
+                p.cluster_key.to_hex(),
                 report.signer().peer_id(),
                 p.failed_tests.join(", ")
             );
@@ -611,9 +631,9 @@ fn reports(args: ReportsArgs) -> Result<()> {
         }
     }
     if !args.json {
-        println!("{count} problem report(s) for {}", args.app);
-        if others > 0 {
-            println!("({others} report(s) about releases not published with this key were left out)");
+        println!("{} problem report(s) for {}", collected.ours.len(), args.app);
+        if collected.others > 0 {
+            println!("({} report(s) about releases not published with this key were left out)", collected.others);
         }
     }
     Ok(())
@@ -640,7 +660,30 @@ fn retest(args: RetestArgs) -> Result<()> {
                 .map_err(|e| anyhow::anyhow!("--cluster {c}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    // Without --cluster: the clusters that reported a problem with this release, the
+    // ones it halted. A retest of a cluster that passed would only make it wait again.
+    let clusters = if clusters.is_empty() {
+        let collected = collect_reports(&args.key, &args.app, &args.bootstrap, Duration::from_secs(args.wait_secs))?;
+        let halted: std::collections::BTreeSet<mirage_protocol::ClusterKey> = collected
+            .ours
+            .iter()
+            .filter(|r| r.payload().manifest_id == manifest_id)
+            .map(|r| r.payload().cluster_key)
+            .collect();
+        if halted.is_empty() {
+            bail!(
+                "no cluster reported a problem with {} {version}; name the clusters to test again with --cluster",
+                args.app
+            );
+        }
+        halted.into_iter().collect()
+    } else {
+        clusters
+    };
     let request = RetestRequest { manifest_id, app: args.app.clone(), version: args.version.clone(), clusters };
+    use mirage_protocol::SignedPayload;
+    request.validate().map_err(anyhow::Error::msg).context("the retest request")?;
+    let named = request.clusters.len();
     let now = mirage_bootstrap::overlay::now();
     let bytes = Envelope::sign(&keypair, &request, now)?.to_bytes()?;
 
@@ -684,17 +727,12 @@ fn retest(args: RetestArgs) -> Result<()> {
                 "app": args.app,
                 "version": version,
                 "manifest_id": manifest_id.to_hex(),
-                "clusters": args.clusters,
+                "clusters": named,
                 "sent_via_peers": peers,
             })
         );
     } else {
-        let which = if args.clusters.is_empty() {
-            "every cluster".to_string()
-        } else {
-            format!("{} cluster(s)", args.clusters.len())
-        };
-        println!("asked {which} to test {} {version} again (sent via {peers} peer(s))", args.app);
+        println!("asked {named} cluster(s) to test {} {version} again (sent via {peers} peer(s))", args.app);
     }
     Ok(())
 }

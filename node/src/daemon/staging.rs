@@ -552,8 +552,23 @@ impl Node {
             // The health check runs from the unpacked tests directory, where its
             // relative paths point.
             let health_dir = match &bundle {
-                Some(b) if unpack_once(b, &tests_dir).is_ok() => Some(tests_dir.as_path()),
-                _ => None,
+                None => None,
+                Some(b) => match unpack_once(b, &tests_dir) {
+                    Ok(()) => Some(tests_dir.as_path()),
+                    // Without its bundle the health check would run elsewhere and fail
+                    // for the wrong reason; whose fault it is decides what happens next.
+                    Err(e) => {
+                        let output = format!("the test bundle does not unpack: {e}");
+                        let result = ApplyResult::Failed {
+                            fault: e.fault(),
+                            step: ApplyStep::Unpack,
+                            logs_digest: Digest::of(output.as_bytes()),
+                            output,
+                        };
+                        let _ = tx.send(Completion::Applied { app, manifest, result });
+                        return;
+                    }
+                },
             };
             let result = match installer.apply_with_health_dir(
                 &app,
@@ -686,6 +701,10 @@ fn unpack_once(tar: &Path, dir: &Path) -> Result<(), crate::install::InstallErro
         return Ok(());
     }
     let partial = dir.with_extension("partial");
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| crate::install::InstallError::Io { path: parent.to_path_buf(), source })?;
+    }
     let _ = std::fs::remove_dir_all(&partial);
     crate::install::unpack::unpack_safely(tar, &partial)?;
     std::fs::rename(&partial, dir)
