@@ -63,9 +63,9 @@ enum Command {
     /// Ask a running node to download a release, and follow it.
     Fetch(cmd::fetch::Args),
     /// Ask a running node to switch an app back one version, and pin it there.
-    Rollback(cmd::status::RollbackArgs),
+    Rollback(cmd::status::AppArgs),
     /// Ask a running node to lift a rollback's pin: the app follows releases again.
-    Unpin(cmd::status::UnpinArgs),
+    Unpin(cmd::status::AppArgs),
     /// Ask a running node for its status.
     Status(cmd::status::Args),
     /// Simulate a staged rollout over a large fleet and compare staging policies.

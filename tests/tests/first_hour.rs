@@ -22,6 +22,15 @@ fn fleet(dir: &Path, nodes: u32) -> StagedFleet {
     .unwrap()
 }
 
+/// A fleet of `nodes` in one environment, all running the sample app's old version.
+fn fleet_running_old_version(dir: &Path, nodes: u32) -> StagedFleet {
+    let mut fleet = fleet(dir, nodes);
+    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
+    fleet.wait_until(OLD_VERSION, TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
+    seed.terminate(Duration::from_secs(10));
+    fleet
+}
+
 /// Publishes `artifact` as `version` with the sample tests, `tests_toml` replacing
 /// their `tests.toml` if given.
 fn publish_custom(
@@ -168,10 +177,7 @@ fn breakable_bwrap(dir: &Path, flag: &Path) -> PathBuf {
 #[test]
 fn representatives_whose_sandbox_cannot_start_sign_no_verdict_and_their_cluster_is_not_halted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = fleet(dir.path(), 3);
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until(OLD_VERSION, TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    let mut fleet = fleet_running_old_version(dir.path(), 3);
 
     let flag = dir.path().join("sandbox-broken");
     let bin = breakable_bwrap(dir.path(), &flag);
@@ -345,10 +351,7 @@ fn commands_tell_the_truth_about_their_outcome() {
 #[test]
 fn a_vendor_retest_sends_a_halted_cluster_back_to_testing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = fleet(dir.path(), 2);
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until(OLD_VERSION, TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    let mut fleet = fleet_running_old_version(dir.path(), 2);
 
     // A vendor test that fails for a reason outside the release (here: a marker the
     // test looks for in the machines' my.cnf, a comment, so the fingerprint stays the
@@ -376,37 +379,17 @@ fn a_vendor_retest_sends_a_halted_cluster_back_to_testing() {
         std::fs::write(c, o).unwrap();
     }
     let key = fleet.vendor_key.display().to_string();
-    let out = mirage(&[
-        "vendor",
-        "retest",
-        "--key",
-        &key,
-        "--app",
-        APP,
-        "--version",
-        FIXED_VERSION,
-        "--bootstrap",
-        &fleet.bootstrap.addr,
-    ])
-    .unwrap();
+    let bootstrap = fleet.bootstrap.addr.clone();
+    let retest = |version: &str| {
+        mirage(&["vendor", "retest", "--key", &key, "--app", APP, "--version", version, "--bootstrap", &bootstrap])
+    };
+    let out = retest(FIXED_VERSION).unwrap();
     assert!(out.contains(&format!("asked 1 cluster(s) to test {APP} {FIXED_VERSION} again")), "{out}");
     fleet.wait_until("the retested release everywhere", TIMEOUT, |_| {}, |v| all_installed(v, FIXED_VERSION)).unwrap();
     seed.terminate(Duration::from_secs(10));
 
     // A version the vendor never published is refused with the reason.
-    let err = mirage(&[
-        "vendor",
-        "retest",
-        "--key",
-        &key,
-        "--app",
-        APP,
-        "--version",
-        "9.9.9",
-        "--bootstrap",
-        &fleet.bootstrap.addr,
-    ])
-    .unwrap_err();
+    let err = retest("9.9.9").unwrap_err();
     assert!(err.contains("9.9.9 is not in"), "{err}");
 }
 

@@ -46,33 +46,19 @@ struct ConfigFile {
     max_connections: Option<u32>,
 }
 
-fn pick(flag: Vec<String>, file: Vec<String>) -> Vec<String> {
-    if flag.is_empty() {
-        file
-    } else {
-        flag
-    }
-}
-
 fn options(args: Args) -> Result<BootstrapOptions> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text).with_context(|| format!("parsing {}", path.display()))?
-        }
-        None => ConfigFile::default(),
-    };
+    let file: ConfigFile = super::read_config(args.config.as_deref())?;
     let Some(key) = args.key.or(file.key) else {
         bail!("--key (or key in --config) is required: the peer's identity");
     };
-    let listen = pick(args.listen, file.listen);
+    let listen = super::pick(args.listen, file.listen);
     if listen.is_empty() {
         bail!("--listen (or listen in --config) is required, e.g. /ip4/0.0.0.0/tcp/4701");
     }
     let parse = |list: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
         list.iter().map(|a| a.parse().with_context(|| format!("bad address `{a}`"))).collect()
     };
-    let peers = parse(&pick(args.peer, file.peers))?;
+    let peers = parse(&super::pick(args.peer, file.peers))?;
     if let Some(p) = peers.iter().find(|p| overlay::split_peer_addr(p).is_none()) {
         bail!("peer address `{p}` must end in /p2p/<peer id>");
     }

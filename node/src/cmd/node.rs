@@ -114,22 +114,8 @@ struct ConfigFile {
     lane_port: Option<u16>,
 }
 
-fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
-    if flag.is_empty() {
-        file
-    } else {
-        flag
-    }
-}
-
 fn options(args: RunArgs) -> Result<NodeOptions> {
-    let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str::<ConfigFile>(&text).with_context(|| format!("parsing {}", path.display()))?
-        }
-        None => ConfigFile::default(),
-    };
+    let file: ConfigFile = super::read_config(args.config.as_deref())?;
     let Some(data_dir) = args.data_dir.or(file.data_dir) else {
         bail!("--data-dir (or data_dir in --config) is required");
     };
@@ -137,12 +123,12 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
     let parse = |list: Vec<String>, what: &str| -> Result<Vec<libp2p::Multiaddr>> {
         list.iter().map(|a| a.parse().with_context(|| format!("bad {what} address `{a}`"))).collect()
     };
-    let mut listen = parse(pick(args.listen, file.listen), "listen")?;
+    let mut listen = parse(super::pick(args.listen, file.listen), "listen")?;
     if listen.is_empty() {
         // 4701 is the bootstrap peer's customary port; a node beside one must not collide.
         listen = vec!["/ip4/0.0.0.0/tcp/4702".parse()?, "/ip4/0.0.0.0/udp/4702/quic-v1".parse()?];
     }
-    let bootstrap = parse(pick(args.bootstrap, file.bootstrap), "bootstrap")?;
+    let bootstrap = parse(super::pick(args.bootstrap, file.bootstrap), "bootstrap")?;
     for b in &bootstrap {
         if mirage_bootstrap::overlay::split_peer_addr(b).is_none() {
             bail!("bootstrap address `{b}` must end in /p2p/<peer id>");
@@ -171,7 +157,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         key,
         listen,
         bootstrap,
-        apps: pick(args.profiles, file.profiles),
+        apps: super::pick(args.profiles, file.profiles),
         root: args.root.or(file.root).unwrap_or_else(|| PathBuf::from("/")),
         api: args.api.or(file.api).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4700))),
         membership,

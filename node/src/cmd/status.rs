@@ -138,11 +138,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// A running node and one of its apps: what `rollback` and `unpin` act on.
 #[derive(clap::Args)]
-pub struct RollbackArgs {
+pub struct AppArgs {
     #[command(flatten)]
     target: Target,
-    /// The app to roll back (its name, as in the profile).
+    /// The app (its name, as in the profile).
     #[arg(long)]
     app: String,
     /// Print the outcome as JSON.
@@ -151,7 +152,7 @@ pub struct RollbackArgs {
 }
 
 /// `mirage rollback`: one step back through the versions the app ran, pinned there.
-pub fn rollback(args: RollbackArgs) -> Result<()> {
+pub fn rollback(args: AppArgs) -> Result<()> {
     let reply = call(&args.target, Request::Rollback { app: args.app.clone() })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);
@@ -170,20 +171,8 @@ pub fn rollback(args: RollbackArgs) -> Result<()> {
     Ok(())
 }
 
-#[derive(clap::Args)]
-pub struct UnpinArgs {
-    #[command(flatten)]
-    target: Target,
-    /// The app to unpin (its name, as in the profile).
-    #[arg(long)]
-    app: String,
-    /// Print the outcome as JSON.
-    #[arg(long)]
-    json: bool,
-}
-
 /// `mirage unpin`: lift a rollback's pin; the app follows its cluster's releases again.
-pub fn unpin(args: UnpinArgs) -> Result<()> {
+pub fn unpin(args: AppArgs) -> Result<()> {
     let reply = call(&args.target, Request::Unpin { app: args.app.clone() })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reply)?);

@@ -111,7 +111,7 @@ pub struct PublishArgs {
     /// The release's version (semver); a node takes only a version newer than the one it holds.
     #[arg(long)]
     version: semver::Version,
-    /// The upgrade itself (a tar archive of the new version's files).
+    /// The upgrade itself: a tar (or gzip- or zstd-compressed tar) of the new version's files.
     #[arg(long)]
     artifact: PathBuf,
     /// A directory with `tests.toml` and the files the tests use.
