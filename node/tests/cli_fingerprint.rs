@@ -144,3 +144,36 @@ fn cache_makes_the_second_run_read_nothing() {
     assert_eq!(warm["stats"]["cache_hits"], cold["stats"]["files_hashed"]);
     assert_eq!(warm["cluster_key"], cold["cluster_key"]);
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    write_mysql_machine(root.path(), &SampleMachine { environment: 0, host: 0 }).unwrap();
+    let mysql = profile("mysql.toml");
+    // The reader exits before the command prints a line (`mirage status | head -3`
+    // where the status is longer than what head reads).
+    let script = format!(
+        "'{MIRAGE}' fingerprint --profile '{}' --root '{}' --no-cache | true",
+        mysql.display(),
+        root.path().display()
+    );
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "nothing to say about a closed pipe: {stderr}");
+}
+
+#[test]
+fn key_show_prints_the_public_half_of_a_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.key");
+    let made = mirage(&["keygen", "--out", key.to_str().unwrap(), "--json"]);
+    assert!(made.status.success());
+    let made: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let shown = mirage(&["key", "show", key.to_str().unwrap(), "--json"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(made, shown);
+    assert_eq!(shown["public_key"].as_str().unwrap().len(), 64);
+    let out = mirage(&["key", "show", "/no/such.key"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.key"));
+}
