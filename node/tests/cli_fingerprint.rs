@@ -1,4 +1,4 @@
-//! The `mirage keygen` and `mirage fingerprint` commands, run as a user would.
+//! Commands run as a user would: keys, fingerprints, the simulator's JSON, closed pipes.
 
 use mirage_protocol::{Envelope, Fingerprint};
 use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
@@ -176,4 +176,21 @@ fn key_show_prints_the_public_half_of_a_key_file() {
     let out = mirage(&["key", "show", "/no/such.key"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.key"));
+}
+
+#[test]
+fn sim_prints_one_json_object_with_every_policy() {
+    let out = mirage(&["sim", "--machines", "500", "--clusters", "20", "--seeds", "2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object and nothing else");
+    assert_eq!(v["machines"], 500);
+    let policies: Vec<&str> = v["policies"].as_array().unwrap().iter().map(|p| p["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["no-staging", "front-loading", "balanced"]);
+    for p in v["policies"].as_array().unwrap() {
+        assert!(p["latency_max_ratio"].as_f64().is_some_and(|r| r > 0.0), "{p}");
+        if p["policy"] != "no-staging" {
+            assert_eq!(p["installed_faulty"], 0, "staging keeps faulty releases off clustered machines: {p}");
+        }
+    }
+    assert_eq!(v["runs"].as_array().unwrap().len(), 2);
 }

@@ -62,6 +62,24 @@ pub struct Args {
     /// Mean of the exponential tail added to --fix-hours.
     #[arg(long, default_value_t = 2.0)]
     fix_tail_hours: f64,
+    /// Print one JSON object (every run's figures, and per policy the worst over the
+    /// seeds) instead of the tables.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints a line of the human-readable report, unless JSON was asked for.
+macro_rules! say {
+    ($args:expr) => {
+        if !$args.json {
+            println!();
+        }
+    };
+    ($args:expr, $($t:tt)*) => {
+        if !$args.json {
+            println!($($t)*);
+        }
+    };
 }
 
 fn policies(choice: &str) -> Result<Vec<PolicyKind>> {
@@ -98,13 +116,20 @@ pub fn run(args: Args) -> Result<()> {
     scenario.timing.fix_base_ms = (args.fix_hours * hour) as u64;
     scenario.timing.fix_mean_ms = (args.fix_tail_hours * hour) as u64;
 
+    let started = Instant::now();
     let mut ratios: Vec<(PolicyKind, Vec<f64>)> = policies.iter().map(|p| (*p, Vec::new())).collect();
+    let mut runs = Vec::new();
     for seed in args.seed..args.seed + args.seeds.max(1) {
         scenario.seed = seed;
         let cmp = run_one(&args, scenario.clone(), &policies)?;
         for (policy, r) in &mut ratios {
             r.extend(cmp.latency_ratio(*policy));
         }
+        runs.push((seed, cmp));
+    }
+    if args.json {
+        println!("{}", sim_json(&args, &runs, started.elapsed().as_secs_f64()));
+        return Ok(());
     }
     if args.seeds > 1 {
         println!("worst-case latency vs no-staging over {} seeds (min / mean / max):", args.seeds);
@@ -125,21 +150,28 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
     let world = World::generate(scenario).context("building the simulated fleet")?;
     let largest = world.members.iter().map(Vec::len).max().unwrap_or(0);
     let smallest = world.members.iter().map(Vec::len).min().unwrap_or(0);
-    println!(
+    say!(
+        args,
         "fleet: {} machines in {} clusters (sizes {}..{}, zipf {}), seed {}",
-        args.machines, args.clusters, smallest, largest, args.zipf, seed
+        args.machines,
+        args.clusters,
+        smallest,
+        largest,
+        args.zipf,
+        seed
     );
-    println!(
+    say!(
+        args,
         "problems: {} in the first release, each breaking {:.0}% of clusters; {} machines in broken clusters",
         args.problems,
         args.problem_share * 100.0,
         world.machines_in_broken_clusters()
     );
     if !world.misplaced.is_empty() {
-        println!("misplaced: {} machines broken by a problem their cluster passes", world.misplaced.len());
+        say!(args, "misplaced: {} machines broken by a problem their cluster passes", world.misplaced.len());
     }
     let fixes: Vec<String> = world.fix_ms.iter().map(|ms| format!("{:.1} h", *ms as f64 / hour)).collect();
-    println!("vendor fix times: [{}]", fixes.join(", "));
+    say!(args, "vendor fix times: [{}]", fixes.join(", "));
     if policies.contains(&PolicyKind::Balanced) {
         // The same plan every node computes from the cluster sizes it knows.
         let sizes = world
@@ -157,23 +189,80 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
                 format!("{} clusters / {machines} machines", stage.len())
             })
             .collect();
-        println!("balanced stages: {}", stages.join("; "));
+        say!(args, "balanced stages: {}", stages.join("; "));
     }
-    println!("fleet generated in {:.2} s", started.elapsed().as_secs_f64());
+    say!(args, "fleet generated in {:.2} s", started.elapsed().as_secs_f64());
 
     let mut outcomes = Vec::new();
     for &policy in policies {
         let t = Instant::now();
         let o = sim::run(&world, policy);
-        println!("{:<14} simulated in {:.2} s ({} events)", policy.name(), t.elapsed().as_secs_f64(), o.events);
+        say!(args, "{:<14} simulated in {:.2} s ({} events)", policy.name(), t.elapsed().as_secs_f64(), o.events);
         outcomes.push(o);
     }
     let cmp = Comparison { outcomes };
-    println!();
-    print!("{cmp}");
-    println!();
-    println!("installed faulty: machines that installed a faulty release; tested faulty: representatives");
-    println!("that tested one; hit: either. latency: first release until a machine runs a working release.");
-    println!();
+    say!(args);
+    if !args.json {
+        print!("{cmp}");
+    };
+    say!(args);
+    say!(args, "installed faulty: machines that installed a faulty release; tested faulty: representatives");
+    say!(args, "that tested one; hit: either. latency: first release until a machine runs a working release.");
+    say!(args);
     Ok(cmp)
+}
+
+/// The figures of every run, and per policy the worst over the seeds.
+fn sim_json(args: &Args, runs: &[(u64, Comparison)], wall_s: f64) -> serde_json::Value {
+    let figures = |cmp: &Comparison, o: &mirage_testnet::sim::PolicyOutcome| {
+        serde_json::json!({
+            "policy": o.policy.name(),
+            "installed_faulty": o.installed_faulty,
+            "tested_faulty": o.tested_faulty,
+            "hit_by_faulty": o.hit_by_faulty,
+            "tests_run": o.tests_run,
+            "releases": o.releases,
+            "latency_max_ms": o.latency_max_ms,
+            "latency_mean_ms": o.latency_mean_ms,
+            "latency_max_ratio": cmp.latency_ratio(o.policy),
+            "never_working": o.never_working,
+            "events": o.events,
+        })
+    };
+    let per_run: Vec<serde_json::Value> = runs
+        .iter()
+        .map(|(seed, cmp)| {
+            let policies: Vec<serde_json::Value> = cmp.outcomes.iter().map(|o| figures(cmp, o)).collect();
+            serde_json::json!({ "seed": seed, "policies": policies })
+        })
+        .collect();
+    let kinds: Vec<PolicyKind> =
+        runs.first().map(|(_, cmp)| cmp.outcomes.iter().map(|o| o.policy).collect()).unwrap_or_default();
+    let worst: Vec<serde_json::Value> = kinds
+        .iter()
+        .map(|&kind| {
+            let of = |f: fn(&mirage_testnet::sim::PolicyOutcome) -> u64| {
+                runs.iter().filter_map(|(_, c)| c.outcomes.iter().find(|o| o.policy == kind)).map(f).max()
+            };
+            let ratio = runs
+                .iter()
+                .filter_map(|(_, c)| c.latency_ratio(kind))
+                .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
+            serde_json::json!({
+                "policy": kind.name(),
+                "installed_faulty": of(|o| o.installed_faulty),
+                "tested_faulty": of(|o| o.tested_faulty),
+                "never_working": of(|o| o.never_working),
+                "latency_max_ratio": ratio,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "machines": args.machines,
+        "clusters": args.clusters,
+        "seeds": args.seeds.max(1),
+        "wall_s": wall_s,
+        "policies": worst,
+        "runs": per_run,
+    })
 }
