@@ -605,7 +605,12 @@ impl Node {
         if !self.staging.apps.contains(app) {
             return Err(format!("this node runs no app `{app}`"));
         }
-        if self.staging.rollouts.get(app).is_some_and(|r| !r.rollout.may_roll_back()) {
+        // The pin lives in the app's staging core: without one yet (the app is not
+        // fingerprinted), a rollback would be undone by the first release it hears.
+        let Some(r) = self.staging.rollouts.get(app) else {
+            return Err(format!("{app} is not fingerprinted yet; try again in a moment"));
+        };
+        if !r.rollout.may_roll_back() {
             return Err(format!("an upgrade of {app} is being applied; roll back once it has finished"));
         }
         let back = installer.rollback(app).map_err(|e| e.to_string())?;
