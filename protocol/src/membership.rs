@@ -208,6 +208,10 @@ pub struct Membership {
     config: MembershipConfig,
     local: BTreeMap<String, LocalApp>,
     peers: BTreeMap<String, BTreeMap<PublicKey, PeerRecord>>,
+    /// The same peers by app and cluster, kept in step with `peers`, so that asking for
+    /// one cluster's members or whether a peer is one costs no scan of every peer: each
+    /// announcement asks, and a fleet's announcements arrive all the time.
+    by_cluster: BTreeMap<String, BTreeMap<ClusterKey, BTreeSet<PublicKey>>>,
     last_fetch: BTreeMap<(PublicKey, String), UnixMillis>,
     drops: BTreeMap<DropReason, u64>,
     /// Bumped whenever a cluster gains, loses or moves a peer, so users of
@@ -222,6 +226,7 @@ impl Membership {
             config,
             local: BTreeMap::new(),
             peers: BTreeMap::new(),
+            by_cluster: BTreeMap::new(),
             last_fetch: BTreeMap::new(),
             drops: BTreeMap::new(),
             generation: 0,
@@ -315,14 +320,24 @@ impl Membership {
             }
         }
         let ttl = self.config.member_ttl;
-        for records in self.peers.values_mut() {
-            let before = records.len();
-            records.retain(|_, r| now.since(r.issued_at) <= ttl);
-            if records.len() != before {
-                self.generation += 1;
+        for (app, records) in self.peers.iter_mut() {
+            let expired: Vec<(PublicKey, ClusterKey)> = records
+                .iter()
+                .filter(|(_, r)| now.since(r.issued_at) > ttl)
+                .map(|(k, r)| (*k, r.cluster_key))
+                .collect();
+            if expired.is_empty() {
+                continue;
             }
+            let index = self.by_cluster.entry(app.clone()).or_default();
+            for (peer, cluster) in expired {
+                records.remove(&peer);
+                unindex(index, &peer, &cluster);
+            }
+            self.generation += 1;
         }
         self.peers.retain(|_, r| !r.is_empty());
+        self.by_cluster.retain(|_, c| !c.is_empty());
         let backoff = self.config.fetch_backoff;
         self.last_fetch.retain(|_, t| now.since(*t) <= backoff);
         actions
@@ -374,6 +389,11 @@ impl Membership {
         }
         records.insert(signer, PeerRecord { cluster_key: key, issued_at, received_at: now });
         if previous.as_ref().is_none_or(|p| p.cluster_key != key) {
+            let index = self.by_cluster.entry(app.to_string()).or_default();
+            if let Some(p) = &previous {
+                unindex(index, &signer, &p.cluster_key);
+            }
+            index.entry(key).or_default().insert(signer);
             self.generation += 1;
         }
         let ours = self.local.get(app).map(|l| l.cluster_key);
@@ -431,16 +451,27 @@ impl Membership {
         let Some(local) = self.local.get(app) else {
             return Vec::new();
         };
-        let mut out: BTreeSet<PublicKey> = self
-            .peers
-            .get(app)
-            .into_iter()
-            .flat_map(|r| r.iter())
-            .filter(|(_, r)| r.cluster_key == local.cluster_key)
-            .map(|(k, _)| *k)
-            .collect();
+        let mut out: BTreeSet<PublicKey> = self.cluster_index(app, &local.cluster_key).cloned().unwrap_or_default();
         out.insert(self.keypair.public());
         out.into_iter().collect()
+    }
+
+    /// Whether `peer` is in our cluster for `app` (we are): no scan of the membership.
+    pub fn is_member(&self, app: &str, peer: &PublicKey) -> bool {
+        let Some(local) = self.local.get(app) else { return false };
+        *peer == self.keypair.public() || self.cluster_index(app, &local.cluster_key).is_some_and(|m| m.contains(peer))
+    }
+
+    /// How many members our cluster for `app` has, ourselves included.
+    pub fn member_count(&self, app: &str) -> usize {
+        let Some(local) = self.local.get(app) else { return 0 };
+        let me = self.keypair.public();
+        let others = self.cluster_index(app, &local.cluster_key).map_or(0, |m| m.len() - usize::from(m.contains(&me)));
+        others + 1
+    }
+
+    fn cluster_index(&self, app: &str, cluster: &ClusterKey) -> Option<&BTreeSet<PublicKey>> {
+        self.by_cluster.get(app)?.get(cluster)
     }
 
     /// Changes whenever the result of [`Membership::clusters`] may have changed.
@@ -451,10 +482,7 @@ impl Membership {
     /// Every cluster we know of for `app` with the peers in it (ourselves included in
     /// ours): what staging plans stages from.
     pub fn clusters(&self, app: &str) -> BTreeMap<ClusterKey, Vec<PublicKey>> {
-        let mut out: BTreeMap<ClusterKey, BTreeSet<PublicKey>> = BTreeMap::new();
-        for (peer, record) in self.peers.get(app).into_iter().flatten() {
-            out.entry(record.cluster_key).or_default().insert(*peer);
-        }
+        let mut out: BTreeMap<ClusterKey, BTreeSet<PublicKey>> = self.by_cluster.get(app).cloned().unwrap_or_default();
         if let Some(local) = self.local.get(app) {
             out.entry(local.cluster_key).or_default().insert(self.keypair.public());
         }
@@ -479,6 +507,16 @@ impl Membership {
     /// Counts a drop that was decided outside [`Membership::on_announcement`].
     pub fn count_drop(&mut self, reason: DropReason) {
         *self.drops.entry(reason).or_default() += 1;
+    }
+}
+
+/// Takes `peer` out of `cluster` in an app's index, dropping the cluster once empty.
+fn unindex(index: &mut BTreeMap<ClusterKey, BTreeSet<PublicKey>>, peer: &PublicKey, cluster: &ClusterKey) {
+    if let Some(m) = index.get_mut(cluster) {
+        m.remove(peer);
+        if m.is_empty() {
+            index.remove(cluster);
+        }
     }
 }
 
@@ -735,5 +773,49 @@ mod tests {
         assert!(actions.contains(&Action::StopProviding { key: fp("web", 1).cluster_key() }));
         assert!(actions.contains(&Action::StartProviding { key: fp("web", 2).cluster_key() }));
         assert!(m.set_local(fp("web", 2), UnixMillis(T0 + 2)).is_empty());
+    }
+
+    /// What the cluster index must always equal: the clusters recomputed from every
+    /// peer record, the way `clusters` used to, by scanning.
+    fn scanned(m: &Membership, app: &str) -> BTreeMap<ClusterKey, Vec<PublicKey>> {
+        let mut out: BTreeMap<ClusterKey, BTreeSet<PublicKey>> = BTreeMap::new();
+        for (peer, r) in m.peers.get(app).into_iter().flatten() {
+            out.entry(r.cluster_key).or_default().insert(*peer);
+        }
+        if let Some(l) = m.local.get(app) {
+            out.entry(l.cluster_key).or_default().insert(m.keypair.public());
+        }
+        out.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever announcements arrive and expire, the cluster index agrees with a
+        /// scan of every peer, and membership answers need no scan.
+        #[test]
+        fn the_cluster_index_stays_in_step_with_the_peers(
+            steps in proptest::collection::vec((2u8..12, 0u8..3, 0u64..400, proptest::bool::ANY), 1..60),
+        ) {
+            let mut m = node();
+            let mut now = T0;
+            for (peer, env, dt, tick) in steps {
+                now += dt * 1000;
+                m.on_announcement(&announce(peer, "web", env, now), "web", None, UnixMillis(now));
+                if tick {
+                    m.tick(UnixMillis(now + 200_000));
+                }
+                let clusters = m.clusters("web");
+                proptest::prop_assert_eq!(&clusters, &scanned(&m, "web"));
+                let ours = fp("web", 1).cluster_key();
+                let members = clusters.get(&ours).cloned().unwrap_or_default();
+                proptest::prop_assert_eq!(&m.members("web"), &members);
+                proptest::prop_assert_eq!(m.member_count("web"), members.len());
+                for p in 1u8..12 {
+                    let k = kp(p).public();
+                    proptest::prop_assert_eq!(m.is_member("web", &k), members.contains(&k));
+                }
+            }
+        }
     }
 }

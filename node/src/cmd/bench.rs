@@ -13,6 +13,22 @@ pub enum BenchCommand {
     /// One peer of `bench transport` (started by it; talks to it by lines on stdio).
     #[command(hide = true)]
     TransportPeer(TransportPeerArgs),
+    /// Membership's cost per incoming announcement with N peers known: what the node
+    /// does with each, and the full-membership scan it used to do beside it.
+    Membership(MembershipArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MembershipArgs {
+    /// Peers whose announcements the node holds (comma-separated list of sizes).
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
+    peers: Vec<usize>,
+    /// Clusters those peers fall into.
+    #[arg(long, default_value_t = 200)]
+    clusters: usize,
+    /// Announcements timed per size.
+    #[arg(long, default_value_t = 2_000)]
+    rounds: usize,
 }
 
 #[derive(clap::Args)]
@@ -89,6 +105,7 @@ pub struct FingerprintArgs {
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Fingerprint(args) => fingerprint(args),
+        BenchCommand::Membership(args) => membership(args),
         BenchCommand::Swarm(args) => swarm(args),
         BenchCommand::Transport(args) => transport(args),
         BenchCommand::TransportPeer(args) => {
@@ -312,5 +329,73 @@ fn fingerprint(args: FingerprintArgs) -> Result<()> {
         println!("cold_vs_b3sum {:.2}x (target <= 1.30x)", r.cold.as_secs_f64() / b.as_secs_f64());
     }
     println!("warm_vs_cold {:.1}% (target < 5%)", 100.0 * r.warm.as_secs_f64() / r.cold.as_secs_f64());
+    Ok(())
+}
+
+/// Times what a node does with each incoming announcement (`on_announcement`, then
+/// `is_member`) with N peers known, beside `members` (one cluster) and `clusters` (every
+/// cluster: what the staging core is still fed after each membership change).
+fn membership(args: MembershipArgs) -> Result<()> {
+    use mirage_protocol::fingerprint::{Fingerprint, Item, ItemValue, ResourceClass};
+    use mirage_protocol::membership::{Membership, MembershipConfig};
+    use mirage_protocol::{Digest, Envelope, Keypair, UnixMillis};
+    use std::time::Instant;
+    let fp = |env: usize| {
+        let item = Item {
+            class: ResourceClass::Config,
+            path: "/etc/app.conf".into(),
+            key: "env".into(),
+            value: ItemValue::Text(env.to_string()),
+        };
+        Fingerprint::new("app".into(), Digest([7; 32]), vec![item])
+    };
+    let key = |i: usize| {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+        Keypair::from_secret_bytes(&seed)
+    };
+    let clusters: Vec<Fingerprint> = (0..args.clusters.max(1)).map(fp).collect();
+    println!("{:<9} {:>26} {:>14} {:>14}", "peers", "announcement + is_member", "members", "clusters");
+    for &n in &args.peers {
+        let n = n.max(1);
+        let start = mirage_bootstrap::overlay::now();
+        let mut m = Membership::new(key(usize::MAX - 1), MembershipConfig::default());
+        m.set_local(fp(0), start);
+        let keys: Vec<Keypair> = (0..n).map(key).collect();
+        for (i, k) in keys.iter().enumerate() {
+            let bytes = Envelope::sign(k, &clusters[i % clusters.len()], start)?.to_bytes()?;
+            m.on_announcement(&bytes, "app", None, start);
+        }
+        // Fresh announcements from known peers, as the steady state brings them.
+        let later = UnixMillis(start.0 + 1_000);
+        let rounds = args.rounds.clamp(1, n);
+        let batch = (0..rounds)
+            .map(|r| {
+                let i = r * (n / rounds);
+                let signed = Envelope::sign(&keys[i], &clusters[i % clusters.len()], later)?;
+                Ok((signed.to_bytes()?, keys[i].public()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let started = Instant::now();
+        let mut members = 0usize;
+        for (bytes, signer) in &batch {
+            m.on_announcement(bytes, "app", None, later);
+            members += usize::from(m.is_member("app", signer));
+        }
+        let per_announcement = started.elapsed().as_secs_f64() * 1e6 / rounds as f64;
+        let timed = |f: &dyn Fn() -> usize| {
+            let started = Instant::now();
+            let mut total = 0;
+            for _ in 0..20 {
+                total += f();
+            }
+            std::hint::black_box(total);
+            started.elapsed().as_secs_f64() * 1e6 / 20.0
+        };
+        let one = timed(&|| m.members("app").len());
+        let all = timed(&|| m.clusters("app").len());
+        std::hint::black_box(members);
+        println!("{n:<9} {per_announcement:>23.2} µs {one:>11.1} µs {all:>11.1} µs");
+    }
     Ok(())
 }

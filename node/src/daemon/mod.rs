@@ -628,7 +628,7 @@ impl Node {
             Verdict::Accepted { member_changed } => {
                 if let Ok(env) = Envelope::from_bytes(bytes) {
                     let peer = env.signer.peer_id();
-                    let ours = self.membership.members(app).contains(&env.signer);
+                    let ours = self.membership.is_member(app, &env.signer);
                     let result = if ours {
                         self.store.put_announcement(app, &peer, bytes)
                     } else if member_changed {
@@ -640,7 +640,7 @@ impl Node {
                         warn!(error = %e, "cannot store announcement");
                     }
                     if member_changed {
-                        info!(app, %peer, member = ours, members = self.membership.members(app).len(), "cluster changed");
+                        info!(app, %peer, member = ours, members = self.membership.member_count(app), "cluster changed");
                     }
                     if member_changed && ours {
                         return (gossipsub::MessageAcceptance::Accept, Some(env.signer));
