@@ -1,48 +1,26 @@
 //! The event queue: events ordered by virtual time, ties broken by insertion order, so
 //! the same sequence of pushes always pops in the same order.
+//!
+//! Events are kept in one FIFO per distinct time, the times in a B-tree. A binary heap
+//! of a million events spent a quarter of a 1,000,000-machine run in `pop` (sifting
+//! through a heap far bigger than the caches); reactions cluster on few distinct
+//! milliseconds, so the tree stays small and each bucket is read in order.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Virtual time in milliseconds since the simulation started.
 pub type SimTime = u64;
 
-struct Entry<E> {
-    at: SimTime,
-    seq: u64,
-    event: E,
-}
-
-impl<E> PartialEq for Entry<E> {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl<E> Eq for Entry<E> {}
-
-impl<E> PartialOrd for Entry<E> {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<E> Ord for Entry<E> {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 pub struct EventQueue<E> {
-    heap: BinaryHeap<Reverse<Entry<E>>>,
-    seq: u64,
+    buckets: BTreeMap<SimTime, VecDeque<E>>,
+    len: usize,
     now: SimTime,
     popped: u64,
 }
 
 impl<E> Default for EventQueue<E> {
     fn default() -> Self {
-        EventQueue { heap: BinaryHeap::new(), seq: 0, now: 0, popped: 0 }
+        EventQueue { buckets: BTreeMap::new(), len: 0, now: 0, popped: 0 }
     }
 }
 
@@ -62,26 +40,32 @@ impl<E> EventQueue<E> {
     }
 
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.heap.is_empty()
+        self.len == 0
     }
 
     /// Schedules `event` at `at`; times in the past are moved to now, since the past
     /// cannot change.
     pub fn push(&mut self, at: SimTime, event: E) {
         let at = at.max(self.now);
-        self.heap.push(Reverse(Entry { at, seq: self.seq, event }));
-        self.seq += 1;
+        self.buckets.entry(at).or_default().push_back(event);
+        self.len += 1;
     }
 
     pub fn pop(&mut self) -> Option<(SimTime, E)> {
-        let Reverse(e) = self.heap.pop()?;
-        self.now = e.at;
+        let mut first = self.buckets.first_entry()?;
+        let at = *first.key();
+        let event = first.get_mut().pop_front().expect("no empty bucket is kept");
+        if first.get().is_empty() {
+            first.remove();
+        }
+        self.len -= 1;
+        self.now = at;
         self.popped += 1;
-        Some((e.at, e.event))
+        Some((at, event))
     }
 }
 

@@ -124,7 +124,10 @@ impl World {
         }
         let cluster_keys =
             (0..scenario.clusters).map(|c| cluster_fingerprint(scenario.seed, c).cluster_key()).collect();
-        let public_keys = (0..scenario.machines).map(|m| secret_key(scenario.seed, m).public()).collect();
+        let public_keys = {
+            use rayon::prelude::*;
+            (0..scenario.machines).into_par_iter().map(|m| secret_key(scenario.seed, m).public()).collect()
+        };
         let mut breaks = vec![0u64; scenario.clusters as usize];
         let hit = ((scenario.clusters as f64 * scenario.problem_cluster_share).round() as usize)
             .clamp(1, scenario.clusters as usize);
