@@ -193,11 +193,25 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
     }
     say!(args, "fleet generated in {:.2} s", started.elapsed().as_secs_f64());
 
+    // The policies are independent runs over the same fleet: one thread each (each is
+    // deterministic on its own), reported in order.
+    let runs: Vec<(sim::PolicyOutcome, f64)> = std::thread::scope(|scope| {
+        let world = &world;
+        let handles: Vec<_> = policies
+            .iter()
+            .map(|&policy| {
+                scope.spawn(move || {
+                    let t = Instant::now();
+                    let o = sim::run(world, policy);
+                    (o, t.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect()
+    });
     let mut outcomes = Vec::new();
-    for &policy in policies {
-        let t = Instant::now();
-        let o = sim::run(&world, policy);
-        say!(args, "{:<14} simulated in {:.2} s ({} events)", policy.name(), t.elapsed().as_secs_f64(), o.events);
+    for (o, secs) in runs {
+        say!(args, "{:<14} simulated in {secs:.2} s ({} events)", o.policy.name(), o.events);
         outcomes.push(o);
     }
     let cmp = Comparison { outcomes };
