@@ -277,3 +277,20 @@ fn relative_resources_are_refused() {
     m.run.resources.push(PathBuf::from("etc/passwd"));
     assert!(matches!(sandbox().run_tests(&m.run), Err(SandboxError::Invalid(_))));
 }
+
+/// With root's capabilities a test could remount the host's `/` read-write from inside
+/// the sandbox and write to the host; without them it cannot.
+#[test]
+fn a_test_holds_no_capabilities_and_cannot_remount_the_host_writable() {
+    let mut m = Machine::new();
+    let probe = "/usr/mirage-remount-probe";
+    let script = format!(
+        "grep CapEff /proc/self/status; mount -o remount,rw,bind / 2>&1; touch {probe} 2>&1; mount -o remount,rw /usr 2>&1; touch {probe}"
+    );
+    m.run.tests = vec![command_test("escape", &script)];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    let t = &r.tests[0];
+    assert!(!t.passed, "the last touch must fail: {t:?}");
+    assert!(t.output.contains("CapEff:\t0000000000000000"), "{}", t.output);
+    assert!(!Path::new(probe).exists(), "the host was written to");
+}

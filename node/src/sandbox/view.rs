@@ -81,6 +81,9 @@ pub fn bwrap_args(m: &Mounts<'_>) -> Vec<OsString> {
     // New namespaces of every kind (no network but loopback); the sandbox dies with us
     // and cannot reach our terminal (TIOCSTI) thanks to its own session.
     push(&[&"--unshare-all", &"--die-with-parent", &"--new-session"]);
+    // No capabilities: run as root, bubblewrap otherwise leaves the test root's full
+    // set, and a test could `mount -o remount,rw,bind /` and write to the host.
+    push(&[&"--cap-drop", &"ALL"]);
     // The host read-only; fresh /dev, /proc, /tmp, and /run (which also hides the
     // host's sockets in /run).
     push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc"]);
