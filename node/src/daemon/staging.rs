@@ -15,19 +15,15 @@ use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
 use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use mirage_protocol::staging::{
-    Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Phase, Rollout, Snapshot, TestRun,
+    self, Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Phase, Rollout, Snapshot, TestRun,
 };
 use mirage_protocol::{wire, ClusterKey, Digest, Envelope, Fingerprint, SignedPayload, UnixMillis, Verified};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{error, info, info_span, warn};
 
-/// Test reports older than this are not fed to the core (a replay, or long stale).
-const REPORT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-const REPORT_MAX_SKEW: Duration = Duration::from_secs(120);
 /// Most problem reports a node keeps per app for the vendor.
 const MAX_PROBLEMS: usize = 256;
 
@@ -160,7 +156,7 @@ impl Node {
                     retests.push(r);
                 }
             } else if let Ok(r) = env.verify::<TestReport>() {
-                if r.check_freshness(now, REPORT_MAX_AGE, REPORT_MAX_SKEW).is_ok() {
+                if staging::is_fresh(r.issued_at(), now) {
                     reports.insert((r.payload().manifest_id, *r.signer()), r);
                 }
             } else if let Ok(p) = env.verify::<ProblemReport>() {
@@ -270,7 +266,8 @@ impl Node {
         report: Verified<TestReport>,
         bytes: &[u8],
     ) -> gossipsub::MessageAcceptance {
-        if report.check_freshness(overlay::now(), REPORT_MAX_AGE, REPORT_MAX_SKEW).is_err() {
+        // Gossip's verdict needs the core's age rule before the report reaches the core.
+        if !staging::is_fresh(report.issued_at(), overlay::now()) {
             warn!(signer = %report.signer().peer_id(), "stale test report dropped");
             return gossipsub::MessageAcceptance::Reject;
         }
@@ -306,7 +303,7 @@ impl Node {
             warn!(app, signer = %request.signer().peer_id(), "refused a retest request from a key not trusted for the app");
             return gossipsub::MessageAcceptance::Reject;
         }
-        if request.check_freshness(overlay::now(), REPORT_MAX_AGE, REPORT_MAX_SKEW).is_err() {
+        if !staging::is_fresh(request.issued_at(), overlay::now()) {
             return gossipsub::MessageAcceptance::Reject;
         }
         if !self.staging.manages(app) {

@@ -28,7 +28,7 @@ pub use gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
 pub use member::{Fault, Member, Phase, Step, Work};
 pub use plan::StagePlan;
 pub use rollout::{
-    Action, ApplyResult, ApplyStep, Event, Ignored, LocalFault, NodeConfig, Pin, Rollout, Snapshot, Status, TestRun,
-    LOCAL_RETRY_BASE, LOCAL_RETRY_MAX, MAX_TEST_ATTEMPTS,
+    is_fresh, Action, ApplyResult, ApplyStep, Event, Ignored, LocalFault, NodeConfig, Pin, Rollout, Snapshot, Status,
+    TestRun, LOCAL_RETRY_BASE, LOCAL_RETRY_MAX, MAX_TEST_ATTEMPTS, MESSAGE_MAX_AGE, MESSAGE_MAX_SKEW,
 };
 pub use schedule::StageSchedule;

@@ -215,6 +215,21 @@ pub struct Pin {
     pub through: Option<semver::Version>,
 }
 
+/// Test reports and retest requests older than this count for nothing (a replay, or
+/// long stale), and so do those issued further ahead of the node's clock than
+/// [`MESSAGE_MAX_SKEW`]. The core decides, so the node, its restart replay and the
+/// simulator judge alike.
+pub const MESSAGE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+pub const MESSAGE_MAX_SKEW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Whether a signed staging message (a test report, a retest request) issued at
+/// `issued_at` may still count at `now`.
+pub fn is_fresh(issued_at: UnixMillis, now: UnixMillis) -> bool {
+    let age = now.0.saturating_sub(issued_at.0);
+    let ahead = issued_at.0.saturating_sub(now.0);
+    age <= MESSAGE_MAX_AGE.as_millis() as u64 && ahead <= MESSAGE_MAX_SKEW.as_millis() as u64
+}
+
 /// A representative whose tests could not run this many times hands its seat on.
 pub const MAX_TEST_ATTEMPTS: u32 = 2;
 /// The first retry after a local fault; each further one waits twice as long.
@@ -243,6 +258,8 @@ pub enum Ignored {
     Report(#[from] ReportRejected),
     #[error(transparent)]
     Retest(#[from] RetestIgnored),
+    #[error("message issued too long ago, or too far ahead of this node's clock")]
+    Stale,
 }
 
 /// What `mirage status` shows for an app.
@@ -528,6 +545,9 @@ impl Rollout {
                 Ok((None, None))
             }
             Event::Report(r) => {
+                if !is_fresh(r.issued_at(), now) {
+                    return Err(Ignored::Stale);
+                }
                 self.campaign.admit(&r, now)?;
                 Ok((None, None))
             }
@@ -557,6 +577,9 @@ impl Rollout {
                 Ok((None, None))
             }
             Event::Retest(request) => {
+                if !is_fresh(request.issued_at(), now) {
+                    return Err(Ignored::Stale);
+                }
                 self.campaign.retest(&request, now)?;
                 let r = request.payload();
                 let at = request.issued_at();

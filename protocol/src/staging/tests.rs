@@ -990,3 +990,22 @@ fn a_vendor_retest_unhalts_the_cluster_and_reports_from_before_it_no_longer_coun
     rep.rollout.handle(Event::Retest(retest_for(&other, Vec::new(), 120 * SEC)), UnixMillis(120 * SEC));
     assert!(matches!(rep.rollout.last_ignored(), Some(Ignored::Retest(RetestIgnored::OtherRelease))));
 }
+
+#[test]
+fn the_core_counts_no_report_that_is_long_stale_or_from_the_future() {
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let mut n = node(4, 3, &m);
+    let issued = 10 * SEC;
+    n.rollout.handle(Event::Manifest(signed_manifest(&m, issued)), UnixMillis(issued));
+    let week = MESSAGE_MAX_AGE.as_millis() as u64;
+    let fail = report_for(&n.key_ranked(&m, 0), &m, cluster_key(0), Outcome::Fail, issued + SEC);
+    n.rollout.handle(Event::Report(fail.clone()), UnixMillis(issued + SEC + week + 1));
+    assert_eq!(n.rollout.last_ignored(), Some(&Ignored::Stale));
+    let ahead = report_for(&n.key_ranked(&m, 0), &m, cluster_key(0), Outcome::Fail, issued + 10 * 60 * SEC);
+    n.rollout.handle(Event::Report(ahead), UnixMillis(issued + 2 * SEC));
+    assert_eq!(n.rollout.last_ignored(), Some(&Ignored::Stale));
+    assert_eq!(n.rollout.status().verdict, Some(Verdict::Pending));
+    // In time, the same failure halts the cluster.
+    n.rollout.handle(Event::Report(fail), UnixMillis(issued + 2 * SEC));
+    assert!(matches!(n.rollout.status().verdict, Some(Verdict::Halted { .. })));
+}
