@@ -69,6 +69,8 @@ pub struct Staging {
     pending: Vec<(String, Vec<u8>)>,
     /// The membership generation last fed to the cores.
     fed_generation: Option<u64>,
+    /// Events the cores refused, per app and reason (`mirage status --json`).
+    ignored: BTreeMap<String, BTreeMap<&'static str, u64>>,
 }
 
 impl Staging {
@@ -92,6 +94,7 @@ impl Staging {
             completions: tx,
             pending: Vec::new(),
             fed_generation: None,
+            ignored: BTreeMap::new(),
         };
         (staging, rx)
     }
@@ -201,6 +204,7 @@ impl Node {
         let actions = r.rollout.handle(event, overlay::now());
         if let Some(why) = r.rollout.last_ignored() {
             tracing::debug!(app, %why, "staging event ignored");
+            *self.staging.ignored.entry(app.to_string()).or_default().entry(why.name()).or_default() += 1;
         }
         let after = r.rollout.status();
         if after.phase != before {
@@ -672,6 +676,7 @@ impl Node {
                     "open_stages": s.open_stages,
                     "verdict": s.verdict.map(verdict_name),
                     "pinned": s.pin.as_ref().map(|p| p.version.to_string()),
+                    "ignored": self.staging.ignored.get(app).cloned().unwrap_or_default(),
                     "local_fault": s.local_fault.as_ref().map(|f| serde_json::json!({
                         "during": f.during.name(),
                         "attempts": f.attempts,

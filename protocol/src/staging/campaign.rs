@@ -79,6 +79,11 @@ struct Active {
 /// Most clusters a campaign remembers retest requests for; more are dropped.
 pub const MAX_RETESTED_CLUSTERS: usize = 4096;
 
+/// Most clusters with no known members a campaign keeps reports for. A report can
+/// outrun the membership it belongs to, so a few are worth keeping; but anyone can sign
+/// a report naming a made-up cluster, and each would cost a gate.
+pub const MAX_UNKNOWN_CLUSTERS: usize = 256;
+
 /// Why a retest request changed nothing.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum RetestIgnored {
@@ -238,6 +243,10 @@ impl Campaign {
         let cluster = report.payload().cluster_key;
         let mut changed = Vec::new();
         if !a.gates.contains_key(&cluster) {
+            let unknown = a.gates.values().filter(|g| g.member_count() == 0).count();
+            if unknown >= MAX_UNKNOWN_CLUSTERS {
+                return Err(ReportRejected::TooManyUnknownClusters);
+            }
             // A report can outrun membership; keep it under a gate that has no members
             // yet (so it counts for nothing until the members are known).
             let g = a.new_gate(cluster, &[]);

@@ -38,6 +38,24 @@ pub enum ReportRejected {
     TooManyStrangers,
     #[error("the report predates the vendor's request to test again")]
     BeforeRetest,
+    #[error("too many clusters this node knows no members of already hold reports")]
+    TooManyUnknownClusters,
+}
+
+impl ReportRejected {
+    /// A stable word for counters and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReportRejected::OtherUpgrade => "other_upgrade",
+            ReportRejected::WrongRelease => "wrong_release",
+            ReportRejected::OtherCluster => "other_cluster",
+            ReportRejected::Replay => "replay",
+            ReportRejected::Duplicate => "duplicate",
+            ReportRejected::TooManyStrangers => "too_many_strangers",
+            ReportRejected::BeforeRetest => "before_retest",
+            ReportRejected::TooManyUnknownClusters => "too_many_unknown_clusters",
+        }
+    }
 }
 
 /// Where a cluster stands for one upgrade.

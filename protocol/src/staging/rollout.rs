@@ -262,6 +262,24 @@ pub enum Ignored {
     Stale,
 }
 
+impl Ignored {
+    /// A stable word for counters and JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Ignored::OtherApp => "other_app",
+            Ignored::Expired => "expired",
+            Ignored::NotNewerThanRunning { .. } => "not_newer_than_running",
+            Ignored::Release(ReleaseIgnored::AlreadyKnown) => "release_known",
+            Ignored::Release(ReleaseIgnored::OtherApp) => "release_other_app",
+            Ignored::Release(ReleaseIgnored::NotNewer { .. }) => "release_not_newer",
+            Ignored::Report(r) => r.name(),
+            Ignored::Retest(RetestIgnored::OtherRelease) => "retest_other_release",
+            Ignored::Retest(RetestIgnored::TooManyClusters) => "retest_too_many_clusters",
+            Ignored::Stale => "stale",
+        }
+    }
+}
+
 /// What `mirage status` shows for an app.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Status {

@@ -236,6 +236,30 @@ fn too_many_strangers_are_refused() {
 }
 
 #[test]
+fn reports_for_made_up_clusters_cost_at_most_a_bounded_number_of_gates() {
+    let fleet = Fleet::new(&[2]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    let stranger = Keypair::from_secret_bytes(&[99; 32]);
+    let made_up = |i: usize| {
+        let mut d = [0xee; 32];
+        d[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        ClusterKey(Digest(d))
+    };
+    let mut refused = Vec::new();
+    for i in 0..campaign::MAX_UNKNOWN_CLUSTERS + 10 {
+        if let Err(e) = campaign.admit(&report_for(&stranger, &m, made_up(i), Outcome::Fail, SEC), UnixMillis(SEC)) {
+            refused.push(e);
+        }
+    }
+    assert_eq!(refused, vec![ReportRejected::TooManyUnknownClusters; 10]);
+    // The real cluster's reports still count.
+    let r = report_for(fleet.ranked(&campaign, 0, 0), &m, cluster_key(0), Outcome::Pass, 2 * SEC);
+    assert!(campaign.admit(&r, UnixMillis(2 * SEC)).is_ok());
+}
+
+#[test]
 fn a_silent_representative_is_replaced_after_the_deadline() {
     let fleet = Fleet::new(&[5]);
     let mut campaign = fleet.campaign();
