@@ -383,6 +383,15 @@ impl<P: Ord + Clone> Download<P> {
         }
     }
 
+    /// Chunk `index` verified but could not be written here (a full disk, say): it is
+    /// missing again and will be asked for anew. No peer is struck: its bytes were good.
+    pub fn store_failed(&mut self, index: usize) {
+        if index < self.have.len() && self.have[index] {
+            self.have[index] = false;
+            self.have_count -= 1;
+        }
+    }
+
     /// The request failed (peer refused, stream error): free it and strike the peer.
     pub fn on_failure(&mut self, peer: &P, index: usize) {
         if self.finish_request(peer, index) {
@@ -513,6 +522,29 @@ mod tests {
             }
             assert!(d.is_complete());
         }
+    }
+
+    #[test]
+    fn a_chunk_that_cannot_be_written_here_is_asked_for_again_and_blames_no_one() {
+        let (bytes, info) = artifact(2);
+        let mut d = Download::new(info, vec![], 3).with_limits(1, Duration::from_secs(10));
+        d.peer_is_seed("p");
+        let first = d.next_requests(UnixMillis(0));
+        let (peer, c) = first[0];
+        assert!(matches!(d.on_chunk(&peer, c, chunk(&bytes, c)), ChunkVerdict::Accept(_)));
+        d.store_failed(c);
+        assert!(!d.has_chunk(c));
+        assert_eq!(d.progress().0, 0);
+        // Four failed writes in a row would be four strikes if they counted as the peer's.
+        for round in 0..4 {
+            let again = d.next_requests(UnixMillis(round));
+            assert!(again.contains(&("p", c)), "round {round}: {again:?}");
+            assert!(matches!(d.on_chunk(&"p", c, chunk(&bytes, c)), ChunkVerdict::Accept(_)));
+            d.store_failed(c);
+        }
+        assert!(!d.is_banned(&"p"));
+        let again = d.next_requests(UnixMillis(10));
+        assert!(again.iter().any(|r| r.0 == "p"), "the honest peer is still asked: {again:?}");
     }
 
     #[test]

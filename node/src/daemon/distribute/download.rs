@@ -397,8 +397,10 @@ impl Node {
                 let Some(stored) = self.dist.held.get_mut(&content) else { return };
                 let len = data.len() as u64;
                 if let Err(e) = stored.store_chunk(index, data, proof) {
+                    // Our disk's fault, not the sender's: the chunk is missing again
+                    // (it had been counted as held) and nobody is struck.
                     warn!(%content, index, error = %e, "cannot store chunk");
-                    d.download.on_failure(&peer, index);
+                    d.download.store_failed(index);
                 } else {
                     d.download.mark_stored(index);
                     d.bytes += len;
