@@ -60,18 +60,6 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
     let public = vendor_keygen(&o.mirage, &vendor_key)?;
 
     let bootstrap = BootstrapPeer::start(&o.mirage, &o.work_dir.join("bootstrap"))?;
-    // A node runs at least one app (it refuses to start otherwise): the receivers run a
-    // profile of one environment variable on an empty machine root, so their
-    // fingerprints are tiny and they all form one cluster.
-    let profile = o.work_dir.join("bench.toml");
-    std::fs::write(
-        &profile,
-        format!("app = \"{APP}\"\ndescription = \"mirage bench swarm receivers\"\n\n[[resource]]\nclass = \"env\"\nvars = [\"MIRAGE_BENCH\"]\n"),
-    )
-    .map_err(io(&profile))?;
-    let root = o.work_dir.join("root");
-    std::fs::create_dir_all(&root).map_err(io(&root))?;
-    let root = std::fs::canonicalize(&root).map_err(io(&root))?;
     let mut nodes: Vec<(Process, PathBuf)> = Vec::new();
     for i in 0..o.receivers {
         let dir = o.work_dir.join(format!("r{i}"));
@@ -88,10 +76,8 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
             "127.0.0.1:0",
             "--trust",
             &format!("{APP}={public}"),
-            "--profile",
-            &profile.display().to_string(),
-            "--root",
-            &root.display().to_string(),
+            // Receivers run no app: the benchmark times distribution alone.
+            "--content-only",
             "--no-auto-fetch",
         ]
         .iter()

@@ -82,6 +82,10 @@ pub struct RunArgs {
     /// libp2p). Open it in firewalls beside the libp2p port.
     #[arg(long)]
     lane_port: Option<u16>,
+    /// Run no app: only fetch (`mirage fetch`) and serve the releases of the apps it
+    /// trusts, as a content peer. Without it, a node with no profile refuses to start.
+    #[arg(long, conflicts_with = "profiles")]
+    content_only: bool,
     /// Allow `mirage debug inject` (test fleets only).
     #[arg(long, hide = true)]
     allow_debug: bool,
@@ -186,9 +190,12 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
 /// root that is relative or missing, a profile that does not parse, a `--trust` for an
 /// app the node does not run, a relative install prefix. Such mistakes used to surface
 /// later as failed tests, signed and sent to the whole fleet as verdicts on a release.
-fn check(o: &NodeOptions) -> Result<()> {
-    if o.apps.is_empty() {
-        bail!("no app to run: give a profile with --profile PATH (or `profiles = [...]` in --config)");
+fn check(o: &NodeOptions, content_only: bool) -> Result<()> {
+    if o.apps.is_empty() && !content_only {
+        bail!(
+            "no app to run: give a profile with --profile PATH (or `profiles = [...]` in --config), \
+             or --content-only for a peer that only fetches and serves releases"
+        );
     }
     if !o.root.is_absolute() {
         bail!("--root {} is a relative path; give the machine root as an absolute path", o.root.display());
@@ -209,7 +216,7 @@ fn check(o: &NodeOptions) -> Result<()> {
         apps.push(profile.app().to_string());
     }
     for app in o.trust.apps() {
-        if !apps.iter().any(|a| a == app) {
+        if !content_only && !apps.iter().any(|a| a == app) {
             bail!("--trust {app}=...: this node runs no app `{app}` (its profiles name: {})", apps.join(", "));
         }
     }
@@ -219,8 +226,9 @@ fn check(o: &NodeOptions) -> Result<()> {
 pub fn run(command: NodeCommand) -> Result<()> {
     match command {
         NodeCommand::Run(args) => {
+            let content_only = args.content_only;
             let options = options(*args)?;
-            check(&options)?;
+            check(&options, content_only)?;
             let runtime = super::async_runtime()?;
             runtime
                 .block_on(daemon::run(options, mirage_bootstrap::shutdown_signal()))
@@ -314,10 +322,14 @@ auto_fetch = false
         let p = profile.to_str().unwrap();
         let root = dir.path().to_str().unwrap();
         let key = "mysql=3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
-        let err = |args: &[&str]| check(&parse(args).unwrap()).unwrap_err().to_string();
-        assert!(check(&parse(&["--data-dir", "/d", "--profile", p, "--root", root, "--trust", key]).unwrap()).is_ok());
+        let err = |args: &[&str]| check(&parse(args).unwrap(), false).unwrap_err().to_string();
+        assert!(check(&parse(&["--data-dir", "/d", "--profile", p, "--root", root, "--trust", key]).unwrap(), false)
+            .is_ok());
         // The old flag name still works.
-        assert!(check(&parse(&["--data-dir", "/d", "--app", p, "--root", root]).unwrap()).is_ok());
+        assert!(check(&parse(&["--data-dir", "/d", "--app", p, "--root", root]).unwrap(), false).is_ok());
+        // A content peer runs no app, and trusts what it serves.
+        assert!(check(&parse(&["--data-dir", "/d", "--content-only", "--trust", key]).unwrap(), true).is_ok());
+        assert!(parse(&["--data-dir", "/d", "--content-only", "--profile", p]).is_err(), "no app, or apps: not both");
         assert!(err(&["--data-dir", "/d", "--root", root]).contains("no app to run"));
         assert!(err(&["--data-dir", "/d", "--profile", p, "--root", "roots/r3"]).contains("relative path"));
         assert!(err(&["--data-dir", "/d", "--profile", p, "--root", "/no/such/root"]).contains("/no/such/root"));
