@@ -107,18 +107,38 @@ impl StagedFleet {
     /// Writes the sample app's `version` and starts the vendor seeding it with
     /// `policy_flags` (e.g. `--policy balanced --stage-timeout-secs 20`).
     pub fn publish(&mut self, version: &str, policy_flags: &[&str]) -> Result<Process, FleetError> {
-        self.publishes += 1;
         let dir = self.dir.join(format!("release-{version}"));
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let tar = dir.join(format!("{APP}-{version}.tar"));
         sample_app::write_release(version, &tar).map_err(io(&tar))?;
         let tests = dir.join("tests");
         sample_app::write_tests_dir(&tests).map_err(io(&tests))?;
+        self.publish_files(version, &tar, &tests, policy_flags)
+    }
+
+    /// Starts the vendor seeding `artifact` as `version` with the tests in `tests`, then
+    /// `flags`; its files go beside the artifact.
+    pub fn publish_files(
+        &mut self,
+        version: &str,
+        artifact: &Path,
+        tests: &Path,
+        flags: &[&str],
+    ) -> Result<Process, FleetError> {
+        self.publishes += 1;
+        let dir = artifact.parent().unwrap_or(&self.dir).to_path_buf();
         let tests_arg = tests.display().to_string();
         let mut extra = vec!["--tests", &tests_arg, "--replicas", "0"];
-        extra.extend_from_slice(policy_flags);
-        let args =
-            vendor_publish_args(&self.vendor_key, APP, version, &tar, &self.bootstrap.addr, &dir.join("seed"), &extra);
+        extra.extend_from_slice(flags);
+        let args = vendor_publish_args(
+            &self.vendor_key,
+            APP,
+            version,
+            artifact,
+            &self.bootstrap.addr,
+            &dir.join("seed"),
+            &extra,
+        );
         let mut seed = Process::spawn(&self.mirage, &format!("vendor-{version}"), &args, &dir.join("vendor.log"))?;
         seed.read_stdout_until(Duration::from_secs(60), "start seeding", |l| l.starts_with("seeding"))?;
         Ok(seed)

@@ -2,7 +2,7 @@
 //! node backwards, a node's own fault is never signed as a verdict on a release, and
 //! every command tells the truth about its outcome.
 
-use mirage_testnet::fleet::{vendor_publish_args, Process};
+use mirage_testnet::fleet::Process;
 use mirage_testnet::sample_app::{self, APP, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::staged::{all_installed, NodeView, StagedFleet, StagedOptions};
 use mirage_tests::{mirage, mirage_bin, wait_for, Bootstrap, Node, Proc, SampleMachine, Vendor};
@@ -31,10 +31,10 @@ fn fleet_running_old_version(dir: &Path, nodes: u32) -> StagedFleet {
     fleet
 }
 
-/// Publishes `artifact` as `version` with the sample tests, `tests_toml` replacing
-/// their `tests.toml` if given.
+/// Publishes `artifact` (in `dir`) as `version` with the sample tests, `tests_toml`
+/// replacing their `tests.toml` if given.
 fn publish_custom(
-    fleet: &StagedFleet,
+    fleet: &mut StagedFleet,
     dir: &Path,
     version: &str,
     artifact: &Path,
@@ -46,21 +46,7 @@ fn publish_custom(
     if let Some(toml) = tests_toml {
         std::fs::write(tests.join("tests.toml"), toml).unwrap();
     }
-    let tests_arg = tests.display().to_string();
-    let mut extra = vec!["--tests", &tests_arg, "--replicas", "0"];
-    extra.extend_from_slice(flags);
-    let args = vendor_publish_args(
-        &fleet.vendor_key,
-        APP,
-        version,
-        artifact,
-        &fleet.bootstrap.addr,
-        &dir.join("seed"),
-        &extra,
-    );
-    let mut seed = Process::spawn(&mirage_bin(), &format!("vendor-{version}"), &args, &dir.join("vendor.log")).unwrap();
-    seed.read_stdout_until(Duration::from_secs(60), "start seeding", |l| l.starts_with("seeding")).unwrap();
-    seed
+    fleet.publish_files(version, artifact, &tests, flags).unwrap()
 }
 
 #[test]
@@ -79,7 +65,7 @@ fn a_failed_apply_leaves_every_node_on_the_version_it_ran_and_rollback_walks_bac
     let tar = unhealthy.join("mysql.tar");
     sample_app::write_release(FIXED_VERSION, &tar).unwrap();
     let tests_toml = "[[test]]\nname = \"starts\"\nrun = [\"true\"]\n\n[health_check]\nrun = [\"sh\", \"-c\", \"echo the server does not answer; exit 3\"]\n";
-    let mut seed = publish_custom(&fleet, &unhealthy, "8.5.0", &tar, Some(tests_toml), &["--policy", "no-staging"]);
+    let mut seed = publish_custom(&mut fleet, &unhealthy, "8.5.0", &tar, Some(tests_toml), &["--policy", "no-staging"]);
     let settled = |v: &[Option<NodeView>]| {
         v.iter().all(|v| {
             v.as_ref().is_some_and(|v| {
@@ -100,7 +86,7 @@ fn a_failed_apply_leaves_every_node_on_the_version_it_ran_and_rollback_walks_bac
     // The vendor's own check would refuse it (below); a vendor that skips it reaches nodes
     // that must hold their ground.
     let mut seed =
-        publish_custom(&fleet, &junk, "8.6.0", &gz, None, &["--policy", "no-staging", "--no-verify-artifact"]);
+        publish_custom(&mut fleet, &junk, "8.6.0", &gz, None, &["--policy", "no-staging", "--no-verify-artifact"]);
     let refused = |v: &[Option<NodeView>]| {
         v.iter().all(|v| {
             v.as_ref().is_some_and(|v| {
@@ -221,7 +207,7 @@ fn representatives_whose_sandbox_cannot_start_sign_no_verdict_and_their_cluster_
     let tar = dir.path().join("mysql-8.4.2.tar");
     sample_app::write_release(FIXED_VERSION, &tar).unwrap();
     let next = dir.path().join("release-8.4.2");
-    let mut seed = publish_custom(&fleet, &next, "8.4.2", &tar, None, &["--policy", "front-loading"]);
+    let mut seed = publish_custom(&mut fleet, &next, "8.4.2", &tar, None, &["--policy", "front-loading"]);
     fleet.wait_until("8.4.2 everywhere", TIMEOUT, |_| {}, |v| all_installed(v, "8.4.2")).unwrap();
     seed.terminate(Duration::from_secs(10));
 }
@@ -368,7 +354,7 @@ fn a_vendor_retest_sends_a_halted_cluster_back_to_testing() {
     let tests_toml =
         "[[test]]\nname = \"flaky\"\nrun = [\"sh\", \"-c\", '! grep -q flaky-marker \"$MIRAGE_ROOT/etc/mysql/my.cnf\"']\n";
     let mut seed =
-        publish_custom(&fleet, &release, FIXED_VERSION, &tar, Some(tests_toml), &["--policy", "front-loading"]);
+        publish_custom(&mut fleet, &release, FIXED_VERSION, &tar, Some(tests_toml), &["--policy", "front-loading"]);
     let halted = |v: &[Option<NodeView>]| {
         v.iter().all(|v| v.as_ref().is_some_and(|v| matches!(v.phase.as_deref(), Some("failed" | "halted"))))
     };

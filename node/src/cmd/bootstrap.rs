@@ -55,20 +55,14 @@ fn options(args: Args) -> Result<BootstrapOptions> {
     if listen.is_empty() {
         bail!("--listen (or listen in --config) is required, e.g. /ip4/0.0.0.0/tcp/4701");
     }
-    let parse = |list: &[String]| -> Result<Vec<libp2p::Multiaddr>> {
-        list.iter().map(|a| a.parse().with_context(|| format!("bad address `{a}`"))).collect()
-    };
-    let peers = parse(&super::pick(args.peer, file.peers))?;
-    if let Some(p) = peers.iter().find(|p| overlay::split_peer_addr(p).is_none()) {
-        bail!("peer address `{p}` must end in /p2p/<peer id>");
-    }
+    let peers = super::peer_addrs(&super::pick(args.peer, file.peers), "peer")?;
     let mut gossip = overlay::GossipTuning::default();
     if let Some(ms) = args.heartbeat_ms {
         gossip.heartbeat = std::time::Duration::from_millis(ms.max(50));
     }
     Ok(BootstrapOptions {
         keypair: mirage_node::keyfile::load_or_create(&key)?,
-        listen: parse(&listen)?,
+        listen: super::multiaddrs(&listen, "listen")?,
         peers,
         max_connections: args.max_connections.or(file.max_connections).unwrap_or(DEFAULT_MAX_CONNECTIONS),
         gossip,

@@ -38,3 +38,18 @@ pub fn pick<T>(flag: Vec<T>, file: Vec<T>) -> Vec<T> {
         flag
     }
 }
+
+/// Multiaddrs from flags or a config file; `what` names them in errors.
+pub fn multiaddrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+    use anyhow::Context;
+    list.iter().map(|a| a.parse().with_context(|| format!("bad {what} address `{a}`"))).collect()
+}
+
+/// Addresses of peers to dial: each must also say who is there (`/p2p/<peer id>`).
+pub fn peer_addrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+    let addrs = multiaddrs(list, what)?;
+    if let Some(a) = addrs.iter().find(|a| mirage_bootstrap::overlay::split_peer_addr(a).is_none()) {
+        anyhow::bail!("{what} address `{a}` must end in /p2p/<peer id>");
+    }
+    Ok(addrs)
+}

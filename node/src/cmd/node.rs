@@ -124,20 +124,12 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         bail!("--data-dir (or data_dir in --config) is required");
     };
     let key = args.key.or(file.key).unwrap_or_else(|| data_dir.join("node.key"));
-    let parse = |list: Vec<String>, what: &str| -> Result<Vec<libp2p::Multiaddr>> {
-        list.iter().map(|a| a.parse().with_context(|| format!("bad {what} address `{a}`"))).collect()
-    };
-    let mut listen = parse(super::pick(args.listen, file.listen), "listen")?;
+    let mut listen = super::multiaddrs(&super::pick(args.listen, file.listen), "listen")?;
     if listen.is_empty() {
         // 4701 is the bootstrap peer's customary port; a node beside one must not collide.
         listen = vec!["/ip4/0.0.0.0/tcp/4702".parse()?, "/ip4/0.0.0.0/udp/4702/quic-v1".parse()?];
     }
-    let bootstrap = parse(super::pick(args.bootstrap, file.bootstrap), "bootstrap")?;
-    for b in &bootstrap {
-        if mirage_bootstrap::overlay::split_peer_addr(b).is_none() {
-            bail!("bootstrap address `{b}` must end in /p2p/<peer id>");
-        }
-    }
+    let bootstrap = super::peer_addrs(&super::pick(args.bootstrap, file.bootstrap), "bootstrap")?;
     let mut membership = MembershipConfig::default();
     if let Some(s) = args.announce_interval_secs.or(file.announce_interval_secs) {
         membership.announce_interval = Duration::from_secs(s.max(1));

@@ -252,15 +252,11 @@ fn publish(args: PublishArgs) -> Result<()> {
     print_summary(m, packing, &keypair.public().to_string(), args.json);
 
     let mut options = NodeOptions::new(data_dir.clone(), data_dir.join("seed.key"));
-    let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
-    options.bootstrap = args.bootstrap.iter().map(parse).collect::<Result<_>>()?;
-    if options.bootstrap.iter().any(|b| mirage_bootstrap::overlay::split_peer_addr(b).is_none()) {
-        bail!("bootstrap addresses must end in /p2p/<peer id>");
-    }
+    options.bootstrap = super::peer_addrs(&args.bootstrap, "bootstrap")?;
     options.listen = if args.listen.is_empty() {
         vec!["/ip4/0.0.0.0/tcp/0".parse()?]
     } else {
-        args.listen.iter().map(parse).collect::<Result<_>>()?
+        super::multiaddrs(&args.listen, "listen")?
     };
     options.api = args.api;
     options.seed = vec![SeedRelease { envelope, artifact: built.artifact_path.clone(), bundle: built.bundle_path }];
@@ -441,7 +437,7 @@ impl Watch {
                 }
                 _ = tick.tick() => {}
             }
-            let Some(status) = seed_status(data_dir).await else { continue };
+            let Some(status) = peer_status(data_dir).await else { continue };
             last = status;
             let line = self.line(&last);
             if line != last_line {
@@ -531,10 +527,22 @@ fn admitted(status: &serde_json::Value) -> u64 {
     status["seeding"]["admitted"].as_u64().unwrap_or(0)
 }
 
-/// The seed's status, once its API is up.
-async fn seed_status(data_dir: &std::path::Path) -> Option<serde_json::Value> {
+/// A short-lived peer's status (a seed's, a sender's), once its API is up.
+async fn peer_status(data_dir: &std::path::Path) -> Option<serde_json::Value> {
     let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).ok()?;
     daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(5)).await.ok()
+}
+
+/// Runs a short-lived peer (a collector, a sender) while `work` runs, then stops it.
+async fn while_peer_runs<T>(options: NodeOptions, work: impl std::future::Future<Output = T>) -> T {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let peer = tokio::spawn(daemon::run(options, async move {
+        let _ = stop_rx.await;
+    }));
+    let out = work.await;
+    let _ = stop_tx.send(());
+    let _ = peer.await;
+    out
 }
 
 /// Problem reports the fleet holds on this vendor's releases of `app`, and how many
@@ -552,27 +560,20 @@ fn collect_reports(key: &std::path::Path, app: &str, bootstrap: &[String], wait:
     let keypair = mirage_node::keyfile::load(key)?;
     let temp = tempfile::tempdir().context("creating a temporary data directory")?;
     let mut options = NodeOptions::new(temp.path().to_path_buf(), temp.path().join("collector.key"));
-    let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
-    options.bootstrap = bootstrap.iter().map(parse).collect::<Result<_>>()?;
+    options.bootstrap = super::peer_addrs(bootstrap, "bootstrap")?;
     options.trust.trust(app, keypair.public());
     options.auto_fetch = false;
     options.collect_reports = true;
     let data_dir = options.data_dir.clone();
     let runtime = super::async_runtime()?;
     let request = daemon::api::Request::ProblemReports { app: app.to_string() };
-    let (collected, status) = runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let node = tokio::spawn(daemon::run(options, async move {
-            let _ = stop_rx.await;
-        }));
+    let (collected, status) = runtime.block_on(while_peer_runs(options, async move {
         tokio::time::sleep(wait).await;
         let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).unwrap_or_default();
         let reply = daemon::api::call(addr.trim(), &request, Duration::from_secs(10)).await;
         let status = daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(10)).await;
-        let _ = stop_tx.send(());
-        let _ = node.await;
         (reply, status)
-    });
+    }));
     let collected = collected.context("asking the collector for reports")?;
     let status = status.context("asking the collector for its status")?;
     if status["connected_peers"].as_u64() == Some(0) {
@@ -696,22 +697,17 @@ fn retest(args: RetestArgs) -> Result<()> {
 
     let temp = tempfile::tempdir().context("creating a temporary data directory")?;
     let mut options = NodeOptions::new(temp.path().to_path_buf(), temp.path().join("sender.key"));
-    let parse = |a: &String| a.parse::<libp2p::Multiaddr>().with_context(|| format!("bad address `{a}`"));
-    options.bootstrap = args.bootstrap.iter().map(parse).collect::<Result<_>>()?;
+    options.bootstrap = super::peer_addrs(&args.bootstrap, "bootstrap")?;
     options.release_messages = vec![(args.app.clone(), bytes)];
     let data_dir = options.data_dir.clone();
     let runtime = super::async_runtime()?;
     let timeout = Duration::from_secs(args.timeout_secs);
-    let sent = runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let node = tokio::spawn(daemon::run(options, async move {
-            let _ = stop_rx.await;
-        }));
+    let sent = runtime.block_on(while_peer_runs(options, async move {
         let started = std::time::Instant::now();
         let mut sent = None;
         while started.elapsed() < timeout {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if let Some(s) = seed_status(&data_dir).await {
+            if let Some(s) = peer_status(&data_dir).await {
                 if s["pending_publishes"].as_u64() == Some(0) {
                     sent = Some(s["connected_peers"].as_u64().unwrap_or(0));
                     // Gossip forwards from the peers it went to; stay a moment for that.
@@ -720,10 +716,8 @@ fn retest(args: RetestArgs) -> Result<()> {
                 }
             }
         }
-        let _ = stop_tx.send(());
-        let _ = node.await;
         sent
-    });
+    }));
     let Some(peers) = sent else {
         bail!("the retest request reached no peer within {} s (check --bootstrap)", args.timeout_secs);
     };

@@ -159,7 +159,7 @@ impl Node {
                     retests.push(r);
                 }
             } else if let Ok(r) = env.verify::<TestReport>() {
-                if staging::is_fresh(r.issued_at(), now) {
+                if staging::is_fresh(&r, now) {
                     reports.insert((r.payload().manifest_id, *r.signer()), r);
                 }
             } else if let Ok(p) = env.verify::<ProblemReport>() {
@@ -200,16 +200,16 @@ impl Node {
 
     fn staging_handle(&mut self, app: &str, event: Event) {
         let Some(r) = self.staging.rollouts.get_mut(app) else { return };
-        let before = r.rollout.status().phase;
+        let before = r.rollout.phase();
         let actions = r.rollout.handle(event, overlay::now());
         if let Some(why) = r.rollout.last_ignored() {
             tracing::debug!(app, %why, "staging event ignored");
             *self.staging.ignored.entry(app.to_string()).or_default().entry(why.name()).or_default() += 1;
         }
-        let after = r.rollout.status();
-        if after.phase != before {
-            let version = after.target.as_ref().map(|v| v.to_string()).unwrap_or_default();
-            match after.phase {
+        let after = r.rollout.phase();
+        if after != before {
+            let version = r.rollout.status().target.map(|v| v.to_string()).unwrap_or_default();
+            match after {
                 Some(Phase::Halted) => {
                     warn!(app, %version, "cluster halted: a representative failed this release; it is not applied here")
                 }
@@ -271,7 +271,7 @@ impl Node {
         bytes: &[u8],
     ) -> gossipsub::MessageAcceptance {
         // Gossip's verdict needs the core's age rule before the report reaches the core.
-        if !staging::is_fresh(report.issued_at(), overlay::now()) {
+        if !staging::is_fresh(&report, overlay::now()) {
             warn!(signer = %report.signer().peer_id(), "stale test report dropped");
             return gossipsub::MessageAcceptance::Reject;
         }
@@ -307,7 +307,7 @@ impl Node {
             warn!(app, signer = %request.signer().peer_id(), "refused a retest request from a key not trusted for the app");
             return gossipsub::MessageAcceptance::Reject;
         }
-        if !staging::is_fresh(request.issued_at(), overlay::now()) {
+        if !staging::is_fresh(&request, overlay::now()) {
             return gossipsub::MessageAcceptance::Reject;
         }
         if !self.staging.manages(app) {
@@ -560,12 +560,7 @@ impl Node {
                     // for the wrong reason; whose fault it is decides what happens next.
                     Err(e) => {
                         let output = format!("the test bundle does not unpack: {e}");
-                        let result = ApplyResult::Failed {
-                            fault: e.fault(),
-                            step: ApplyStep::Unpack,
-                            logs_digest: Digest::of(output.as_bytes()),
-                            output,
-                        };
+                        let result = ApplyResult::failed(e.fault(), ApplyStep::Unpack, output);
                         let _ = tx.send(Completion::Applied { app, manifest, result });
                         return;
                     }
@@ -580,20 +575,11 @@ impl Node {
             ) {
                 Ok(ApplyOutcome::Applied { .. }) => ApplyResult::Healthy,
                 Ok(ApplyOutcome::NotApplied { fault, step, reason, output_excerpt }) => {
-                    let output = format!("{reason}\n{output_excerpt}");
-                    ApplyResult::Failed { fault, step, logs_digest: Digest::of(output.as_bytes()), output }
+                    ApplyResult::failed(fault, step, format!("{reason}\n{output_excerpt}"))
                 }
                 // The installer could not even settle its own state (its journal, the
                 // disk): this node's fault; its recovery runs before the retry.
-                Err(e) => {
-                    let output = format!("apply failed: {e}");
-                    ApplyResult::Failed {
-                        fault: e.fault(),
-                        step: ApplyStep::Switch,
-                        logs_digest: Digest::of(output.as_bytes()),
-                        output,
-                    }
-                }
+                Err(e) => ApplyResult::failed(e.fault(), ApplyStep::Switch, format!("apply failed: {e}")),
             };
             let _ = tx.send(Completion::Applied { app, manifest, result });
         });

@@ -103,6 +103,13 @@ pub enum ApplyResult {
     Failed { fault: Fault, step: ApplyStep, logs_digest: Digest, output: String },
 }
 
+impl ApplyResult {
+    /// A failed apply whose logs are `output` (their digest goes into problem reports).
+    pub fn failed(fault: Fault, step: ApplyStep, output: String) -> Self {
+        ApplyResult::Failed { fault, step, logs_digest: Digest::of(output.as_bytes()), output }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A manifest whose signature checked out and whose signer the node trusts for
@@ -222,12 +229,10 @@ pub struct Pin {
 pub const MESSAGE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 pub const MESSAGE_MAX_SKEW: std::time::Duration = std::time::Duration::from_secs(120);
 
-/// Whether a signed staging message (a test report, a retest request) issued at
-/// `issued_at` may still count at `now`.
-pub fn is_fresh(issued_at: UnixMillis, now: UnixMillis) -> bool {
-    let age = now.0.saturating_sub(issued_at.0);
-    let ahead = issued_at.0.saturating_sub(now.0);
-    age <= MESSAGE_MAX_AGE.as_millis() as u64 && ahead <= MESSAGE_MAX_SKEW.as_millis() as u64
+/// Whether a signed staging message (a test report, a retest request) may still count
+/// at `now`.
+pub fn is_fresh<T>(message: &Verified<T>, now: UnixMillis) -> bool {
+    message.check_freshness(now, MESSAGE_MAX_AGE, MESSAGE_MAX_SKEW).is_ok()
 }
 
 /// A representative whose tests could not run this many times hands its seat on.
@@ -389,6 +394,12 @@ impl Rollout {
         self.campaign.next_timeout().into_iter().chain(retry).min()
     }
 
+    /// This node's phase for the release it works on (what `status().phase` says,
+    /// without computing the rest of the status).
+    pub fn phase(&self) -> Option<Phase> {
+        self.member.work().map(|w| w.phase)
+    }
+
     /// Whether the operator may roll the app back now: not while an apply is under
     /// way, whose end would contradict it.
     pub fn may_roll_back(&self) -> bool {
@@ -420,7 +431,7 @@ impl Rollout {
         Status {
             running: self.running.clone(),
             target: self.work_version(),
-            phase: self.member.work().map(|w| w.phase),
+            phase: self.phase(),
             stage: plan.map(|p| p.stage_of(&self.cluster)),
             open_stages: self.campaign.schedule().map_or(0, |s| s.open_stages()),
             stage_count: plan.map_or(0, |p| p.stage_count()),
@@ -563,7 +574,7 @@ impl Rollout {
                 Ok((None, None))
             }
             Event::Report(r) => {
-                if !is_fresh(r.issued_at(), now) {
+                if !is_fresh(&r, now) {
                     return Err(Ignored::Stale);
                 }
                 self.campaign.admit(&r, now)?;
@@ -595,7 +606,7 @@ impl Rollout {
                 Ok((None, None))
             }
             Event::Retest(request) => {
-                if !is_fresh(request.issued_at(), now) {
+                if !is_fresh(&request, now) {
                     return Err(Ignored::Stale);
                 }
                 self.campaign.retest(&request, now)?;
