@@ -1,9 +1,11 @@
 //! The node's redb database: identity, known peers (re-dialed on restart), our own
-//! signed fingerprints, the signed announcements that make up cluster membership, the
-//! releases it admitted and the artifacts it wants.
+//! signed fingerprints, the signed announcements that make up cluster membership, when
+//! it first saw each peer in its cluster, the releases it admitted and the artifacts it
+//! wants.
 //! Every write happens in one transaction. The digest cache shares the same file.
 
-use mirage_protocol::wire;
+use mirage_protocol::presence::Sighting;
+use mirage_protocol::{wire, ClusterKey, Digest, PublicKey, UnixMillis};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -28,6 +30,9 @@ const WANTED: TableDefinition<&str, &str> = TableDefinition::new("wanted_artifac
 const STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("staging_snapshots");
 /// (app, envelope id hex) → a signed test or problem report envelope seen for the app.
 const REPORTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("reports");
+/// (app, peer key) → cluster key, first seen, last seen: who may represent a cluster
+/// after a restart (`protocol::presence`).
+const PRESENCE: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("presence");
 
 /// Most known peers kept; the least recently seen go first.
 pub const MAX_KNOWN_PEERS: usize = 1024;
@@ -73,6 +78,7 @@ impl Store {
         tx.open_table(WANTED)?;
         tx.open_table(STAGING)?;
         tx.open_table(REPORTS)?;
+        tx.open_table(PRESENCE)?;
         tx.commit()?;
         Ok(Store { db: Arc::new(db) })
     }
@@ -275,6 +281,50 @@ impl Store {
                 break;
             }
             out.push((peer.to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records first sightings (in one transaction).
+    pub fn put_presence(&self, app_sightings: &[(String, PublicKey, Sighting)]) -> Result<(), StoreError> {
+        if app_sightings.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        {
+            let mut t = tx.open_table(PRESENCE)?;
+            for (app, peer, s) in app_sightings {
+                let mut v = Vec::with_capacity(48);
+                v.extend_from_slice(&s.cluster.0 .0);
+                v.extend_from_slice(&s.since.0.to_be_bytes());
+                v.extend_from_slice(&s.last_seen.0.to_be_bytes());
+                t.insert((app.as_str(), peer.0.as_slice()), v.as_slice())?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The first sightings stored for `app`; rows that do not decode are skipped.
+    pub fn presence(&self, app: &str) -> Result<Vec<(PublicKey, Sighting)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(PRESENCE)?;
+        let mut out = Vec::new();
+        for row in t.range((app, [].as_slice())..)? {
+            let (k, v) = row?;
+            let (a, peer) = k.value();
+            if a != app {
+                break;
+            }
+            let (Ok(peer), v) = (<[u8; 32]>::try_from(peer), v.value()) else { continue };
+            if v.len() != 48 {
+                continue;
+            }
+            let cluster = ClusterKey(Digest(v[..32].try_into().expect("32 bytes")));
+            let since = UnixMillis(u64::from_be_bytes(v[32..40].try_into().expect("8 bytes")));
+            let last_seen = UnixMillis(u64::from_be_bytes(v[40..48].try_into().expect("8 bytes")));
+            out.push((PublicKey(peer), Sighting { cluster, since, last_seen }));
         }
         Ok(out)
     }

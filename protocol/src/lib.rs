@@ -11,6 +11,8 @@
 //! - [`fingerprint`]: application profiles, config parsing, host-noise normalization,
 //!   fingerprints, cluster keys and the distance between fingerprints.
 //! - [`manifest`] and [`report`]: upgrade manifests, test reports and problem reports.
+//! - [`presence`]: when this node first saw each peer in its cluster, which decides who
+//!   may represent a cluster (nobody minted after a release).
 //! - [`staging`]: representatives, cluster gates, stages, and the per-(node, app)
 //!   rollout state machine.
 //! - [`transfer`]: swarm download planning (rarest first, verified chunks, bans).
@@ -26,6 +28,7 @@ pub mod fingerprint;
 pub mod identity;
 pub mod manifest;
 pub mod membership;
+pub mod presence;
 pub mod report;
 pub mod staging;
 pub mod time;

@@ -1,6 +1,8 @@
 //! Upgrade manifests: what a vendor signs about a release.
 
 use crate::envelope::{MessageKind, SignedPayload};
+use crate::fingerprint::ClusterKey;
+use crate::identity::PublicKey;
 use crate::time::UnixMillis;
 use crate::Digest;
 use serde::{Deserialize, Serialize};
@@ -230,6 +232,16 @@ pub struct StagingPolicy {
     pub stages: u16,
     pub stage_timeout_secs: u32,
     pub order: StageOrder,
+    /// A representative must have been seen in its cluster this long before the
+    /// release was issued (or the vendor's last retest request): identities that
+    /// appear after a release, however they sign, never represent a cluster for it.
+    /// The default covers the clock skew nodes tolerate.
+    pub presence_margin_secs: u32,
+    /// Keys the vendor trusts to test (its own lab machines, say). Their reports count
+    /// for the clusters in `critical`, where `tester_quorum` of them must pass too.
+    pub testers: Vec<PublicKey>,
+    pub critical: Vec<ClusterKey>,
+    pub tester_quorum: u16,
 }
 
 impl Default for StagingPolicy {
@@ -242,9 +254,21 @@ impl Default for StagingPolicy {
             stages: 3,
             stage_timeout_secs: 3600,
             order: StageOrder::SmallestFirst,
+            presence_margin_secs: DEFAULT_PRESENCE_MARGIN_SECS,
+            testers: Vec::new(),
+            critical: Vec::new(),
+            tester_quorum: 0,
         }
     }
 }
+
+/// The default [`StagingPolicy::presence_margin_secs`]: the clock skew a node tolerates
+/// on signed messages.
+pub const DEFAULT_PRESENCE_MARGIN_SECS: u32 = 120;
+
+/// Most trusted tester keys and critical clusters a policy may name.
+pub const MAX_TESTERS: usize = 64;
+pub const MAX_CRITICAL_CLUSTERS: usize = 1024;
 
 impl StagingPolicy {
     pub fn validate(&self) -> Result<(), String> {
@@ -256,6 +280,22 @@ impl StagingPolicy {
         }
         if self.stages == 0 || self.stages > 1000 {
             return Err(format!("stages {} outside 1..=1000", self.stages));
+        }
+        if self.testers.len() > MAX_TESTERS {
+            return Err(format!("{} trusted testers, at most {MAX_TESTERS}", self.testers.len()));
+        }
+        if self.critical.len() > MAX_CRITICAL_CLUSTERS {
+            return Err(format!("{} critical clusters, at most {MAX_CRITICAL_CLUSTERS}", self.critical.len()));
+        }
+        if self.tester_quorum as usize > self.testers.len() {
+            return Err(format!(
+                "tester quorum {} over the {} trusted testers",
+                self.tester_quorum,
+                self.testers.len()
+            ));
+        }
+        if !self.critical.is_empty() && self.tester_quorum == 0 {
+            return Err("critical clusters need a tester quorum of at least 1".into());
         }
         Ok(())
     }

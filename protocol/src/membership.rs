@@ -12,6 +12,7 @@
 use crate::envelope::{Envelope, VerifyError};
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
+use crate::presence::{Observed, Presence, PresenceBook, Sighting, PRESENCE_KEEP};
 use crate::time::UnixMillis;
 use crate::wire::{WireError, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
@@ -217,6 +218,11 @@ pub struct Membership {
     /// Bumped whenever a cluster gains, loses or moves a peer, so users of
     /// [`Membership::clusters`] recompute only after a change.
     generation: u64,
+    /// First sightings per app (ourselves included): who may represent a cluster.
+    presence: BTreeMap<String, PresenceBook>,
+    /// Sightings that changed since the node last took them, to persist.
+    presence_changes: Vec<(String, PublicKey, Sighting)>,
+    next_presence_expiry: UnixMillis,
 }
 
 impl Membership {
@@ -230,6 +236,9 @@ impl Membership {
             last_fetch: BTreeMap::new(),
             drops: BTreeMap::new(),
             generation: 0,
+            presence: BTreeMap::new(),
+            presence_changes: Vec::new(),
+            next_presence_expiry: UnixMillis(0),
         }
     }
 
@@ -268,8 +277,47 @@ impl Membership {
         );
         actions.push(Action::StartProviding { key });
         self.generation += 1;
+        self.sight(&app, self.keypair.public(), key, now);
         actions.extend(self.tick(now));
         actions
+    }
+
+    /// Records a sighting, keeping the change for the node to persist.
+    fn sight(&mut self, app: &str, peer: PublicKey, cluster: ClusterKey, now: UnixMillis) {
+        let book = self.presence.entry(app.to_string()).or_default();
+        match book.observe(peer, cluster, now) {
+            Observed::New => {
+                self.generation += 1;
+                let s = *book.get(&peer).expect("just observed");
+                self.presence_changes.push((app.to_string(), peer, s));
+            }
+            Observed::Known | Observed::Dropped => {}
+        }
+    }
+
+    /// Puts back persisted sightings (before the first announcements arrive).
+    pub fn restore_presence(&mut self, app: &str, sightings: impl IntoIterator<Item = (PublicKey, Sighting)>) {
+        let book = self.presence.entry(app.to_string()).or_default();
+        for (peer, s) in sightings {
+            book.restore(peer, s);
+        }
+        self.generation += 1;
+    }
+
+    /// Sightings that are new since the last call: persist them, so a restart keeps
+    /// every member's standing.
+    pub fn take_presence_changes(&mut self) -> Vec<(String, PublicKey, Sighting)> {
+        std::mem::take(&mut self.presence_changes)
+    }
+
+    /// Since when `peer` has been in `cluster` for `app`, as this node saw it.
+    pub fn presence_since(&self, app: &str, peer: &PublicKey, cluster: &ClusterKey) -> Option<UnixMillis> {
+        self.presence.get(app)?.since(peer, cluster)
+    }
+
+    /// Sightings not stored because the presence book was full.
+    pub fn presence_dropped(&self, app: &str) -> u64 {
+        self.presence.get(app).map_or(0, PresenceBook::dropped)
     }
 
     /// Our own apps and cluster keys.
@@ -340,6 +388,12 @@ impl Membership {
         self.by_cluster.retain(|_, c| !c.is_empty());
         let backoff = self.config.fetch_backoff;
         self.last_fetch.retain(|_, t| now.since(*t) <= backoff);
+        if self.next_presence_expiry <= now {
+            self.next_presence_expiry = now.saturating_add(Duration::from_secs(3600));
+            for book in self.presence.values_mut() {
+                book.expire(now, PRESENCE_KEEP);
+            }
+        }
         actions
     }
 
@@ -388,6 +442,7 @@ impl Membership {
             }
         }
         records.insert(signer, PeerRecord { cluster_key: key, issued_at, received_at: now });
+        self.sight(app, signer, key, now);
         if previous.as_ref().is_none_or(|p| p.cluster_key != key) {
             let index = self.by_cluster.entry(app.to_string()).or_default();
             if let Some(p) = &previous {
@@ -480,13 +535,27 @@ impl Membership {
     }
 
     /// Every cluster we know of for `app` with the peers in it (ourselves included in
-    /// ours): what staging plans stages from.
-    pub fn clusters(&self, app: &str) -> BTreeMap<ClusterKey, Vec<PublicKey>> {
+    /// ours) and since when each has been there: what staging plans stages and elects
+    /// representatives from.
+    pub fn clusters(&self, app: &str) -> BTreeMap<ClusterKey, Vec<Presence>> {
         let mut out: BTreeMap<ClusterKey, BTreeSet<PublicKey>> = self.by_cluster.get(app).cloned().unwrap_or_default();
         if let Some(local) = self.local.get(app) {
             out.entry(local.cluster_key).or_default().insert(self.keypair.public());
         }
-        out.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect()
+        let book = self.presence.get(app);
+        out.into_iter()
+            .map(|(k, v)| {
+                let members = v
+                    .into_iter()
+                    // A member the book had no room for is as new as can be.
+                    .map(|peer| Presence {
+                        peer,
+                        since: book.and_then(|b| b.since(&peer, &k)).unwrap_or(UnixMillis::MAX),
+                    })
+                    .collect();
+                (k, members)
+            })
+            .collect()
     }
 
     /// Everything we hold about `signer` for `app`.
@@ -805,7 +874,11 @@ mod tests {
                 if tick {
                     m.tick(UnixMillis(now + 200_000));
                 }
-                let clusters = m.clusters("web");
+                let clusters: BTreeMap<ClusterKey, Vec<PublicKey>> = m
+                    .clusters("web")
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_iter().map(|p| p.peer).collect()))
+                    .collect();
                 proptest::prop_assert_eq!(&clusters, &scanned(&m, "web"));
                 let ours = fp("web", 1).cluster_key();
                 let members = clusters.get(&ours).cloned().unwrap_or_default();

@@ -10,6 +10,9 @@ use std::time::Duration;
 pub struct UnixMillis(pub u64);
 
 impl UnixMillis {
+    /// Later than any real time: "never".
+    pub const MAX: UnixMillis = UnixMillis(u64::MAX);
+
     pub fn saturating_add(self, d: Duration) -> Self {
         UnixMillis(self.0.saturating_add(d.as_millis().min(u64::MAX as u128) as u64))
     }

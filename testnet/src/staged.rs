@@ -104,6 +104,30 @@ impl StagedFleet {
         })
     }
 
+    /// Starts one more node in `environment`, with `extra` flags, and returns its index.
+    /// `before_start` may prepare its directory (e.g. put a key at `data/node.key`).
+    pub fn add_node(
+        &mut self,
+        environment: u32,
+        extra: &[String],
+        before_start: impl FnOnce(&Path) -> std::io::Result<()>,
+    ) -> Result<usize, FleetError> {
+        let i = self.nodes.len();
+        let machine = SampleMachine { environment, host: i as u32 };
+        let dir = self.dir.join(format!("node{i:02}"));
+        before_start(&dir).map_err(io(&dir))?;
+        let profile = self.dir.join("mysql.toml");
+        let mut flags = vec![
+            "--trust".to_string(),
+            format!("{APP}={}", self.vendor_public),
+            "--install-prefix".into(),
+            dir.join("root/opt/mirage").display().to_string(),
+        ];
+        flags.extend(extra.iter().cloned());
+        self.nodes.push(FleetNode::start(&self.mirage, &dir, i, machine, &profile, &self.bootstrap.addr, &flags)?);
+        Ok(i)
+    }
+
     /// Writes the sample app's `version` and starts the vendor seeding it with
     /// `policy_flags` (e.g. `--policy balanced --stage-timeout-secs 20`).
     pub fn publish(&mut self, version: &str, policy_flags: &[&str]) -> Result<Process, FleetError> {
@@ -130,6 +154,11 @@ impl StagedFleet {
         let tests_arg = tests.display().to_string();
         let mut extra = vec!["--tests", &tests_arg, "--replicas", "0"];
         extra.extend_from_slice(flags);
+        // One machine, one clock: there is no skew for the margin to cover, and the
+        // fleet is seconds old when the first release comes.
+        if !flags.contains(&"--presence-margin-secs") {
+            extra.extend_from_slice(&["--presence-margin-secs", "0"]);
+        }
         let args = vendor_publish_args(
             &self.vendor_key,
             APP,

@@ -110,6 +110,7 @@ pub fn run(args: Args) -> Result<()> {
             stages: args.stages,
             stage_timeout_secs: args.stage_timeout_secs,
             order: if args.largest_first { StageOrder::LargestFirst } else { StageOrder::SmallestFirst },
+            ..StagingPolicy::default()
         },
         ..Scenario::default()
     };

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use mirage_node::daemon::{self, NodeOptions, SeedRelease};
 use mirage_node::release::{self, ReleaseSpec};
 use mirage_protocol::manifest::{PolicyKind, StagingPolicy};
-use mirage_protocol::Envelope;
+use mirage_protocol::{ClusterKey, Digest, Envelope, PublicKey};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -135,6 +135,22 @@ pub struct PublishArgs {
     /// How long a representative may take to report before the next in line replaces it.
     #[arg(long)]
     report_deadline_secs: Option<u32>,
+    /// How long before the release a node must have been seen in its cluster to
+    /// represent it (default 120: the clock skew nodes tolerate). Identities that appear
+    /// after the release never represent a cluster for it.
+    #[arg(long)]
+    presence_margin_secs: Option<u32>,
+    /// A key (peer id) the vendor trusts to test: its reports count for the clusters
+    /// named with --critical. Repeatable.
+    #[arg(long = "tester", value_name = "PEER_ID")]
+    testers: Vec<String>,
+    /// A cluster key (hex) whose gate also needs --tester-quorum passes from the
+    /// trusted testers. Repeatable.
+    #[arg(long = "critical", value_name = "CLUSTER_KEY")]
+    critical: Vec<String>,
+    /// How many trusted testers must pass in a critical cluster (default: all of them).
+    #[arg(long)]
+    tester_quorum: Option<u16>,
     /// Hours until the manifest expires (nodes refuse it afterwards).
     #[arg(long, default_value_t = 720)]
     valid_for_hours: u64,
@@ -221,6 +237,25 @@ fn publish(args: PublishArgs) -> Result<()> {
     if let Some(t) = args.report_deadline_secs {
         policy.report_deadline_secs = t;
     }
+    if let Some(m) = args.presence_margin_secs {
+        policy.presence_margin_secs = m;
+    }
+    policy.testers = args
+        .testers
+        .iter()
+        .map(|t| PublicKey::from_peer_id(t).with_context(|| format!("--tester {t}: not an ed25519 peer id")))
+        .collect::<anyhow::Result<_>>()?;
+    policy.critical = args
+        .critical
+        .iter()
+        .map(|c| {
+            let bytes = hex::decode(c).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+            bytes
+                .map(|b| ClusterKey(Digest(b)))
+                .with_context(|| format!("--critical {c}: not a 64-hex-digit cluster key"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    policy.tester_quorum = args.tester_quorum.unwrap_or(policy.testers.len() as u16);
     policy.validate().map_err(anyhow::Error::msg).context("staging policy")?;
     let spec = ReleaseSpec {
         tests_dir: args.tests.clone(),
@@ -371,6 +406,15 @@ fn print_summary(m: &mirage_protocol::manifest::UpgradeManifest, packing: Option
             String::new()
         }
     );
+    println!("representatives must have been in their cluster {} s before the release", p.presence_margin_secs);
+    if !p.critical.is_empty() {
+        println!(
+            "{} critical cluster(s) also need {} of {} trusted tester(s) to pass",
+            p.critical.len(),
+            p.tester_quorum,
+            p.testers.len()
+        );
+    }
     println!("vendor key {key} (nodes need --trust {}={key})", m.app);
 }
 

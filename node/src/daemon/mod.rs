@@ -333,6 +333,7 @@ async fn run_inner(
             _ = tick.tick() => {
                 let actions = node.membership.tick(overlay::now());
                 node.execute(actions);
+                node.persist_presence();
                 node.distribution_tick();
                 node.staging_all_members();
                 node.staging_tick();
@@ -418,6 +419,10 @@ impl Node {
         let now = overlay::now();
         let apps: Vec<String> = self.apps.keys().cloned().collect();
         for app in apps {
+            // First sightings before announcements: a restart must not make every
+            // member look new (and unable to represent its cluster).
+            let sightings = self.store.presence(&app)?;
+            self.membership.restore_presence(&app, sightings);
             for (peer, bytes) in self.store.announcements(&app)? {
                 let signer = PublicKey::from_peer_id(&peer);
                 if signer.is_none()
@@ -430,6 +435,14 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Writes the first sightings of the last moments, in one transaction.
+    fn persist_presence(&mut self) {
+        let changes = self.membership.take_presence_changes();
+        if let Err(e) = self.store.put_presence(&changes) {
+            warn!(error = %e, sightings = changes.len(), "cannot store first sightings");
+        }
     }
 
     fn dial_initial(&mut self, bootstrap: &[Multiaddr]) -> Result<(), StoreError> {

@@ -46,7 +46,7 @@ struct AppRollout {
     rollout: Rollout,
     fingerprint: Fingerprint,
     /// The clusters last fed, so unchanged views are not fed again.
-    fed_clusters: BTreeMap<ClusterKey, Vec<mirage_protocol::PublicKey>>,
+    fed_clusters: BTreeMap<ClusterKey, Vec<mirage_protocol::presence::Presence>>,
     timer: Option<UnixMillis>,
     /// Verified test reports seen for this app: (manifest id, signer) → report.
     reports: BTreeMap<(Digest, mirage_protocol::PublicKey), Verified<TestReport>>,
@@ -234,7 +234,7 @@ impl Node {
     pub(super) fn staging_members(&mut self, app: &str) {
         let clusters = self.membership.clusters(app);
         let Some(r) = self.staging.rollouts.get_mut(app) else { return };
-        let changed: Vec<(ClusterKey, Vec<mirage_protocol::PublicKey>)> =
+        let changed: Vec<(ClusterKey, Vec<mirage_protocol::presence::Presence>)> =
             clusters.iter().filter(|(k, v)| r.fed_clusters.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect();
         // Clusters that emptied out are fed as empty.
         let gone: Vec<ClusterKey> = r.fed_clusters.keys().filter(|k| !clusters.contains_key(k)).copied().collect();

@@ -14,6 +14,7 @@ use crate::envelope::Verified;
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
+use crate::presence::Presence;
 use crate::report::{RetestRequest, TestReport};
 use crate::time::UnixMillis;
 use crate::Digest;
@@ -96,7 +97,7 @@ pub enum RetestIgnored {
 /// The shared rollout state of one app.
 #[derive(Clone, Debug, Default)]
 pub struct Campaign {
-    members: BTreeMap<ClusterKey, Vec<PublicKey>>,
+    members: BTreeMap<ClusterKey, Vec<Presence>>,
     active: Option<Active>,
 }
 
@@ -125,7 +126,7 @@ impl Campaign {
         self.active.as_ref().and_then(|a| a.evaluations.get(cluster))
     }
 
-    pub fn members(&self, cluster: &ClusterKey) -> &[PublicKey] {
+    pub fn members(&self, cluster: &ClusterKey) -> &[Presence] {
         self.members.get(cluster).map_or(&[], |m| m.as_slice())
     }
 
@@ -139,9 +140,9 @@ impl Campaign {
         Some(View { manifest: a.release.id, open, seated, verdict })
     }
 
-    /// Replaces what is known of one cluster's membership; returns clusters whose view
-    /// may have changed.
-    pub fn set_members(&mut self, cluster: ClusterKey, members: Vec<PublicKey>, now: UnixMillis) -> Vec<ClusterKey> {
+    /// Replaces what is known of one cluster's membership (each member with when it was
+    /// first seen there); returns clusters whose view may have changed.
+    pub fn set_members(&mut self, cluster: ClusterKey, members: Vec<Presence>, now: UnixMillis) -> Vec<ClusterKey> {
         self.members.insert(cluster, members);
         let Some(a) = self.active.as_mut() else {
             return Vec::new();
@@ -327,7 +328,7 @@ impl Campaign {
 
 impl Active {
     /// A cluster's gate, with the retest requests already heard applied.
-    fn new_gate(&self, cluster: ClusterKey, members: &[PublicKey]) -> ClusterGate {
+    fn new_gate(&self, cluster: ClusterKey, members: &[Presence]) -> ClusterGate {
         let mut g = ClusterGate::new(&self.release.manifest, self.release.id, self.release.issued_at, cluster, members);
         let at = [self.retest_all, self.retests.get(&cluster).copied()].into_iter().flatten().max();
         if let Some(at) = at {
@@ -382,6 +383,6 @@ impl Active {
     }
 }
 
-fn sizes(members: &BTreeMap<ClusterKey, Vec<PublicKey>>) -> BTreeMap<ClusterKey, u64> {
+fn sizes(members: &BTreeMap<ClusterKey, Vec<Presence>>) -> BTreeMap<ClusterKey, u64> {
     members.iter().map(|(c, m)| (*c, m.len() as u64)).collect()
 }

@@ -39,6 +39,27 @@ pub fn rank_members(manifest: &Digest, cluster: &ClusterKey, members: &[PublicKe
     scored.into_iter().map(|(_, m)| m).collect()
 }
 
+/// Whether a member whose rendezvous score is `score` can be holding a seat by `round`
+/// (whole report deadlines since its cluster's stage opened) in a cluster of about
+/// `size` eligible members with `seats` seats and `handed_on` seats handed on early
+/// (abstentions): O(1), no member list.
+///
+/// Seats go down the ranking at most `seats` per round plus one per abstention, so a
+/// holder's rank stays under `(seats + handed_on) · (round + 1)`; scores are uniform, and
+/// the j-th lowest of `size` of them lies under `8 · j · 2^round / size` except with a
+/// probability below e^-8 for one seat and far smaller for more. A report above that
+/// bar cannot be a representative's: nothing about it is kept, whatever the node knows
+/// of the membership.
+pub fn may_hold_seat(score: &[u8; 32], seats: usize, handed_on: usize, size: usize, round: u32) -> bool {
+    let reach = (seats + handed_on).max(1) as f64 * 8.0 * 2f64.powi(round.min(62) as i32);
+    let bar = reach / size.max(1) as f64;
+    if bar >= 1.0 {
+        return true;
+    }
+    let head = u64::from_be_bytes(score[..8].try_into().expect("8 bytes"));
+    (head as f64) < bar * (u64::MAX as f64)
+}
+
 /// A representative seat: who holds it and since when.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seat {
@@ -170,6 +191,32 @@ mod tests {
         let c = ClusterKey(Digest([2; 32]));
         let p = peers(20);
         assert_ne!(rank_members(&Digest([1; 32]), &c, &p), rank_members(&Digest([9; 32]), &c, &p));
+    }
+
+    #[test]
+    fn the_seat_bar_needs_no_membership_and_widens_with_rounds() {
+        let m = Digest([1; 32]);
+        let c = ClusterKey(Digest([2; 32]));
+        // In a cluster of 100,000, about 8·2·2^r / 100,000 of all keys pass the bar.
+        let keys: Vec<PublicKey> = (0..20_000u32)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&i.to_be_bytes());
+                PublicKey(k)
+            })
+            .collect();
+        let passing =
+            |round| keys.iter().filter(|k| may_hold_seat(&rank_score(&m, &c, k), 2, 0, 100_000, round)).count();
+        let (r0, r3) = (passing(0), passing(3));
+        assert!((1..=12).contains(&r0), "{r0} of 20,000 pass round 0 (expect ~3)");
+        assert!(r3 > r0 && (10..=60).contains(&r3), "{r3} pass round 3 (expect ~26)");
+        // Small clusters: everyone.
+        assert!(keys.iter().all(|k| may_hold_seat(&rank_score(&m, &c, k), 2, 0, 16, 0)));
+        // The lowest-ranked members of a real ranking always pass.
+        let ranking = rank_members(&m, &c, &keys);
+        for k in &ranking[..4] {
+            assert!(may_hold_seat(&rank_score(&m, &c, k), 2, 0, keys.len(), 0));
+        }
     }
 
     #[test]

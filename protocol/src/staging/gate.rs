@@ -5,11 +5,12 @@
 //! function of (membership, signed reports, open time, now). Nodes that have heard the
 //! same reports agree, whatever order the reports arrived in.
 
-use super::election::{next_hand_off, rank_members, seats_at, Quorum, Seat};
+use super::election::{may_hold_seat, next_hand_off, rank_members, rank_score, seats_at, Quorum, Seat};
 use crate::envelope::Verified;
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
 use crate::manifest::{PolicyKind, UpgradeManifest};
+use crate::presence::Presence;
 use crate::report::{Outcome, TestReport};
 use crate::time::UnixMillis;
 use crate::Digest;
@@ -40,6 +41,10 @@ pub enum ReportRejected {
     BeforeRetest,
     #[error("too many clusters this node knows no members of already hold reports")]
     TooManyUnknownClusters,
+    #[error("the signer joined the cluster after the release: it may not represent it")]
+    JoinedAfterRelease,
+    #[error("the signer's rank could not hold a seat by the time of its report")]
+    NotElected,
 }
 
 impl ReportRejected {
@@ -54,6 +59,8 @@ impl ReportRejected {
             ReportRejected::TooManyStrangers => "too_many_strangers",
             ReportRejected::BeforeRetest => "before_retest",
             ReportRejected::TooManyUnknownClusters => "too_many_unknown_clusters",
+            ReportRejected::JoinedAfterRelease => "joined_after_release",
+            ReportRejected::NotElected => "not_elected",
         }
     }
 }
@@ -66,9 +73,11 @@ pub enum Verdict {
     /// Representatives are testing.
     Pending,
     /// Enough elected representatives passed (the time is the issue time of the pass
-    /// that completed the threshold).
+    /// that completed the threshold), and in a critical cluster enough of the vendor's
+    /// trusted testers too.
     Holds { at: UnixMillis },
-    /// An elected representative reported failure: nobody in the cluster applies.
+    /// An elected representative (or a trusted tester of a critical cluster) reported
+    /// failure: nobody in the cluster applies.
     Halted { at: UnixMillis, by: PublicKey },
 }
 
@@ -107,11 +116,19 @@ pub struct ClusterGate {
     /// When the release was issued, or the vendor last asked this cluster to test again:
     /// reports from before it count for nothing.
     valid_from: UnixMillis,
+    /// Representatives must have been seen in the cluster this long before `valid_from`.
+    margin: Duration,
+    /// The eligible members (seen in the cluster before the cutoff) in representative
+    /// order: only they hold seats.
     ranking: Vec<PublicKey>,
-    /// The same members, sorted: membership checks stay logarithmic in big clusters.
-    sorted: Vec<PublicKey>,
+    /// Every known member with its first sighting, sorted by key: membership checks
+    /// stay logarithmic in big clusters.
+    members: Vec<Presence>,
     opened_at: Option<UnixMillis>,
     reports: BTreeMap<PublicKey, ReportRecord>,
+    /// The vendor's trusted testers and how many must pass, if this cluster is critical.
+    testers: Vec<PublicKey>,
+    tester_quorum: usize,
 }
 
 impl ClusterGate {
@@ -120,15 +137,16 @@ impl ClusterGate {
         manifest_id: Digest,
         released_at: UnixMillis,
         cluster: ClusterKey,
-        members: &[PublicKey],
+        members: &[Presence],
     ) -> Self {
         let policy = &manifest.policy;
+        let critical = policy.critical.contains(&cluster) && policy.kind != PolicyKind::NoStaging;
         // No staging means no testing: the gate holds the moment the stage opens.
         let (representatives, threshold) = match policy.kind {
             PolicyKind::NoStaging => (0, 0),
             PolicyKind::FrontLoading | PolicyKind::Balanced => (policy.representatives, policy.threshold),
         };
-        ClusterGate {
+        let mut gate = ClusterGate {
             manifest: manifest_id,
             app: manifest.app.clone(),
             version: manifest.version.clone(),
@@ -137,15 +155,33 @@ impl ClusterGate {
             threshold,
             deadline: Duration::from_secs(policy.report_deadline_secs as u64),
             valid_from: released_at,
-            ranking: rank_members(&manifest_id, &cluster, members),
-            sorted: sorted(members),
+            margin: Duration::from_secs(policy.presence_margin_secs as u64),
+            ranking: Vec::new(),
+            members: Vec::new(),
             opened_at: None,
             reports: BTreeMap::new(),
-        }
+            testers: if critical { policy.testers.clone() } else { Vec::new() },
+            tester_quorum: if critical { policy.tester_quorum as usize } else { 0 },
+        };
+        gate.set_members(members);
+        gate
+    }
+
+    /// Members seen in the cluster at or before this time may represent it.
+    pub fn cutoff(&self) -> UnixMillis {
+        self.valid_from.saturating_sub(self.margin)
+    }
+
+    fn member(&self, peer: &PublicKey) -> Option<&Presence> {
+        self.members.binary_search_by(|m| m.peer.cmp(peer)).ok().map(|i| &self.members[i])
     }
 
     fn is_member(&self, peer: &PublicKey) -> bool {
-        self.sorted.binary_search(peer).is_ok()
+        self.member(peer).is_some()
+    }
+
+    fn is_tester(&self, peer: &PublicKey) -> bool {
+        self.tester_quorum > 0 && self.testers.contains(peer)
     }
 
     pub fn cluster(&self) -> ClusterKey {
@@ -156,7 +192,13 @@ impl ClusterGate {
         self.manifest
     }
 
+    /// Every known member, eligible or not.
     pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Members who may represent the cluster for this release.
+    pub fn eligible_count(&self) -> usize {
         self.ranking.len()
     }
 
@@ -168,16 +210,22 @@ impl ClusterGate {
         Quorum::new(self.representatives, self.threshold, self.ranking.len())
     }
 
-    /// The cluster's members in representative order.
+    /// The eligible members in representative order.
     pub fn ranking(&self) -> &[PublicKey] {
         &self.ranking
     }
 
     /// Replaces the membership. Reports already stored are kept: a signer that was a
     /// stranger may turn out to be a member.
-    pub fn set_members(&mut self, members: &[PublicKey]) {
-        self.ranking = rank_members(&self.manifest, &self.cluster, members);
-        self.sorted = sorted(members);
+    pub fn set_members(&mut self, members: &[Presence]) {
+        self.members = sorted(members);
+        self.rerank();
+    }
+
+    fn rerank(&mut self) {
+        let cutoff = self.cutoff();
+        let eligible: Vec<PublicKey> = self.members.iter().filter(|m| m.predates(cutoff)).map(|m| m.peer).collect();
+        self.ranking = rank_members(&self.manifest, &self.cluster, &eligible);
     }
 
     /// Starts testing (the cluster's stage opened). The first opening time stands.
@@ -196,6 +244,7 @@ impl ClusterGate {
         self.valid_from = at;
         self.opened_at = self.opened_at.map(|o| o.max(at));
         self.reports.retain(|_, r| r.issued_at >= at);
+        self.rerank();
         true
     }
 
@@ -217,6 +266,9 @@ impl ClusterGate {
             return Err(ReportRejected::BeforeRetest);
         }
         let signer = *report.signer();
+        if self.member(&signer).is_some_and(|m| !m.predates(self.cutoff())) && !self.is_tester(&signer) {
+            return Err(ReportRejected::JoinedAfterRelease);
+        }
         if let Some(old) = self.reports.get(&signer) {
             if old.id == record.id {
                 return Err(ReportRejected::Replay);
@@ -226,14 +278,29 @@ impl ClusterGate {
             if (old.issued_at, old.id) <= (record.issued_at, record.id) {
                 return Err(ReportRejected::Duplicate);
             }
-        } else if !self.is_member(&signer) {
-            let strangers = self.reports.keys().filter(|k| !self.is_member(k)).count();
+        } else if !self.is_member(&signer) && !self.is_tester(&signer) {
+            // A stranger may be a member whose announcement has not reached us yet, but
+            // only one whose rank could be seated by now is worth keeping.
+            if !self.may_hold_seat(&signer, record.issued_at) {
+                return Err(ReportRejected::NotElected);
+            }
+            let strangers = self.reports.keys().filter(|k| !self.is_member(k) && !self.is_tester(k)).count();
             if strangers >= MAX_STRANGER_REPORTS {
                 return Err(ReportRejected::TooManyStrangers);
             }
         }
         self.reports.insert(signer, record);
         Ok(())
+    }
+
+    /// The O(1) bar on a signer's rank at `at` (see [`may_hold_seat`]).
+    fn may_hold_seat(&self, signer: &PublicKey, at: UnixMillis) -> bool {
+        let term = self.deadline.as_millis().max(1) as u64;
+        let round = self.opened_at.map_or(0, |o| at.0.saturating_sub(o.0) / term);
+        let handed_on = self.reports.values().filter(|r| r.outcome == Outcome::Abstain).count();
+        let size = self.members.len().max(self.ranking.len());
+        let seats = self.quorum().seats.max(self.representatives as usize);
+        may_hold_seat(&rank_score(&self.manifest, &self.cluster, signer), seats, handed_on, size, round.min(64) as u32)
     }
 
     /// The verdict at `now`.
@@ -265,6 +332,18 @@ impl ClusterGate {
             .collect();
         let next_deadline = if exhausted { None } else { next_hand_off(&seats, self.valid_from, reported) };
         let first_fail = counted.iter().filter(|c| c.1 == Outcome::Fail).min_by_key(|c| (c.0, c.2));
+        // The vendor's own testers speak for a critical cluster beside its representatives.
+        let testers: Vec<(UnixMillis, Outcome, PublicKey)> = if self.tester_quorum > 0 {
+            self.testers
+                .iter()
+                .filter_map(|t| self.reports.get(t).map(|r| (r.issued_at, r.outcome, *t)))
+                .filter(|c| c.1.is_verdict() && c.0 >= self.valid_from)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let first_fail =
+            first_fail.into_iter().chain(testers.iter().filter(|c| c.1 == Outcome::Fail)).min_by_key(|c| (c.0, c.2));
         let verdict = if let Some(&(at, _, by)) = first_fail {
             Verdict::Halted { at, by }
         } else {
@@ -281,13 +360,25 @@ impl ClusterGate {
                 Verdict::Pending
             }
         };
+        let verdict = match verdict {
+            Verdict::Holds { at } if self.tester_quorum > 0 => {
+                let mut passes: Vec<UnixMillis> = testers.iter().map(|c| c.0).collect();
+                passes.sort_unstable();
+                match passes.get(self.tester_quorum - 1) {
+                    Some(t) => Verdict::Holds { at: at.max(*t) },
+                    None => Verdict::Pending,
+                }
+            }
+            v => v,
+        };
         Evaluation { verdict, seats, next_deadline }
     }
 }
 
-fn sorted(members: &[PublicKey]) -> Vec<PublicKey> {
+/// Sorted by key, one entry per key (the earliest sighting).
+fn sorted(members: &[Presence]) -> Vec<Presence> {
     let mut s = members.to_vec();
     s.sort_unstable();
-    s.dedup();
+    s.dedup_by(|a, b| a.peer == b.peer);
     s
 }

@@ -13,9 +13,10 @@
 //! - every manifest for the app that verified and that `trust::TrustStore::admit`
 //!   accepted (a trusted vendor key for the app): the core checks app, expiry and
 //!   version order again, but not who signed ([`Event::Manifest`]);
-//! - the members of this node's cluster, and of every cluster it learns of, whenever
-//!   the DHT/membership view changes ([`Event::Members`]). Without its own cluster's
-//!   members the node waits: it never elects itself on a guess;
+//! - the members of this node's cluster, and of every cluster it learns of, with when
+//!   each was first seen there, whenever the DHT/membership view changes
+//!   ([`Event::Members`]). Without its own cluster's members the node waits: it never
+//!   elects itself on a guess;
 //! - every test report gossiped on the app topic that verified and passed the freshness
 //!   check ([`Event::Report`]), including the node's own, fed back after publishing;
 //! - completions of the actions below, and [`Event::Timer`] when the last
@@ -39,6 +40,7 @@ use crate::envelope::Verified;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
+use crate::presence::Presence;
 use crate::report::{
     excerpt_tail, Outcome, ProblemReport, RetestRequest, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES,
 };
@@ -115,10 +117,12 @@ pub enum Event {
     /// A manifest whose signature checked out and whose signer the node trusts for
     /// the app (see `trust::TrustStore`).
     Manifest(Verified<UpgradeManifest>),
-    /// The members of a cluster (this node's or another's) as the DHT now shows them.
+    /// The members of a cluster (this node's or another's) as the DHT now shows them,
+    /// each with when this node first saw it there (`presence::PresenceBook`): only
+    /// members seen before a release may represent their cluster for it.
     Members {
         cluster: ClusterKey,
-        members: Vec<PublicKey>,
+        members: Vec<Presence>,
     },
     /// The release's artifact (and test bundle) is fetched and verified.
     ContentReady {
@@ -527,8 +531,10 @@ impl Rollout {
             Event::Members { cluster, mut members } => {
                 // A node always counts itself in its own cluster, even before the DHT
                 // shows it there.
-                if cluster == self.cluster && !members.contains(&self.config.me) {
-                    members.push(self.config.me);
+                // (Since when is the shell's to say: without it, the node is not
+                // eligible to represent the cluster.)
+                if cluster == self.cluster && !members.iter().any(|m| m.peer == self.config.me) {
+                    members.push(Presence { peer: self.config.me, since: UnixMillis::MAX });
                 }
                 self.campaign.set_members(cluster, members, now);
                 Ok((None, None))

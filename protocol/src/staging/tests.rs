@@ -5,6 +5,7 @@ use super::*;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
 use crate::manifest::{ArtifactInfo, PolicyKind, StagingPolicy, UpgradeManifest, MIN_CHUNK_SIZE};
+use crate::presence::Presence;
 use crate::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use crate::time::UnixMillis;
 use crate::{Digest, Envelope, Verified};
@@ -42,6 +43,7 @@ fn policy(kind: PolicyKind) -> StagingPolicy {
         stages: 2,
         stage_timeout_secs: 3600,
         order: crate::manifest::StageOrder::SmallestFirst,
+        ..StagingPolicy::default()
     }
 }
 
@@ -84,6 +86,11 @@ fn report_for(
     Envelope::sign(signer, &r, UnixMillis(at)).unwrap().verify().unwrap()
 }
 
+/// Members seen in their cluster from the beginning of time.
+fn present(keys: &[PublicKey]) -> Vec<Presence> {
+    keys.iter().map(|k| Presence { peer: *k, since: UnixMillis(0) }).collect()
+}
+
 /// A fleet for campaign-level tests: cluster `c` has `sizes[c]` members.
 struct Fleet {
     keys: Vec<Vec<Keypair>>,
@@ -94,8 +101,13 @@ impl Fleet {
         Fleet { keys: sizes.iter().enumerate().map(|(c, n)| (0..*n).map(|i| keypair(c as u8, i)).collect()).collect() }
     }
 
-    fn members(&self, c: usize) -> Vec<PublicKey> {
+    fn keys(&self, c: usize) -> Vec<PublicKey> {
         self.keys[c].iter().map(|k| k.public()).collect()
+    }
+
+    /// Cluster `c`'s members, all seen there long before any release.
+    fn members(&self, c: usize) -> Vec<Presence> {
+        present(&self.keys(c))
     }
 
     fn campaign(&self) -> Campaign {
@@ -208,7 +220,7 @@ fn reports_that_outrun_membership_count_once_members_are_known() {
     campaign.set_members(cluster_key(0), fleet.members(0), UnixMillis(0));
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
-    let ranking = rank_members(&m.id(), &cluster_key(1), &fleet.members(1));
+    let ranking = rank_members(&m.id(), &cluster_key(1), &fleet.keys(1));
     let key = |pk: PublicKey| fleet.keys[1].iter().find(|k| k.public() == pk).unwrap();
     for pk in &ranking[..2] {
         let r = report_for(key(*pk), &m, cluster_key(1), Outcome::Pass, 10 * SEC);
@@ -372,7 +384,7 @@ fn a_cluster_moved_into_an_open_stage_by_new_sizes_opens_its_gate() {
     // is open, so cluster 1's representatives must start even though only cluster 0's
     // membership changed.
     let grown: Vec<PublicKey> = (0..5).map(|i| keypair(0, i).public()).collect();
-    campaign.set_members(cluster_key(0), grown, UnixMillis(10 * SEC));
+    campaign.set_members(cluster_key(0), present(&grown), UnixMillis(10 * SEC));
     assert_eq!(campaign.plan().unwrap().stage_of(&cluster_key(1)), 0);
     assert_eq!(verdict(&campaign, 1), Verdict::Pending);
     // An opened gate stays open, wherever replanning puts its cluster.
@@ -397,7 +409,7 @@ fn a_pass_issued_before_the_stage_opened_counts_for_every_member() {
 
     let mut early = Campaign::new();
     early.set_members(cluster_key(0), fleet.members(0), UnixMillis(0));
-    early.set_members(cluster_key(1), vec![first.public()], UnixMillis(0));
+    early.set_members(cluster_key(1), present(&[first.public()]), UnixMillis(0));
     early.start_release(&release, UnixMillis(0)).unwrap();
     assert_eq!(verdict(&early, 1), Verdict::Pending, "cluster 1 tests at once in the early view");
     early.set_members(cluster_key(1), fleet.members(1), UnixMillis(50 * SEC));
@@ -442,7 +454,7 @@ struct Node {
 
 fn node(size: u8, rank: usize, m: &UpgradeManifest) -> Node {
     let fleet = Fleet::new(&[size]);
-    let ranking = rank_members(&m.id(), &cluster_key(0), &fleet.members(0));
+    let ranking = rank_members(&m.id(), &cluster_key(0), &fleet.keys(0));
     let me = fleet.keys[0].iter().find(|k| k.public() == ranking[rank]).unwrap().clone();
     let config = NodeConfig { app: APP.into(), me: me.public(), fingerprint: fingerprint(0) };
     let mut rollout = Rollout::new(config);
@@ -452,7 +464,7 @@ fn node(size: u8, rank: usize, m: &UpgradeManifest) -> Node {
 
 impl Node {
     fn key_ranked(&self, m: &UpgradeManifest, rank: usize) -> Keypair {
-        let ranking = rank_members(&m.id(), &cluster_key(0), &self.fleet.members(0));
+        let ranking = rank_members(&m.id(), &cluster_key(0), &self.fleet.keys(0));
         self.fleet.keys[0].iter().find(|k| k.public() == ranking[rank]).unwrap().clone()
     }
 }
@@ -573,6 +585,13 @@ fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
     assert!(a.contains(&Action::Fetch { manifest: fix.id() }));
     member.rollout.handle(Event::ContentReady { manifest: fix.id() }, UnixMillis(101 * SEC));
     let mut applied = false;
+    // The fix's ranking is a new draw: the member may now hold a seat itself.
+    if phase(&member) == Some(Phase::Testing) {
+        let a = member
+            .rollout
+            .handle(Event::TestFinished { manifest: fix.id(), run: run(Outcome::Pass) }, UnixMillis(150 * SEC));
+        applied |= a.contains(&Action::Apply { manifest: fix.id(), version: fix.version.clone() });
+    }
     for rank in 0..2 {
         let r = report_for(&member.key_ranked(&fix, rank), &fix, cluster_key(0), Outcome::Pass, 200 * SEC);
         let a = member.rollout.handle(Event::Report(r), UnixMillis(200 * SEC));
@@ -1032,4 +1051,113 @@ fn the_core_counts_no_report_that_is_long_stale_or_from_the_future() {
     // In time, the same failure halts the cluster.
     n.rollout.handle(Event::Report(fail), UnixMillis(issued + 2 * SEC));
     assert!(matches!(n.rollout.status().verdict, Some(Verdict::Halted { .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Strangers copy the cluster's fingerprint under fresh keys once the manifest is
+    /// out (ground for the lowest ranks, as many as they like), and sign failures and
+    /// passes. They never hold a seat, never halt the cluster and never make it hold,
+    /// and every observer that heard the same signed data, in any order, agrees.
+    #[test]
+    fn an_identity_that_joins_after_the_release_never_takes_a_seat(
+        honest in 1u8..6,
+        attackers in 1usize..24,
+        joined_after in 0u64..5_000,
+        outcomes in prop::collection::vec(any::<bool>(), 24),
+        shift in 0usize..64,
+        at in 0u64..4_000,
+    ) {
+        const RELEASE: u64 = 10_000 * SEC;
+        let fleet = Fleet::new(&[honest]);
+        let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+        let release = signed_manifest(&m, RELEASE);
+        let cluster = cluster_key(0);
+        // Keys ground after the release for the lowest ranks this manifest gives.
+        let mut ground: Vec<Keypair> = (0..attackers * 8).map(|i| keypair(200, i as u8)).collect();
+        ground.sort_by_key(|k| election::rank_score(&m.id(), &cluster, &k.public()));
+        ground.truncate(attackers);
+        let margin = m.policy.presence_margin_secs as u64 * 1000;
+        let mut members = fleet.members(0);
+        members.extend(ground.iter().map(|k| Presence { peer: k.public(), since: UnixMillis(RELEASE - margin + 1 + joined_after * SEC) }));
+        let reports: Vec<Verified<TestReport>> = ground
+            .iter()
+            .zip(&outcomes)
+            .map(|(k, pass)| report_for(k, &m, cluster, if *pass { Outcome::Pass } else { Outcome::Fail }, RELEASE + 1_000))
+            .collect();
+        let now = UnixMillis(RELEASE + at * SEC);
+        let mut evaluations = Vec::new();
+        for rotate in [0, shift] {
+            let mut campaign = Campaign::new();
+            let mut members = members.clone();
+            let n = members.len();
+            members.rotate_left(rotate % n);
+            campaign.set_members(cluster, members, UnixMillis(RELEASE));
+            campaign.start_release(&release, UnixMillis(RELEASE)).unwrap();
+            let mut reports = reports.clone();
+            let n = reports.len();
+            reports.rotate_left(rotate % n);
+            for r in &reports {
+                prop_assert_eq!(campaign.admit(r, UnixMillis(RELEASE + 1_000)), Err(ReportRejected::JoinedAfterRelease));
+            }
+            campaign.tick(now);
+            let e = campaign.evaluation(&cluster).unwrap().clone();
+            for k in &ground {
+                prop_assert!(!e.is_seated(&k.public()));
+            }
+            prop_assert_eq!(e.verdict, Verdict::Pending);
+            prop_assert_eq!(campaign.gate(&cluster).unwrap().eligible_count(), honest as usize);
+            evaluations.push(e);
+        }
+        prop_assert_eq!(&evaluations[0], &evaluations[1]);
+    }
+}
+
+#[test]
+fn a_stranger_unknown_to_the_membership_is_kept_only_if_its_rank_could_be_seated() {
+    // A big cluster: of many unknown signers, only those under the seat bar are stored.
+    let fleet = Fleet::new(&[200]);
+    let mut campaign = fleet.campaign();
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    let mut results = std::collections::BTreeMap::new();
+    for i in 0..=255u8 {
+        let r = report_for(&keypair(201, i), &m, cluster_key(0), Outcome::Fail, SEC);
+        let result = campaign.admit(&r, UnixMillis(SEC)).err().map(|e| e.name());
+        *results.entry(result).or_insert(0) += 1;
+    }
+    let not_elected = results.get(&Some("not_elected")).copied().unwrap_or(0);
+    assert!(not_elected > 150, "most strangers are over the bar: {results:?}");
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending, "no stranger halts the cluster");
+}
+
+#[test]
+fn a_critical_cluster_holds_only_once_the_vendors_testers_pass_too() {
+    let fleet = Fleet::new(&[4, 4]);
+    let tester = keypair(150, 1);
+    let mut p = policy(PolicyKind::FrontLoading);
+    p.testers = vec![tester.public()];
+    p.critical = vec![cluster_key(0)];
+    p.tester_quorum = 1;
+    let m = manifest("1.0.0", p);
+    let mut campaign = fleet.campaign();
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    for c in 0..2u8 {
+        for rank in 0..2 {
+            let k = fleet.ranked(&campaign, c as usize, rank).clone();
+            campaign.admit(&report_for(&k, &m, cluster_key(c), Outcome::Pass, 10 * SEC), UnixMillis(10 * SEC)).unwrap();
+        }
+    }
+    assert_eq!(verdict(&campaign, 1), Verdict::Holds { at: UnixMillis(10 * SEC) }, "not critical");
+    assert_eq!(verdict(&campaign, 0), Verdict::Pending, "critical: waits for the vendor's tester");
+    let pass = report_for(&tester, &m, cluster_key(0), Outcome::Pass, 20 * SEC);
+    campaign.admit(&pass, UnixMillis(20 * SEC)).unwrap();
+    assert_eq!(verdict(&campaign, 0), Verdict::Holds { at: UnixMillis(20 * SEC) });
+    // A tester's failure halts a critical cluster even after its representatives passed.
+    let fix = manifest("1.0.1", m.policy.clone());
+    campaign.start_release(&signed_manifest(&fix, 100 * SEC), UnixMillis(100 * SEC)).unwrap();
+    let fail = report_for(&tester, &fix, cluster_key(0), Outcome::Fail, 101 * SEC);
+    campaign.admit(&fail, UnixMillis(101 * SEC)).unwrap();
+    assert_eq!(verdict(&campaign, 0), Verdict::Halted { at: UnixMillis(101 * SEC), by: tester.public() });
 }

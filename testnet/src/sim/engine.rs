@@ -17,6 +17,7 @@ use super::trace::{Trace, TraceInput};
 use super::vendor::Vendor;
 use mirage_protocol::fingerprint::ClusterKey;
 use mirage_protocol::manifest::PolicyKind;
+use mirage_protocol::presence::Presence;
 use mirage_protocol::report::{Outcome, TestReport};
 use mirage_protocol::staging::{Campaign, Fault, Member, Step, Verdict};
 use mirage_protocol::{Digest, Envelope, PublicKey, UnixMillis, Verified};
@@ -109,7 +110,11 @@ impl<'w> Simulation<'w> {
         let rng = ChaCha8Rng::seed_from_u64(sc.seed ^ 0x005e_ed0f_5e55_10a5);
         let mut campaign = Campaign::new();
         for (c, machines) in world.members.iter().enumerate() {
-            let keys = machines.iter().map(|m| world.public_keys[*m as usize]).collect();
+            // The fleet was there long before the release: every machine may represent.
+            let keys = machines
+                .iter()
+                .map(|m| Presence { peer: world.public_keys[*m as usize], since: UnixMillis(0) })
+                .collect();
             campaign.set_members(world.cluster_keys[c], keys, UnixMillis(0));
         }
         let blank =

@@ -68,6 +68,7 @@ impl Default for Scenario {
                 stages: 3,
                 stage_timeout_secs: 60 * 60,
                 order: StageOrder::SmallestFirst,
+                ..StagingPolicy::default()
             },
         }
     }

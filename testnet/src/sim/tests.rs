@@ -2,6 +2,7 @@
 
 use super::*;
 use mirage_protocol::manifest::PolicyKind;
+use mirage_protocol::presence::Presence;
 
 fn small(seed: u64) -> Scenario {
     Scenario { machines: 1_500, clusters: 60, problems: 3, problem_cluster_share: 0.1, seed, ..Scenario::default() }
@@ -116,7 +117,10 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
             };
             let mut node = Rollout::new(config);
             for (c, machines) in world.members.iter().enumerate() {
-                let members = machines.iter().map(|i| world.public_keys[*i as usize]).collect();
+                let members = machines
+                    .iter()
+                    .map(|i| Presence { peer: world.public_keys[*i as usize], since: UnixMillis(0) })
+                    .collect();
                 node.handle(Event::Members { cluster: world.cluster_keys[c], members }, UnixMillis(0));
             }
             let mut steps = Vec::new();
