@@ -223,6 +223,10 @@ pub struct Membership {
     /// Sightings that changed since the node last took them, to persist.
     presence_changes: Vec<(String, PublicKey, Sighting)>,
     next_presence_expiry: UnixMillis,
+    /// Clusters whose members or first sightings changed since the node last asked,
+    /// per app (`None`: all of them), so staging is fed what changed and not every
+    /// cluster of the fleet again.
+    changed: BTreeMap<String, Option<BTreeSet<ClusterKey>>>,
 }
 
 impl Membership {
@@ -239,7 +243,43 @@ impl Membership {
             presence: BTreeMap::new(),
             presence_changes: Vec::new(),
             next_presence_expiry: UnixMillis(0),
+            changed: BTreeMap::new(),
         }
+    }
+
+    fn mark(&mut self, app: &str, cluster: ClusterKey) {
+        self.generation += 1;
+        if let Some(set) = self.changed.entry(app.to_string()).or_insert_with(|| Some(BTreeSet::new())) {
+            set.insert(cluster);
+        }
+    }
+
+    fn mark_all(&mut self, app: &str) {
+        self.generation += 1;
+        self.changed.insert(app.to_string(), None);
+    }
+
+    /// The clusters of `app` whose [`Membership::cluster_members`] may have changed
+    /// since the last call; `None` when they all may have.
+    pub fn take_changed_clusters(&mut self, app: &str) -> Option<Vec<ClusterKey>> {
+        match self.changed.remove(app) {
+            Some(None) => None,
+            Some(Some(set)) => Some(set.into_iter().collect()),
+            None => Some(Vec::new()),
+        }
+    }
+
+    /// One cluster's members for `app` (ourselves included in ours) with their first
+    /// sightings: what [`Membership::clusters`] says of it, without a pass over the rest.
+    pub fn cluster_members(&self, app: &str, cluster: &ClusterKey) -> Vec<Presence> {
+        let mut keys: BTreeSet<PublicKey> = self.cluster_index(app, cluster).cloned().unwrap_or_default();
+        if self.local.get(app).is_some_and(|l| &l.cluster_key == cluster) {
+            keys.insert(self.keypair.public());
+        }
+        let book = self.presence.get(app);
+        keys.into_iter()
+            .map(|peer| Presence { peer, since: book.and_then(|b| b.since(&peer, cluster)).unwrap_or(UnixMillis::MAX) })
+            .collect()
     }
 
     pub fn config(&self) -> &MembershipConfig {
@@ -260,7 +300,9 @@ impl Membership {
             if old.cluster_key == key {
                 return actions;
             }
-            actions.push(Action::StopProviding { key: old.cluster_key });
+            let old = old.cluster_key;
+            actions.push(Action::StopProviding { key: old });
+            self.mark(&app, old);
         }
         self.local.insert(
             app.clone(),
@@ -276,7 +318,7 @@ impl Membership {
             },
         );
         actions.push(Action::StartProviding { key });
-        self.generation += 1;
+        self.mark(&app, key);
         self.sight(&app, self.keypair.public(), key, now);
         actions.extend(self.tick(now));
         actions
@@ -287,9 +329,9 @@ impl Membership {
         let book = self.presence.entry(app.to_string()).or_default();
         match book.observe(peer, cluster, now) {
             Observed::New => {
-                self.generation += 1;
                 let s = *book.get(&peer).expect("just observed");
                 self.presence_changes.push((app.to_string(), peer, s));
+                self.mark(app, cluster);
             }
             Observed::Known | Observed::Dropped => {}
         }
@@ -301,7 +343,7 @@ impl Membership {
         for (peer, s) in sightings {
             book.restore(peer, s);
         }
-        self.generation += 1;
+        self.mark_all(app);
     }
 
     /// Sightings that are new since the last call: persist them, so a restart keeps
@@ -368,6 +410,7 @@ impl Membership {
             }
         }
         let ttl = self.config.member_ttl;
+        let mut gone: Vec<(String, ClusterKey)> = Vec::new();
         for (app, records) in self.peers.iter_mut() {
             let expired: Vec<(PublicKey, ClusterKey)> = records
                 .iter()
@@ -378,11 +421,14 @@ impl Membership {
                 continue;
             }
             let index = self.by_cluster.entry(app.clone()).or_default();
-            for (peer, cluster) in expired {
-                records.remove(&peer);
-                unindex(index, &peer, &cluster);
+            for (peer, cluster) in &expired {
+                records.remove(peer);
+                unindex(index, peer, cluster);
             }
-            self.generation += 1;
+            gone.extend(expired.into_iter().map(|(_, c)| (app.clone(), c)));
+        }
+        for (app, cluster) in gone {
+            self.mark(&app, cluster);
         }
         self.peers.retain(|_, r| !r.is_empty());
         self.by_cluster.retain(|_, c| !c.is_empty());
@@ -449,7 +495,10 @@ impl Membership {
                 unindex(index, &signer, &p.cluster_key);
             }
             index.entry(key).or_default().insert(signer);
-            self.generation += 1;
+            if let Some(p) = &previous {
+                self.mark(app, p.cluster_key);
+            }
+            self.mark(app, key);
         }
         let ours = self.local.get(app).map(|l| l.cluster_key);
         let was_member = previous.is_some_and(|p| Some(p.cluster_key) == ours);
@@ -868,12 +917,28 @@ mod tests {
         ) {
             let mut m = node();
             let mut now = T0;
+            let mut mirror: BTreeMap<ClusterKey, Vec<Presence>> = BTreeMap::new();
             for (peer, env, dt, tick) in steps {
                 now += dt * 1000;
                 m.on_announcement(&announce(peer, "web", env, now), "web", None, UnixMillis(now));
                 if tick {
                     m.tick(UnixMillis(now + 200_000));
                 }
+                // What a user fed only the changed clusters holds equals the whole.
+                match m.take_changed_clusters("web") {
+                    None => mirror = m.clusters("web"),
+                    Some(changed) => {
+                        for c in changed {
+                            let members = m.cluster_members("web", &c);
+                            if members.is_empty() {
+                                mirror.remove(&c);
+                            } else {
+                                mirror.insert(c, members);
+                            }
+                        }
+                    }
+                }
+                proptest::prop_assert_eq!(&mirror, &m.clusters("web"));
                 let clusters: BTreeMap<ClusterKey, Vec<PublicKey>> = m
                     .clusters("web")
                     .into_iter()

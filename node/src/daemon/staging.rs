@@ -250,7 +250,8 @@ impl Node {
         }
     }
 
-    /// Feeds every managed app's clusters, if the membership changed since last time.
+    /// Feeds every managed app the clusters whose membership changed since last time:
+    /// one pass over what changed, never over every cluster of the fleet.
     pub(super) fn staging_all_members(&mut self) {
         let generation = self.membership.generation();
         if self.staging.fed_generation == Some(generation) {
@@ -259,8 +260,31 @@ impl Node {
         self.staging.fed_generation = Some(generation);
         let apps: Vec<String> = self.staging.rollouts.keys().cloned().collect();
         for app in apps {
-            self.staging_members(&app);
+            match self.membership.take_changed_clusters(&app) {
+                None => self.staging_members(&app),
+                Some(changed) => {
+                    for cluster in changed {
+                        self.staging_cluster(&app, cluster);
+                    }
+                }
+            }
         }
+    }
+
+    /// Feeds one cluster of `app` if its members changed since the last feed.
+    fn staging_cluster(&mut self, app: &str, cluster: ClusterKey) {
+        let members = self.membership.cluster_members(app, &cluster);
+        let Some(r) = self.staging.rollouts.get_mut(app) else { return };
+        if r.fed_clusters.get(&cluster).map_or(members.is_empty(), |m| m == &members) {
+            return;
+        }
+        if members.is_empty() {
+            r.fed_clusters.remove(&cluster);
+        } else {
+            r.fed_clusters.insert(cluster, members.clone());
+            info!(app, %cluster, size = members.len(), "cluster size for staging");
+        }
+        self.staging_handle(app, Event::Members { cluster, members });
     }
 
     /// A test report from the release topic.
