@@ -57,7 +57,9 @@ pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result
             ReleaseMessage::ProblemReport(envelope.verify::<ProblemReport>().map_err(verify_error)?)
         }
         MessageKind::RetestRequest => ReleaseMessage::Retest(envelope.verify::<RetestRequest>().map_err(verify_error)?),
-        MessageKind::Fingerprint => return Err(DropReason::Decode),
+        MessageKind::Fingerprint | MessageKind::Heartbeat | MessageKind::ClusterSummary => {
+            return Err(DropReason::Decode)
+        }
     };
     if message.app() != app {
         return Err(DropReason::WrongApp);

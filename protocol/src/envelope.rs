@@ -22,6 +22,8 @@ pub enum MessageKind {
     TestReport,
     ProblemReport,
     RetestRequest,
+    Heartbeat,
+    ClusterSummary,
 }
 
 impl MessageKind {
@@ -32,6 +34,8 @@ impl MessageKind {
             MessageKind::TestReport => b"mirage/v1/test-report",
             MessageKind::ProblemReport => b"mirage/v1/problem-report",
             MessageKind::RetestRequest => b"mirage/v1/retest-request",
+            MessageKind::Heartbeat => b"mirage/v1/heartbeat",
+            MessageKind::ClusterSummary => b"mirage/v1/cluster-summary",
         }
     }
 }

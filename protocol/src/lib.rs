@@ -13,6 +13,8 @@
 //! - [`manifest`] and [`report`]: upgrade manifests, test reports and problem reports.
 //! - [`presence`]: when this node first saw each peer in its cluster, which decides who
 //!   may represent a cluster (nobody minted after a release).
+//! - [`roster`]: heartbeats on a cluster's own topic and rate-bounded size summaries on
+//!   the app's: a node's view of its cluster and the fleet at a flat cost per node.
 //! - [`staging`]: representatives, cluster gates, stages, and the per-(node, app)
 //!   rollout state machine.
 //! - [`transfer`]: swarm download planning (rarest first, verified chunks, bans).
@@ -30,6 +32,7 @@ pub mod manifest;
 pub mod membership;
 pub mod presence;
 pub mod report;
+pub mod roster;
 pub mod staging;
 pub mod time;
 pub mod transfer;

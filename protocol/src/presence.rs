@@ -130,6 +130,10 @@ impl PresenceBook {
         self.sightings.len()
     }
 
+    pub fn iter(&self) -> impl Iterator<Item = (&PublicKey, &Sighting)> {
+        self.sightings.iter()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.sightings.is_empty()
     }
