@@ -34,9 +34,13 @@ pub const HEARTBEATS_PER_MIN: u64 = 30;
 /// No member heartbeats more often than this.
 pub const MIN_HEARTBEAT: Duration = Duration::from_secs(60);
 /// A member unheard for this many of its heartbeat periods is no longer counted.
-pub const EXPIRY_PERIODS: u32 = 3;
+pub const EXPIRY_PERIODS: u32 = 5;
 /// Summaries the app topic carries per minute, fleet-wide.
 pub const SUMMARIES_PER_MIN: u64 = 30;
+/// Members on summary duty per cluster and epoch, on average: with two, a cluster goes
+/// unsummarized for an epoch 13% of the time, and for the three epochs a size is kept
+/// 0.25% of the time.
+pub const DUTY_PER_EPOCH: u64 = 2;
 /// The shortest summary epoch.
 pub const MIN_EPOCH: Duration = Duration::from_secs(600);
 /// Most clusters whose sizes a node keeps; summaries for more are dropped and counted.
@@ -100,13 +104,25 @@ pub fn heartbeat_period(size: u64) -> Duration {
     Duration::from_millis(ms).max(MIN_HEARTBEAT)
 }
 
+/// How long after its first sighting a member of a cluster with heartbeat `period`
+/// counts as present (see [`Roster::members`]).
+pub fn establishment(period: Duration) -> Duration {
+    if period > MIN_HEARTBEAT {
+        period * 3
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// How long a summary epoch lasts when the node knows of `clusters` clusters: the
 /// shortest power-of-two multiple of [`MIN_EPOCH`] over which one summary per cluster
 /// stays under [`SUMMARIES_PER_MIN`]. Nodes whose counts differ by less than a factor
 /// of two agree on it.
 pub fn epoch_length(clusters: u64) -> Duration {
     let mut epoch = MIN_EPOCH;
-    while clusters.saturating_mul(60) > SUMMARIES_PER_MIN.saturating_mul(epoch.as_secs()) && epoch < MAX_EPOCH {
+    while clusters.saturating_mul(DUTY_PER_EPOCH * 60) > SUMMARIES_PER_MIN.saturating_mul(epoch.as_secs())
+        && epoch < MAX_EPOCH
+    {
         epoch *= 2;
     }
     epoch
@@ -132,10 +148,11 @@ pub fn heartbeat_offset(peer: &PublicKey, period: Duration) -> Duration {
     period.mul_f64(unit(b"mirage/v1/heartbeat-phase", &[&peer.0]))
 }
 
-/// Whether `peer` signs its cluster's summary in `epoch`: about one member of a
-/// cluster of `size` does, and anyone can check who.
+/// Whether `peer` signs its cluster's summary in `epoch`: about [`DUTY_PER_EPOCH`]
+/// members of a cluster of `size` do, and anyone can check who.
 pub fn summary_duty(epoch: u64, cluster: &ClusterKey, peer: &PublicKey, size: u64) -> bool {
-    unit(b"mirage/v1/summary-duty", &[&epoch.to_be_bytes(), &cluster.0 .0, &peer.0]) < 1.0 / size.max(1) as f64
+    unit(b"mirage/v1/summary-duty", &[&epoch.to_be_bytes(), &cluster.0 .0, &peer.0])
+        < DUTY_PER_EPOCH as f64 / size.max(1) as f64
 }
 
 /// Why a heartbeat or summary was dropped. Counted per reason.
@@ -201,6 +218,9 @@ pub struct Roster {
     sizes: HashMap<ClusterKey, SizeRecord>,
     /// The last epoch this node summarized its cluster for.
     summarized: Option<u64>,
+    /// The newest summary of this node's own cluster (epoch, size): signed data every
+    /// member hears alike, so every member derives the same heartbeat period from it.
+    own_summary: Option<(u64, u64)>,
     next_summary_check: UnixMillis,
     drops: BTreeMap<RosterDrop, u64>,
 }
@@ -217,6 +237,7 @@ impl Roster {
             next_heartbeat: now,
             sizes: HashMap::new(),
             summarized: None,
+            own_summary: None,
             next_summary_check: now,
             drops: BTreeMap::new(),
         }
@@ -233,6 +254,7 @@ impl Roster {
         self.estimate = self.count_live(now).max(1);
         self.next_heartbeat = now;
         self.summarized = None;
+        self.own_summary = None;
     }
 
     pub fn cluster(&self) -> Option<ClusterKey> {
@@ -307,7 +329,11 @@ impl Roster {
         now: UnixMillis,
     ) -> Result<(), RosterDrop> {
         if Some(cluster) == self.cluster {
-            return Err(RosterDrop::Own);
+            if self.own_summary.is_some_and(|(e, _)| e > epoch) {
+                return Err(RosterDrop::Older);
+            }
+            self.own_summary = Some((epoch, size.clamp(1, MAX_CLUSTER_SIZE)));
+            return Ok(());
         }
         let record = SizeRecord { size: size.clamp(1, MAX_CLUSTER_SIZE), epoch, heard_at: now };
         let full = self.sizes.len() >= MAX_CLUSTERS;
@@ -328,7 +354,7 @@ impl Roster {
     /// Members heard within the expiry window, this node included.
     fn count_live(&self, now: UnixMillis) -> u64 {
         let Some(cluster) = self.cluster else { return 0 };
-        let window = heartbeat_period(self.estimate) * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
+        let window = self.period() * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
         self.book_members(&cluster, now, window).count() as u64
     }
 
@@ -345,12 +371,25 @@ impl Roster {
             .map(|(peer, s)| Presence { peer: *peer, since: s.since })
     }
 
-    /// The live members of this node's cluster with their first sightings: what the
-    /// staging core elects representatives from.
+    /// The live members of this node's cluster, each with the time from which it counts
+    /// as present: what the staging core elects representatives from.
+    ///
+    /// In a cluster big enough that its heartbeats are rate-limited, a member heartbeats
+    /// only once a period, so a node that was down when a newcomer first heartbeat does
+    /// not know it for up to a period. Nodes would then disagree on the newcomer's
+    /// eligibility. So there a member counts from its first sighting plus three periods
+    /// ([`establishment`]). By then every node that was up for any of its heartbeats
+    /// knows it. In small clusters every member heartbeats every minute, and the
+    /// policy's presence margin already covers a missed one.
     pub fn members(&self, now: UnixMillis) -> Vec<Presence> {
         let Some(cluster) = self.cluster else { return Vec::new() };
-        let window = heartbeat_period(self.estimate) * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
-        let mut out: Vec<Presence> = self.book_members(&cluster, now, window).collect();
+        let period = self.period();
+        let window = period * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
+        let settle = establishment(period);
+        let mut out: Vec<Presence> = self
+            .book_members(&cluster, now, window)
+            .map(|p| Presence { peer: p.peer, since: p.since.saturating_add(settle) })
+            .collect();
         out.sort_unstable();
         out
     }
@@ -358,6 +397,15 @@ impl Roster {
     /// This node's estimate of its own cluster's size, rounded.
     pub fn own_size(&self) -> u64 {
         round_size(self.estimate)
+    }
+
+    /// The cluster's heartbeat period. It comes from the newest summary of the cluster
+    /// when there is one, and from this node's own count until then. Whether a member
+    /// is live, and when it counts as present, depend on the period. Taking it from
+    /// signed data every member hears keeps members agreeing on those, where each
+    /// member's own count would differ a little.
+    pub fn period(&self) -> Duration {
+        heartbeat_period(self.own_summary.map_or_else(|| self.own_size(), |(_, size)| size))
     }
 
     /// Every cluster's size as this node knows it (its own included), for the stage plan.
@@ -382,12 +430,27 @@ impl Roster {
     /// of its cluster, so it has heard every live member at least once. A node whose
     /// view has not settled waits rather than plan alone.
     pub fn is_settled(&self, now: UnixMillis) -> bool {
-        self.cluster.is_some() && now.since(self.listening_since) >= heartbeat_period(self.estimate)
+        self.cluster.is_some() && now.since(self.listening_since) >= self.period()
     }
 
-    /// Marks the view settled as of `since` (restored from disk after a restart).
-    pub fn listening_since(&mut self, since: UnixMillis) {
-        self.listening_since = self.listening_since.min(since);
+    /// The node is back at `now` after being down since `down_since`, with this roster
+    /// restored from disk. A member's heartbeat slot follows from its key, so it keeps
+    /// its phase rather than heartbeat at once: a fleet of restarting nodes does not
+    /// flood its clusters' topics. Its view stays settled if it was down for less than a
+    /// heartbeat period (it missed at most one heartbeat of each member); otherwise it
+    /// listens for a period again first.
+    pub fn resume(&mut self, down_since: UnixMillis, now: UnixMillis) {
+        let period = self.period();
+        if now.since(down_since) >= period {
+            self.listening_since = now;
+        }
+        if let Some(cluster) = self.cluster {
+            self.book.observe(self.me, cluster, now);
+        }
+        let p = period.as_millis() as u64;
+        let offset = heartbeat_offset(&self.me, period).as_millis() as u64;
+        let slot = (now.0 / p) * p + offset;
+        self.next_heartbeat = UnixMillis(if slot >= now.0 { slot } else { slot + p });
     }
 
     /// Timers: this node's heartbeat, its summary duty, forgetting silent clusters.
@@ -397,7 +460,7 @@ impl Roster {
         if now >= self.next_heartbeat {
             self.estimate = self.count_live(now).max(1);
             out.push(RosterAction::Heartbeat(Heartbeat { app: self.app.clone(), cluster_key: cluster }));
-            let period = heartbeat_period(self.estimate);
+            let period = self.period();
             // The next slot of this member's phase, at least a period away.
             let p = period.as_millis() as u64;
             let offset = heartbeat_offset(&self.me, period).as_millis() as u64;
@@ -427,7 +490,7 @@ impl Roster {
             } else {
                 self.next_summary_check = UnixMillis((epoch + 1) * e_ms);
             }
-            // Sizes outlive two epochs of silence at most.
+            // A size outlives three epochs of silence at most.
             let keep = epoch_len * 3;
             self.sizes.retain(|_, r| now.since(r.heard_at) <= keep);
         }
@@ -504,7 +567,7 @@ mod tests {
         // About one member per cluster is on duty each epoch.
         let c = cluster(1);
         let on_duty: usize = (0..200u64).map(|e| (0..50).filter(|m| summary_duty(e, &c, &key(*m), 50)).count()).sum();
-        assert!((120..=290).contains(&on_duty), "{on_duty} duties over 200 epochs of a 50-member cluster");
+        assert!((300..=500).contains(&on_duty), "{on_duty} duties over 200 epochs of a 50-member cluster");
     }
 
     #[test]
@@ -519,8 +582,8 @@ mod tests {
         assert_eq!(r.own_size(), 10);
         assert!(r.is_settled(UnixMillis(MIN + 1)));
         assert_eq!(r.members(UnixMillis(MIN)).len(), 10);
-        // Nine go silent; after three periods only this node is left.
-        assert_eq!(r.members(UnixMillis(1_000 + 3 * MIN + 121_000)).len(), 1);
+        // Nine go silent; after five periods only this node is left.
+        assert_eq!(r.members(UnixMillis(1_000 + 5 * MIN + 121_000)).len(), 1);
     }
 
     #[test]
@@ -572,7 +635,10 @@ mod tests {
         assert_eq!(r.summary_heard(cluster(1), 80, 4, UnixMillis(11)), Err(RosterDrop::Older));
         r.summary_heard(cluster(1), 50, 6, UnixMillis(12)).unwrap();
         assert_eq!(r.sizes()[&cluster(1)], 50);
-        assert_eq!(r.summary_heard(cluster(0), 50, 6, UnixMillis(12)), Err(RosterDrop::Own));
+        // The own cluster's summary sets the heartbeat period every member uses.
+        r.summary_heard(cluster(0), 6_000, 6, UnixMillis(12)).unwrap();
+        assert_eq!(r.period(), heartbeat_period(6_000));
+        assert_eq!(r.summary_heard(cluster(0), 50, 5, UnixMillis(13)), Err(RosterDrop::Older));
         for i in 0..MAX_CLUSTERS as u32 {
             let mut d = [0xAB; 32];
             d[..4].copy_from_slice(&i.to_be_bytes());

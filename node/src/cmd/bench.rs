@@ -16,6 +16,10 @@ pub enum BenchCommand {
     /// Membership's cost per incoming announcement with N peers known: what the node
     /// does with each, and the full-membership scan it used to do beside it.
     Membership(MembershipArgs),
+    /// Per-node membership traffic and state against fleet size, today's all-to-all
+    /// announcements beside heartbeats and summaries (the simulator's overlay model);
+    /// `--svg` draws the figure.
+    MembershipScale(super::scale::ScaleArgs),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +110,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Fingerprint(args) => fingerprint(args),
         BenchCommand::Membership(args) => membership(args),
+        BenchCommand::MembershipScale(args) => super::scale::run(args),
         BenchCommand::Swarm(args) => swarm(args),
         BenchCommand::Transport(args) => transport(args),
         BenchCommand::TransportPeer(args) => {

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use mirage_protocol::manifest::{PolicyKind, StageOrder, StagingPolicy};
 use mirage_protocol::staging::StagePlan;
+use mirage_testnet::sim::overlay::{self, GossipModel, OverlayOutcome, OverlayScenario};
 use mirage_testnet::sim::{self, Comparison, Scenario, World, ALL_POLICIES};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -62,6 +63,16 @@ pub struct Args {
     /// Mean of the exponential tail added to --fix-hours.
     #[arg(long, default_value_t = 2.0)]
     fix_tail_hours: f64,
+    /// Observer nodes sampled for the overlay model (bytes per node, state, agreement
+    /// on representatives and stages); 0 skips it. Run for the first seed.
+    #[arg(long, default_value_t = 500)]
+    observers: u32,
+    /// Overlay model: share of machines that restart or leave per minute.
+    #[arg(long, default_value_t = 0.01)]
+    churn_per_min: f64,
+    /// Overlay model: share of deliveries lost after gossip's own repair.
+    #[arg(long, default_value_t = 0.001)]
+    loss: f64,
     /// Print one JSON object (every run's figures, and per policy the worst over the
     /// seeds) instead of the tables.
     #[arg(long)]
@@ -120,16 +131,18 @@ pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
     let mut ratios: Vec<(PolicyKind, Vec<f64>)> = policies.iter().map(|p| (*p, Vec::new())).collect();
     let mut runs = Vec::new();
+    let mut overlay = None;
     for seed in args.seed..args.seed + args.seeds.max(1) {
         scenario.seed = seed;
-        let cmp = run_one(&args, scenario.clone(), &policies)?;
+        let (cmp, o) = run_one(&args, scenario.clone(), &policies, overlay.is_none())?;
+        overlay = overlay.or(o);
         for (policy, r) in &mut ratios {
             r.extend(cmp.latency_ratio(*policy));
         }
         runs.push((seed, cmp));
     }
     if args.json {
-        println!("{}", sim_json(&args, &runs, started.elapsed().as_secs_f64()));
+        println!("{}", sim_json(&args, &runs, overlay.as_ref(), started.elapsed().as_secs_f64()));
         return Ok(());
     }
     if args.seeds > 1 {
@@ -144,7 +157,12 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<Comparison> {
+fn run_one(
+    args: &Args,
+    scenario: Scenario,
+    policies: &[PolicyKind],
+    with_overlay: bool,
+) -> Result<(Comparison, Option<OverlayOutcome>)> {
     let hour = 3_600_000.0;
     let seed = scenario.seed;
     let started = Instant::now();
@@ -224,11 +242,59 @@ fn run_one(args: &Args, scenario: Scenario, policies: &[PolicyKind]) -> Result<C
     say!(args, "installed faulty: machines that installed a faulty release; tested faulty: representatives");
     say!(args, "that tested one; hit: either. latency: first release until a machine runs a working release.");
     say!(args);
-    Ok(cmp)
+    if !with_overlay || args.observers == 0 {
+        return Ok((cmp, None));
+    }
+    let t = Instant::now();
+    let o = OverlayScenario {
+        observers: args.observers,
+        churn_per_min: args.churn_per_min,
+        loss: args.loss,
+        ..OverlayScenario::default()
+    };
+    let out = overlay::simulate(&world, &o, &GossipModel::default(), &world.scenario.policy(PolicyKind::Balanced));
+    say!(
+        args,
+        "overlay: {} observers ({} up and settled at the release), {:.0}% of machines churning per minute, simulated in {:.2} s",
+        out.observers,
+        out.judged,
+        args.churn_per_min * 100.0,
+        t.elapsed().as_secs_f64()
+    );
+    say!(
+        args,
+        "  per node: {:.1} KB/min in, {:.1} KB/min out (worst {:.1} KB/min in), {:.1} messages/min; state {:.2} MB (worst {:.2} MB)",
+        out.bytes_in_per_node_per_min / 1000.0,
+        out.bytes_out_per_node_per_min / 1000.0,
+        out.bytes_in_per_node_per_min_max / 1000.0,
+        out.messages_in_per_node_per_min,
+        out.state_bytes_per_node / 1e6,
+        out.state_bytes_per_node_max as f64 / 1e6
+    );
+    say!(
+        args,
+        "  all-to-all announcements instead: {:.1} MB/min in, {:.1} MB of state",
+        out.announce_bytes_in_per_node_per_min / 1e6,
+        out.announce_state_bytes_per_node / 1e6
+    );
+    say!(
+        args,
+        "  agreement with the majority: representatives {:.4}, stages {:.4}; a new node settles in {:.0} s (median), {:.0} s (worst)",
+        out.representative_agreement,
+        out.stage_agreement,
+        out.settle_s_median,
+        out.settle_s_max
+    );
+    Ok((cmp, Some(out)))
 }
 
 /// The figures of every run, and per policy the worst over the seeds.
-fn sim_json(args: &Args, runs: &[(u64, Comparison)], wall_s: f64) -> serde_json::Value {
+fn sim_json(
+    args: &Args,
+    runs: &[(u64, Comparison)],
+    overlay: Option<&OverlayOutcome>,
+    wall_s: f64,
+) -> serde_json::Value {
     let figures = |cmp: &Comparison, o: &mirage_testnet::sim::PolicyOutcome| {
         serde_json::json!({
             "policy": o.policy.name(),
@@ -279,5 +345,26 @@ fn sim_json(args: &Args, runs: &[(u64, Comparison)], wall_s: f64) -> serde_json:
         "wall_s": wall_s,
         "policies": worst,
         "runs": per_run,
+        "overlay": overlay.map(|o| serde_json::json!({
+            "seed": args.seed,
+            "observers": o.observers,
+            "judged": o.judged,
+            "churn_per_min": args.churn_per_min,
+            "loss": args.loss,
+            "bytes_in_per_node_per_min": o.bytes_in_per_node_per_min,
+            "bytes_out_per_node_per_min": o.bytes_out_per_node_per_min,
+            "bytes_in_per_node_per_min_max": o.bytes_in_per_node_per_min_max,
+            "messages_in_per_node_per_min": o.messages_in_per_node_per_min,
+            "state_bytes_per_node": o.state_bytes_per_node,
+            "state_bytes_per_node_max": o.state_bytes_per_node_max,
+            "representative_agreement": o.representative_agreement,
+            "stage_agreement": o.stage_agreement,
+            "settle_s_median": o.settle_s_median,
+            "settle_s_max": o.settle_s_max,
+            "heartbeat_bytes": o.heartbeat_bytes,
+            "summary_bytes": o.summary_bytes,
+            "announce_bytes_in_per_node_per_min": o.announce_bytes_in_per_node_per_min,
+            "announce_state_bytes_per_node": o.announce_state_bytes_per_node,
+        })),
     })
 }

@@ -11,11 +11,14 @@
 //! - [`queue`]: the event queue in virtual time.
 //! - [`vendor`]: releases, problem intake and fixes.
 //! - [`engine`]: the loop that turns the core's steps into future events.
+//! - [`overlay`]: sampled observers running the real roster and staging core: bytes
+//!   per node, state, and whether observers agree on representatives and stages.
 //! - [`outcome`]: overhead and latency per policy, and the comparison table.
 //! - [`trace`]: one machine's inputs and steps, to replay into the node's core.
 
 pub mod engine;
 pub mod outcome;
+pub mod overlay;
 pub mod queue;
 pub mod scenario;
 pub mod timing;

@@ -1,6 +1,7 @@
 //! Whole-simulation tests at small scale (fast in debug builds).
 
 use super::*;
+use crate::sim::overlay;
 use mirage_protocol::manifest::PolicyKind;
 use mirage_protocol::presence::Presence;
 
@@ -178,4 +179,33 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
         let staged = policy != PolicyKind::NoStaging;
         assert_eq!(tested > 0, staged, "{policy}: {tested} test runs");
     }
+}
+
+fn overlay_run(machines: u32, clusters: u32, o: &overlay::OverlayScenario) -> overlay::OverlayOutcome {
+    let world = World::generate(Scenario { machines, clusters, seed: 3, ..Scenario::default() }).unwrap();
+    let policy = world.scenario.policy(PolicyKind::Balanced);
+    overlay::simulate(&world, o, &overlay::GossipModel::default(), &policy)
+}
+
+#[test]
+fn observers_fed_the_same_signed_data_agree_on_representatives_and_stages() {
+    let calm = overlay::OverlayScenario { observers: 120, churn_per_min: 0.0, loss: 0.0, ..Default::default() };
+    let o = overlay_run(3_000, 60, &calm);
+    assert_eq!(o.judged, o.observers, "without churn every observer is up and settled");
+    assert_eq!(o.representative_agreement, 1.0);
+    assert_eq!(o.stage_agreement, 1.0);
+}
+
+/// Heartbeats and summaries each have a rate cap: a node's cost grows only until a
+/// fleet is big enough to reach both, then stays there (about 230 KB/min in and out at
+/// 1,000,000 machines, see SIMULATOR.md), while all-to-all announcements grow with N.
+#[test]
+fn per_node_membership_cost_stays_bounded_while_all_to_all_announcements_grow_with_the_fleet() {
+    let o = overlay::OverlayScenario { observers: 60, ..Default::default() };
+    let small = overlay_run(2_000, 40, &o);
+    let big = overlay_run(20_000, 400, &o);
+    let total = |x: &overlay::OverlayOutcome| x.bytes_in_per_node_per_min + x.bytes_out_per_node_per_min;
+    assert!(total(&big) < 2.0 * total(&small), "{} vs {} bytes/min", total(&big), total(&small));
+    assert!(big.announce_bytes_in_per_node_per_min > 8.0 * small.announce_bytes_in_per_node_per_min);
+    assert!(total(&big) < 250_000.0, "{} bytes/min", total(&big));
 }

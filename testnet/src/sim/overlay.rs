@@ -1,0 +1,625 @@
+//! The overlay seen by sampled observer nodes: what membership costs one node, and
+//! whether nodes that each see only their own cluster and a summary of the rest agree.
+//!
+//! The fleet model stays whole (every machine, its cluster, its key); a few hundred
+//! *observers*, drawn in proportion to cluster size, each run a real
+//! [`Roster`](mirage_protocol::roster::Roster), fed what its cluster's topic and the
+//! app's topic would deliver to it:
+//!
+//! - heartbeats of its cluster-mates, each at the slot [`heartbeat_offset`] gives its key
+//!   within [`heartbeat_period`] of the cluster's size, while that member is up;
+//! - size summaries of every cluster, signed by the members [`summary_duty`] puts on duty
+//!   each epoch;
+//!
+//! each delivery with its own delay and loss. Machines churn: at `churn_per_min` a
+//! machine restarts (down for an exponential time, its state kept: it keeps its
+//! heartbeat phase) or, for `replace_share` of churn events, leaves for good and a new
+//! identity joins its cluster (and heartbeats at once). Observers churn alike.
+//!
+//! At the release, every observer that is up and whose view has settled elects its
+//! cluster's representatives with the real staging core (`ClusterGate`: eligible
+//! members by first sighting, rendezvous ranking) and plans the stages from its size
+//! table (`StagePlan`). Agreement is the share of observers that agree with their
+//! cluster's majority (representatives) or with each cluster's majority stage (stages).
+//!
+//! Bytes are counted from real encoded envelopes plus gossipsub's framing, mesh
+//! duplicates and IHAVE gossip at the overlay's constants ([`GossipModel`]); they are a
+//! model until calibrated against real libp2p.
+
+use super::scenario::World;
+use mirage_protocol::fingerprint::ClusterKey;
+use mirage_protocol::manifest::{PolicyKind, StagingPolicy, UpgradeManifest};
+use mirage_protocol::presence::Presence;
+use mirage_protocol::roster::{
+    epoch_length, heartbeat_offset, heartbeat_period, round_size, summary_duty, ClusterSummary, Heartbeat, Roster,
+    EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
+};
+use mirage_protocol::staging::{ClusterGate, StagePlan};
+use mirage_protocol::{Envelope, Keypair, PublicKey, UnixMillis};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// The app name observers use (it only sizes topic names and payloads).
+const APP: &str = "mysql";
+
+/// What the overlay run adds to a scenario.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OverlayScenario {
+    pub observers: u32,
+    /// Share of machines that restart or leave per minute.
+    pub churn_per_min: f64,
+    /// Share of churn events that are a machine leaving for good (a new identity joins).
+    pub replace_share: f64,
+    pub downtime_mean_min: f64,
+    /// Per-delivery loss after gossip's own repair.
+    pub loss: f64,
+    pub delay_base_ms: u64,
+    pub delay_mean_ms: u64,
+    /// Clusters whose stage every observer reports, besides its own.
+    pub stage_sample: usize,
+}
+
+impl Default for OverlayScenario {
+    fn default() -> Self {
+        OverlayScenario {
+            observers: 500,
+            churn_per_min: 0.01,
+            replace_share: 0.01,
+            downtime_mean_min: 5.0,
+            loss: 0.001,
+            delay_base_ms: 50,
+            delay_mean_ms: 300,
+            stage_sample: 64,
+        }
+    }
+}
+
+/// Gossipsub's constants as the overlay sets them (`mirage_bootstrap::overlay`:
+/// libp2p 0.57's defaults and a 700 ms heartbeat) and the wire framing around a
+/// published message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GossipModel {
+    /// Mesh degree: each message arrives from up to this many mesh peers.
+    pub mesh_n: u32,
+    /// Peers outside the mesh that get IHAVE gossip each heartbeat.
+    pub gossip_lazy: u32,
+    /// Heartbeats a message id stays in IHAVE gossip.
+    pub history_gossip: u32,
+    /// Peers a node is connected to per topic at most (mesh_n_high).
+    pub topic_peers: u32,
+    /// Bytes around a published message's data besides the topic string: protobuf
+    /// fields (from, seqno, signature), RPC and stream framing, yamux and noise.
+    pub message_overhead: u32,
+    /// Bytes of one IHAVE besides its topic string: the 20-byte id, the control
+    /// message's framing and its share of the RPC.
+    pub ihave_overhead: u32,
+}
+
+impl Default for GossipModel {
+    fn default() -> Self {
+        GossipModel {
+            mesh_n: 6,
+            gossip_lazy: 6,
+            history_gossip: 3,
+            topic_peers: 12,
+            // from 2+38, seqno 2+8, signature 2+64, data/topic tags 4, RPC 3,
+            // length prefix 2, yamux 12, noise 18.
+            message_overhead: 155,
+            ihave_overhead: 20 + 8 + 35,
+        }
+    }
+}
+
+impl GossipModel {
+    /// (bytes in, bytes out) at one subscriber of a topic with `subscribers` nodes, per
+    /// message it did not publish, for a message of `wire` bytes on `topic`.
+    pub fn per_message(&self, subscribers: u64, wire: u64, topic: u64) -> (f64, f64) {
+        let peers = (subscribers.saturating_sub(1)).min(self.topic_peers as u64) as f64;
+        let mesh = peers.min(self.mesh_n as f64);
+        // Every mesh peer sends it (the first copy and duplicates); it goes on to every
+        // mesh peer but the first sender.
+        let copies_in = mesh;
+        let copies_out = (mesh - 1.0).max(0.0);
+        let lazy = (peers - mesh).max(0.0).min(self.gossip_lazy as f64);
+        let ihave = lazy * self.history_gossip as f64 * (self.ihave_overhead as u64 + topic) as f64;
+        (copies_in * wire as f64 + ihave, copies_out * wire as f64 + ihave)
+    }
+}
+
+/// What the overlay run measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OverlayOutcome {
+    pub observers: u32,
+    /// Observers up and settled at the release (the others wait and are not judged).
+    pub judged: u32,
+    pub bytes_in_per_node_per_min: f64,
+    pub bytes_out_per_node_per_min: f64,
+    pub bytes_in_per_node_per_min_max: f64,
+    pub messages_in_per_node_per_min: f64,
+    pub state_bytes_per_node: f64,
+    pub state_bytes_per_node_max: u64,
+    pub representative_agreement: f64,
+    pub stage_agreement: f64,
+    /// Median and worst time, over observers that joined their cluster fresh, until
+    /// their view settled and counted their cluster's size within 10%.
+    pub settle_s_median: f64,
+    pub settle_s_max: f64,
+    /// Today's design for the same fleet: every node hears every signed fingerprint.
+    pub announce_bytes_in_per_node_per_min: f64,
+    pub announce_state_bytes_per_node: f64,
+    pub heartbeat_bytes: u64,
+    pub summary_bytes: u64,
+}
+
+/// An observer's up/down timeline over the run: the (from, to) intervals when up.
+#[derive(Clone, Debug)]
+struct Life {
+    up: Vec<(u64, u64)>,
+}
+
+impl Life {
+    fn is_up(&self, t: u64) -> bool {
+        let i = self.up.partition_point(|(_, to)| *to <= t);
+        self.up.get(i).is_some_and(|(from, _)| *from <= t)
+    }
+}
+
+fn exp_ms(rng: &mut ChaCha8Rng, mean_ms: f64) -> u64 {
+    let u: f64 = rng.gen();
+    (-mean_ms * (1.0 - u).ln()) as u64
+}
+
+fn life(rng: &mut ChaCha8Rng, o: &OverlayScenario, from: u64, to: u64) -> Life {
+    let rate_per_ms = o.churn_per_min / 60_000.0;
+    let mut up = Vec::new();
+    let mut start = from;
+    if rate_per_ms <= 0.0 {
+        return Life { up: vec![(from, to)] };
+    }
+    loop {
+        let event = start + exp_ms(rng, 1.0 / rate_per_ms);
+        if event >= to {
+            up.push((start, to));
+            return Life { up };
+        }
+        up.push((start, event));
+        // An observer that would leave for good is modelled as restarting: the run
+        // follows observers that are there at the release.
+        start = event + exp_ms(rng, o.downtime_mean_min * 60_000.0).max(1);
+        if start >= to {
+            return Life { up };
+        }
+    }
+}
+
+fn derived_key(seed: u64, what: &[u8], a: u64, b: u64) -> PublicKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"mirage/sim/overlay");
+    h.update(&seed.to_be_bytes());
+    h.update(what);
+    h.update(&a.to_be_bytes());
+    h.update(&b.to_be_bytes());
+    PublicKey(*h.finalize().as_bytes())
+}
+
+/// One heartbeat on a cluster's topic.
+#[derive(Clone, Copy)]
+struct Beat {
+    at: u64,
+    from: PublicKey,
+}
+
+/// The run's clock: the release comes at `RELEASE`, far enough from zero for the
+/// longest warm-up.
+const RELEASE: u64 = 400 * 24 * 3600 * 1000;
+const MIN: u64 = 60_000;
+
+/// Runs the overlay model over `world` for a release under `policy`.
+pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy: &StagingPolicy) -> OverlayOutcome {
+    let seed = world.scenario.seed;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x006f_7665_726c_6179);
+    let epoch = epoch_length(world.members.len() as u64).as_millis() as u64;
+    let machines = world.cluster_of.len() as u64;
+    let clusters = world.members.len() as u64;
+
+    // Observers: machines drawn uniformly, so clusters are observed in proportion to size.
+    let mut observers: Vec<u32> = (0..o.observers).map(|_| rng.gen_range(0..machines as u32)).collect();
+    observers.sort_unstable();
+    observers.dedup();
+    let mut by_cluster: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for m in &observers {
+        by_cluster.entry(world.cluster_of[*m as usize]).or_default().push(*m);
+    }
+
+    let wires = Wires::new(world);
+    let sizes_of = |c: u32| round_size(world.members[c as usize].len() as u64);
+    let manifest = release_manifest(policy);
+
+    // Each observed cluster on its own: its members' lives, heartbeats, and observers.
+    let seeds: Vec<(u32, Vec<u32>, u64)> = by_cluster.into_iter().map(|(c, obs)| (c, obs, rng.gen())).collect();
+    let per_cluster: Vec<ClusterRun> =
+        seeds.into_par_iter().map(|(c, obs, s)| run_cluster(epoch, world, o, c, &obs, s, &manifest)).collect();
+
+    // Summaries: who is on duty in the last three epochs, once for all observers.
+    let first_epoch = (RELEASE / epoch).saturating_sub(3);
+    let last_epoch = RELEASE / epoch;
+    let summaries: Vec<Vec<(u64, u64)>> = (0..clusters as u32)
+        .into_par_iter()
+        .map(|c| {
+            let key = world.cluster_keys[c as usize];
+            let size = sizes_of(c);
+            let mut out = Vec::new();
+            for e in first_epoch..=last_epoch {
+                for m in &world.members[c as usize] {
+                    let peer = world.public_keys[*m as usize];
+                    if summary_duty(e, &key, &peer, size) {
+                        let at = e * epoch + heartbeat_offset(&peer, Duration::from_millis(epoch)).as_millis() as u64;
+                        if at < RELEASE {
+                            out.push((e, at));
+                        }
+                    }
+                }
+            }
+            out.sort_unstable_by(|a, b| b.cmp(a));
+            out
+        })
+        .collect();
+    let summaries_last_hour: u64 =
+        summaries.iter().map(|s| s.iter().filter(|(_, at)| *at + 60 * MIN >= RELEASE).count() as u64).sum();
+
+    // Each observer's size table: the newest summary of each cluster it received.
+    let mut judged = Vec::new();
+    for run in &per_cluster {
+        for ob in &run.observers {
+            judged.push((run.cluster, ob));
+        }
+    }
+    let down_share = (o.churn_per_min * o.downtime_mean_min).min(0.99);
+    let sample: Vec<u32> = {
+        let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5354_4147);
+        (0..o.stage_sample).map(|_| r.gen_range(0..clusters as u32)).collect()
+    };
+    let plans: Vec<Option<Vec<(u32, usize)>>> = judged
+        .par_iter()
+        .enumerate()
+        .map(|(i, (c, ob))| {
+            let mut roster = ob.roster.clone();
+            let mut r = ChaCha8Rng::seed_from_u64(seed ^ (i as u64) << 20 ^ 0x5355_4d4d);
+            for (k, list) in summaries.iter().enumerate() {
+                if k as u32 == *c {
+                    continue;
+                }
+                // The newest summary that reached this observer (up, not lost).
+                for (e, at) in list {
+                    if r.gen_bool(o.loss.clamp(0.0, 1.0)) || r.gen_bool(down_share) {
+                        continue;
+                    }
+                    let _ = roster.summary_heard(world.cluster_keys[k], sizes_of(k as u32), *e, UnixMillis(*at));
+                    break;
+                }
+            }
+            if !ob.judged {
+                return None;
+            }
+            let policy = StagingPolicy { kind: PolicyKind::Balanced, ..policy.clone() };
+            let plan = StagePlan::new(&policy, &roster.sizes());
+            Some(
+                sample
+                    .iter()
+                    .chain(std::iter::once(c))
+                    .map(|k| (*k, plan.stage_of(&world.cluster_keys[*k as usize])))
+                    .collect(),
+            )
+        })
+        .collect();
+    // Sizes tables as they stand, for state: the clones above were per observer.
+    let summary_state: u64 = (clusters.min(mirage_protocol::roster::MAX_CLUSTERS as u64)) * (32 + 24 + 16);
+
+    // Agreement on representatives: per cluster, the share agreeing with the majority.
+    let mut agree = 0u64;
+    let mut total = 0u64;
+    for run in &per_cluster {
+        let mut votes: HashMap<&Vec<PublicKey>, u64> = HashMap::new();
+        for ob in run.observers.iter().filter(|o| o.judged) {
+            *votes.entry(&ob.seats).or_default() += 1;
+        }
+        let n: u64 = votes.values().sum();
+        agree += votes.values().max().copied().unwrap_or(0);
+        total += n;
+    }
+    let representative_agreement = if total == 0 { 1.0 } else { agree as f64 / total as f64 };
+
+    // Agreement on stages: per sampled cluster, the share agreeing with the majority.
+    let mut stage_votes: HashMap<u32, HashMap<usize, u64>> = HashMap::new();
+    for plan in plans.iter().flatten() {
+        for (c, s) in plan {
+            *stage_votes.entry(*c).or_default().entry(*s).or_default() += 1;
+        }
+    }
+    let (sa, st) = stage_votes
+        .values()
+        .fold((0u64, 0u64), |(a, t), v| (a + v.values().max().copied().unwrap_or(0), t + v.values().sum::<u64>()));
+    let stage_agreement = if st == 0 { 1.0 } else { sa as f64 / st as f64 };
+
+    // Costs over the last hour before the release.
+    let app_topic = mirage_bootstrap_topic_len(None);
+    let (sum_in, sum_out) = gossip.per_message(machines, wires.summary, app_topic);
+    let summaries_per_min = summaries_last_hour as f64 / 60.0;
+    let mut ins = Vec::new();
+    let mut outs = Vec::new();
+    let mut msgs = Vec::new();
+    let mut states = Vec::new();
+    for run in &per_cluster {
+        let topic = mirage_bootstrap_topic_len(Some(&world.cluster_keys[run.cluster as usize]));
+        let (hb_in, hb_out) = gossip.per_message(run.size, wires.heartbeat, topic);
+        let publish = gossip.per_message(run.size, wires.heartbeat, topic).0; // to each mesh peer
+        for ob in &run.observers {
+            let received = ob.heard_last_hour as f64 / 60.0;
+            let own = ob.sent_last_hour as f64 / 60.0;
+            ins.push(received * hb_in + summaries_per_min * sum_in);
+            outs.push(received * hb_out + own * publish + summaries_per_min * sum_out);
+            msgs.push(received + summaries_per_min);
+            states.push(ob.state_bytes + summary_state);
+        }
+    }
+    let mean = |v: &[f64]| if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 };
+    let mut settle: Vec<f64> =
+        per_cluster.iter().flat_map(|r| r.settle_ms.iter().map(|t| *t as f64 / 1000.0)).collect();
+    settle.sort_by(f64::total_cmp);
+
+    // Today's design: every node hears every node's signed fingerprint once a minute.
+    let old_topic = mirage_bootstrap_topic_len(None);
+    let (old_in, _) = gossip.per_message(machines, wires.announcement, old_topic);
+    OverlayOutcome {
+        observers: judged.len() as u32,
+        judged: judged.iter().filter(|(_, o)| o.judged).count() as u32,
+        bytes_in_per_node_per_min: mean(&ins),
+        bytes_out_per_node_per_min: mean(&outs),
+        bytes_in_per_node_per_min_max: ins.iter().copied().fold(0.0, f64::max),
+        messages_in_per_node_per_min: mean(&msgs),
+        state_bytes_per_node: mean(&states.iter().map(|s| *s as f64).collect::<Vec<_>>()),
+        state_bytes_per_node_max: states.iter().copied().max().unwrap_or(0),
+        representative_agreement,
+        stage_agreement,
+        settle_s_median: settle.get(settle.len() / 2).copied().unwrap_or(0.0),
+        settle_s_max: settle.last().copied().unwrap_or(0.0),
+        announce_bytes_in_per_node_per_min: machines as f64 * old_in,
+        // Per peer: its record (cluster key, two times), the index entry, the stored
+        // envelope for cluster-mates; the scan-free index doubles the keys.
+        announce_state_bytes_per_node: machines as f64 * (32 + 32 + 24 + 32 + 16) as f64,
+        heartbeat_bytes: wires.heartbeat,
+        summary_bytes: wires.summary,
+    }
+}
+
+/// Topic string lengths as the overlay names them (`mirage/v1/app/<app>` and a cluster
+/// topic under it).
+fn mirage_bootstrap_topic_len(cluster: Option<&ClusterKey>) -> u64 {
+    let app = format!("mirage/v1/app/{APP}");
+    match cluster {
+        None => app.len() as u64,
+        Some(c) => (app.len() + "/cluster/".len() + c.to_hex().len()) as u64,
+    }
+}
+
+/// Encoded sizes of real signed messages.
+struct Wires {
+    heartbeat: u64,
+    summary: u64,
+    announcement: u64,
+}
+
+impl Wires {
+    fn new(world: &World) -> Self {
+        let kp = Keypair::from_secret_bytes(&[7; 32]);
+        let at = UnixMillis(RELEASE);
+        let len = |bytes: Result<Vec<u8>, _>| bytes.map(|b: Vec<u8>| b.len() as u64).unwrap_or(0);
+        let key = world.cluster_keys[0];
+        let hb = Heartbeat { app: APP.into(), cluster_key: key };
+        let sum = ClusterSummary { app: APP.into(), cluster_key: key, size: 12_345, epoch: 1 << 20 };
+        Wires {
+            heartbeat: len(Envelope::sign(&kp, &hb, at).and_then(|e| e.to_bytes())),
+            summary: len(Envelope::sign(&kp, &sum, at).and_then(|e| e.to_bytes())),
+            announcement: len(Envelope::sign(&kp, &world.fingerprint(0), at).and_then(|e| e.to_bytes())),
+        }
+    }
+}
+
+fn release_manifest(policy: &StagingPolicy) -> UpgradeManifest {
+    UpgradeManifest {
+        app: APP.into(),
+        version: semver::Version::new(2, 0, 0),
+        artifact: mirage_protocol::manifest::ArtifactInfo::describe(
+            b"overlay",
+            mirage_protocol::manifest::MIN_CHUNK_SIZE,
+        ),
+        test_bundle: None,
+        tests: Vec::new(),
+        health_check: None,
+        policy: StagingPolicy { kind: PolicyKind::FrontLoading, ..policy.clone() },
+        expires_at: UnixMillis(u64::MAX),
+        notes: String::new(),
+    }
+}
+
+struct ObserverRun {
+    roster: Roster,
+    judged: bool,
+    seats: Vec<PublicKey>,
+    heard_last_hour: u64,
+    sent_last_hour: u64,
+    state_bytes: u64,
+}
+
+struct ClusterRun {
+    cluster: u32,
+    size: u64,
+    observers: Vec<ObserverRun>,
+    /// For observers that joined fresh: how long until settled with a size within 10%.
+    settle_ms: Vec<u64>,
+}
+
+fn run_cluster(
+    epoch_ms: u64,
+    world: &World,
+    o: &OverlayScenario,
+    c: u32,
+    observers: &[u32],
+    seed: u64,
+    manifest: &UpgradeManifest,
+) -> ClusterRun {
+    let manifest_id = manifest.id();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let members = &world.members[c as usize];
+    let n = members.len() as u64;
+    let key = world.cluster_keys[c as usize];
+    let period = heartbeat_period(round_size(n));
+    let p = period.as_millis() as u64;
+    // Long enough that every member heartbeat at least twice before the release.
+    let start = RELEASE - (3 * p).max(30 * MIN);
+    let end = RELEASE + 10 * MIN;
+
+    // Every member's heartbeats, and successors of those that leave. Between restarts a
+    // member is down a stationary share of the time; whether it is up at each of its
+    // heartbeat slots is drawn on its own, which costs a draw per slot rather than per
+    // churn event. (Observers get exact up/down timelines below.)
+    let down_share = (o.churn_per_min * o.downtime_mean_min).clamp(0.0, 0.99);
+    let replace_per_ms = o.churn_per_min * o.replace_share / 60_000.0;
+    let mut beats: Vec<Beat> = Vec::new();
+    let mut gen = 0u64;
+    for m in members {
+        let mut peer = world.public_keys[*m as usize];
+        let mut from = start;
+        let mut fresh = false;
+        loop {
+            let leave = if replace_per_ms > 0.0 { from + exp_ms(&mut rng, 1.0 / replace_per_ms) } else { u64::MAX };
+            let until = leave.min(end);
+            if fresh {
+                beats.push(Beat { at: from, from: peer });
+            }
+            let offset = heartbeat_offset(&peer, period).as_millis() as u64;
+            let mut slot = (from / p) * p + offset;
+            if slot <= from {
+                slot += p;
+            }
+            while slot < until {
+                if !rng.gen_bool(down_share) {
+                    beats.push(Beat { at: slot, from: peer });
+                }
+                slot += p;
+            }
+            if leave >= end {
+                break;
+            }
+            gen += 1;
+            peer = derived_key(world.scenario.seed, b"successor", c as u64, gen);
+            from = leave;
+            fresh = true;
+        }
+    }
+    let lives: HashMap<u32, Life> = observers.iter().map(|m| (*m, life(&mut rng, o, start, end))).collect();
+    beats.sort_unstable_by_key(|b| b.at);
+
+    let mut settle_ms = Vec::new();
+    // Observers are independent given the cluster's heartbeats: one task each.
+    let runs: Vec<ObserverRun> = observers
+        .par_iter()
+        .enumerate()
+        .map(|(k, m)| {
+            let me = world.public_keys[*m as usize];
+            let mine = lives.get(m).cloned().unwrap_or(Life { up: vec![(start, end)] });
+            let mut r = ChaCha8Rng::seed_from_u64(seed ^ ((k as u64 + 1) << 32));
+            // The observer had been a member long before the run: its book holds everyone
+            // then up, as its persisted state would.
+            let mut roster = Roster::new(APP, me, UnixMillis(start - p));
+            roster.set_cluster(key, UnixMillis(start - p));
+            // Members hear their own cluster's summaries on the app topic like any other.
+            let _ = roster.summary_heard(key, round_size(n), RELEASE / epoch_ms, UnixMillis(start - p));
+            for other in members {
+                if other != m {
+                    let _ = roster.heard(world.public_keys[*other as usize], UnixMillis(start - p));
+                }
+            }
+            let mut heard_last_hour = 0u64;
+            let mut deliveries: Vec<(u64, PublicKey)> = beats
+                .iter()
+                .filter(|b| b.from != me)
+                .filter_map(|b| {
+                    let at = b.at + o.delay_base_ms + exp_ms(&mut r, o.delay_mean_ms as f64);
+                    (!r.gen_bool(o.loss.clamp(0.0, 1.0)) && mine.is_up(at)).then_some((at, b.from))
+                })
+                .collect();
+            deliveries.sort_unstable_by_key(|d| d.0);
+            let mut up_idx = 0usize;
+            let mut was_down_since: Option<u64> = None;
+            let mut sent_last_hour = 0u64;
+            let poll = |roster: &mut Roster, t: u64, sent: &mut u64| {
+                while roster.next_deadline().is_some_and(|d| d.0 <= t) {
+                    let d = roster.next_deadline().expect("checked").0;
+                    let acts = roster.poll(UnixMillis(d));
+                    if d + 60 * MIN >= RELEASE && d < RELEASE {
+                        *sent += acts
+                            .iter()
+                            .filter(|a| matches!(a, mirage_protocol::roster::RosterAction::Heartbeat(_)))
+                            .count() as u64;
+                    }
+                    if acts.is_empty() && roster.next_deadline().is_some_and(|n| n.0 <= d) {
+                        break;
+                    }
+                }
+            };
+            for (at, from) in deliveries.iter().copied().filter(|d| d.0 < RELEASE) {
+                // Restarts between deliveries: resume with the state kept.
+                while up_idx < mine.up.len() && mine.up[up_idx].1 <= at {
+                    was_down_since = Some(mine.up[up_idx].1);
+                    up_idx += 1;
+                }
+                if let Some(down) = was_down_since.take() {
+                    roster.resume(UnixMillis(down), UnixMillis(mine.up[up_idx.min(mine.up.len() - 1)].0));
+                }
+                poll(&mut roster, at, &mut sent_last_hour);
+                if roster.heard(from, UnixMillis(at)).is_ok() && at + 60 * MIN >= RELEASE {
+                    heard_last_hour += 1;
+                }
+            }
+            poll(&mut roster, RELEASE, &mut sent_last_hour);
+            let up_now = mine.is_up(RELEASE);
+            let judged = up_now && roster.is_settled(UnixMillis(RELEASE));
+            let seats = if judged {
+                let members: Vec<Presence> = roster.members(UnixMillis(RELEASE));
+                let gate = ClusterGate::new(manifest, manifest_id, UnixMillis(RELEASE), key, &members);
+                let k = manifest.policy.representatives as usize;
+                let mut s: Vec<PublicKey> = gate.ranking().iter().take(k).copied().collect();
+                s.sort_unstable();
+                s
+            } else {
+                Vec::new()
+            };
+            ObserverRun { state_bytes: roster.state_bytes(), roster, judged, seats, heard_last_hour, sent_last_hour }
+        })
+        .collect();
+
+    // A fresh node joining this cluster: how long until it has heard 90% of the
+    // members (its view settles no earlier than that).
+    {
+        let join = RELEASE - p.max(10 * MIN) - 2 * p;
+        let window = p * EXPIRY_PERIODS as u64 + HEARTBEAT_MAX_AGE.as_millis() as u64;
+        let mut heard: std::collections::HashSet<PublicKey> = std::collections::HashSet::new();
+        let live: std::collections::HashSet<PublicKey> =
+            beats.iter().filter(|b| b.at >= join && b.at < join + window).map(|b| b.from).collect();
+        let need = (0.9 * live.len() as f64).ceil() as usize;
+        let mut settled_at = (need == 0).then_some(0);
+        for b in beats.iter().filter(|b| b.at >= join && b.at < join + window) {
+            heard.insert(b.from);
+            if settled_at.is_none() && heard.len() >= need {
+                settled_at = Some(b.at + o.delay_base_ms - join);
+                break;
+            }
+        }
+        settle_ms.extend(settled_at);
+    }
+    ClusterRun { cluster: c, size: n, observers: runs, settle_ms }
+}
