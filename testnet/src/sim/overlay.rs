@@ -478,8 +478,12 @@ fn run_cluster(
     let key = world.cluster_keys[c as usize];
     let period = heartbeat_period(round_size(n));
     let p = period.as_millis() as u64;
-    // Long enough that every member heartbeat at least twice before the release.
-    let start = RELEASE - (3 * p).max(30 * MIN);
+    // As far back as a member stays live: every member an observer counts at the
+    // release was heard in this run or, for the members the run starts with, just
+    // before it (the observer's persisted book). Newcomers in the run's first periods
+    // become eligible before the release, so whether observers that were down missed
+    // them is part of what is measured.
+    let start = RELEASE - (p * EXPIRY_PERIODS as u64).max(30 * MIN);
     let end = RELEASE + 10 * MIN;
 
     // Every member's heartbeats, and successors of those that leave. Between restarts a
@@ -544,15 +548,20 @@ fn run_cluster(
                 }
             }
             let mut heard_last_hour = 0u64;
-            let mut deliveries: Vec<(u64, PublicKey)> = beats
+            // One draw per delivery: a uniform delay of the given mean, and loss. Delays
+            // (under a second) are far below the spacing of one member's heartbeats, so
+            // deliveries stay in the heartbeats' order.
+            let lost_below = (o.loss.clamp(0.0, 1.0) * (1u64 << 24) as f64) as u64;
+            let spread = (2 * o.delay_mean_ms).max(1);
+            let deliveries: Vec<(u64, PublicKey)> = beats
                 .iter()
                 .filter(|b| b.from != me)
                 .filter_map(|b| {
-                    let at = b.at + o.delay_base_ms + exp_ms(&mut r, o.delay_mean_ms as f64);
-                    (!r.gen_bool(o.loss.clamp(0.0, 1.0)) && mine.is_up(at)).then_some((at, b.from))
+                    let x: u64 = r.gen();
+                    let at = b.at + o.delay_base_ms + (x & 0xff_ffff) % spread;
+                    ((x >> 40) >= lost_below && mine.is_up(at)).then_some((at, b.from))
                 })
                 .collect();
-            deliveries.sort_unstable_by_key(|d| d.0);
             let mut up_idx = 0usize;
             let mut was_down_since: Option<u64> = None;
             let mut sent_last_hour = 0u64;
