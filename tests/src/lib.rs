@@ -127,6 +127,12 @@ impl Drop for Proc {
 }
 
 /// Polls `f` every `every` until it returns `Some`, or fails after `timeout`.
+/// The wall clock as the protocol counts time, for messages a test signs itself.
+pub fn now_millis() -> mirage_protocol::UnixMillis {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock after 1970");
+    mirage_protocol::UnixMillis(since.as_millis() as u64)
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {

@@ -9,16 +9,12 @@ use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, UnixMillis};
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
 use mirage_testnet::staged::{all_installed, broken_release_settled, NodeView, StagedFleet, StagedOptions};
-use mirage_tests::mirage_bin;
+use mirage_tests::{mirage_bin, now_millis as now};
 use serde_json::json;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const ENVS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn now() -> UnixMillis {
-    UnixMillis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64)
-}
 
 fn env_of(i: usize) -> u32 {
     i as u32 % ENVS

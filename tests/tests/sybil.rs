@@ -7,13 +7,13 @@
 
 use mirage_protocol::report::{Outcome, TestReport};
 use mirage_protocol::staging::election::rank_score;
-use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, PublicKey, UnixMillis};
+use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, PublicKey};
 use mirage_testnet::sample_app::{self, APP, BROKEN_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
 use mirage_testnet::staged::{all_installed, NodeView, StagedFleet, StagedOptions};
-use mirage_tests::mirage_bin;
+use mirage_tests::{mirage_bin, now_millis as now};
 use serde_json::{json, Value};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Environment 0 takes the broken release well; environment 2 breaks on it.
 const GOOD_ENV: u32 = 0;
@@ -22,10 +22,6 @@ const ENVS: u32 = 3;
 const PER_ENV: u32 = 3;
 const ATTACKERS_PER_CLUSTER: usize = 2;
 const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn now() -> UnixMillis {
-    UnixMillis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64)
-}
 
 fn env_of(i: usize) -> u32 {
     i as u32 % ENVS
