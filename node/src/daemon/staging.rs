@@ -149,9 +149,8 @@ impl Node {
                 None
             }
         };
-        let mut reports = BTreeMap::new();
+        let mut reports = Vec::new();
         let mut retests = Vec::new();
-        let now = overlay::now();
         for bytes in self.store.reports(&app).unwrap_or_default() {
             let Ok(env) = Envelope::from_bytes(&bytes) else { continue };
             if let Ok(r) = env.verify::<RetestRequest>() {
@@ -159,9 +158,7 @@ impl Node {
                     retests.push(r);
                 }
             } else if let Ok(r) = env.verify::<TestReport>() {
-                if staging::is_fresh(&r, now) {
-                    reports.insert((r.payload().manifest_id, *r.signer()), r);
-                }
+                reports.push(r);
             } else if let Ok(p) = env.verify::<ProblemReport>() {
                 self.staging.problems.entry(app.clone()).or_default().insert(p.id(), bytes);
             }
@@ -182,19 +179,14 @@ impl Node {
             actions.extend(r.rollout.handle(Event::Installed { version: installed }, overlay::now()));
         }
         self.staging_execute(&app, actions);
-        // Replay in issue order: the release first, then memberships, then reports.
+        // The release, the memberships, then the stored messages in the core's order.
         self.staging_manifest(&app);
         self.staging_members(&app);
-        // Retests first: a gate refuses reports older than a retest whatever the order,
-        // and the core's snapshot says which retests this node already acted on.
-        retests.sort_by_key(|r| r.issued_at());
-        for r in retests {
-            self.staging_handle(&app, Event::Retest(r));
-        }
-        let mut stored: Vec<Verified<TestReport>> = reports.into_values().collect();
-        stored.sort_by_key(|r| r.issued_at());
-        for r in stored {
-            self.staging_feed_report(&app, r);
+        for event in staging::replay::replay(retests, reports, overlay::now()) {
+            match event {
+                Event::Report(r) => self.staging_feed_report(&app, r),
+                other => self.staging_handle(&app, other),
+            }
         }
     }
 

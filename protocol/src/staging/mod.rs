@@ -9,6 +9,7 @@
 //! - [`campaign`]: what every node of an app knows in common (release, membership,
 //!   plan, schedule, gates). The simulator keeps one for the whole fleet.
 //! - [`member`]: one node's own progress; tiny, so the simulator keeps one per machine.
+//! - [`replay`]: what a restarted node feeds its rollout from its store, in order.
 //! - [`rollout`]: the per-(node, app) core the node drives: events in, actions out.
 
 pub mod campaign;
@@ -16,6 +17,7 @@ pub mod election;
 pub mod gate;
 pub mod member;
 pub mod plan;
+pub mod replay;
 pub mod rollout;
 pub mod schedule;
 
