@@ -5,7 +5,7 @@
 //! Every write happens in one transaction. The digest cache shares the same file.
 
 use mirage_protocol::presence::Sighting;
-use mirage_protocol::{wire, ClusterKey, Digest, PublicKey, UnixMillis};
+use mirage_protocol::{wire, PublicKey};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -30,8 +30,8 @@ const WANTED: TableDefinition<&str, &str> = TableDefinition::new("wanted_artifac
 const STAGING: TableDefinition<&str, &[u8]> = TableDefinition::new("staging_snapshots");
 /// (app, envelope id hex) → a signed test or problem report envelope seen for the app.
 const REPORTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("reports");
-/// (app, peer key) → cluster key, first seen, last seen: who may represent a cluster
-/// after a restart (`protocol::presence`).
+/// (app, peer key) → its `Sighting` (cluster key, first seen, last seen): who may
+/// represent a cluster after a restart (`protocol::presence`).
 const PRESENCE: TableDefinition<(&str, &[u8]), &[u8]> = TableDefinition::new("presence");
 
 /// Most known peers kept; the least recently seen go first.
@@ -295,10 +295,7 @@ impl Store {
         {
             let mut t = tx.open_table(PRESENCE)?;
             for (app, peer, s) in app_sightings {
-                let mut v = Vec::with_capacity(48);
-                v.extend_from_slice(&s.cluster.0 .0);
-                v.extend_from_slice(&s.since.0.to_be_bytes());
-                v.extend_from_slice(&s.last_seen.0.to_be_bytes());
+                let v = wire::encode(s).map_err(|e| StoreError::Db(e.to_string()))?;
                 t.insert((app.as_str(), peer.0.as_slice()), v.as_slice())?;
             }
         }
@@ -317,14 +314,10 @@ impl Store {
             if a != app {
                 break;
             }
-            let (Ok(peer), v) = (<[u8; 32]>::try_from(peer), v.value()) else { continue };
-            if v.len() != 48 {
+            let (Ok(peer), Ok(sighting)) = (<[u8; 32]>::try_from(peer), wire::decode::<Sighting>(v.value())) else {
                 continue;
-            }
-            let cluster = ClusterKey(Digest(v[..32].try_into().expect("32 bytes")));
-            let since = UnixMillis(u64::from_be_bytes(v[32..40].try_into().expect("8 bytes")));
-            let last_seen = UnixMillis(u64::from_be_bytes(v[40..48].try_into().expect("8 bytes")));
-            out.push((PublicKey(peer), Sighting { cluster, since, last_seen }));
+            };
+            out.push((PublicKey(peer), sighting));
         }
         Ok(out)
     }
@@ -344,6 +337,23 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_sightings_survive_reopen_per_app() {
+        use mirage_protocol::{ClusterKey, Digest, UnixMillis};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.redb");
+        let s1 = Sighting { cluster: ClusterKey(Digest([1; 32])), since: UnixMillis(10), last_seen: UnixMillis(20) };
+        let s2 = Sighting { cluster: ClusterKey(Digest([2; 32])), since: UnixMillis(30), last_seen: UnixMillis(40) };
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_presence(&[("web".into(), PublicKey([1; 32]), s1), ("webx".into(), PublicKey([2; 32]), s2)]).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.presence("web").unwrap(), vec![(PublicKey([1; 32]), s1)]);
+        assert_eq!(s.presence("webx").unwrap(), vec![(PublicKey([2; 32]), s2)]);
+        assert!(s.presence("db").unwrap().is_empty());
+    }
 
     #[test]
     fn survives_reopen() {

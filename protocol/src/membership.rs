@@ -215,9 +215,6 @@ pub struct Membership {
     by_cluster: BTreeMap<String, BTreeMap<ClusterKey, BTreeSet<PublicKey>>>,
     last_fetch: BTreeMap<(PublicKey, String), UnixMillis>,
     drops: BTreeMap<DropReason, u64>,
-    /// Bumped whenever a cluster gains, loses or moves a peer, so users of
-    /// [`Membership::clusters`] recompute only after a change.
-    generation: u64,
     /// First sightings per app (ourselves included): who may represent a cluster.
     presence: BTreeMap<String, PresenceBook>,
     /// Sightings that changed since the node last took them, to persist.
@@ -239,7 +236,6 @@ impl Membership {
             by_cluster: BTreeMap::new(),
             last_fetch: BTreeMap::new(),
             drops: BTreeMap::new(),
-            generation: 0,
             presence: BTreeMap::new(),
             presence_changes: Vec::new(),
             next_presence_expiry: UnixMillis(0),
@@ -248,14 +244,12 @@ impl Membership {
     }
 
     fn mark(&mut self, app: &str, cluster: ClusterKey) {
-        self.generation += 1;
         if let Some(set) = self.changed.entry(app.to_string()).or_insert_with(|| Some(BTreeSet::new())) {
             set.insert(cluster);
         }
     }
 
     fn mark_all(&mut self, app: &str) {
-        self.generation += 1;
         self.changed.insert(app.to_string(), None);
     }
 
@@ -270,7 +264,8 @@ impl Membership {
     }
 
     /// One cluster's members for `app` (ourselves included in ours) with their first
-    /// sightings: what [`Membership::clusters`] says of it, without a pass over the rest.
+    /// sightings, without a pass over the other clusters. A member the presence book had
+    /// no room for is as new as can be.
     pub fn cluster_members(&self, app: &str, cluster: &ClusterKey) -> Vec<Presence> {
         let mut keys: BTreeSet<PublicKey> = self.cluster_index(app, cluster).cloned().unwrap_or_default();
         if self.local.get(app).is_some_and(|l| &l.cluster_key == cluster) {
@@ -350,16 +345,6 @@ impl Membership {
     /// every member's standing.
     pub fn take_presence_changes(&mut self) -> Vec<(String, PublicKey, Sighting)> {
         std::mem::take(&mut self.presence_changes)
-    }
-
-    /// Since when `peer` has been in `cluster` for `app`, as this node saw it.
-    pub fn presence_since(&self, app: &str, peer: &PublicKey, cluster: &ClusterKey) -> Option<UnixMillis> {
-        self.presence.get(app)?.since(peer, cluster)
-    }
-
-    /// Sightings not stored because the presence book was full.
-    pub fn presence_dropped(&self, app: &str) -> u64 {
-        self.presence.get(app).map_or(0, PresenceBook::dropped)
     }
 
     /// Our own apps and cluster keys.
@@ -578,33 +563,19 @@ impl Membership {
         self.by_cluster.get(app)?.get(cluster)
     }
 
-    /// Changes whenever the result of [`Membership::clusters`] may have changed.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// Every cluster we know of for `app` with the peers in it (ourselves included in
     /// ours) and since when each has been there: what staging plans stages and elects
     /// representatives from.
     pub fn clusters(&self, app: &str) -> BTreeMap<ClusterKey, Vec<Presence>> {
-        let mut out: BTreeMap<ClusterKey, BTreeSet<PublicKey>> = self.by_cluster.get(app).cloned().unwrap_or_default();
-        if let Some(local) = self.local.get(app) {
-            out.entry(local.cluster_key).or_default().insert(self.keypair.public());
-        }
-        let book = self.presence.get(app);
-        out.into_iter()
-            .map(|(k, v)| {
-                let members = v
-                    .into_iter()
-                    // A member the book had no room for is as new as can be.
-                    .map(|peer| Presence {
-                        peer,
-                        since: book.and_then(|b| b.since(&peer, &k)).unwrap_or(UnixMillis::MAX),
-                    })
-                    .collect();
-                (k, members)
-            })
-            .collect()
+        self.cluster_keys(app).into_iter().map(|k| (k, self.cluster_members(app, &k))).collect()
+    }
+
+    /// The clusters we know of for `app`, ours included.
+    pub fn cluster_keys(&self, app: &str) -> BTreeSet<ClusterKey> {
+        let mut keys: BTreeSet<ClusterKey> =
+            self.by_cluster.get(app).map(|c| c.keys().copied().collect()).unwrap_or_default();
+        keys.extend(self.local.get(app).map(|l| l.cluster_key));
+        keys
     }
 
     /// Everything we hold about `signer` for `app`.
@@ -763,23 +734,22 @@ mod tests {
     }
 
     #[test]
-    fn the_generation_moves_exactly_when_the_clusters_do() {
+    fn clusters_are_reported_changed_exactly_when_they_change() {
         let mut m = node();
-        let g0 = m.generation();
+        let changed = |m: &mut Membership| m.take_changed_clusters("web").is_none_or(|c| !c.is_empty());
+        changed(&mut m);
         m.on_announcement(&announce(2, "web", 1, T0), "web", None, UnixMillis(T0));
-        let g1 = m.generation();
-        assert_ne!(g1, g0, "a new peer");
+        assert!(changed(&mut m), "a new peer");
         let clusters = m.clusters("web");
-        // The same peer again, same environment: same clusters, same generation.
+        // The same peer again, same environment: same clusters, nothing changed.
         m.on_announcement(&announce(2, "web", 1, T0 + 5), "web", None, UnixMillis(T0 + 5));
-        assert_eq!((m.generation(), m.clusters("web")), (g1, clusters));
+        assert_eq!((changed(&mut m), m.clusters("web")), (false, clusters));
         m.on_announcement(&announce(2, "web", 2, T0 + 9), "web", None, UnixMillis(T0 + 9));
-        let g2 = m.generation();
-        assert_ne!(g2, g1, "a peer that moved");
+        assert!(changed(&mut m), "a peer that moved");
         m.tick(UnixMillis(T0 + 10));
-        assert_eq!(m.generation(), g2, "nothing expired");
+        assert!(!changed(&mut m), "nothing expired");
         m.tick(UnixMillis(T0 + 9).saturating_add(m.config().member_ttl + Duration::from_millis(1)));
-        assert_ne!(m.generation(), g2, "a peer expired");
+        assert!(changed(&mut m), "a peer expired");
         assert_eq!(m.clusters("web").len(), 1);
     }
 

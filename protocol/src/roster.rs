@@ -29,6 +29,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use thiserror::Error;
 
+/// Memory per first sighting: a key, a cluster key, two times, the hash table's overhead.
+pub const SIGHTING_BYTES: u64 = 32 + 32 + 16 + 16;
+/// Memory per known cluster size: a cluster key, size and epoch and time, overhead.
+pub const SIZE_RECORD_BYTES: u64 = 32 + 24 + 16;
+
 /// Heartbeats a cluster's topic carries per minute once the cluster is big enough.
 pub const HEARTBEATS_PER_MIN: u64 = 30;
 /// No member heartbeats more often than this.
@@ -146,6 +151,14 @@ fn unit(domain: &[u8], parts: &[&[u8]]) -> f64 {
 /// not arrive in a burst.
 pub fn heartbeat_offset(peer: &PublicKey, period: Duration) -> Duration {
     period.mul_f64(unit(b"mirage/v1/heartbeat-phase", &[&peer.0]))
+}
+
+/// The first of `peer`'s heartbeat slots (its offset within each `period`) at or after
+/// `from`.
+pub fn heartbeat_slot(peer: &PublicKey, period: Duration, from: UnixMillis) -> UnixMillis {
+    let p = (period.as_millis() as u64).max(1);
+    let slot = (from.0 / p) * p + heartbeat_offset(peer, period).as_millis() as u64;
+    UnixMillis(if slot >= from.0 { slot } else { slot + p })
 }
 
 /// Whether `peer` signs its cluster's summary in `epoch`: about [`DUTY_PER_EPOCH`]
@@ -354,17 +367,13 @@ impl Roster {
     /// Members heard within the expiry window, this node included.
     fn count_live(&self, now: UnixMillis) -> u64 {
         let Some(cluster) = self.cluster else { return 0 };
-        let window = self.period() * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
-        self.book_members(&cluster, now, window).count() as u64
+        self.live_members(&cluster, now).count() as u64
     }
 
-    fn book_members<'a>(
-        &'a self,
-        cluster: &'a ClusterKey,
-        now: UnixMillis,
-        window: Duration,
-    ) -> impl Iterator<Item = Presence> + 'a {
-        // This node is live for itself whenever it asks.
+    /// Members heard within [`EXPIRY_PERIODS`] periods (and a heartbeat's age), with
+    /// their first sightings. This node is live for itself whenever it asks.
+    fn live_members<'a>(&'a self, cluster: &'a ClusterKey, now: UnixMillis) -> impl Iterator<Item = Presence> + 'a {
+        let window = self.period() * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
         self.book
             .iter()
             .filter(move |(p, s)| &s.cluster == cluster && (now.since(s.last_seen) <= window || **p == self.me))
@@ -383,11 +392,9 @@ impl Roster {
     /// policy's presence margin already covers a missed one.
     pub fn members(&self, now: UnixMillis) -> Vec<Presence> {
         let Some(cluster) = self.cluster else { return Vec::new() };
-        let period = self.period();
-        let window = period * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
-        let settle = establishment(period);
+        let settle = establishment(self.period());
         let mut out: Vec<Presence> = self
-            .book_members(&cluster, now, window)
+            .live_members(&cluster, now)
             .map(|p| Presence { peer: p.peer, since: p.since.saturating_add(settle) })
             .collect();
         out.sort_unstable();
@@ -447,10 +454,7 @@ impl Roster {
         if let Some(cluster) = self.cluster {
             self.book.observe(self.me, cluster, now);
         }
-        let p = period.as_millis() as u64;
-        let offset = heartbeat_offset(&self.me, period).as_millis() as u64;
-        let slot = (now.0 / p) * p + offset;
-        self.next_heartbeat = UnixMillis(if slot >= now.0 { slot } else { slot + p });
+        self.next_heartbeat = heartbeat_slot(&self.me, period, now);
     }
 
     /// Timers: this node's heartbeat, its summary duty, forgetting silent clusters.
@@ -460,12 +464,8 @@ impl Roster {
         if now >= self.next_heartbeat {
             self.estimate = self.count_live(now).max(1);
             out.push(RosterAction::Heartbeat(Heartbeat { app: self.app.clone(), cluster_key: cluster }));
-            let period = self.period();
-            // The next slot of this member's phase, at least a period away.
-            let p = period.as_millis() as u64;
-            let offset = heartbeat_offset(&self.me, period).as_millis() as u64;
-            let slot = (now.0 / p) * p + offset;
-            self.next_heartbeat = UnixMillis(if slot > now.0 { slot } else { slot + p });
+            // The next slot of this member's phase after this one.
+            self.next_heartbeat = heartbeat_slot(&self.me, self.period(), now.saturating_add(Duration::from_millis(1)));
         }
         if now >= self.next_summary_check {
             let epoch_len = self.epoch();
@@ -506,12 +506,10 @@ impl Roster {
         &self.drops
     }
 
-    /// Roughly what this roster keeps in memory: per first sighting, a key, a cluster
-    /// key, two times and the hash table's overhead; per known cluster size the same.
+    /// Roughly what this roster keeps in memory: [`SIGHTING_BYTES`] per first sighting
+    /// and [`SIZE_RECORD_BYTES`] per known cluster size.
     pub fn state_bytes(&self) -> u64 {
-        const SIGHTING: u64 = 32 + 32 + 16 + 16;
-        const SIZE: u64 = 32 + 24 + 16;
-        self.book.len() as u64 * SIGHTING + self.sizes.len() as u64 * SIZE
+        self.book.len() as u64 * SIGHTING_BYTES + self.sizes.len() as u64 * SIZE_RECORD_BYTES
     }
 }
 

@@ -80,28 +80,19 @@ impl StagedFleet {
         let vendor_key = o.dir.join("vendor.key");
         let vendor_public = vendor_keygen(&o.mirage, &vendor_key)?;
         let bootstrap = BootstrapPeer::start(&o.mirage, &o.dir.join("bootstrap"))?;
-        let mut nodes = Vec::new();
-        for i in 0..(o.environments * o.nodes_per_environment) {
-            let machine = SampleMachine { environment: i % o.environments, host: i };
-            let dir = o.dir.join(format!("node{i:02}"));
-            let mut extra = vec![
-                "--trust".to_string(),
-                format!("{APP}={vendor_public}"),
-                "--install-prefix".into(),
-                dir.join("root/opt/mirage").display().to_string(),
-            ];
-            extra.extend(o.node_flags.iter().cloned());
-            nodes.push(FleetNode::start(&o.mirage, &dir, i as usize, machine, &profile, &bootstrap.addr, &extra)?);
-        }
-        Ok(StagedFleet {
+        let mut fleet = StagedFleet {
             bootstrap,
-            nodes,
+            nodes: Vec::new(),
             vendor_key,
             vendor_public,
             mirage: o.mirage.clone(),
             dir: o.dir.clone(),
             publishes: 0,
-        })
+        };
+        for i in 0..(o.environments * o.nodes_per_environment) {
+            fleet.add_node(i % o.environments, &o.node_flags, |_| Ok(()))?;
+        }
+        Ok(fleet)
     }
 
     /// Starts one more node in `environment`, with `extra` flags, and returns its index.

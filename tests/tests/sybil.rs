@@ -27,10 +27,6 @@ fn env_of(i: usize) -> u32 {
     i as u32 % ENVS
 }
 
-fn hex32(s: &str) -> [u8; 32] {
-    hex::decode(s).unwrap().try_into().unwrap()
-}
-
 fn view(views: &[Option<NodeView>], i: usize) -> &NodeView {
     views[i].as_ref().expect("node answers")
 }
@@ -119,12 +115,12 @@ fn identities_minted_after_a_release_take_no_seat_in_the_clusters_they_copy() {
     let status = fleet.status(0).unwrap();
     let release = status["releases"].as_array().unwrap().iter().find(|r| r["app"] == APP).unwrap();
     assert_eq!(release["version"], BROKEN_VERSION);
-    let manifest_id = Digest(hex32(release["manifest_id"].as_str().unwrap()));
+    let manifest_id = Digest::from_hex(release["manifest_id"].as_str().unwrap()).unwrap();
     let views = fleet.views();
     let mut attackers: Vec<(usize, Keypair, ClusterKey, Outcome)> = Vec::new();
     for (env, outcome) in [(GOOD_ENV, Outcome::Fail), (BAD_ENV, Outcome::Pass)] {
         let first = (0..honest).find(|&i| env_of(i) == env).unwrap();
-        let cluster = ClusterKey(Digest(hex32(&view(&views, first).cluster)));
+        let cluster = ClusterKey(Digest::from_hex(&view(&views, first).cluster).unwrap());
         let members: Vec<PublicKey> = mirage_testnet::fleet::members(&fleet.status(first).unwrap(), APP)
             .unwrap()
             .iter()

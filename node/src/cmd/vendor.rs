@@ -245,16 +245,7 @@ fn publish(args: PublishArgs) -> Result<()> {
         .iter()
         .map(|t| PublicKey::from_peer_id(t).with_context(|| format!("--tester {t}: not an ed25519 peer id")))
         .collect::<anyhow::Result<_>>()?;
-    policy.critical = args
-        .critical
-        .iter()
-        .map(|c| {
-            let bytes = hex::decode(c).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-            bytes
-                .map(|b| ClusterKey(Digest(b)))
-                .with_context(|| format!("--critical {c}: not a 64-hex-digit cluster key"))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    policy.critical = args.critical.iter().map(|c| cluster_key_arg("--critical", c)).collect::<Result<_>>()?;
     policy.tester_quorum = args.tester_quorum.unwrap_or(policy.testers.len() as u16);
     policy.validate().map_err(anyhow::Error::msg).context("staging policy")?;
     let spec = ReleaseSpec {
@@ -703,15 +694,7 @@ fn retest(args: RetestArgs) -> Result<()> {
     };
     let manifest_id = mirage_protocol::Digest::from_hex(&published.manifest_id)
         .map_err(|e| anyhow::anyhow!("{}: bad manifest id: {e}", ledger.display()))?;
-    let clusters = args
-        .clusters
-        .iter()
-        .map(|c| {
-            mirage_protocol::Digest::from_hex(c)
-                .map(mirage_protocol::ClusterKey)
-                .map_err(|e| anyhow::anyhow!("--cluster {c}: {e}"))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let clusters = args.clusters.iter().map(|c| cluster_key_arg("--cluster", c)).collect::<Result<Vec<_>>>()?;
     // Without --cluster: the clusters that reported a problem with this release, the
     // ones it halted. A retest of a cluster that passed would only make it wait again.
     let clusters = if clusters.is_empty() {
@@ -902,4 +885,11 @@ fn record_published(
 /// The ledger's entries; lines that do not parse are skipped (a torn last line).
 fn read_ledger(ledger: &std::path::Path) -> Vec<Published> {
     std::fs::read_to_string(ledger).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// A cluster key given on the command line as 64 hex digits.
+fn cluster_key_arg(flag: &str, value: &str) -> Result<ClusterKey> {
+    Digest::from_hex(value)
+        .map(ClusterKey)
+        .map_err(|e| anyhow::anyhow!("{flag} {value}: not a 64-hex-digit cluster key ({e})"))
 }

@@ -67,8 +67,6 @@ pub struct Staging {
     completions: mpsc::UnboundedSender<Completion>,
     /// Reports to publish once the release topic has peers.
     pending: Vec<(String, Vec<u8>)>,
-    /// The membership generation last fed to the cores.
-    fed_generation: Option<u64>,
     /// Events the cores refused, per app and reason (`mirage status --json`).
     ignored: BTreeMap<String, BTreeMap<&'static str, u64>>,
 }
@@ -93,7 +91,6 @@ impl Staging {
             problems: BTreeMap::new(),
             completions: tx,
             pending: Vec::new(),
-            fed_generation: None,
             ignored: BTreeMap::new(),
         };
         (staging, rx)
@@ -222,34 +219,20 @@ impl Node {
         self.staging_handle(app, Event::Manifest(manifest));
     }
 
-    /// Feeds the clusters of `app` that changed since the last feed.
+    /// Feeds every cluster of `app` (known now or fed before) whose members changed
+    /// since the last feed.
     pub(super) fn staging_members(&mut self, app: &str) {
-        let clusters = self.membership.clusters(app);
-        let Some(r) = self.staging.rollouts.get_mut(app) else { return };
-        let changed: Vec<(ClusterKey, Vec<mirage_protocol::presence::Presence>)> =
-            clusters.iter().filter(|(k, v)| r.fed_clusters.get(k) != Some(v)).map(|(k, v)| (*k, v.clone())).collect();
-        // Clusters that emptied out are fed as empty.
-        let gone: Vec<ClusterKey> = r.fed_clusters.keys().filter(|k| !clusters.contains_key(k)).copied().collect();
-        r.fed_clusters = clusters;
-        for (cluster, members) in &changed {
-            info!(app, %cluster, size = members.len(), "cluster size for staging");
-        }
-        for (cluster, members) in changed {
-            self.staging_handle(app, Event::Members { cluster, members });
-        }
-        for cluster in gone {
-            self.staging_handle(app, Event::Members { cluster, members: Vec::new() });
+        let Some(r) = self.staging.rollouts.get(app) else { return };
+        let mut clusters = self.membership.cluster_keys(app);
+        clusters.extend(r.fed_clusters.keys().copied());
+        for cluster in clusters {
+            self.staging_cluster(app, cluster);
         }
     }
 
     /// Feeds every managed app the clusters whose membership changed since last time:
     /// one pass over what changed, never over every cluster of the fleet.
     pub(super) fn staging_all_members(&mut self) {
-        let generation = self.membership.generation();
-        if self.staging.fed_generation == Some(generation) {
-            return;
-        }
-        self.staging.fed_generation = Some(generation);
         let apps: Vec<String> = self.staging.rollouts.keys().cloned().collect();
         for app in apps {
             match self.membership.take_changed_clusters(&app) {

@@ -298,8 +298,9 @@ impl ClusterGate {
         let term = self.deadline.as_millis().max(1) as u64;
         let round = self.opened_at.map_or(0, |o| at.0.saturating_sub(o.0) / term);
         let handed_on = self.reports.values().filter(|r| r.outcome == Outcome::Abstain).count();
-        let size = self.members.len().max(self.ranking.len());
-        let seats = self.quorum().seats.max(self.representatives as usize);
+        // The ranking is drawn from the members, and the policy's seats are at least as
+        // many as a small cluster gets.
+        let (seats, size) = (self.representatives as usize, self.members.len());
         may_hold_seat(&rank_score(&self.manifest, &self.cluster, signer), seats, handed_on, size, round.min(64) as u32)
     }
 

@@ -31,8 +31,8 @@ use mirage_protocol::fingerprint::ClusterKey;
 use mirage_protocol::manifest::{PolicyKind, StagingPolicy, UpgradeManifest};
 use mirage_protocol::presence::Presence;
 use mirage_protocol::roster::{
-    epoch_length, heartbeat_offset, heartbeat_period, round_size, summary_duty, ClusterSummary, Heartbeat, Roster,
-    EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
+    epoch_length, heartbeat_offset, heartbeat_period, heartbeat_slot, round_size, summary_duty, ClusterSummary,
+    Heartbeat, Roster, EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
 };
 use mirage_protocol::staging::{ClusterGate, StagePlan};
 use mirage_protocol::{Envelope, Keypair, PublicKey, UnixMillis};
@@ -60,6 +60,13 @@ pub struct OverlayScenario {
     pub delay_mean_ms: u64,
     /// Clusters whose stage every observer reports, besides its own.
     pub stage_sample: usize,
+}
+
+impl OverlayScenario {
+    /// The share of the time a machine is down between restarts.
+    fn down_share(&self) -> f64 {
+        (self.churn_per_min * self.downtime_mean_min).clamp(0.0, 0.99)
+    }
 }
 
 impl Default for OverlayScenario {
@@ -277,7 +284,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
             judged.push((run.cluster, ob));
         }
     }
-    let down_share = (o.churn_per_min * o.downtime_mean_min).min(0.99);
+    let down_share = o.down_share();
     let sample: Vec<u32> = {
         let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5354_4147);
         (0..o.stage_sample).map(|_| r.gen_range(0..clusters as u32)).collect()
@@ -316,7 +323,8 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
         })
         .collect();
     // Sizes tables as they stand, for state: the clones above were per observer.
-    let summary_state: u64 = (clusters.min(mirage_protocol::roster::MAX_CLUSTERS as u64)) * (32 + 24 + 16);
+    let summary_state: u64 =
+        (clusters.min(mirage_protocol::roster::MAX_CLUSTERS as u64)) * mirage_protocol::roster::SIZE_RECORD_BYTES;
 
     // Agreement on representatives: per cluster, the share agreeing with the majority.
     let mut agree = 0u64;
@@ -345,7 +353,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     let stage_agreement = if st == 0 { 1.0 } else { sa as f64 / st as f64 };
 
     // Costs over the last hour before the release.
-    let app_topic = mirage_bootstrap_topic_len(None);
+    let app_topic = topic_len(None);
     let (sum_in, sum_out) = gossip.per_message(machines, wires.summary, app_topic);
     let summaries_per_min = summaries_last_hour as f64 / 60.0;
     let mut ins = Vec::new();
@@ -353,9 +361,10 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     let mut msgs = Vec::new();
     let mut states = Vec::new();
     for run in &per_cluster {
-        let topic = mirage_bootstrap_topic_len(Some(&world.cluster_keys[run.cluster as usize]));
+        let topic = topic_len(Some(&world.cluster_keys[run.cluster as usize]));
         let (hb_in, hb_out) = gossip.per_message(run.size, wires.heartbeat, topic);
-        let publish = gossip.per_message(run.size, wires.heartbeat, topic).0; // to each mesh peer
+        // Its own heartbeats go to each mesh peer: as many copies as it receives of others'.
+        let publish = hb_in;
         for ob in &run.observers {
             let received = ob.heard_last_hour as f64 / 60.0;
             let own = ob.sent_last_hour as f64 / 60.0;
@@ -371,8 +380,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     settle.sort_by(f64::total_cmp);
 
     // Today's design: every node hears every node's signed fingerprint once a minute.
-    let old_topic = mirage_bootstrap_topic_len(None);
-    let (old_in, _) = gossip.per_message(machines, wires.announcement, old_topic);
+    let (old_in, _) = gossip.per_message(machines, wires.announcement, app_topic);
     OverlayOutcome {
         observers: judged.len() as u32,
         judged: judged.iter().filter(|(_, o)| o.judged).count() as u32,
@@ -397,7 +405,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
 
 /// Topic string lengths as the overlay names them (`mirage/v1/app/<app>` and a cluster
 /// topic under it).
-fn mirage_bootstrap_topic_len(cluster: Option<&ClusterKey>) -> u64 {
+fn topic_len(cluster: Option<&ClusterKey>) -> u64 {
     let app = format!("mirage/v1/app/{APP}");
     match cluster {
         None => app.len() as u64,
@@ -490,7 +498,7 @@ fn run_cluster(
     // member is down a stationary share of the time; whether it is up at each of its
     // heartbeat slots is drawn on its own, which costs a draw per slot rather than per
     // churn event. (Observers get exact up/down timelines below.)
-    let down_share = (o.churn_per_min * o.downtime_mean_min).clamp(0.0, 0.99);
+    let down_share = o.down_share();
     let replace_per_ms = o.churn_per_min * o.replace_share / 60_000.0;
     let mut beats: Vec<Beat> = Vec::new();
     let mut gen = 0u64;
@@ -504,11 +512,7 @@ fn run_cluster(
             if fresh {
                 beats.push(Beat { at: from, from: peer });
             }
-            let offset = heartbeat_offset(&peer, period).as_millis() as u64;
-            let mut slot = (from / p) * p + offset;
-            if slot <= from {
-                slot += p;
-            }
+            let mut slot = heartbeat_slot(&peer, period, UnixMillis(from + 1)).0;
             while slot < until {
                 if !rng.gen_bool(down_share) {
                     beats.push(Beat { at: slot, from: peer });
