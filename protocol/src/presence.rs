@@ -90,6 +90,19 @@ impl PresenceBook {
         Observed::New
     }
 
+    /// `peer`, already known in `cluster`, was heard at `at`: only its last sighting
+    /// moves. A peer not known there is left alone (returns false): a first sighting is
+    /// always this node's own receipt time, never a time someone else vouches for.
+    pub fn refresh(&mut self, peer: &PublicKey, cluster: &ClusterKey, at: UnixMillis) -> bool {
+        match self.sightings.get_mut(peer) {
+            Some(s) if &s.cluster == cluster => {
+                s.last_seen = s.last_seen.max(at);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Puts back a persisted record. The earlier `since` wins for the same cluster, so
     /// restoring never shortens a standing.
     pub fn restore(&mut self, peer: PublicKey, sighting: Sighting) {

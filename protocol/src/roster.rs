@@ -17,15 +17,23 @@
 //! first sightings ([`PresenceBook`]), a size estimate and a capped table of other
 //! clusters' sizes kept, and publish actions out, with time passed in. The node and the
 //! simulator's observers drive the same code.
+//!
+//! A node that was down missed its cluster-mates' heartbeats. In a big cluster each
+//! member heartbeats only once a period (hours), so a missed one would leave the node
+//! counting a departed member a period less, or a present one not at all, than its
+//! cluster-mates: they would disagree on who is live, and so on representatives. So a
+//! resumed node asks one cluster-mate for the signed heartbeats it kept over the
+//! downtime ([`CatchUpRequest`], [`CatchUp`]); each member keeps the last
+//! [`CATCH_UP_WINDOW`] of its topic, at most [`MAX_CATCH_UP`] heartbeats.
 
-use crate::envelope::{MessageKind, SignedPayload, Verified};
+use crate::envelope::{Envelope, MessageKind, SignedPayload, Verified};
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
 use crate::manifest::validate_app_name;
 use crate::presence::{Observed, Presence, PresenceBook};
 use crate::time::UnixMillis;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -55,6 +63,14 @@ pub const MAX_CLUSTERS: usize = 65_536;
 pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(120);
 /// Largest size a summary may state.
 pub const MAX_CLUSTER_SIZE: u64 = 1 << 32;
+/// How far back a member keeps its topic's heartbeats for cluster-mates that were down.
+/// Nine restarts in ten are shorter than this at the simulator's five-minute mean.
+pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(30 * 60);
+/// Most heartbeats kept for, and carried by, one catch-up: the window at the topic's
+/// rate ([`HEARTBEATS_PER_MIN`]) with room for bursts (about 160 KB on the wire).
+pub const MAX_CATCH_UP: usize = 1024;
+/// Memory per kept heartbeat: its envelope and the time heard.
+pub const KEPT_HEARTBEAT_BYTES: u64 = 200;
 
 /// "I am in this cluster": a member's periodic sign of life on its cluster's topic.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +107,39 @@ impl SignedPayload for ClusterSummary {
         }
         Ok(())
     }
+}
+
+/// A resumed member's request to a cluster-mate: the heartbeats it kept since `since`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUpRequest {
+    pub app: String,
+    pub cluster_key: ClusterKey,
+    pub since: UnixMillis,
+}
+
+/// The answer: heartbeats as their signers signed them (each checked on its own), and
+/// from when the answering member was listening without a gap. Unsigned as a whole: a
+/// member that leaves heartbeats out only makes the asker count fewer members, which
+/// the asker would have done without asking.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    pub app: String,
+    pub cluster_key: ClusterKey,
+    pub covers_from: UnixMillis,
+    pub heartbeats: Vec<Envelope>,
+}
+
+/// What a catch-up changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaughtUp {
+    /// Known members whose last sighting moved to a heartbeat in the downtime.
+    pub refreshed: u64,
+    /// Members first seen in the catch-up; their standing starts now.
+    pub new: u64,
+    /// Heartbeats dropped (counted by reason in [`Roster::drops`]).
+    pub dropped: u64,
+    /// The answer covered the whole downtime: the view is settled again at once.
+    pub covered: bool,
 }
 
 /// Rounds a size to the nearest of 1, 2, 3, 4, then steps of about 19% (2^(1/4)), so
@@ -185,6 +234,14 @@ pub enum RosterDrop {
     Older,
     #[error("the presence book is full")]
     BookFull,
+    #[error("bad signature or payload")]
+    Invalid,
+    #[error("a caught-up heartbeat signed outside the downtime it was asked for")]
+    OutsideCatchUp,
+    #[error("a catch-up nobody asked for")]
+    Unsolicited,
+    #[error("a catch-up over its heartbeat limit")]
+    CatchUpTooLong,
 }
 
 impl RosterDrop {
@@ -197,6 +254,10 @@ impl RosterDrop {
             RosterDrop::TooManyClusters => "too_many_clusters",
             RosterDrop::Older => "older",
             RosterDrop::BookFull => "book_full",
+            RosterDrop::Invalid => "invalid",
+            RosterDrop::OutsideCatchUp => "outside_catch_up",
+            RosterDrop::Unsolicited => "unsolicited",
+            RosterDrop::CatchUpTooLong => "catch_up_too_long",
         }
     }
 }
@@ -208,6 +269,18 @@ pub enum RosterAction {
     Heartbeat(Heartbeat),
     /// Sign and publish on the app's topic.
     Summary(ClusterSummary),
+    /// Ask a cluster-mate for what this node missed while down; hand the answer to
+    /// [`Roster::on_catch_up`].
+    CatchUp(CatchUpRequest),
+}
+
+/// A restart whose catch-up has not been answered yet.
+#[derive(Clone, Copy, Debug)]
+struct Resumed {
+    down_since: UnixMillis,
+    /// When the view had been listening from before the restart.
+    listening_since: UnixMillis,
+    asked: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,6 +309,12 @@ pub struct Roster {
     own_summary: Option<(u64, u64)>,
     next_summary_check: UnixMillis,
     drops: BTreeMap<RosterDrop, u64>,
+    /// Heartbeats heard over the last [`CATCH_UP_WINDOW`], oldest first, for
+    /// cluster-mates that were down.
+    kept: VecDeque<(UnixMillis, Envelope)>,
+    /// Since when `kept` has no gap (this node was up and in this cluster).
+    kept_since: UnixMillis,
+    resumed: Option<Resumed>,
 }
 
 impl Roster {
@@ -253,6 +332,9 @@ impl Roster {
             own_summary: None,
             next_summary_check: now,
             drops: BTreeMap::new(),
+            kept: VecDeque::new(),
+            kept_since: now,
+            resumed: None,
         }
     }
 
@@ -268,6 +350,9 @@ impl Roster {
         self.next_heartbeat = now;
         self.summarized = None;
         self.own_summary = None;
+        self.kept.clear();
+        self.kept_since = now;
+        self.resumed = None;
     }
 
     pub fn cluster(&self) -> Option<ClusterKey> {
@@ -279,16 +364,24 @@ impl Roster {
         &mut self.book
     }
 
-    /// A verified heartbeat off the cluster's topic.
-    pub fn on_heartbeat(&mut self, hb: &Verified<Heartbeat>, now: UnixMillis) -> Result<Observed, RosterDrop> {
-        let r = self.check_heartbeat(hb, now).and_then(|()| self.heard(*hb.signer(), now));
-        if let Err(why) = r {
-            *self.drops.entry(why).or_default() += 1;
+    /// A heartbeat off the cluster's topic. Kept for cluster-mates that were down.
+    pub fn on_heartbeat(&mut self, env: &Envelope, now: UnixMillis) -> Result<Observed, RosterDrop> {
+        let r = self.check_heartbeat(env).and_then(|signer| {
+            if env.issued_at > now.saturating_add(HEARTBEAT_MAX_AGE) || now.since(env.issued_at) > HEARTBEAT_MAX_AGE {
+                return Err(RosterDrop::Stale);
+            }
+            self.heard(signer, now)
+        });
+        match r {
+            Ok(_) => self.keep(env, now),
+            Err(why) => *self.drops.entry(why).or_default() += 1,
         }
         r
     }
 
-    fn check_heartbeat(&self, hb: &Verified<Heartbeat>, now: UnixMillis) -> Result<(), RosterDrop> {
+    /// Signature, app, cluster and signer of a heartbeat, not its age.
+    fn check_heartbeat(&self, env: &Envelope) -> Result<PublicKey, RosterDrop> {
+        let hb = env.verify::<Heartbeat>().map_err(|_| RosterDrop::Invalid)?;
         let p = hb.payload();
         if p.app != self.app {
             return Err(RosterDrop::OtherApp);
@@ -296,13 +389,114 @@ impl Roster {
         if Some(p.cluster_key) != self.cluster {
             return Err(RosterDrop::OtherCluster);
         }
-        if hb.issued_at() > now.saturating_add(HEARTBEAT_MAX_AGE) || now.since(hb.issued_at()) > HEARTBEAT_MAX_AGE {
-            return Err(RosterDrop::Stale);
-        }
         if hb.signer() == &self.me {
             return Err(RosterDrop::Own);
         }
-        Ok(())
+        Ok(*hb.signer())
+    }
+
+    fn keep(&mut self, env: &Envelope, now: UnixMillis) {
+        while self.kept.len() >= MAX_CATCH_UP
+            || self.kept.front().is_some_and(|(at, _)| now.since(*at) > CATCH_UP_WINDOW)
+        {
+            if let Some((at, _)) = self.kept.pop_front() {
+                self.kept_since = self.kept_since.max(at);
+            }
+        }
+        self.kept.push_back((now, env.clone()));
+    }
+
+    /// What this node answers a cluster-mate's [`CatchUpRequest`] with: nothing for
+    /// another app or cluster.
+    pub fn serve_catch_up(&self, req: &CatchUpRequest, now: UnixMillis) -> Option<CatchUp> {
+        if req.app != self.app || Some(req.cluster_key) != self.cluster {
+            return None;
+        }
+        let from = req.since.max(now.saturating_sub(CATCH_UP_WINDOW));
+        let heartbeats: Vec<Envelope> =
+            self.kept.iter().filter(|(at, _)| *at >= from).map(|(_, env)| env.clone()).collect();
+        Some(CatchUp {
+            app: self.app.clone(),
+            cluster_key: req.cluster_key,
+            covers_from: self.kept_since.max(now.saturating_sub(CATCH_UP_WINDOW)),
+            heartbeats,
+        })
+    }
+
+    /// A cluster-mate's answer to this node's [`RosterAction::CatchUp`]: each heartbeat
+    /// checked as one off the topic, except that it may be as old as the downtime.
+    pub fn on_catch_up(&mut self, answer: &CatchUp, now: UnixMillis) -> CaughtUp {
+        let Some(resumed) = self.resumed.filter(|r| r.asked) else {
+            *self.drops.entry(RosterDrop::Unsolicited).or_default() += 1;
+            return CaughtUp { dropped: answer.heartbeats.len() as u64, ..CaughtUp::default() };
+        };
+        if answer.app != self.app || Some(answer.cluster_key) != self.cluster {
+            *self.drops.entry(RosterDrop::OtherCluster).or_default() += 1;
+            return CaughtUp { dropped: answer.heartbeats.len() as u64, ..CaughtUp::default() };
+        }
+        let mut dropped = 0u64;
+        let over = answer.heartbeats.len().saturating_sub(MAX_CATCH_UP) as u64;
+        if over > 0 {
+            *self.drops.entry(RosterDrop::CatchUpTooLong).or_default() += over;
+            dropped += over;
+        }
+        let earliest = resumed.down_since.saturating_sub(HEARTBEAT_MAX_AGE);
+        let mut heard = Vec::with_capacity(answer.heartbeats.len().min(MAX_CATCH_UP));
+        for env in answer.heartbeats.iter().take(MAX_CATCH_UP) {
+            let r = self.check_heartbeat(env).and_then(|signer| {
+                if env.issued_at < earliest || env.issued_at > now.saturating_add(HEARTBEAT_MAX_AGE) {
+                    return Err(RosterDrop::OutsideCatchUp);
+                }
+                Ok((signer, env.issued_at))
+            });
+            match r {
+                Ok(h) => heard.push(h),
+                Err(why) => {
+                    *self.drops.entry(why).or_default() += 1;
+                    dropped += 1;
+                }
+            }
+        }
+        let mut out = self.caught_up(heard, answer.covers_from, now);
+        out.dropped += dropped;
+        out
+    }
+
+    /// Heartbeats (signer, signed time) that reached this node in a catch-up answer
+    /// covering the time from `covers_from`, checked as [`Roster::on_catch_up`] does.
+    /// (The simulator's observers feed this directly.)
+    ///
+    /// Each counts as heard when it was signed, within the downtime: a known member's
+    /// last sighting moves there, as if this node had been up. A member first seen here
+    /// counts from now, this node's own receipt, so a key minted during the downtime
+    /// cannot date its standing back. An answer that covers the whole downtime leaves
+    /// the view settled as it was before.
+    pub fn caught_up(
+        &mut self,
+        heard: impl IntoIterator<Item = (PublicKey, UnixMillis)>,
+        covers_from: UnixMillis,
+        now: UnixMillis,
+    ) -> CaughtUp {
+        let mut out = CaughtUp::default();
+        let (Some(cluster), Some(resumed)) = (self.cluster, self.resumed.take()) else {
+            *self.drops.entry(RosterDrop::Unsolicited).or_default() += 1;
+            return out;
+        };
+        for (peer, signed) in heard {
+            if self.book.refresh(&peer, &cluster, signed.clamp(resumed.down_since, now)) {
+                out.refreshed += 1;
+            } else if self.book.observe(peer, cluster, now) == Observed::Dropped {
+                *self.drops.entry(RosterDrop::BookFull).or_default() += 1;
+                out.dropped += 1;
+            } else {
+                out.new += 1;
+            }
+        }
+        out.covered = covers_from <= resumed.down_since;
+        if out.covered {
+            self.listening_since = self.listening_since.min(resumed.listening_since);
+        }
+        out
     }
 
     /// A member of this node's cluster was heard at `now`, by a heartbeat that verified
@@ -448,6 +642,9 @@ impl Roster {
     /// listens for a period again first.
     pub fn resume(&mut self, down_since: UnixMillis, now: UnixMillis) {
         let period = self.period();
+        self.resumed = Some(Resumed { down_since, listening_since: self.listening_since, asked: false });
+        self.kept.clear();
+        self.kept_since = now;
         if now.since(down_since) >= period {
             self.listening_since = now;
         }
@@ -461,6 +658,14 @@ impl Roster {
     pub fn poll(&mut self, now: UnixMillis) -> Vec<RosterAction> {
         let Some(cluster) = self.cluster else { return Vec::new() };
         let mut out = Vec::new();
+        if let Some(r) = self.resumed.as_mut().filter(|r| !r.asked) {
+            r.asked = true;
+            out.push(RosterAction::CatchUp(CatchUpRequest {
+                app: self.app.clone(),
+                cluster_key: cluster,
+                since: r.down_since.saturating_sub(HEARTBEAT_MAX_AGE),
+            }));
+        }
         if now >= self.next_heartbeat {
             self.estimate = self.count_live(now).max(1);
             out.push(RosterAction::Heartbeat(Heartbeat { app: self.app.clone(), cluster_key: cluster }));
@@ -499,7 +704,8 @@ impl Roster {
 
     /// When [`Roster::poll`] next has something to do.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.cluster.map(|_| self.next_heartbeat.min(self.next_summary_check))
+        let ask = self.resumed.filter(|r| !r.asked).map(|_| UnixMillis(0));
+        self.cluster.map(|_| self.next_heartbeat.min(self.next_summary_check).min(ask.unwrap_or(UnixMillis(u64::MAX))))
     }
 
     pub fn drops(&self) -> &BTreeMap<RosterDrop, u64> {
@@ -509,7 +715,9 @@ impl Roster {
     /// Roughly what this roster keeps in memory: [`SIGHTING_BYTES`] per first sighting
     /// and [`SIZE_RECORD_BYTES`] per known cluster size.
     pub fn state_bytes(&self) -> u64 {
-        self.book.len() as u64 * SIGHTING_BYTES + self.sizes.len() as u64 * SIZE_RECORD_BYTES
+        self.book.len() as u64 * SIGHTING_BYTES
+            + self.sizes.len() as u64 * SIZE_RECORD_BYTES
+            + self.kept.len() as u64 * KEPT_HEARTBEAT_BYTES
     }
 }
 
@@ -589,11 +797,8 @@ mod tests {
         let kp = Keypair::from_secret_bytes(&[9; 32]);
         let mut r = Roster::new("app", key(0), UnixMillis(0));
         r.set_cluster(cluster(1), UnixMillis(0));
-        let sign = |c: ClusterKey, at: u64| -> Verified<Heartbeat> {
-            Envelope::sign(&kp, &Heartbeat { app: "app".into(), cluster_key: c }, UnixMillis(at))
-                .unwrap()
-                .verify()
-                .unwrap()
+        let sign = |c: ClusterKey, at: u64| -> Envelope {
+            Envelope::sign(&kp, &Heartbeat { app: "app".into(), cluster_key: c }, UnixMillis(at)).unwrap()
         };
         assert_eq!(r.on_heartbeat(&sign(cluster(2), 500_000), UnixMillis(500_000)), Err(RosterDrop::OtherCluster));
         assert_eq!(r.on_heartbeat(&sign(cluster(1), 0), UnixMillis(500_000)), Err(RosterDrop::Stale));
@@ -644,5 +849,140 @@ mod tests {
         }
         assert_eq!(r.cluster_count(), MAX_CLUSTERS + 1);
         assert!(r.state_bytes() < 64 << 20);
+    }
+
+    fn beat(kp: &Keypair, c: ClusterKey, at: u64) -> Envelope {
+        Envelope::sign(kp, &Heartbeat { app: "app".into(), cluster_key: c }, UnixMillis(at)).unwrap()
+    }
+
+    /// A 3,000-member cluster: heartbeats every 100 minutes.
+    fn big_cluster_roster(me: PublicKey) -> Roster {
+        let mut r = Roster::new("app", me, UnixMillis(0));
+        r.set_cluster(cluster(1), UnixMillis(0));
+        r.summary_heard(cluster(1), 3_000, 1, UnixMillis(0)).unwrap();
+        assert_eq!(r.period(), Duration::from_secs(6_000));
+        r
+    }
+
+    #[test]
+    fn a_resumed_member_catches_up_on_the_heartbeats_it_missed() {
+        let members: Vec<Keypair> = (1..=3).map(|i| Keypair::from_secret_bytes(&[i; 32])).collect();
+        let mut up = big_cluster_roster(key(100));
+        let mut was_down = big_cluster_roster(key(101));
+        for kp in &members {
+            up.on_heartbeat(&beat(kp, cluster(1), 1_000), UnixMillis(1_000)).unwrap();
+            was_down.on_heartbeat(&beat(kp, cluster(1), 1_000), UnixMillis(1_000)).unwrap();
+        }
+        // One more heartbeat each while `was_down` is down from 100 to 110 minutes.
+        for kp in &members {
+            let at = 105 * MIN;
+            up.on_heartbeat(&beat(kp, cluster(1), at), UnixMillis(at)).unwrap();
+        }
+        was_down.resume(UnixMillis(100 * MIN), UnixMillis(110 * MIN));
+        let asked = was_down.poll(UnixMillis(110 * MIN));
+        let Some(RosterAction::CatchUp(req)) = asked.first() else { panic!("no catch-up asked: {asked:?}") };
+        let answer = up.serve_catch_up(req, UnixMillis(110 * MIN)).unwrap();
+        assert_eq!(answer.heartbeats.len(), 3);
+        let got = was_down.on_catch_up(&answer, UnixMillis(110 * MIN));
+        assert_eq!((got.refreshed, got.new, got.dropped), (3, 0, 0));
+        // Both now expire the members at the same time.
+        let expiry = 105 * MIN + 5 * 100 * MIN + 120_000;
+        let others = |r: &Roster, t: u64| -> Vec<PublicKey> {
+            r.members(UnixMillis(t)).into_iter().map(|p| p.peer).filter(|p| ![key(100), key(101)].contains(p)).collect()
+        };
+        assert_eq!(others(&up, expiry - 1).len(), 3);
+        for t in [expiry - 1, expiry + 1] {
+            assert_eq!(others(&up, t), others(&was_down, t), "at {t}");
+        }
+        // A second answer is unsolicited.
+        assert_eq!(was_down.on_catch_up(&answer, UnixMillis(111 * MIN)).dropped, 3);
+        assert_eq!(was_down.drops()[&RosterDrop::Unsolicited], 1);
+    }
+
+    #[test]
+    fn a_key_first_seen_in_a_catch_up_counts_from_its_receipt_not_its_signature() {
+        let mut r = Roster::new("app", key(0), UnixMillis(0));
+        r.set_cluster(cluster(1), UnixMillis(0));
+        r.resume(UnixMillis(10 * MIN), UnixMillis(20 * MIN));
+        let _ = r.poll(UnixMillis(20 * MIN));
+        let minted = Keypair::from_secret_bytes(&[42; 32]);
+        let answer = CatchUp {
+            app: "app".into(),
+            cluster_key: cluster(1),
+            covers_from: UnixMillis(0),
+            heartbeats: vec![beat(&minted, cluster(1), 10 * MIN + 1)],
+        };
+        let got = r.on_catch_up(&answer, UnixMillis(20 * MIN));
+        assert_eq!(got.new, 1);
+        let p = r.members(UnixMillis(20 * MIN)).into_iter().find(|p| p.peer == minted.public()).unwrap();
+        assert_eq!(p.since, UnixMillis(20 * MIN));
+    }
+
+    #[test]
+    fn a_catch_up_that_covers_the_downtime_keeps_the_view_settled() {
+        let mut r = Roster::new("app", key(0), UnixMillis(0));
+        r.set_cluster(cluster(1), UnixMillis(0));
+        assert!(r.is_settled(UnixMillis(10 * MIN)));
+        // Down five periods of a small cluster: unsettled until a period has passed...
+        r.resume(UnixMillis(10 * MIN), UnixMillis(15 * MIN));
+        assert!(!r.is_settled(UnixMillis(15 * MIN)));
+        let _ = r.poll(UnixMillis(15 * MIN));
+        // ...or until a cluster-mate that was up all along answers.
+        let partial = CatchUp {
+            app: "app".into(),
+            cluster_key: cluster(1),
+            covers_from: UnixMillis(12 * MIN),
+            heartbeats: vec![],
+        };
+        let mut r2 = r.clone();
+        assert!(!r2.on_catch_up(&partial, UnixMillis(15 * MIN)).covered);
+        assert!(!r2.is_settled(UnixMillis(15 * MIN)));
+        let whole = CatchUp { covers_from: UnixMillis(MIN), ..partial };
+        assert!(r.on_catch_up(&whole, UnixMillis(15 * MIN)).covered);
+        assert!(r.is_settled(UnixMillis(15 * MIN)));
+    }
+
+    #[test]
+    fn catch_up_answers_are_checked_heartbeat_by_heartbeat_and_capped() {
+        let mut r = Roster::new("app", key(0), UnixMillis(0));
+        r.set_cluster(cluster(1), UnixMillis(0));
+        r.resume(UnixMillis(10 * MIN), UnixMillis(20 * MIN));
+        let _ = r.poll(UnixMillis(20 * MIN));
+        let kp = Keypair::from_secret_bytes(&[5; 32]);
+        let mut forged = beat(&kp, cluster(1), 15 * MIN);
+        forged.issued_at = UnixMillis(15 * MIN + 1);
+        let mut heartbeats = vec![beat(&kp, cluster(2), 15 * MIN), beat(&kp, cluster(1), 2 * MIN), forged];
+        heartbeats.extend((0..MAX_CATCH_UP as u32).map(|i| {
+            let mut secret = [7u8; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            beat(&Keypair::from_secret_bytes(&secret), cluster(1), 15 * MIN)
+        }));
+        let answer = CatchUp { app: "app".into(), cluster_key: cluster(1), covers_from: UnixMillis(0), heartbeats };
+        let got = r.on_catch_up(&answer, UnixMillis(20 * MIN));
+        assert_eq!(got.new, MAX_CATCH_UP as u64 - 3);
+        assert_eq!(got.dropped, 6);
+        for why in [RosterDrop::OtherCluster, RosterDrop::OutsideCatchUp, RosterDrop::Invalid] {
+            assert_eq!(r.drops()[&why], 1, "{why:?}");
+        }
+        assert_eq!(r.drops()[&RosterDrop::CatchUpTooLong], 3);
+    }
+
+    #[test]
+    fn a_member_keeps_only_the_catch_up_window_of_its_topic() {
+        let mut r = Roster::new("app", key(0), UnixMillis(0));
+        r.set_cluster(cluster(1), UnixMillis(0));
+        for i in 0..2_000u32 {
+            let mut secret = [3u8; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            let at = u64::from(i) * 2_000;
+            r.on_heartbeat(&beat(&Keypair::from_secret_bytes(&secret), cluster(1), at), UnixMillis(at)).unwrap();
+        }
+        let now = UnixMillis(2_000 * 2_000);
+        let req = CatchUpRequest { app: "app".into(), cluster_key: cluster(1), since: UnixMillis(0) };
+        let answer = r.serve_catch_up(&req, now).unwrap();
+        assert_eq!(answer.heartbeats.len(), 900, "30 minutes at one per 2 s");
+        assert_eq!(answer.covers_from, now.saturating_sub(CATCH_UP_WINDOW));
+        let other = CatchUpRequest { cluster_key: cluster(2), ..req };
+        assert!(r.serve_catch_up(&other, now).is_none());
     }
 }

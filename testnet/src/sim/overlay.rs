@@ -32,7 +32,7 @@ use mirage_protocol::manifest::{PolicyKind, StagingPolicy, UpgradeManifest};
 use mirage_protocol::presence::Presence;
 use mirage_protocol::roster::{
     epoch_length, heartbeat_offset, heartbeat_period, heartbeat_slot, round_size, summary_duty, ClusterSummary,
-    Heartbeat, Roster, EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
+    Heartbeat, Roster, CATCH_UP_WINDOW, EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
 };
 use mirage_protocol::staging::{ClusterGate, StagePlan};
 use mirage_protocol::{Envelope, Keypair, PublicKey, UnixMillis};
@@ -103,6 +103,9 @@ pub struct GossipModel {
     /// Bytes of one IHAVE besides its topic string: the 20-byte id, the control
     /// message's framing and its share of the RPC.
     pub ihave_overhead: u32,
+    /// Bytes of a request-response exchange besides its payload: the request (app,
+    /// cluster key, time), a stream's multistream-select, yamux and noise framing.
+    pub request_overhead: u32,
 }
 
 impl Default for GossipModel {
@@ -116,6 +119,8 @@ impl Default for GossipModel {
             // length prefix 2, yamux 12, noise 18.
             message_overhead: 155,
             ihave_overhead: 20 + 8 + 35,
+            // request 60, protocol negotiation 2 × 30, yamux 4 × 12, noise 2 × 18.
+            request_overhead: 60 + 60 + 48 + 36,
         }
     }
 }
@@ -368,8 +373,13 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
         for ob in &run.observers {
             let received = ob.heard_last_hour as f64 / 60.0;
             let own = ob.sent_last_hour as f64 / 60.0;
-            ins.push(received * hb_in + summaries_per_min * sum_in);
-            outs.push(received * hb_out + own * publish + summaries_per_min * sum_out);
+            // A catch-up: the request, and the answer's heartbeats as kept. A node
+            // serves as many as it asks for, on average, so the same goes out.
+            let catch_up = (ob.catch_up_asks_last_hour * gossip.request_overhead as u64
+                + ob.catch_up_last_hour * wires.heartbeat) as f64
+                / 60.0;
+            ins.push(received * hb_in + summaries_per_min * sum_in + catch_up);
+            outs.push(received * hb_out + own * publish + summaries_per_min * sum_out + catch_up);
             msgs.push(received + summaries_per_min);
             states.push(ob.state_bytes + summary_state);
         }
@@ -459,6 +469,9 @@ struct ObserverRun {
     seats: Vec<PublicKey>,
     heard_last_hour: u64,
     sent_last_hour: u64,
+    /// Heartbeats received in catch-ups after restarts, and catch-ups asked.
+    catch_up_last_hour: u64,
+    catch_up_asks_last_hour: u64,
     state_bytes: u64,
 }
 
@@ -568,6 +581,8 @@ fn run_cluster(
                 .collect();
             let mut up_idx = 0usize;
             let mut was_down_since: Option<u64> = None;
+            let mut catch_up_last_hour = 0u64;
+            let mut catch_up_asks_last_hour = 0u64;
             let mut sent_last_hour = 0u64;
             let poll = |roster: &mut Roster, t: u64, sent: &mut u64| {
                 while roster.next_deadline().is_some_and(|d| d.0 <= t) {
@@ -591,7 +606,24 @@ fn run_cluster(
                     up_idx += 1;
                 }
                 if let Some(down) = was_down_since.take() {
-                    roster.resume(UnixMillis(down), UnixMillis(mine.up[up_idx.min(mine.up.len() - 1)].0));
+                    let back = mine.up[up_idx.min(mine.up.len() - 1)].0;
+                    roster.resume(UnixMillis(down), UnixMillis(back));
+                    // A cluster-mate that was up answers with the heartbeats it kept.
+                    let window = CATCH_UP_WINDOW.as_millis() as u64;
+                    let from =
+                        down.saturating_sub(HEARTBEAT_MAX_AGE.as_millis() as u64).max(back.saturating_sub(window));
+                    let lo = beats.partition_point(|b| b.at < from);
+                    let hi = beats.partition_point(|b| b.at < back);
+                    let kept = beats[lo..hi].iter().filter(|b| b.from != me);
+                    let _ = roster.caught_up(
+                        kept.clone().map(|b| (b.from, UnixMillis(b.at))),
+                        UnixMillis(back.saturating_sub(window)),
+                        UnixMillis(back),
+                    );
+                    if back + 60 * MIN >= RELEASE && back < RELEASE {
+                        catch_up_last_hour += kept.count() as u64;
+                        catch_up_asks_last_hour += 1;
+                    }
                 }
                 poll(&mut roster, at, &mut sent_last_hour);
                 if roster.heard(from, UnixMillis(at)).is_ok() && at + 60 * MIN >= RELEASE {
@@ -611,7 +643,16 @@ fn run_cluster(
             } else {
                 Vec::new()
             };
-            ObserverRun { state_bytes: roster.state_bytes(), roster, judged, seats, heard_last_hour, sent_last_hour }
+            ObserverRun {
+                state_bytes: roster.state_bytes(),
+                roster,
+                judged,
+                seats,
+                heard_last_hour,
+                sent_last_hour,
+                catch_up_last_hour,
+                catch_up_asks_last_hour,
+            }
         })
         .collect();
 
