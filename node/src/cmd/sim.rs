@@ -213,21 +213,40 @@ fn run_one(
     say!(args, "fleet generated in {:.2} s", started.elapsed().as_secs_f64());
 
     // The policies are independent runs over the same fleet: one thread each (each is
-    // deterministic on its own), reported in order.
-    let runs: Vec<(sim::PolicyOutcome, f64)> = std::thread::scope(|scope| {
-        let world = &world;
-        let handles: Vec<_> = policies
-            .iter()
-            .map(|&policy| {
+    // deterministic on its own), reported in order. The overlay model runs beside them
+    // on the same world, so neither core idles while the shorter runs end.
+    let overlay_scenario = OverlayScenario {
+        observers: args.observers,
+        churn_per_min: args.churn_per_min,
+        loss: args.loss,
+        ..OverlayScenario::default()
+    };
+    type Timed<T> = (T, f64);
+    let (runs, overlay_run): (Vec<Timed<sim::PolicyOutcome>>, Option<Timed<OverlayOutcome>>) =
+        std::thread::scope(|scope| {
+            let world = &world;
+            let overlay_scenario = &overlay_scenario;
+            let overlay = (with_overlay && args.observers > 0).then(|| {
                 scope.spawn(move || {
                     let t = Instant::now();
-                    let o = sim::run(world, policy);
+                    let policy = world.scenario.policy(PolicyKind::Balanced);
+                    let o = overlay::simulate(world, overlay_scenario, &GossipModel::default(), &policy);
                     (o, t.elapsed().as_secs_f64())
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect()
-    });
+            });
+            let handles: Vec<_> = policies
+                .iter()
+                .map(|&policy| {
+                    scope.spawn(move || {
+                        let t = Instant::now();
+                        let o = sim::run(world, policy);
+                        (o, t.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            let runs = handles.into_iter().map(|h| h.join().expect("a simulation thread panicked")).collect();
+            (runs, overlay.map(|h| h.join().expect("the overlay thread panicked")))
+        });
     let mut outcomes = Vec::new();
     for (o, secs) in runs {
         say!(args, "{:<14} simulated in {secs:.2} s ({} events)", o.policy.name(), o.events);
@@ -242,24 +261,16 @@ fn run_one(
     say!(args, "installed faulty: machines that installed a faulty release; tested faulty: representatives");
     say!(args, "that tested one; hit: either. latency: first release until a machine runs a working release.");
     say!(args);
-    if !with_overlay || args.observers == 0 {
+    let Some((out, overlay_secs)) = overlay_run else {
         return Ok((cmp, None));
-    }
-    let t = Instant::now();
-    let o = OverlayScenario {
-        observers: args.observers,
-        churn_per_min: args.churn_per_min,
-        loss: args.loss,
-        ..OverlayScenario::default()
     };
-    let out = overlay::simulate(&world, &o, &GossipModel::default(), &world.scenario.policy(PolicyKind::Balanced));
     say!(
         args,
         "overlay: {} observers ({} up and settled at the release), {:.0}% of machines churning per minute, simulated in {:.2} s",
         out.observers,
         out.judged,
         args.churn_per_min * 100.0,
-        t.elapsed().as_secs_f64()
+        overlay_secs
     );
     say!(
         args,

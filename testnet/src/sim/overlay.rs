@@ -283,25 +283,36 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
         summaries.iter().map(|s| s.iter().filter(|(_, at)| *at + 60 * MIN >= RELEASE).count() as u64).sum();
 
     // Each observer's size table: the newest summary of each cluster it received.
+    let mut per_cluster = per_cluster;
+    let observer_count = per_cluster.iter().map(|r| r.observers.len()).sum::<usize>() as u32;
     let mut judged = Vec::new();
-    for run in &per_cluster {
-        for ob in &run.observers {
+    for run in &mut per_cluster {
+        for ob in run.observers.iter_mut().filter(|o| o.judged) {
             judged.push((run.cluster, ob));
         }
     }
+    let judged_count = judged.len() as u32;
     let down_share = o.down_share();
     let sample: Vec<u32> = {
         let mut r = ChaCha8Rng::seed_from_u64(seed ^ 0x5354_4147);
         (0..o.stage_sample).map(|_| r.gen_range(0..clusters as u32)).collect()
     };
-    let plans: Vec<Option<Vec<(u32, usize)>>> = judged
-        .par_iter()
+    let plans: Vec<Vec<(u32, usize)>> = judged
+        .into_par_iter()
         .enumerate()
         .map(|(i, (c, ob))| {
-            let mut roster = ob.roster.clone();
+            // The observer's own roster takes the summaries: the size table is what a
+            // node plans from, and cloning a big cluster's book per observer cost more
+            // than the planning.
+            // The observer's size table: its own cluster's count, and the summaries that
+            // reach it. (Its book was dropped after the election: the books of a few
+            // hundred observers of the biggest clusters would take gigabytes here.)
+            let key = world.cluster_keys[c as usize];
+            let mut roster = Roster::new(APP, PublicKey([0; 32]), UnixMillis(RELEASE));
+            roster.set_cluster(key, UnixMillis(RELEASE));
             let mut r = ChaCha8Rng::seed_from_u64(seed ^ (i as u64) << 20 ^ 0x5355_4d4d);
             for (k, list) in summaries.iter().enumerate() {
-                if k as u32 == *c {
+                if k as u32 == c {
                     continue;
                 }
                 // The newest summary that reached this observer (up, not lost).
@@ -313,21 +324,18 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
                     break;
                 }
             }
-            if !ob.judged {
-                return None;
-            }
             let policy = StagingPolicy { kind: PolicyKind::Balanced, ..policy.clone() };
-            let plan = StagePlan::new(&policy, &roster.sizes());
-            Some(
-                sample
-                    .iter()
-                    .chain(std::iter::once(c))
-                    .map(|k| (*k, plan.stage_of(&world.cluster_keys[*k as usize])))
-                    .collect(),
-            )
+            let mut sizes = roster.sizes();
+            sizes.insert(key, ob.own_size);
+            let plan = StagePlan::new(&policy, &sizes);
+            sample
+                .iter()
+                .chain(std::iter::once(&c))
+                .map(|k| (*k, plan.stage_of(&world.cluster_keys[*k as usize])))
+                .collect()
         })
         .collect();
-    // Sizes tables as they stand, for state: the clones above were per observer.
+    // The sizes tables, for state: observers' state was taken before the summaries.
     let summary_state: u64 =
         (clusters.min(mirage_protocol::roster::MAX_CLUSTERS as u64)) * mirage_protocol::roster::SIZE_RECORD_BYTES;
 
@@ -347,7 +355,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
 
     // Agreement on stages: per sampled cluster, the share agreeing with the majority.
     let mut stage_votes: HashMap<u32, HashMap<usize, u64>> = HashMap::new();
-    for plan in plans.iter().flatten() {
+    for plan in &plans {
         for (c, s) in plan {
             *stage_votes.entry(*c).or_default().entry(*s).or_default() += 1;
         }
@@ -392,8 +400,8 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     // Today's design: every node hears every node's signed fingerprint once a minute.
     let (old_in, _) = gossip.per_message(machines, wires.announcement, app_topic);
     OverlayOutcome {
-        observers: judged.len() as u32,
-        judged: judged.iter().filter(|(_, o)| o.judged).count() as u32,
+        observers: observer_count,
+        judged: judged_count,
         bytes_in_per_node_per_min: mean(&ins),
         bytes_out_per_node_per_min: mean(&outs),
         bytes_in_per_node_per_min_max: ins.iter().copied().fold(0.0, f64::max),
@@ -464,7 +472,8 @@ fn release_manifest(policy: &StagingPolicy) -> UpgradeManifest {
 }
 
 struct ObserverRun {
-    roster: Roster,
+    /// Its count of its own cluster, rounded.
+    own_size: u64,
     judged: bool,
     seats: Vec<PublicKey>,
     heard_last_hour: u64,
@@ -570,15 +579,13 @@ fn run_cluster(
             // deliveries stay in the heartbeats' order.
             let lost_below = (o.loss.clamp(0.0, 1.0) * (1u64 << 24) as f64) as u64;
             let spread = (2 * o.delay_mean_ms).max(1);
-            let deliveries: Vec<(u64, PublicKey)> = beats
-                .iter()
-                .filter(|b| b.from != me)
-                .filter_map(|b| {
-                    let x: u64 = r.gen();
-                    let at = b.at + o.delay_base_ms + (x & 0xff_ffff) % spread;
-                    ((x >> 40) >= lost_below && mine.is_up(at)).then_some((at, b.from))
-                })
-                .collect();
+            // Drawn as the loop goes: a vector of them per observer of a big cluster
+            // cost more in page faults than the roster's work.
+            let deliveries = beats.iter().filter(|b| b.from != me).filter_map(|b| {
+                let x: u64 = r.gen();
+                let at = b.at + o.delay_base_ms + (x & 0xff_ffff) % spread;
+                ((x >> 40) >= lost_below && mine.is_up(at)).then_some((at, b.from))
+            });
             let mut up_idx = 0usize;
             let mut was_down_since: Option<u64> = None;
             let mut catch_up_last_hour = 0u64;
@@ -599,7 +606,7 @@ fn run_cluster(
                     }
                 }
             };
-            for (at, from) in deliveries.iter().copied().filter(|d| d.0 < RELEASE) {
+            for (at, from) in deliveries.filter(|d| d.0 < RELEASE) {
                 // Restarts between deliveries: resume with the state kept.
                 while up_idx < mine.up.len() && mine.up[up_idx].1 <= at {
                     was_down_since = Some(mine.up[up_idx].1);
@@ -645,7 +652,7 @@ fn run_cluster(
             };
             ObserverRun {
                 state_bytes: roster.state_bytes(),
-                roster,
+                own_size: roster.own_size(),
                 judged,
                 seats,
                 heard_last_hour,
