@@ -692,15 +692,26 @@ fn unpack_once(tar: &Path, dir: &Path) -> Result<(), crate::install::InstallErro
     if dir.is_dir() {
         return Ok(());
     }
-    let partial = dir.with_extension("partial");
+    // A test run and an apply of the same release may unpack at once (an apply does
+    // not wait for a representative's own run once its cluster holds): each unpacks
+    // into its own partial directory, and whoever renames second keeps the first's.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let partial = dir.with_extension(format!("partial-{}-{n}", std::process::id()));
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|source| crate::install::InstallError::Io { path: parent.to_path_buf(), source })?;
     }
     let _ = std::fs::remove_dir_all(&partial);
     crate::install::unpack::unpack_safely(tar, &partial)?;
-    std::fs::rename(&partial, dir)
-        .map_err(|source| crate::install::InstallError::Io { path: dir.to_path_buf(), source })
+    match std::fs::rename(&partial, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&partial);
+            Ok(())
+        }
+        Err(source) => Err(crate::install::InstallError::Io { path: dir.to_path_buf(), source }),
+    }
 }
 
 /// The first line of a multi-line reason, for one-line logs.

@@ -87,6 +87,8 @@ impl Phase {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
     Fetch(Digest),
+    /// Run the vendor's tests. An `Apply` of the same manifest that comes while they run
+    /// supersedes them: the shell need not wait for them, and their result is stale.
     RunTests(Digest),
     /// Publish this node's test report (and, on failure, a problem report).
     Publish(Digest, Outcome),
@@ -155,6 +157,13 @@ impl Member {
             }
             (Phase::WaitingForGate | Phase::Passed | Phase::Abstained, Verdict::Halted { .. }) => (Phase::Halted, None),
             (Phase::WaitingForGate, Verdict::Pending) if view.seated => (Phase::Testing, Some(Step::RunTests(id))),
+            // A representative still testing when its cluster's gate decides stops
+            // waiting for its own run: the gate needs no more reports, and a hung test
+            // would hold this node back for as long as it hangs (in the simulator, the
+            // worst-case latency of every staged policy was a hung representative's).
+            // The run's result, when it comes, is stale and not published.
+            (Phase::Testing, Verdict::Holds { .. }) => (Phase::Applying, Some(Step::Apply(id))),
+            (Phase::Testing, Verdict::Halted { .. }) => (Phase::Halted, None),
             (phase, _) => (phase, None),
         };
         self.work = Some(Work { manifest: id, phase });
@@ -242,5 +251,42 @@ impl Member {
             }
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::UnixMillis;
+    use crate::PublicKey;
+
+    fn view(verdict: Verdict) -> View {
+        View { manifest: Digest([1; 32]), open: true, seated: true, verdict }
+    }
+
+    #[test]
+    fn a_representative_whose_test_hangs_applies_once_its_cluster_holds_without_it() {
+        let id = Digest([1; 32]);
+        let mut m = Member::new();
+        assert_eq!(m.observe(Some(&view(Verdict::Pending))), Some(Step::Fetch(id)));
+        assert_eq!(m.content_ready(id, Some(&view(Verdict::Pending))), Some(Step::RunTests(id)));
+        // The other representatives passed; this node's run is still going.
+        let holds = view(Verdict::Holds { at: UnixMillis(5) });
+        assert_eq!(m.observe(Some(&holds)), Some(Step::Apply(id)));
+        assert_eq!(m.work().unwrap().phase, Phase::Applying);
+        // Its run ends at last: nothing to publish, the apply goes on.
+        assert_eq!(m.test_finished(id, Outcome::Fail), None);
+        assert_eq!(m.apply_finished(id, Ok(()), Some(&holds)), None);
+        assert_eq!(m.work().unwrap().phase, Phase::Applied);
+    }
+
+    #[test]
+    fn a_representative_still_testing_when_its_cluster_halts_stops_there() {
+        let id = Digest([1; 32]);
+        let mut m = Member::restore(Some(Work { manifest: id, phase: Phase::Testing }));
+        let halted = view(Verdict::Halted { at: UnixMillis(5), by: PublicKey([2; 32]) });
+        assert_eq!(m.observe(Some(&halted)), None);
+        assert_eq!(m.work().unwrap().phase, Phase::Halted);
+        assert_eq!(m.test_finished(id, Outcome::Pass), None);
     }
 }

@@ -221,7 +221,9 @@ fn derived_key(seed: u64, what: &[u8], a: u64, b: u64) -> PublicKey {
 #[derive(Clone, Copy)]
 struct Beat {
     at: u64,
-    from: PublicKey,
+    /// Index into the cluster run's `keys`: a beat stays 16 bytes, and telling an
+    /// observer's own beats apart costs no key comparison.
+    from: u32,
 }
 
 /// The run's clock: the release comes at `RELEASE`, far enough from zero for the
@@ -523,21 +525,23 @@ fn run_cluster(
     let down_share = o.down_share();
     let replace_per_ms = o.churn_per_min * o.replace_share / 60_000.0;
     let mut beats: Vec<Beat> = Vec::new();
+    let mut keys: Vec<PublicKey> = members.iter().map(|m| world.public_keys[*m as usize]).collect();
     let mut gen = 0u64;
-    for m in members {
-        let mut peer = world.public_keys[*m as usize];
+    for i in 0..members.len() {
+        let mut peer = keys[i];
+        let mut idx = i as u32;
         let mut from = start;
         let mut fresh = false;
         loop {
             let leave = if replace_per_ms > 0.0 { from + exp_ms(&mut rng, 1.0 / replace_per_ms) } else { u64::MAX };
             let until = leave.min(end);
             if fresh {
-                beats.push(Beat { at: from, from: peer });
+                beats.push(Beat { at: from, from: idx });
             }
             let mut slot = heartbeat_slot(&peer, period, UnixMillis(from + 1)).0;
             while slot < until {
                 if !rng.gen_bool(down_share) {
-                    beats.push(Beat { at: slot, from: peer });
+                    beats.push(Beat { at: slot, from: idx });
                 }
                 slot += p;
             }
@@ -546,6 +550,8 @@ fn run_cluster(
             }
             gen += 1;
             peer = derived_key(world.scenario.seed, b"successor", c as u64, gen);
+            idx = keys.len() as u32;
+            keys.push(peer);
             from = leave;
             fresh = true;
         }
@@ -560,6 +566,7 @@ fn run_cluster(
         .enumerate()
         .map(|(k, m)| {
             let me = world.public_keys[*m as usize];
+            let my_idx = members.iter().position(|x| x == m).expect("an observer is a member") as u32;
             let mine = lives.get(m).cloned().unwrap_or(Life { up: vec![(start, end)] });
             let mut r = ChaCha8Rng::seed_from_u64(seed ^ ((k as u64 + 1) << 32));
             // The observer had been a member long before the run: its book holds everyone
@@ -581,10 +588,10 @@ fn run_cluster(
             let spread = (2 * o.delay_mean_ms).max(1);
             // Drawn as the loop goes: a vector of them per observer of a big cluster
             // cost more in page faults than the roster's work.
-            let deliveries = beats.iter().filter(|b| b.from != me).filter_map(|b| {
+            let deliveries = beats.iter().filter(|b| b.from != my_idx).filter_map(|b| {
                 let x: u64 = r.gen();
                 let at = b.at + o.delay_base_ms + (x & 0xff_ffff) % spread;
-                ((x >> 40) >= lost_below && mine.is_up(at)).then_some((at, b.from))
+                ((x >> 40) >= lost_below && mine.is_up(at)).then_some((at, keys[b.from as usize]))
             });
             let mut up_idx = 0usize;
             let mut was_down_since: Option<u64> = None;
@@ -621,9 +628,9 @@ fn run_cluster(
                         down.saturating_sub(HEARTBEAT_MAX_AGE.as_millis() as u64).max(back.saturating_sub(window));
                     let lo = beats.partition_point(|b| b.at < from);
                     let hi = beats.partition_point(|b| b.at < back);
-                    let kept = beats[lo..hi].iter().filter(|b| b.from != me);
+                    let kept = beats[lo..hi].iter().filter(|b| b.from != my_idx);
                     let _ = roster.caught_up(
-                        kept.clone().map(|b| (b.from, UnixMillis(b.at))),
+                        kept.clone().map(|b| (keys[b.from as usize], UnixMillis(b.at))),
                         UnixMillis(back.saturating_sub(window)),
                         UnixMillis(back),
                     );
@@ -668,8 +675,8 @@ fn run_cluster(
     {
         let join = RELEASE - p.max(10 * MIN) - 2 * p;
         let window = p * EXPIRY_PERIODS as u64 + HEARTBEAT_MAX_AGE.as_millis() as u64;
-        let mut heard: std::collections::HashSet<PublicKey> = std::collections::HashSet::new();
-        let live: std::collections::HashSet<PublicKey> =
+        let mut heard: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        let live: std::collections::HashSet<u32> =
             beats.iter().filter(|b| b.at >= join && b.at < join + window).map(|b| b.from).collect();
         let need = (0.9 * live.len() as f64).ceil() as usize;
         let mut settled_at = (need == 0).then_some(0);
