@@ -9,7 +9,7 @@ use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use mirage_protocol::channel::check_release_message;
-use mirage_protocol::membership::{check_announcement, DropReason, MembershipConfig};
+use mirage_protocol::membership::{check_app_message, DropReason, MembershipConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
@@ -178,7 +178,7 @@ fn on_gossip(
             let verdict = match (overlay::app_of_topic(&message.topic), overlay::app_of_release_topic(&message.topic)) {
                 (Some(app), _) => {
                     let author = message.source.as_ref().and_then(overlay::public_key_of);
-                    check_announcement(&message.data, app, author.as_ref(), now, config).map(|_| ())
+                    check_app_message(&message.data, app, author.as_ref(), now, config)
                 }
                 // Releases are relayed if well formed, signed and unexpired; whom to
                 // trust is each node's decision, not the relay's.

@@ -45,6 +45,22 @@ pub fn app_of_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
     topic.as_str().strip_prefix(APP_TOPIC_PREFIX).filter(|a| mirage_protocol::manifest::validate_app_name(a).is_ok())
 }
 
+/// Where a cluster's topic name starts, after the app's topic.
+pub const CLUSTER_TOPIC_INFIX: &str = "/cluster/";
+
+/// The gossipsub topic of one cluster of an application: its members' heartbeats,
+/// which only its members subscribe to.
+pub fn cluster_topic(app: &str, cluster: &mirage_protocol::ClusterKey) -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(format!("{APP_TOPIC_PREFIX}{app}{CLUSTER_TOPIC_INFIX}{}", cluster.to_hex()))
+}
+
+/// The application and cluster a topic hash belongs to, if it is a cluster topic.
+pub fn cluster_of_topic(topic: &gossipsub::TopicHash) -> Option<(&str, mirage_protocol::ClusterKey)> {
+    let (app, hex) = topic.as_str().strip_prefix(APP_TOPIC_PREFIX)?.split_once(CLUSTER_TOPIC_INFIX)?;
+    mirage_protocol::manifest::validate_app_name(app).ok()?;
+    Some((app, mirage_protocol::ClusterKey(mirage_protocol::Digest::from_hex(hex).ok()?)))
+}
+
 /// The gossipsub topic an application's releases and test reports travel on.
 pub fn release_topic(app: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("{RELEASE_TOPIC_PREFIX}{app}"))

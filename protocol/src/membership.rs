@@ -13,6 +13,7 @@ use crate::envelope::{Envelope, VerifyError};
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
 use crate::presence::{Observed, Presence, PresenceBook, Sighting, PRESENCE_KEEP};
+use crate::roster::{CatchUp, CatchUpRequest, CaughtUp, ClusterSummary, Roster, RosterAction, RosterDrop};
 use crate::time::UnixMillis;
 use crate::wire::{WireError, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,38 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, DropReason> {
     })
 }
 
+/// Checks a message on an app's topic as a relay does: a fingerprint announcement
+/// ([`check_announcement`]) or a cluster summary (signed by its author, for this app,
+/// fresh). Nodes judge summaries further with their roster.
+pub fn check_app_message(
+    bytes: &[u8],
+    app: &str,
+    author: Option<&PublicKey>,
+    now: UnixMillis,
+    config: &MembershipConfig,
+) -> Result<(), DropReason> {
+    let env = decode_envelope(bytes)?;
+    if env.kind != crate::envelope::MessageKind::ClusterSummary {
+        return check_announcement(bytes, app, author, now, config).map(|_| ());
+    }
+    let summary = env.verify::<ClusterSummary>().map_err(|e| match e {
+        VerifyError::BadSignature(_) => DropReason::Signature,
+        VerifyError::Invalid(_) => DropReason::Invalid,
+        _ => DropReason::Decode,
+    })?;
+    if summary.payload().app != app {
+        return Err(DropReason::WrongApp);
+    }
+    if author.is_some_and(|a| a != summary.signer()) {
+        return Err(DropReason::WrongSender);
+    }
+    let issued = summary.issued_at();
+    if issued > now.saturating_add(config.max_skew) || now.since(issued) > config.max_age {
+        return Err(DropReason::Stale);
+    }
+    Ok(())
+}
+
 pub fn check_announcement(
     bytes: &[u8],
     expected_app: &str,
@@ -157,17 +190,56 @@ pub fn check_announcement(
 pub enum Action {
     /// Publish these envelope bytes on the app's topic. Report the outcome with
     /// [`Membership::on_publish_result`].
-    Publish { app: String, bytes: Vec<u8> },
+    Publish {
+        app: String,
+        bytes: Vec<u8>,
+    },
     /// Register as a DHT provider of the cluster key. Repeated on a schedule, so the
     /// record is refreshed well before it expires and moves to the currently closest peers.
-    StartProviding { key: ClusterKey },
+    StartProviding {
+        key: ClusterKey,
+    },
     /// Withdraw a provider record (the environment changed).
-    StopProviding { key: ClusterKey },
+    StopProviding {
+        key: ClusterKey,
+    },
     /// Look up the providers of the key and report them with [`Membership::on_providers`].
-    FindProviders { app: String, key: ClusterKey },
+    FindProviders {
+        app: String,
+        key: ClusterKey,
+    },
     /// Ask `peer` for its signed fingerprint for `app`; hand the reply to
     /// [`Membership::on_announcement`] with the peer as expected signer.
-    Fetch { peer: PublicKey, app: String },
+    Fetch {
+        peer: PublicKey,
+        app: String,
+    },
+    /// Join (or leave) our cluster's own topic, where its members' heartbeats go.
+    JoinCluster {
+        app: String,
+        cluster: ClusterKey,
+    },
+    LeaveCluster {
+        app: String,
+        cluster: ClusterKey,
+    },
+    /// Publish a signed heartbeat on the cluster's topic.
+    PublishHeartbeat {
+        app: String,
+        cluster: ClusterKey,
+        bytes: Vec<u8>,
+    },
+    /// Publish a signed cluster summary on the app's topic.
+    PublishSummary {
+        app: String,
+        bytes: Vec<u8>,
+    },
+    /// Ask a connected member of our cluster for the heartbeats it kept; hand the
+    /// answer to [`Membership::on_catch_up`].
+    CatchUp {
+        app: String,
+        request: CatchUpRequest,
+    },
 }
 
 /// What became of an announcement.
@@ -224,6 +296,9 @@ pub struct Membership {
     /// per app (`None`: all of them), so staging is fed what changed and not every
     /// cluster of the fleet again.
     changed: BTreeMap<String, Option<BTreeSet<ClusterKey>>>,
+    /// Per app: our cluster's heartbeats and the fleet's cluster sizes, at a cost that
+    /// does not grow with the fleet (see [`crate::roster`]).
+    rosters: BTreeMap<String, Roster>,
 }
 
 impl Membership {
@@ -240,6 +315,7 @@ impl Membership {
             presence_changes: Vec::new(),
             next_presence_expiry: UnixMillis(0),
             changed: BTreeMap::new(),
+            rosters: BTreeMap::new(),
         }
     }
 
@@ -297,6 +373,7 @@ impl Membership {
             }
             let old = old.cluster_key;
             actions.push(Action::StopProviding { key: old });
+            actions.push(Action::LeaveCluster { app: app.clone(), cluster: old });
             self.mark(&app, old);
         }
         self.local.insert(
@@ -313,6 +390,9 @@ impl Membership {
             },
         );
         actions.push(Action::StartProviding { key });
+        actions.push(Action::JoinCluster { app: app.clone(), cluster: key });
+        let me = self.keypair.public();
+        self.rosters.entry(app.clone()).or_insert_with(|| Roster::new(&app, me, now)).set_cluster(key, now);
         self.mark(&app, key);
         self.sight(&app, self.keypair.public(), key, now);
         actions.extend(self.tick(now));
@@ -419,6 +499,26 @@ impl Membership {
         self.by_cluster.retain(|_, c| !c.is_empty());
         let backoff = self.config.fetch_backoff;
         self.last_fetch.retain(|_, t| now.since(*t) <= backoff);
+        for (app, roster) in self.rosters.iter_mut() {
+            for action in roster.poll(now) {
+                let signed = match &action {
+                    RosterAction::Heartbeat(hb) => Envelope::sign(&self.keypair, hb, now).and_then(|e| e.to_bytes()),
+                    RosterAction::Summary(s) => Envelope::sign(&self.keypair, s, now).and_then(|e| e.to_bytes()),
+                    RosterAction::CatchUp(request) => {
+                        actions.push(Action::CatchUp { app: app.clone(), request: request.clone() });
+                        continue;
+                    }
+                };
+                // Both are a few hundred bytes: they always encode.
+                let Ok(bytes) = signed else { continue };
+                actions.push(match action {
+                    RosterAction::Heartbeat(hb) => {
+                        Action::PublishHeartbeat { app: app.clone(), cluster: hb.cluster_key, bytes }
+                    }
+                    _ => Action::PublishSummary { app: app.clone(), bytes },
+                });
+            }
+        }
         if self.next_presence_expiry <= now {
             self.next_presence_expiry = now.saturating_add(Duration::from_secs(3600));
             for book in self.presence.values_mut() {
@@ -430,7 +530,47 @@ impl Membership {
 
     /// When [`Membership::tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.local.values().flat_map(|l| [l.next_announce, l.next_lookup, l.next_provide]).min()
+        let rosters = self.rosters.values().filter_map(Roster::next_deadline);
+        self.local.values().flat_map(|l| [l.next_announce, l.next_lookup, l.next_provide]).chain(rosters).min()
+    }
+
+    /// A heartbeat of ours for `app` found no peer on the cluster's topic.
+    pub fn on_heartbeat_unsent(&mut self, app: &str, now: UnixMillis) {
+        if let Some(r) = self.rosters.get_mut(app) {
+            r.heartbeat_not_sent(now);
+        }
+    }
+
+    /// Our roster for `app`: our cluster's live members, sizes of the others.
+    pub fn roster(&self, app: &str) -> Option<&Roster> {
+        self.rosters.get(app)
+    }
+
+    /// A message off our cluster's topic for `app`. Dropped (and counted by the
+    /// roster) unless it is a fresh heartbeat of a member of our cluster.
+    pub fn on_heartbeat(&mut self, app: &str, bytes: &[u8], now: UnixMillis) -> Result<Observed, RosterDrop> {
+        let roster = self.rosters.get_mut(app).ok_or(RosterDrop::OtherApp)?;
+        let Ok(env) = Envelope::from_bytes(bytes) else { return roster.count(RosterDrop::Invalid) };
+        roster.on_heartbeat(&env, now)
+    }
+
+    /// A cluster summary off the app's topic.
+    pub fn on_summary(&mut self, app: &str, env: &Envelope, now: UnixMillis) -> Result<(), RosterDrop> {
+        let roster = self.rosters.get_mut(app).ok_or(RosterDrop::OtherApp)?;
+        match env.verify::<ClusterSummary>() {
+            Ok(s) => roster.on_summary(&s, now),
+            Err(_) => roster.count(RosterDrop::Invalid),
+        }
+    }
+
+    /// What we answer a cluster-mate's catch-up request with.
+    pub fn serve_catch_up(&self, request: &CatchUpRequest, now: UnixMillis) -> Option<CatchUp> {
+        self.rosters.get(&request.app)?.serve_catch_up(request, now)
+    }
+
+    /// A cluster-mate's answer to our [`Action::CatchUp`].
+    pub fn on_catch_up(&mut self, answer: &CatchUp, now: UnixMillis) -> Option<CaughtUp> {
+        Some(self.rosters.get_mut(&answer.app)?.on_catch_up(answer, now))
     }
 
     /// A publish of `app`'s announcement failed (typically: no peers yet). Retries soon.
@@ -925,5 +1065,48 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn members_heartbeat_on_their_clusters_topic_and_count_each_other() {
+        let mut a = Membership::new(kp(1), MembershipConfig::default());
+        let mut b = Membership::new(kp(2), MembershipConfig::default());
+        let key = fp("web", 1).cluster_key();
+        let now = UnixMillis(T0);
+        let heartbeats = |actions: &[Action]| -> Vec<Vec<u8>> {
+            actions
+                .iter()
+                .filter_map(|x| match x {
+                    Action::PublishHeartbeat { cluster, bytes, .. } if *cluster == key => Some(bytes.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        let from_a = a.set_local(fp("web", 1), now);
+        let from_b = b.set_local(fp("web", 1), now);
+        assert!(from_a.contains(&Action::JoinCluster { app: "web".into(), cluster: key }));
+        let (hb_a, hb_b) = (heartbeats(&from_a), heartbeats(&from_b));
+        assert_eq!((hb_a.len(), hb_b.len()), (1, 1), "a member heartbeats as it joins");
+        let later = UnixMillis(T0 + 500);
+        assert_eq!(a.on_heartbeat("web", &hb_b[0], later), Ok(Observed::New));
+        assert_eq!(b.on_heartbeat("web", &hb_a[0], later), Ok(Observed::New));
+        assert_eq!(a.roster("web").unwrap().live_count(later), 2);
+        // Garbage and another cluster's heartbeats are dropped and counted.
+        assert_eq!(a.on_heartbeat("web", b"junk", later), Err(RosterDrop::Invalid));
+        let mut other = Membership::new(kp(3), MembershipConfig::default());
+        let foreign: Vec<Vec<u8>> = other
+            .set_local(fp("web", 2), now)
+            .into_iter()
+            .filter_map(|x| match x {
+                Action::PublishHeartbeat { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(a.on_heartbeat("web", &foreign[0], later), Err(RosterDrop::OtherCluster));
+        let drops = a.roster("web").unwrap().drops();
+        assert_eq!((drops[&RosterDrop::Invalid], drops[&RosterDrop::OtherCluster]), (1, 1));
+        // The next heartbeat comes a period later, not with every tick.
+        assert!(heartbeats(&a.tick(UnixMillis(T0 + 30_000))).is_empty());
+        assert_eq!(heartbeats(&a.tick(UnixMillis(T0 + 60_000))).len(), 1);
     }
 }

@@ -69,6 +69,8 @@ pub const CATCH_UP_WINDOW: Duration = Duration::from_secs(30 * 60);
 /// Most heartbeats kept for, and carried by, one catch-up: the window at the topic's
 /// rate ([`HEARTBEATS_PER_MIN`]) with room for bursts (about 160 KB on the wire).
 pub const MAX_CATCH_UP: usize = 1024;
+/// How soon a heartbeat that reached no one is tried again.
+pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(2);
 /// Memory per kept heartbeat: its envelope and the time heard.
 pub const KEPT_HEARTBEAT_BYTES: u64 = 200;
 
@@ -706,6 +708,24 @@ impl Roster {
     pub fn next_deadline(&self) -> Option<UnixMillis> {
         let ask = self.resumed.filter(|r| !r.asked).map(|_| UnixMillis(0));
         self.cluster.map(|_| self.next_heartbeat.min(self.next_summary_check).min(ask.unwrap_or(UnixMillis(u64::MAX))))
+    }
+
+    /// The heartbeat [`Roster::poll`] last asked for reached no one (no member of the
+    /// cluster is connected yet, as right after joining): try again shortly. It never
+    /// went out, so the retry adds nothing to the topic's rate.
+    pub fn heartbeat_not_sent(&mut self, now: UnixMillis) {
+        self.next_heartbeat = self.next_heartbeat.min(now.saturating_add(HEARTBEAT_RETRY));
+    }
+
+    /// Counts a drop its caller found (a message that does not even decode).
+    pub fn count<T>(&mut self, why: RosterDrop) -> Result<T, RosterDrop> {
+        *self.drops.entry(why).or_default() += 1;
+        Err(why)
+    }
+
+    /// Members of our cluster heard within the expiry window, this node included.
+    pub fn live_count(&self, now: UnixMillis) -> u64 {
+        self.count_live(now)
     }
 
     pub fn drops(&self) -> &BTreeMap<RosterDrop, u64> {

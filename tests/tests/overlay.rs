@@ -75,6 +75,22 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
     let took = wait_for_clusters(&nodes, &ids, Duration::from_secs(90));
     eprintln!("{NODES} nodes knew their full clusters after {took:?}");
 
+    // Each cluster's own topic carries its members' heartbeats: every node's roster
+    // counts its whole cluster (itself included), and sees no other cluster's.
+    let per_env = NODES / ENVIRONMENTS as usize;
+    let t_roster = Instant::now();
+    wait_for("rosters", Duration::from_secs(90), Duration::from_millis(500), || {
+        nodes
+            .iter()
+            .all(|n| {
+                n.status().and_then(|s| {
+                    s["clusters"].as_array()?.iter().find(|c| c["app"] == APP)?["roster"]["live_members"].as_u64()
+                }) == Some(per_env as u64)
+            })
+            .then_some(())
+    });
+    eprintln!("every roster counted its {per_env} members {:?} later", t_roster.elapsed());
+
     // Every status carries the fields the issue asks for.
     let s = nodes[3].status().unwrap();
     assert!(s["connected_peers"].as_u64().unwrap() >= 1, "{s}");

@@ -4,6 +4,7 @@
 
 pub mod api;
 mod distribute;
+mod roster;
 mod staging;
 
 pub use distribute::{Misbehaviour, SeedRelease};
@@ -534,6 +535,11 @@ impl Node {
                         .send_request(&peer_id, FetchRequest { app: app.clone(), announcement });
                     self.fetches.insert(id, (peer, app));
                 }
+                Action::JoinCluster { app, cluster } => self.join_cluster(&app, &cluster),
+                Action::LeaveCluster { app, cluster } => self.leave_cluster(&app, &cluster),
+                Action::PublishHeartbeat { app, cluster, bytes } => self.publish_heartbeat(&app, &cluster, bytes),
+                Action::PublishSummary { app, bytes } => self.publish_summary(&app, bytes),
+                Action::CatchUp { app, request } => self.ask_catch_up(&app, request),
             }
         }
     }
@@ -571,6 +577,7 @@ impl Node {
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Gossipsub(event))) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Kad(event))) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Roster(event)) => self.on_roster(event),
             SwarmEvent::Behaviour(BehaviourEvent::Content(event)) => self.on_content(event),
             _ => {}
         }
@@ -605,7 +612,23 @@ impl Node {
             );
             return;
         }
+        if let Some((app, _)) = overlay::cluster_of_topic(&message.topic) {
+            let app = app.to_string();
+            let acceptance = self.on_cluster_message(&app, &message.data);
+            self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
+                &message_id,
+                &propagation_source,
+                acceptance,
+            );
+            return;
+        }
+        let summary = mirage_protocol::membership::decode_envelope(&message.data)
+            .ok()
+            .filter(|e| e.kind == mirage_protocol::envelope::MessageKind::ClusterSummary);
         let acceptance = match overlay::app_of_topic(&message.topic).map(str::to_string) {
+            Some(app) if self.apps.contains_key(&app) && summary.is_some() => {
+                self.on_summary(&app, summary.as_ref().expect("checked"))
+            }
             Some(app) if self.apps.contains_key(&app) => {
                 let author = message.source.as_ref().and_then(overlay::public_key_of);
                 let _span = info_span!("announcement", from = %propagation_source, app).entered();
@@ -956,6 +979,7 @@ impl Node {
                     "cluster_key": key.to_hex(),
                     "members": self.membership.members(app).iter().map(|m| m.peer_id()).collect::<Vec<_>>(),
                     "known_peers": self.membership.known_peers(app),
+                    "roster": self.membership.roster(app).map(|r| self.roster_status(r)),
                 })
             })
             .collect();

@@ -5,6 +5,7 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
+use mirage_protocol::roster::{CatchUp, CatchUpRequest};
 use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -97,6 +98,58 @@ impl libp2p::request_response::Codec for FetchCodec {
         res: FetchResponse,
     ) -> io::Result<()> {
         write_frame(io, &res, MAX_RESPONSE_BYTES).await
+    }
+}
+
+/// The roster catch-up protocol: a member back from a restart asks a cluster-mate for
+/// the heartbeats it kept (see [`mirage_protocol::roster`]).
+pub const ROSTER_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/roster/1.0.0");
+/// A request is an app name, a cluster key and a time.
+pub const MAX_ROSTER_REQUEST_BYTES: usize = 1024;
+/// At most [`MAX_CATCH_UP`](mirage_protocol::roster::MAX_CATCH_UP) heartbeats of a few
+/// hundred bytes each.
+pub const MAX_ROSTER_RESPONSE_BYTES: usize = mirage_protocol::roster::MAX_CATCH_UP * 400 + 1024;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RosterCodec;
+
+impl libp2p::request_response::Codec for RosterCodec {
+    type Protocol = StreamProtocol;
+    type Request = CatchUpRequest;
+    type Response = Option<CatchUp>;
+
+    async fn read_request<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<CatchUpRequest> {
+        read_frame(io, MAX_ROSTER_REQUEST_BYTES).await
+    }
+
+    async fn read_response<T: AsyncRead + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<Option<CatchUp>> {
+        read_frame(io, MAX_ROSTER_RESPONSE_BYTES).await
+    }
+
+    async fn write_request<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: CatchUpRequest,
+    ) -> io::Result<()> {
+        write_frame(io, &req, MAX_ROSTER_REQUEST_BYTES).await
+    }
+
+    async fn write_response<T: AsyncWrite + Unpin + Send>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: Option<CatchUp>,
+    ) -> io::Result<()> {
+        write_frame(io, &res, MAX_ROSTER_RESPONSE_BYTES).await
     }
 }
 

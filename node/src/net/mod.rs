@@ -9,7 +9,7 @@ use libp2p::{request_response, Swarm};
 use mirage_bootstrap::overlay::{GossipTuning, KadTuning, OverlayError};
 use std::time::Duration;
 
-pub use codec::{FetchCodec, FetchRequest, FetchResponse};
+pub use codec::{FetchCodec, FetchRequest, FetchResponse, RosterCodec};
 pub use content::{ContentCodec, ContentRequest, ContentResponse};
 
 #[derive(NetworkBehaviour)]
@@ -17,6 +17,7 @@ pub struct Behaviour {
     /// The behaviours every overlay peer shares with the bootstrap peers.
     pub overlay: mirage_bootstrap::Behaviour,
     pub fetch: request_response::Behaviour<FetchCodec>,
+    pub roster: request_response::Behaviour<RosterCodec>,
     pub content: request_response::Behaviour<ContentCodec>,
 }
 
@@ -45,6 +46,13 @@ pub fn build(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Resul
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(10))
                 .with_max_concurrent_streams(64),
+        ),
+        roster: request_response::Behaviour::with_codec(
+            RosterCodec,
+            [(codec::ROSTER_PROTOCOL, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(16),
         ),
         content: request_response::Behaviour::with_codec(
             ContentCodec,

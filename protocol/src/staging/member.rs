@@ -157,13 +157,14 @@ impl Member {
             }
             (Phase::WaitingForGate | Phase::Passed | Phase::Abstained, Verdict::Halted { .. }) => (Phase::Halted, None),
             (Phase::WaitingForGate, Verdict::Pending) if view.seated => (Phase::Testing, Some(Step::RunTests(id))),
-            // A representative still testing when its cluster's gate decides stops
-            // waiting for its own run: the gate needs no more reports, and a hung test
-            // would hold this node back for as long as it hangs (in the simulator, the
-            // worst-case latency of every staged policy was a hung representative's).
-            // The run's result, when it comes, is stale and not published.
+            // A representative still testing when its cluster's gate holds applies
+            // without waiting for its own run: the gate needs no more reports, and a
+            // hung test would hold this node back for as long as it hangs (in the
+            // simulator, the worst-case latency of every staged policy was a hung
+            // representative's). The run's result, when it comes, is stale and not
+            // published. When the cluster halts instead, the run goes on: a second
+            // failing report tells the vendor the failure is not one machine's.
             (Phase::Testing, Verdict::Holds { .. }) => (Phase::Applying, Some(Step::Apply(id))),
-            (Phase::Testing, Verdict::Halted { .. }) => (Phase::Halted, None),
             (phase, _) => (phase, None),
         };
         self.work = Some(Work { manifest: id, phase });
@@ -281,12 +282,12 @@ mod tests {
     }
 
     #[test]
-    fn a_representative_still_testing_when_its_cluster_halts_stops_there() {
+    fn a_representative_still_testing_when_its_cluster_halts_finishes_and_reports() {
         let id = Digest([1; 32]);
         let mut m = Member::restore(Some(Work { manifest: id, phase: Phase::Testing }));
         let halted = view(Verdict::Halted { at: UnixMillis(5), by: PublicKey([2; 32]) });
         assert_eq!(m.observe(Some(&halted)), None);
-        assert_eq!(m.work().unwrap().phase, Phase::Halted);
-        assert_eq!(m.test_finished(id, Outcome::Pass), None);
+        assert_eq!(m.work().unwrap().phase, Phase::Testing);
+        assert_eq!(m.test_finished(id, Outcome::Fail), Some(Step::Publish(id, Outcome::Fail)));
     }
 }
