@@ -7,8 +7,10 @@ use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
 use mirage_protocol::roster::{CatchUp, CatchUpRequest};
 use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::marker::PhantomData;
 
 pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/fingerprint/1.0.0");
 /// Requests carry an app name and possibly the requester's own announcement.
@@ -30,13 +32,28 @@ pub struct FetchResponse {
     pub announcement: Option<Vec<u8>>,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct FetchCodec;
+/// A request-response codec of length-prefixed [`wire`] frames, each side checked
+/// against its limit before anything is allocated.
+pub struct FrameCodec<Req, Resp, const REQUEST_LIMIT: usize, const RESPONSE_LIMIT: usize> {
+    _messages: PhantomData<fn() -> (Req, Resp)>,
+}
 
-async fn read_frame<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwned>(
-    io: &mut T,
-    limit: usize,
-) -> io::Result<M> {
+impl<Req, Resp, const Q: usize, const R: usize> Default for FrameCodec<Req, Resp, Q, R> {
+    fn default() -> Self {
+        FrameCodec { _messages: PhantomData }
+    }
+}
+
+impl<Req, Resp, const Q: usize, const R: usize> Clone for FrameCodec<Req, Resp, Q, R> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// The fingerprint fetch protocol's codec.
+pub type FetchCodec = FrameCodec<FetchRequest, FetchResponse, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES>;
+
+async fn read_frame<T: AsyncRead + Unpin + Send, M: DeserializeOwned>(io: &mut T, limit: usize) -> io::Result<M> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -61,46 +78,6 @@ async fn write_frame<T: AsyncWrite + Unpin + Send, M: Serialize>(io: &mut T, msg
     io.close().await
 }
 
-impl libp2p::request_response::Codec for FetchCodec {
-    type Protocol = StreamProtocol;
-    type Request = FetchRequest;
-    type Response = FetchResponse;
-
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<FetchRequest> {
-        read_frame(io, MAX_REQUEST_BYTES).await
-    }
-
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<FetchResponse> {
-        read_frame(io, MAX_RESPONSE_BYTES).await
-    }
-
-    async fn write_request<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: FetchRequest,
-    ) -> io::Result<()> {
-        write_frame(io, &req, MAX_REQUEST_BYTES).await
-    }
-
-    async fn write_response<T: AsyncWrite + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        res: FetchResponse,
-    ) -> io::Result<()> {
-        write_frame(io, &res, MAX_RESPONSE_BYTES).await
-    }
-}
-
 /// The roster catch-up protocol: a member back from a restart asks a cluster-mate for
 /// the heartbeats it kept (see [`mirage_protocol::roster`]).
 pub const ROSTER_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/roster/1.0.0");
@@ -110,46 +87,42 @@ pub const MAX_ROSTER_REQUEST_BYTES: usize = 1024;
 /// hundred bytes each.
 pub const MAX_ROSTER_RESPONSE_BYTES: usize = mirage_protocol::roster::MAX_CATCH_UP * 400 + 1024;
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RosterCodec;
+/// The roster catch-up protocol's codec: no answer when the peer is not in that cluster.
+pub type RosterCodec = FrameCodec<CatchUpRequest, Option<CatchUp>, MAX_ROSTER_REQUEST_BYTES, MAX_ROSTER_RESPONSE_BYTES>;
 
-impl libp2p::request_response::Codec for RosterCodec {
+impl<Req, Resp, const Q: usize, const R: usize> libp2p::request_response::Codec for FrameCodec<Req, Resp, Q, R>
+where
+    Req: Serialize + DeserializeOwned + Send + Sync + 'static,
+    Resp: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
     type Protocol = StreamProtocol;
-    type Request = CatchUpRequest;
-    type Response = Option<CatchUp>;
+    type Request = Req;
+    type Response = Resp;
 
-    async fn read_request<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<CatchUpRequest> {
-        read_frame(io, MAX_ROSTER_REQUEST_BYTES).await
+    async fn read_request<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req> {
+        read_frame(io, Q).await
     }
 
-    async fn read_response<T: AsyncRead + Unpin + Send>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<Option<CatchUp>> {
-        read_frame(io, MAX_ROSTER_RESPONSE_BYTES).await
+    async fn read_response<T: AsyncRead + Unpin + Send>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp> {
+        read_frame(io, R).await
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        req: CatchUpRequest,
+        req: Req,
     ) -> io::Result<()> {
-        write_frame(io, &req, MAX_ROSTER_REQUEST_BYTES).await
+        write_frame(io, &req, Q).await
     }
 
     async fn write_response<T: AsyncWrite + Unpin + Send>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: Option<CatchUp>,
+        res: Resp,
     ) -> io::Result<()> {
-        write_frame(io, &res, MAX_ROSTER_RESPONSE_BYTES).await
+        write_frame(io, &res, R).await
     }
 }
 
@@ -162,7 +135,7 @@ mod tests {
     #[test]
     fn roundtrip_and_limits() {
         futures::executor::block_on(async {
-            let mut c = FetchCodec;
+            let mut c = FetchCodec::default();
             let mut buf = Vec::new();
             let req = FetchRequest { app: "web".into(), announcement: Some(vec![7; 100]) };
             c.write_request(&FETCH_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
@@ -182,6 +155,27 @@ mod tests {
             // Too big to send.
             let big = FetchRequest { app: "x".repeat(MAX_REQUEST_BYTES), announcement: None };
             assert!(c.write_request(&FETCH_PROTOCOL, &mut Cursor::new(&mut Vec::new()), big).await.is_err());
+        });
+    }
+
+    #[test]
+    fn a_catch_up_request_over_its_small_limit_is_refused_before_reading() {
+        futures::executor::block_on(async {
+            let mut c = RosterCodec::default();
+            let req = CatchUpRequest {
+                app: "web".into(),
+                cluster_key: mirage_protocol::ClusterKey(mirage_protocol::Digest([3; 32])),
+                since: mirage_protocol::UnixMillis(5),
+            };
+            let mut buf = Vec::new();
+            c.write_request(&ROSTER_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
+            assert_eq!(c.read_request(&ROSTER_PROTOCOL, &mut Cursor::new(&buf)).await.unwrap(), req);
+            let mut big = ((MAX_ROSTER_REQUEST_BYTES + 1) as u32).to_be_bytes().to_vec();
+            big.extend_from_slice(&vec![0; MAX_ROSTER_REQUEST_BYTES + 1]);
+            assert!(c.read_request(&ROSTER_PROTOCOL, &mut Cursor::new(&big)).await.is_err());
+            let mut buf = Vec::new();
+            c.write_response(&ROSTER_PROTOCOL, &mut Cursor::new(&mut buf), None).await.unwrap();
+            assert_eq!(c.read_response(&ROSTER_PROTOCOL, &mut Cursor::new(&buf)).await.unwrap(), None);
         });
     }
 }

@@ -41,14 +41,14 @@ pub fn build(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Resul
     mirage_bootstrap::build_swarm(keypair, |_| Behaviour {
         overlay,
         fetch: request_response::Behaviour::with_codec(
-            FetchCodec,
+            FetchCodec::default(),
             [(codec::FETCH_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(10))
                 .with_max_concurrent_streams(64),
         ),
         roster: request_response::Behaviour::with_codec(
-            RosterCodec,
+            RosterCodec::default(),
             [(codec::ROSTER_PROTOCOL, request_response::ProtocolSupport::Full)],
             request_response::Config::default()
                 .with_request_timeout(Duration::from_secs(10))
