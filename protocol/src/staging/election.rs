@@ -93,10 +93,13 @@ impl Quorum {
 /// the release was issued and a lookup of each member's report (issue time, outcome).
 ///
 /// All seats start at `start`. A seat passes to the next unused member in the ranking
-/// when its holder's term ends without a pass or fail from it, or as soon as its holder
-/// abstains (it could not test, for a fault of its own). Hand-offs happen in order of
-/// time, ties in seat order, so the result is deterministic. A seat stays with its last
-/// holder when the ranking is exhausted.
+/// as soon as its holder abstains (it could not test, for a fault of its own), and to
+/// the next *two* when its holder's term ends without a pass or fail from it: a
+/// silent holder may have hung, and so may its successor, and with two one report is
+/// enough (rounds widen; the seats at most double per term, which the O(1) bar on
+/// strangers allows for). Hand-offs happen in order of time, ties in seat order, so the
+/// result is deterministic. A seat stays with its last holder when the ranking is
+/// exhausted.
 ///
 /// A report counts from the release's issue time (`valid_from`) on, not only from
 /// `start`: a representative whose early view of the membership put its cluster in an
@@ -122,23 +125,35 @@ pub fn seats_at(
             reported(&holder).is_some_and(|(t, outcome)| outcome.is_verdict() && t >= valid_from && t <= deadline);
         Seat { rank, holder, elected_at, deadline, settled }
     };
-    // When a seat passes on, if it does: at its holder's abstention, or at its deadline.
-    let hand_off = |s: &Seat| -> Option<UnixMillis> {
+    // When a seat passes on, if it does: at its holder's abstention, or at its deadline
+    // (then it widens).
+    let hand_off = |s: &Seat| -> Option<(UnixMillis, bool)> {
         if s.settled {
             return None;
         }
         match reported(&s.holder) {
-            Some((t, Outcome::Abstain)) if t >= valid_from && t <= s.deadline => Some(t.max(s.elected_at)),
-            _ => Some(s.deadline),
+            Some((t, Outcome::Abstain)) if t >= valid_from && t <= s.deadline => Some((t.max(s.elected_at), false)),
+            _ => Some((s.deadline, true)),
         }
     };
     let mut out: Vec<Seat> = (0..seats).map(|rank| seat(rank, start)).collect();
     let mut next = seats;
     while next < ranking.len() {
-        let due = out.iter().enumerate().filter_map(|(i, s)| hand_off(s).filter(|t| *t <= now).map(|t| (t, i))).min();
-        let Some((at, i)) = due else { break };
+        let due = out
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| hand_off(s).filter(|(t, _)| *t <= now).map(|(t, widen)| (t, i, widen)))
+            .min();
+        let Some((at, i, widen)) = due else { break };
         out[i] = seat(next, at);
         next += 1;
+        // A holder silent until its deadline may be stuck, and so may its successor:
+        // two take over, so that one more hung test does not cost another deadline.
+        // (An abstention says why; one successor is enough.)
+        if widen && next < ranking.len() {
+            out.push(seat(next, at));
+            next += 1;
+        }
     }
     out
 }
@@ -227,20 +242,36 @@ mod tests {
     }
 
     #[test]
-    fn silent_holders_are_replaced_in_rank_order_each_deadline() {
-        let p = peers(6);
+    fn silent_holders_are_replaced_by_two_in_rank_order_each_deadline() {
+        let p = peers(10);
         let start = UnixMillis(1_000);
         let none = |_: &PublicKey| None;
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 59_999), UnixMillis(0), none);
-        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![0, 1]);
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 60_000), UnixMillis(0), none);
-        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(s[0].elected_at, UnixMillis(61_000));
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(1_000 + 120_000), UnixMillis(0), none);
-        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 5]);
+        let ranks = |now: u64| -> Vec<usize> {
+            seats_at(&p, 2, start, MIN, UnixMillis(now), UnixMillis(0), none).iter().map(|s| s.rank).collect()
+        };
+        assert_eq!(ranks(1_000 + 59_999), vec![0, 1]);
+        // Seat 0 passes to ranks 2 and 3, then seat 1 to ranks 4 and 5.
+        assert_eq!(ranks(1_000 + 60_000), vec![2, 4, 3, 5]);
+        let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), UnixMillis(0), none);
+        assert!(s.iter().all(|s| s.elected_at == UnixMillis(61_000)));
+        // Next deadline: ranks 2 and 4 pass on to 6-7 and 8-9; 3 and 5 find no one left.
+        assert_eq!(ranks(1_000 + 120_000), vec![6, 8, 3, 5, 7, 9]);
         // Exhausted: the last holders keep their seats for good.
-        let s = seats_at(&p, 2, start, MIN, UnixMillis(10_000_000), UnixMillis(0), none);
-        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(ranks(10_000_000), vec![6, 8, 3, 5, 7, 9]);
+    }
+
+    /// Two representatives in a row whose tests hang cost one deadline, not two: the
+    /// silent seat passed to two, and one of them reporting is enough.
+    #[test]
+    fn one_of_two_successors_reporting_settles_a_widened_seat() {
+        let p = peers(10);
+        let mut reports = BTreeMap::new();
+        reports.insert(p[0], (UnixMillis(30_000), Outcome::Pass));
+        // Rank 1 hangs; of its successors, rank 2 hangs too and rank 3 passes.
+        reports.insert(p[3], (UnixMillis(100_000), Outcome::Pass));
+        let s = seats_at(&p, 2, UnixMillis(0), MIN, UnixMillis(110_000), UnixMillis(0), |k| reports.get(k).copied());
+        let settled: Vec<usize> = s.iter().filter(|s| s.settled).map(|s| s.rank).collect();
+        assert_eq!(settled, vec![0, 3]);
     }
 
     #[test]
@@ -254,8 +285,8 @@ mod tests {
         });
         assert_eq!(s[0].rank, 0);
         assert!(s[0].settled);
-        // Seat 1 passed on at every deadline: ranks 2, 3, 4, 5 (exhausted).
-        assert_eq!(s[1].rank, 5);
+        // Seat 1 passed to ranks 2 and 3, then rank 2's to 4 and 5 (exhausted).
+        assert_eq!(s.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![0, 4, 3, 5]);
         // A report issued after the term does not settle it.
         reports.insert(p[1], UnixMillis(61_000));
         let s = seats_at(&p, 2, start, MIN, UnixMillis(61_000), UnixMillis(0), |k| {
@@ -276,7 +307,7 @@ mod tests {
 
     #[test]
     fn an_abstaining_holder_hands_its_seat_on_at_once() {
-        let p = peers(5);
+        let p = peers(8);
         let start = UnixMillis(0);
         let mut reports = BTreeMap::new();
         reports.insert(p[0], (UnixMillis(5_000), Outcome::Abstain));
@@ -288,9 +319,10 @@ mod tests {
         assert_eq!(after[0].elected_at, UnixMillis(5_000));
         assert_eq!(after[0].deadline, UnixMillis(65_000), "the new holder gets a full term");
         assert!(!after.iter().any(|s| s.settled), "an abstention is no verdict");
-        // At the shared deadline the silent seat 1 passes on next, then seat 0 in its own time.
-        assert_eq!(at(60_000).iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 3]);
-        assert_eq!(at(65_000).iter().map(|s| s.rank).collect::<Vec<_>>(), vec![4, 3]);
+        // At the shared deadline the silent seat 1 passes on to two (one abstention
+        // passed to one), then seat 0 to two in its own time.
+        assert_eq!(at(60_000).iter().map(|s| s.rank).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(at(65_000).iter().map(|s| s.rank).collect::<Vec<_>>(), vec![5, 3, 4, 6]);
         let seats = at(5_000);
         assert_eq!(next_hand_off(&seats, UnixMillis(0), |k| reports.get(k).copied()), Some(UnixMillis(60_000)));
     }

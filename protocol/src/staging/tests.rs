@@ -534,7 +534,7 @@ fn a_representative_tests_reports_and_applies_once_the_gate_holds() {
 fn a_node_next_in_line_starts_testing_when_the_timer_replaces_a_silent_representative() {
     let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
     let id = m.id();
-    let mut n = node(4, 2, &m);
+    let mut n = node(6, 2, &m);
     let a = n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
     assert!(a.contains(&Action::SetTimer(UnixMillis(600 * SEC))));
     n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(SEC));
@@ -857,7 +857,8 @@ proptest! {
         }
         prop_assert_eq!(&views[0], &views[1]);
         prop_assert_eq!(&views[0], &views[2]);
-        prop_assert_eq!(views[0].len(), (size as usize).min(2));
+        // Two seats, widened by silent holders' deadlines up to the whole cluster.
+        prop_assert!(views[0].len() >= (size as usize).min(2) && views[0].len() <= size as usize);
     }
 
     /// Under any order of reports (from representatives, other members and outsiders),
