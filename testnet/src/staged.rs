@@ -26,6 +26,8 @@ pub struct NodeView {
     pub reports: usize,
     /// Members of the node's cluster its membership knows (DHT and gossip).
     pub members: usize,
+    /// Peers of any cluster of the app whose fingerprints it holds.
+    pub known_peers: usize,
 }
 
 impl NodeView {
@@ -43,6 +45,11 @@ impl NodeView {
             open_stages: a["open_stages"].as_u64().unwrap_or(0),
             reports: a["reports"].as_array().map_or(0, Vec::len),
             members: crate::fleet::members(status, APP).map_or(0, |m| m.len()),
+            known_peers: status["clusters"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["app"] == APP))
+                .and_then(|c| c["known_peers"].as_u64())
+                .unwrap_or(0) as usize,
         })
     }
 }

@@ -97,9 +97,13 @@ pub fn run(args: Args) -> Result<()> {
         },
         |views| {
             let c = clusters(views);
+            // Every node also holds every other node's fingerprint: a representative
+            // first seen after the release never counts (the Sybil rule), so a node that
+            // learned of one late would wait for the stage timeout instead.
+            let others = views.len().saturating_sub(1);
             c.len() == envs as usize
                 && c.values().all(|m| m.iter().all(|&i| env_of(i) == env_of(m[0])))
-                && views.iter().flatten().all(|v| v.members == per_env)
+                && views.iter().flatten().all(|v| v.members == per_env && v.known_peers >= others)
         },
     )?;
     for (key, nodes) in clusters(&fleet.views()) {
