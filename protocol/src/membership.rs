@@ -138,25 +138,46 @@ pub fn check_app_message(
     config: &MembershipConfig,
 ) -> Result<(), DropReason> {
     let env = decode_envelope(bytes)?;
-    if env.kind != crate::envelope::MessageKind::ClusterSummary {
-        return check_announcement(bytes, app, author, now, config).map(|_| ());
+    if env.kind == crate::envelope::MessageKind::ClusterSummary {
+        check_signed::<ClusterSummary>(&env, |s| &s.app, app, author, now, config).map(|_| ())
+    } else {
+        check_signed::<Fingerprint>(&env, Fingerprint::app, app, author, now, config).map(|_| ())
     }
-    let summary = env.verify::<ClusterSummary>().map_err(|e| match e {
+}
+
+/// `payload` signed by `keypair` at `now`, encoded for the wire.
+fn signed<T: crate::envelope::SignedPayload>(
+    keypair: &Keypair,
+    payload: &T,
+    now: UnixMillis,
+) -> Result<Vec<u8>, WireError> {
+    Envelope::sign(keypair, payload, now)?.to_bytes()
+}
+
+/// What every message on an app's topic must pass: kind, signature, payload rules,
+/// freshness, application and (if known) sender, in that order.
+fn check_signed<T: crate::envelope::SignedPayload>(
+    envelope: &Envelope,
+    app_of: impl Fn(&T) -> &str,
+    expected_app: &str,
+    expected_signer: Option<&PublicKey>,
+    now: UnixMillis,
+    config: &MembershipConfig,
+) -> Result<crate::Verified<T>, DropReason> {
+    let verified = envelope.verify::<T>().map_err(|e| match e {
+        VerifyError::KindMismatch { .. } | VerifyError::Payload(_) => DropReason::Decode,
         VerifyError::BadSignature(_) => DropReason::Signature,
         VerifyError::Invalid(_) => DropReason::Invalid,
-        _ => DropReason::Decode,
+        VerifyError::Stale { .. } | VerifyError::FromTheFuture { .. } => DropReason::Stale,
     })?;
-    if summary.payload().app != app {
+    verified.check_freshness(now, config.max_age, config.max_skew).map_err(|_| DropReason::Stale)?;
+    if app_of(verified.payload()) != expected_app {
         return Err(DropReason::WrongApp);
     }
-    if author.is_some_and(|a| a != summary.signer()) {
+    if expected_signer.is_some_and(|signer| verified.signer() != signer) {
         return Err(DropReason::WrongSender);
     }
-    let issued = summary.issued_at();
-    if issued > now.saturating_add(config.max_skew) || now.since(issued) > config.max_age {
-        return Err(DropReason::Stale);
-    }
-    Ok(())
+    Ok(verified)
 }
 
 pub fn check_announcement(
@@ -167,21 +188,8 @@ pub fn check_announcement(
     config: &MembershipConfig,
 ) -> Result<(Envelope, crate::Verified<Fingerprint>), DropReason> {
     let envelope = decode_envelope(bytes)?;
-    let verified = envelope.verify::<Fingerprint>().map_err(|e| match e {
-        VerifyError::KindMismatch { .. } | VerifyError::Payload(_) => DropReason::Decode,
-        VerifyError::BadSignature(_) => DropReason::Signature,
-        VerifyError::Invalid(_) => DropReason::Invalid,
-        VerifyError::Stale { .. } | VerifyError::FromTheFuture { .. } => DropReason::Stale,
-    })?;
-    verified.check_freshness(now, config.max_age, config.max_skew).map_err(|_| DropReason::Stale)?;
-    if verified.payload().app() != expected_app {
-        return Err(DropReason::WrongApp);
-    }
-    if let Some(signer) = expected_signer {
-        if verified.signer() != signer {
-            return Err(DropReason::WrongSender);
-        }
-    }
+    let verified =
+        check_signed::<Fingerprint>(&envelope, Fingerprint::app, expected_app, expected_signer, now, config)?;
     Ok((envelope, verified))
 }
 
@@ -447,7 +455,7 @@ impl Membership {
     pub fn announce_now(&mut self, app: &str, now: UnixMillis) -> Option<Action> {
         let interval = self.config.announce_interval;
         let local = self.local.get_mut(app)?;
-        let bytes = Envelope::sign(&self.keypair, &local.fingerprint, now).ok()?.to_bytes().ok()?;
+        let bytes = signed(&self.keypair, &local.fingerprint, now).ok()?;
         local.envelope = Some(bytes.clone());
         local.next_announce = now.saturating_add(interval);
         Some(Action::Publish { app: app.to_string(), bytes })
@@ -501,22 +509,16 @@ impl Membership {
         self.last_fetch.retain(|_, t| now.since(*t) <= backoff);
         for (app, roster) in self.rosters.iter_mut() {
             for action in roster.poll(now) {
-                let signed = match &action {
-                    RosterAction::Heartbeat(hb) => Envelope::sign(&self.keypair, hb, now).and_then(|e| e.to_bytes()),
-                    RosterAction::Summary(s) => Envelope::sign(&self.keypair, s, now).and_then(|e| e.to_bytes()),
-                    RosterAction::CatchUp(request) => {
-                        actions.push(Action::CatchUp { app: app.clone(), request: request.clone() });
-                        continue;
+                // Heartbeats and summaries are a few hundred bytes: they always encode.
+                let action = match action {
+                    RosterAction::Heartbeat(hb) => signed(&self.keypair, &hb, now)
+                        .map(|bytes| Action::PublishHeartbeat { app: app.clone(), cluster: hb.cluster_key, bytes }),
+                    RosterAction::Summary(s) => {
+                        signed(&self.keypair, &s, now).map(|bytes| Action::PublishSummary { app: app.clone(), bytes })
                     }
+                    RosterAction::CatchUp(request) => Ok(Action::CatchUp { app: app.clone(), request }),
                 };
-                // Both are a few hundred bytes: they always encode.
-                let Ok(bytes) = signed else { continue };
-                actions.push(match action {
-                    RosterAction::Heartbeat(hb) => {
-                        Action::PublishHeartbeat { app: app.clone(), cluster: hb.cluster_key, bytes }
-                    }
-                    _ => Action::PublishSummary { app: app.clone(), bytes },
-                });
+                actions.extend(action.ok());
             }
         }
         if self.next_presence_expiry <= now {
@@ -550,7 +552,7 @@ impl Membership {
     /// roster) unless it is a fresh heartbeat of a member of our cluster.
     pub fn on_heartbeat(&mut self, app: &str, bytes: &[u8], now: UnixMillis) -> Result<Observed, RosterDrop> {
         let roster = self.rosters.get_mut(app).ok_or(RosterDrop::OtherApp)?;
-        let Ok(env) = Envelope::from_bytes(bytes) else { return roster.count(RosterDrop::Invalid) };
+        let Ok(env) = decode_envelope(bytes) else { return roster.count(RosterDrop::Invalid) };
         roster.on_heartbeat(&env, now)
     }
 

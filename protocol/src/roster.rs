@@ -348,7 +348,7 @@ impl Roster {
         self.cluster = Some(cluster);
         self.listening_since = now;
         self.book.observe(self.me, cluster, now);
-        self.estimate = self.count_live(now).max(1);
+        self.estimate = self.live_count(now).max(1);
         self.next_heartbeat = now;
         self.summarized = None;
         self.own_summary = None;
@@ -376,7 +376,7 @@ impl Roster {
         });
         match r {
             Ok(_) => self.keep(env, now),
-            Err(why) => *self.drops.entry(why).or_default() += 1,
+            Err(why) => self.tally(why),
         }
         r
     }
@@ -429,11 +429,11 @@ impl Roster {
     /// checked as one off the topic, except that it may be as old as the downtime.
     pub fn on_catch_up(&mut self, answer: &CatchUp, now: UnixMillis) -> CaughtUp {
         let Some(resumed) = self.resumed.filter(|r| r.asked) else {
-            *self.drops.entry(RosterDrop::Unsolicited).or_default() += 1;
+            self.tally(RosterDrop::Unsolicited);
             return CaughtUp { dropped: answer.heartbeats.len() as u64, ..CaughtUp::default() };
         };
         if answer.app != self.app || Some(answer.cluster_key) != self.cluster {
-            *self.drops.entry(RosterDrop::OtherCluster).or_default() += 1;
+            self.tally(RosterDrop::OtherCluster);
             return CaughtUp { dropped: answer.heartbeats.len() as u64, ..CaughtUp::default() };
         }
         let mut dropped = 0u64;
@@ -454,7 +454,7 @@ impl Roster {
             match r {
                 Ok(h) => heard.push(h),
                 Err(why) => {
-                    *self.drops.entry(why).or_default() += 1;
+                    self.tally(why);
                     dropped += 1;
                 }
             }
@@ -481,14 +481,14 @@ impl Roster {
     ) -> CaughtUp {
         let mut out = CaughtUp::default();
         let (Some(cluster), Some(resumed)) = (self.cluster, self.resumed.take()) else {
-            *self.drops.entry(RosterDrop::Unsolicited).or_default() += 1;
+            self.tally(RosterDrop::Unsolicited);
             return out;
         };
         for (peer, signed) in heard {
             if self.book.refresh(&peer, &cluster, signed.clamp(resumed.down_since, now)) {
                 out.refreshed += 1;
             } else if self.book.observe(peer, cluster, now) == Observed::Dropped {
-                *self.drops.entry(RosterDrop::BookFull).or_default() += 1;
+                self.tally(RosterDrop::BookFull);
                 out.dropped += 1;
             } else {
                 out.new += 1;
@@ -523,7 +523,7 @@ impl Roster {
             self.summary_heard(p.cluster_key, p.size, p.epoch, now)
         };
         if let Err(why) = r {
-            *self.drops.entry(why).or_default() += 1;
+            self.tally(why);
         }
         r
     }
@@ -560,8 +560,8 @@ impl Roster {
         }
     }
 
-    /// Members heard within the expiry window, this node included.
-    fn count_live(&self, now: UnixMillis) -> u64 {
+    /// Members of our cluster heard within the expiry window, this node included.
+    pub fn live_count(&self, now: UnixMillis) -> u64 {
         let Some(cluster) = self.cluster else { return 0 };
         self.live_members(&cluster, now).count() as u64
     }
@@ -669,7 +669,7 @@ impl Roster {
             }));
         }
         if now >= self.next_heartbeat {
-            self.estimate = self.count_live(now).max(1);
+            self.estimate = self.live_count(now).max(1);
             out.push(RosterAction::Heartbeat(Heartbeat { app: self.app.clone(), cluster_key: cluster }));
             // The next slot of this member's phase after this one.
             self.next_heartbeat = heartbeat_slot(&self.me, self.period(), now.saturating_add(Duration::from_millis(1)));
@@ -706,8 +706,9 @@ impl Roster {
 
     /// When [`Roster::poll`] next has something to do.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        let ask = self.resumed.filter(|r| !r.asked).map(|_| UnixMillis(0));
-        self.cluster.map(|_| self.next_heartbeat.min(self.next_summary_check).min(ask.unwrap_or(UnixMillis(u64::MAX))))
+        // A catch-up to ask for is due at once.
+        let ask = if self.resumed.is_some_and(|r| !r.asked) { UnixMillis(0) } else { UnixMillis::MAX };
+        self.cluster.map(|_| self.next_heartbeat.min(self.next_summary_check).min(ask))
     }
 
     /// The heartbeat [`Roster::poll`] last asked for reached no one (no member of the
@@ -717,15 +718,14 @@ impl Roster {
         self.next_heartbeat = self.next_heartbeat.min(now.saturating_add(HEARTBEAT_RETRY));
     }
 
-    /// Counts a drop its caller found (a message that does not even decode).
-    pub fn count<T>(&mut self, why: RosterDrop) -> Result<T, RosterDrop> {
+    fn tally(&mut self, why: RosterDrop) {
         *self.drops.entry(why).or_default() += 1;
-        Err(why)
     }
 
-    /// Members of our cluster heard within the expiry window, this node included.
-    pub fn live_count(&self, now: UnixMillis) -> u64 {
-        self.count_live(now)
+    /// Counts a drop its caller found (a message that does not even decode).
+    pub fn count<T>(&mut self, why: RosterDrop) -> Result<T, RosterDrop> {
+        self.tally(why);
+        Err(why)
     }
 
     pub fn drops(&self) -> &BTreeMap<RosterDrop, u64> {
@@ -919,12 +919,18 @@ mod tests {
         assert_eq!(was_down.drops()[&RosterDrop::Unsolicited], 1);
     }
 
-    #[test]
-    fn a_key_first_seen_in_a_catch_up_counts_from_its_receipt_not_its_signature() {
+    /// A member of a small cluster, down from minute 10 to 20, that asked for a catch-up.
+    fn asked_for_catch_up() -> Roster {
         let mut r = Roster::new("app", key(0), UnixMillis(0));
         r.set_cluster(cluster(1), UnixMillis(0));
         r.resume(UnixMillis(10 * MIN), UnixMillis(20 * MIN));
-        let _ = r.poll(UnixMillis(20 * MIN));
+        assert!(matches!(r.poll(UnixMillis(20 * MIN)).first(), Some(RosterAction::CatchUp(_))));
+        r
+    }
+
+    #[test]
+    fn a_key_first_seen_in_a_catch_up_counts_from_its_receipt_not_its_signature() {
+        let mut r = asked_for_catch_up();
         let minted = Keypair::from_secret_bytes(&[42; 32]);
         let answer = CatchUp {
             app: "app".into(),
@@ -964,10 +970,7 @@ mod tests {
 
     #[test]
     fn catch_up_answers_are_checked_heartbeat_by_heartbeat_and_capped() {
-        let mut r = Roster::new("app", key(0), UnixMillis(0));
-        r.set_cluster(cluster(1), UnixMillis(0));
-        r.resume(UnixMillis(10 * MIN), UnixMillis(20 * MIN));
-        let _ = r.poll(UnixMillis(20 * MIN));
+        let mut r = asked_for_catch_up();
         let kp = Keypair::from_secret_bytes(&[5; 32]);
         let mut forged = beat(&kp, cluster(1), 15 * MIN);
         forged.issued_at = UnixMillis(15 * MIN + 1);

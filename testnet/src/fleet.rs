@@ -167,9 +167,14 @@ pub fn api_call(addr: &str, request: &Value) -> Option<Value> {
     v.get_mut("ok").map(Value::take)
 }
 
+/// What a status reports of the node's cluster for `app` (members, roster, ...).
+pub fn app_cluster<'a>(status: &'a Value, app: &str) -> Option<&'a Value> {
+    status["clusters"].as_array()?.iter().find(|c| c["app"] == app)
+}
+
 /// The cluster members a status reports for `app`.
 pub fn members(status: &Value, app: &str) -> Option<BTreeSet<String>> {
-    let cluster = status["clusters"].as_array()?.iter().find(|c| c["app"] == app)?;
+    let cluster = app_cluster(status, app)?;
     Some(cluster["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
 }
 

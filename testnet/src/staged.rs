@@ -45,11 +45,8 @@ impl NodeView {
             open_stages: a["open_stages"].as_u64().unwrap_or(0),
             reports: a["reports"].as_array().map_or(0, Vec::len),
             members: crate::fleet::members(status, APP).map_or(0, |m| m.len()),
-            known_peers: status["clusters"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["app"] == APP))
-                .and_then(|c| c["known_peers"].as_u64())
-                .unwrap_or(0) as usize,
+            known_peers: crate::fleet::app_cluster(status, APP).and_then(|c| c["known_peers"].as_u64()).unwrap_or(0)
+                as usize,
         })
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub use mirage_testnet::fleet::{api_call, members, node_run_args, Process};
+pub use mirage_testnet::fleet::{api_call, app_cluster, members, node_run_args, Process};
 pub use mirage_testnet::sample_root::{write_mysql_machine, SampleMachine};
 
 /// The workspace root.

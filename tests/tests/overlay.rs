@@ -3,7 +3,7 @@
 //! environment; a killed node must rejoin as itself after a restart; SIGTERM must stop
 //! a node cleanly.
 
-use mirage_tests::{members, mirage, peer_id, wait_for, Bootstrap, Node, SampleMachine};
+use mirage_tests::{app_cluster, members, mirage, peer_id, wait_for, Bootstrap, Node, SampleMachine};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -64,7 +64,7 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
             let mut keys: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
             for n in &nodes {
                 let s = n.status()?;
-                let c = s["clusters"].as_array()?.iter().find(|c| c["app"] == APP)?.clone();
+                let c = app_cluster(&s, APP)?.clone();
                 keys.entry(n.machine.environment).or_default().insert(c["cluster_key"].as_str()?.to_string());
             }
             Some(keys)
@@ -83,9 +83,8 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
         nodes
             .iter()
             .all(|n| {
-                n.status().and_then(|s| {
-                    s["clusters"].as_array()?.iter().find(|c| c["app"] == APP)?["roster"]["live_members"].as_u64()
-                }) == Some(per_env as u64)
+                n.status().and_then(|s| app_cluster(&s, APP)?["roster"]["live_members"].as_u64())
+                    == Some(per_env as u64)
             })
             .then_some(())
     });

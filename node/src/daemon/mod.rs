@@ -603,52 +603,43 @@ impl Node {
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
         let gossipsub::Event::Message { propagation_source, message_id, message } = event else { return };
-        if let Some(app) = overlay::app_of_release_topic(&message.topic).map(str::to_string) {
-            let acceptance = self.on_release_message(&app, propagation_source, &message.data);
-            self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
-                &message_id,
-                &propagation_source,
-                acceptance,
-            );
-            return;
-        }
-        if let Some((app, _)) = overlay::cluster_of_topic(&message.topic) {
-            let app = app.to_string();
-            let acceptance = self.on_cluster_message(&app, &message.data);
-            self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
-                &message_id,
-                &propagation_source,
-                acceptance,
-            );
-            return;
-        }
-        let summary = mirage_protocol::membership::decode_envelope(&message.data)
-            .ok()
-            .filter(|e| e.kind == mirage_protocol::envelope::MessageKind::ClusterSummary);
-        let acceptance = match overlay::app_of_topic(&message.topic).map(str::to_string) {
-            Some(app) if self.apps.contains_key(&app) && summary.is_some() => {
-                self.on_summary(&app, summary.as_ref().expect("checked"))
-            }
-            Some(app) if self.apps.contains_key(&app) => {
-                let author = message.source.as_ref().and_then(overlay::public_key_of);
-                let _span = info_span!("announcement", from = %propagation_source, app).entered();
-                let (acceptance, joined) = self.on_announcement(&message.data, &app, author.as_ref());
-                if let Some(peer) = joined {
-                    let exchange = self.membership.exchange_with(&peer, &app, overlay::now());
-                    self.execute(exchange.into_iter().collect());
-                }
-                acceptance
-            }
-            _ => {
-                self.membership.count_drop(DropReason::WrongApp);
-                gossipsub::MessageAcceptance::Reject
-            }
-        };
+        let acceptance = self.judge_gossip(propagation_source, &message);
         self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
             &message_id,
             &propagation_source,
             acceptance,
         );
+    }
+
+    /// Whether gossipsub should forward a message, by its topic: a release topic's, our
+    /// cluster's, or an app's (a summary or an announcement).
+    fn judge_gossip(&mut self, from: PeerId, message: &gossipsub::Message) -> gossipsub::MessageAcceptance {
+        if let Some(app) = overlay::app_of_release_topic(&message.topic).map(str::to_string) {
+            return self.on_release_message(&app, from, &message.data);
+        }
+        if let Some((app, _)) = overlay::cluster_of_topic(&message.topic) {
+            let app = app.to_string();
+            return self.on_cluster_message(&app, &message.data);
+        }
+        let Some(app) = overlay::app_of_topic(&message.topic).map(str::to_string).filter(|a| self.apps.contains_key(a))
+        else {
+            self.membership.count_drop(DropReason::WrongApp);
+            return gossipsub::MessageAcceptance::Reject;
+        };
+        let summary = mirage_protocol::membership::decode_envelope(&message.data)
+            .ok()
+            .filter(|e| e.kind == mirage_protocol::envelope::MessageKind::ClusterSummary);
+        if let Some(summary) = summary {
+            return self.on_summary(&app, &summary);
+        }
+        let author = message.source.as_ref().and_then(overlay::public_key_of);
+        let _span = info_span!("announcement", %from, app).entered();
+        let (acceptance, joined) = self.on_announcement(&message.data, &app, author.as_ref());
+        if let Some(peer) = joined {
+            let exchange = self.membership.exchange_with(&peer, &app, overlay::now());
+            self.execute(exchange.into_iter().collect());
+        }
+        acceptance
     }
 
     /// Shared by gossip and fetch replies: verdict, persistence, acceptance.

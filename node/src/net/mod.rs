@@ -40,26 +40,25 @@ pub fn build(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Resul
     )?;
     mirage_bootstrap::build_swarm(keypair, |_| Behaviour {
         overlay,
-        fetch: request_response::Behaviour::with_codec(
-            FetchCodec::default(),
-            [(codec::FETCH_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(10))
-                .with_max_concurrent_streams(64),
-        ),
-        roster: request_response::Behaviour::with_codec(
-            RosterCodec::default(),
-            [(codec::ROSTER_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(Duration::from_secs(10))
-                .with_max_concurrent_streams(16),
-        ),
-        content: request_response::Behaviour::with_codec(
-            ContentCodec,
-            [(content::CONTENT_PROTOCOL, request_response::ProtocolSupport::Full)],
-            request_response::Config::default()
-                .with_request_timeout(CHUNK_REQUEST_TIMEOUT)
-                .with_max_concurrent_streams(256),
-        ),
+        fetch: protocol(FetchCodec::default(), codec::FETCH_PROTOCOL, Duration::from_secs(10), 64),
+        roster: protocol(RosterCodec::default(), codec::ROSTER_PROTOCOL, Duration::from_secs(10), 16),
+        content: protocol(ContentCodec, content::CONTENT_PROTOCOL, CHUNK_REQUEST_TIMEOUT, 256),
     })
+}
+
+/// A request-response behaviour speaking one protocol both ways.
+fn protocol<C>(
+    codec: C,
+    name: libp2p::StreamProtocol,
+    timeout: Duration,
+    streams: usize,
+) -> request_response::Behaviour<C>
+where
+    C: request_response::Codec<Protocol = libp2p::StreamProtocol> + Clone + Send + 'static,
+{
+    request_response::Behaviour::with_codec(
+        codec,
+        [(name, request_response::ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(timeout).with_max_concurrent_streams(streams),
+    )
 }

@@ -528,7 +528,6 @@ fn run_cluster(
     let mut keys: Vec<PublicKey> = members.iter().map(|m| world.public_keys[*m as usize]).collect();
     let mut gen = 0u64;
     for i in 0..members.len() {
-        let mut peer = keys[i];
         let mut idx = i as u32;
         let mut from = start;
         let mut fresh = false;
@@ -538,7 +537,7 @@ fn run_cluster(
             if fresh {
                 beats.push(Beat { at: from, from: idx });
             }
-            let mut slot = heartbeat_slot(&peer, period, UnixMillis(from + 1)).0;
+            let mut slot = heartbeat_slot(&keys[idx as usize], period, UnixMillis(from + 1)).0;
             while slot < until {
                 if !rng.gen_bool(down_share) {
                     beats.push(Beat { at: slot, from: idx });
@@ -549,9 +548,8 @@ fn run_cluster(
                 break;
             }
             gen += 1;
-            peer = derived_key(world.scenario.seed, b"successor", c as u64, gen);
             idx = keys.len() as u32;
-            keys.push(peer);
+            keys.push(derived_key(world.scenario.seed, b"successor", c as u64, gen));
             from = leave;
             fresh = true;
         }

@@ -72,10 +72,7 @@ fn main() {
     for (n, id) in nodes.iter().zip(&ids) {
         expected.entry(n.machine.environment).or_default().insert(id.clone());
     }
-    let members = |s: &Value| -> Option<BTreeSet<String>> {
-        let c = s["clusters"].as_array()?.iter().find(|c| c["app"] == "mysql")?;
-        Some(c["members"].as_array()?.iter().filter_map(|m| m.as_str().map(str::to_string)).collect())
-    };
+    let members = |s: &Value| mirage_tests::members(s, "mysql");
     let mut complete = vec![false; a.nodes];
     let mut last_report = Instant::now();
     let full = wait_for("full clusters", a.timeout, Duration::from_millis(250), || {
