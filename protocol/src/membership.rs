@@ -13,7 +13,9 @@ use crate::envelope::{Envelope, VerifyError};
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
 use crate::presence::{Observed, Presence, PresenceBook, Sighting, PRESENCE_KEEP};
-use crate::roster::{CatchUp, CatchUpRequest, CaughtUp, ClusterSummary, Roster, RosterAction, RosterDrop};
+use crate::roster::{
+    CatchUp, CatchUpRequest, CaughtUp, ClusterSummary, Roster, RosterAction, RosterDrop, RosterTiming,
+};
 use crate::time::UnixMillis;
 use crate::wire::{WireError, MAX_MESSAGE_BYTES};
 use serde::{Deserialize, Serialize};
@@ -96,6 +98,8 @@ pub struct MembershipConfig {
     pub publish_retry: Duration,
     /// Do not ask the same peer for its fingerprint more often than this.
     pub fetch_backoff: Duration,
+    /// The roster's time scale: the same on every node of a fleet.
+    pub roster: RosterTiming,
 }
 
 impl Default for MembershipConfig {
@@ -110,6 +114,7 @@ impl Default for MembershipConfig {
             provide_interval: Duration::from_secs(600),
             publish_retry: Duration::from_secs(1),
             fetch_backoff: Duration::from_secs(10),
+            roster: RosterTiming::default(),
         }
     }
 }
@@ -400,7 +405,19 @@ impl Membership {
         actions.push(Action::StartProviding { key });
         actions.push(Action::JoinCluster { app: app.clone(), cluster: key });
         let me = self.keypair.public();
-        self.rosters.entry(app.clone()).or_insert_with(|| Roster::new(&app, me, now)).set_cluster(key, now);
+        let timing = self.config.roster;
+        let presence = &self.presence;
+        self.rosters
+            .entry(app.clone())
+            .or_insert_with(|| {
+                // Standings survive a restart: the persisted first sightings go in first.
+                let mut r = Roster::with_timing(&app, me, now, timing);
+                for (peer, s) in presence.get(&app).into_iter().flat_map(PresenceBook::iter) {
+                    r.book_mut().restore(*peer, *s);
+                }
+                r
+            })
+            .set_cluster(key, now);
         self.mark(&app, key);
         self.sight(&app, self.keypair.public(), key, now);
         actions.extend(self.tick(now));
@@ -423,8 +440,12 @@ impl Membership {
     /// Puts back persisted sightings (before the first announcements arrive).
     pub fn restore_presence(&mut self, app: &str, sightings: impl IntoIterator<Item = (PublicKey, Sighting)>) {
         let book = self.presence.entry(app.to_string()).or_default();
+        let mut roster = self.rosters.get_mut(app);
         for (peer, s) in sightings {
             book.restore(peer, s);
+            if let Some(r) = roster.as_mut() {
+                r.book_mut().restore(peer, s);
+            }
         }
         self.mark_all(app);
     }
@@ -553,7 +574,19 @@ impl Membership {
     pub fn on_heartbeat(&mut self, app: &str, bytes: &[u8], now: UnixMillis) -> Result<Observed, RosterDrop> {
         let roster = self.rosters.get_mut(app).ok_or(RosterDrop::OtherApp)?;
         let Ok(env) = decode_envelope(bytes) else { return roster.count(RosterDrop::Invalid) };
-        roster.on_heartbeat(&env, now)
+        let observed = roster.on_heartbeat(&env, now)?;
+        if observed == Observed::New {
+            self.persist_sighting(app, &env.signer);
+        }
+        Ok(observed)
+    }
+
+    /// Queues a member's first sighting by the roster for persisting: staging elects
+    /// from the roster, so a restart must keep these standings.
+    fn persist_sighting(&mut self, app: &str, peer: &PublicKey) {
+        let Some(s) = self.rosters.get(app).and_then(|r| r.sighting(peer)) else { return };
+        self.presence.entry(app.to_string()).or_default().restore(*peer, s);
+        self.presence_changes.push((app.to_string(), *peer, s));
     }
 
     /// A cluster summary off the app's topic.
@@ -572,7 +605,22 @@ impl Membership {
 
     /// A cluster-mate's answer to our [`Action::CatchUp`].
     pub fn on_catch_up(&mut self, answer: &CatchUp, now: UnixMillis) -> Option<CaughtUp> {
-        Some(self.rosters.get_mut(&answer.app)?.on_catch_up(answer, now))
+        let got = self.rosters.get_mut(&answer.app)?.on_catch_up(answer, now);
+        if got.new > 0 {
+            // Members first seen in the answer count from now: persist those (a bounded
+            // answer, so a bounded pass).
+            let fresh: Vec<PublicKey> = answer
+                .heartbeats
+                .iter()
+                .take(crate::roster::MAX_CATCH_UP)
+                .map(|e| e.signer)
+                .filter(|p| self.rosters[&answer.app].sighting(p).is_some_and(|s| s.since == now))
+                .collect();
+            for p in fresh {
+                self.persist_sighting(&answer.app, &p);
+            }
+        }
+        Some(got)
     }
 
     /// A publish of `app`'s announcement failed (typically: no peers yet). Retries soon.

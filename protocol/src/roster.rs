@@ -30,7 +30,7 @@ use crate::envelope::{Envelope, MessageKind, SignedPayload, Verified};
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
 use crate::manifest::validate_app_name;
-use crate::presence::{Observed, Presence, PresenceBook};
+use crate::presence::{Observed, Presence, PresenceBook, Sighting};
 use crate::time::UnixMillis;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -154,27 +154,81 @@ pub fn round_size(n: u64) -> u64 {
     (2f64.powf(step / 4.0)).round() as u64
 }
 
-/// How often a member of a cluster of `size` heartbeats.
-pub fn heartbeat_period(size: u64) -> Duration {
-    let ms = size.saturating_mul(60_000) / HEARTBEATS_PER_MIN;
-    Duration::from_millis(ms).max(MIN_HEARTBEAT)
+/// The roster's time scale. Periods, epochs, liveness and settling follow from it, so
+/// every node of a fleet must use the same one: production runs at scale 1, a loopback
+/// testnet compressed (every duration divided by the scale, so every rate multiplied)
+/// so that a rollout fits in seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RosterTiming {
+    scale: u32,
 }
 
-/// How long after its first sighting a member of a cluster with heartbeat `period`
-/// counts as present (see [`Roster::members`]).
-pub fn establishment(period: Duration) -> Duration {
-    if period > MIN_HEARTBEAT {
-        period * 3
-    } else {
-        Duration::ZERO
+impl Default for RosterTiming {
+    fn default() -> Self {
+        RosterTiming { scale: 1 }
     }
 }
 
-/// How long a summary epoch lasts when the node knows of `clusters` clusters: the
-/// shortest power-of-two multiple of [`MIN_EPOCH`] over which one summary per cluster
-/// stays under [`SUMMARIES_PER_MIN`]. Nodes whose counts differ by less than a factor
-/// of two agree on it.
-pub fn epoch_length(clusters: u64) -> Duration {
+impl RosterTiming {
+    /// Production's timing compressed `factor`-fold.
+    pub fn scaled(factor: u32) -> Self {
+        RosterTiming { scale: factor.max(1) }
+    }
+
+    pub fn scale(&self) -> u32 {
+        self.scale
+    }
+
+    fn compress(&self, d: Duration) -> Duration {
+        d / self.scale
+    }
+
+    /// No member heartbeats more often than this.
+    pub fn min_heartbeat(&self) -> Duration {
+        self.compress(MIN_HEARTBEAT)
+    }
+
+    /// How often a member of a cluster of `size` heartbeats.
+    pub fn heartbeat_period(&self, size: u64) -> Duration {
+        let ms = size.saturating_mul(60_000) / HEARTBEATS_PER_MIN;
+        self.compress(Duration::from_millis(ms).max(MIN_HEARTBEAT))
+    }
+
+    /// How long after its first sighting a member of a cluster with heartbeat `period`
+    /// counts as present (see [`Roster::members`]).
+    pub fn establishment(&self, period: Duration) -> Duration {
+        if period > self.min_heartbeat() {
+            period * 3
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// How long a summary epoch lasts when the node knows of `clusters` clusters: the
+    /// shortest power-of-two multiple of [`MIN_EPOCH`] over which one summary per
+    /// cluster stays under [`SUMMARIES_PER_MIN`] (at scale 1). Nodes whose counts differ
+    /// by less than a factor of two agree on it.
+    pub fn epoch_length(&self, clusters: u64) -> Duration {
+        self.compress(production_epoch(clusters))
+    }
+
+    /// Members on summary duty per cluster and epoch, on average. A fleet with few
+    /// clusters would leave the app topic's budget (a shortest epoch's worth of
+    /// [`SUMMARIES_PER_MIN`]) mostly unused at [`DUTY_PER_EPOCH`], and a cluster
+    /// unsummarized for a whole epoch one time in eight; there the budget is shared
+    /// out instead, so every small cluster is summarized in every epoch. Only senders
+    /// use this (a receiver takes any member's summary), so nodes that count the
+    /// clusters a little differently do no harm.
+    pub fn duty(&self, clusters: u64) -> u64 {
+        if production_epoch(clusters) > MIN_EPOCH {
+            return DUTY_PER_EPOCH;
+        }
+        let budget = SUMMARIES_PER_MIN * MIN_EPOCH.as_secs() / 60;
+        (budget / clusters.max(1)).max(DUTY_PER_EPOCH)
+    }
+}
+
+fn production_epoch(clusters: u64) -> Duration {
     let mut epoch = MIN_EPOCH;
     while clusters.saturating_mul(DUTY_PER_EPOCH * 60) > SUMMARIES_PER_MIN.saturating_mul(epoch.as_secs())
         && epoch < MAX_EPOCH
@@ -182,6 +236,21 @@ pub fn epoch_length(clusters: u64) -> Duration {
         epoch *= 2;
     }
     epoch
+}
+
+/// How often a member of a cluster of `size` heartbeats, at the default timing.
+pub fn heartbeat_period(size: u64) -> Duration {
+    RosterTiming::default().heartbeat_period(size)
+}
+
+/// [`RosterTiming::establishment`] at the default timing.
+pub fn establishment(period: Duration) -> Duration {
+    RosterTiming::default().establishment(period)
+}
+
+/// [`RosterTiming::epoch_length`] at the default timing.
+pub fn epoch_length(clusters: u64) -> Duration {
+    RosterTiming::default().epoch_length(clusters)
 }
 
 /// Summaries never wait longer than this, however many clusters there are.
@@ -212,11 +281,10 @@ pub fn heartbeat_slot(peer: &PublicKey, period: Duration, from: UnixMillis) -> U
     UnixMillis(if slot >= from.0 { slot } else { slot + p })
 }
 
-/// Whether `peer` signs its cluster's summary in `epoch`: about [`DUTY_PER_EPOCH`]
-/// members of a cluster of `size` do, and anyone can check who.
-pub fn summary_duty(epoch: u64, cluster: &ClusterKey, peer: &PublicKey, size: u64) -> bool {
-    unit(b"mirage/v1/summary-duty", &[&epoch.to_be_bytes(), &cluster.0 .0, &peer.0])
-        < DUTY_PER_EPOCH as f64 / size.max(1) as f64
+/// Whether `peer` signs its cluster's summary in `epoch`: about `duty` members of a
+/// cluster of `size` do ([`RosterTiming::duty`]), and anyone can check who.
+pub fn summary_duty(epoch: u64, cluster: &ClusterKey, peer: &PublicKey, size: u64, duty: u64) -> bool {
+    unit(b"mirage/v1/summary-duty", &[&epoch.to_be_bytes(), &cluster.0 .0, &peer.0]) < duty as f64 / size.max(1) as f64
 }
 
 /// Why a heartbeat or summary was dropped. Counted per reason.
@@ -297,6 +365,10 @@ struct SizeRecord {
 pub struct Roster {
     app: String,
     me: PublicKey,
+    timing: RosterTiming,
+    /// Since when this node has been taking summaries: sizes of other clusters are
+    /// complete only after a whole epoch of them.
+    sizes_since: UnixMillis,
     cluster: Option<ClusterKey>,
     /// When this node started listening (or joined its cluster).
     listening_since: UnixMillis,
@@ -321,9 +393,17 @@ pub struct Roster {
 
 impl Roster {
     pub fn new(app: &str, me: PublicKey, now: UnixMillis) -> Self {
+        Roster::with_timing(app, me, now, RosterTiming::default())
+    }
+
+    /// A roster on another time scale than production's (every node of the fleet must
+    /// use the same).
+    pub fn with_timing(app: &str, me: PublicKey, now: UnixMillis, timing: RosterTiming) -> Self {
         Roster {
             app: app.to_string(),
             me,
+            timing,
+            sizes_since: now,
             cluster: None,
             listening_since: now,
             book: PresenceBook::new(),
@@ -359,6 +439,11 @@ impl Roster {
 
     pub fn cluster(&self) -> Option<ClusterKey> {
         self.cluster
+    }
+
+    /// What this roster holds of `peer`: its cluster, first and last sighting.
+    pub fn sighting(&self, peer: &PublicKey) -> Option<Sighting> {
+        self.book.get(peer).copied()
     }
 
     /// Puts back a node's persisted first sightings (its standing survives a restart).
@@ -588,7 +673,7 @@ impl Roster {
     /// policy's presence margin already covers a missed one.
     pub fn members(&self, now: UnixMillis) -> Vec<Presence> {
         let Some(cluster) = self.cluster else { return Vec::new() };
-        let settle = establishment(self.period());
+        let settle = self.timing.establishment(self.period());
         let mut out: Vec<Presence> = self
             .live_members(&cluster, now)
             .map(|p| Presence { peer: p.peer, since: p.since.saturating_add(settle) })
@@ -608,7 +693,7 @@ impl Roster {
     /// signed data every member hears keeps members agreeing on those, where each
     /// member's own count would differ a little.
     pub fn period(&self) -> Duration {
-        heartbeat_period(self.own_summary.map_or_else(|| self.own_size(), |(_, size)| size))
+        self.timing.heartbeat_period(self.own_summary.map_or_else(|| self.own_size(), |(_, size)| size))
     }
 
     /// Every cluster's size as this node knows it (its own included), for the stage plan.
@@ -626,7 +711,7 @@ impl Roster {
 
     /// The summary epoch length this node uses now.
     pub fn epoch(&self) -> Duration {
-        epoch_length(self.cluster_count() as u64)
+        self.timing.epoch_length(self.cluster_count() as u64)
     }
 
     /// Whether the view has settled: the node has listened for a full heartbeat period
@@ -634,6 +719,13 @@ impl Roster {
     /// view has not settled waits rather than plan alone.
     pub fn is_settled(&self, now: UnixMillis) -> bool {
         self.cluster.is_some() && now.since(self.listening_since) >= self.period()
+    }
+
+    /// Whether staging may act on this view: it has settled, and the node has taken
+    /// summaries for a whole epoch, so it knows the sizes of the fleet's clusters as
+    /// its peers do. Until then a node waits rather than plan its stages alone.
+    pub fn is_ready(&self, now: UnixMillis) -> bool {
+        self.is_settled(now) && now.since(self.sizes_since) >= self.epoch()
     }
 
     /// The node is back at `now` after being down since `down_since`, with this roster
@@ -681,7 +773,9 @@ impl Roster {
             let size = self.own_size();
             let offset = heartbeat_offset(&self.me, epoch_len).as_millis() as u64;
             let due = UnixMillis(epoch * e_ms + offset);
-            if self.summarized != Some(epoch) && summary_duty(epoch, &cluster, &self.me, size) {
+            if self.summarized != Some(epoch)
+                && summary_duty(epoch, &cluster, &self.me, size, self.timing.duty(self.cluster_count() as u64))
+            {
                 if now >= due && self.is_settled(now) {
                     out.push(RosterAction::Summary(ClusterSummary {
                         app: self.app.clone(),
@@ -792,7 +886,8 @@ mod tests {
         }
         // About one member per cluster is on duty each epoch.
         let c = cluster(1);
-        let on_duty: usize = (0..200u64).map(|e| (0..50).filter(|m| summary_duty(e, &c, &key(*m), 50)).count()).sum();
+        let on_duty: usize =
+            (0..200u64).map(|e| (0..50).filter(|m| summary_duty(e, &c, &key(*m), 50, DUTY_PER_EPOCH)).count()).sum();
         assert!((300..=500).contains(&on_duty), "{on_duty} duties over 200 epochs of a 50-member cluster");
     }
 
@@ -847,6 +942,39 @@ mod tests {
         assert!((10..=11).contains(&beats.len()), "{beats:?}");
         for w in beats.windows(2).skip(1) {
             assert_eq!(w[1] - w[0], MIN);
+        }
+    }
+
+    #[test]
+    fn a_node_waits_a_whole_epoch_of_summaries_before_staging_on_its_view() {
+        let timing = RosterTiming::scaled(100);
+        let mut r = Roster::with_timing("app", key(0), UnixMillis(0), timing);
+        r.set_cluster(cluster(0), UnixMillis(0));
+        let period = r.period().as_millis() as u64;
+        let epoch = r.epoch().as_millis() as u64;
+        assert_eq!((period, epoch), (600, 6_000));
+        assert_eq!(RosterTiming::default().epoch_length(1), MIN_EPOCH);
+        assert!(r.is_settled(UnixMillis(period)));
+        assert!(!r.is_ready(UnixMillis(epoch - 1)), "sizes heard for less than an epoch");
+        assert!(r.is_ready(UnixMillis(epoch)));
+    }
+
+    #[test]
+    fn in_a_fleet_of_few_clusters_every_small_cluster_is_summarized_every_epoch() {
+        let t = RosterTiming::default();
+        assert_eq!(t.duty(20_000), DUTY_PER_EPOCH, "the app topic's rate is capped in big fleets");
+        let duty = t.duty(4);
+        for e in 0..100u64 {
+            for c in 0..4u8 {
+                let on_duty = (0..3).filter(|m| summary_duty(e, &cluster(c), &key(*m), 3, duty)).count();
+                assert_eq!(on_duty, 3);
+            }
+        }
+        // The budget holds: at most a shortest epoch's worth of summaries per epoch.
+        for clusters in [1u64, 10, 149, 150, 151, 1_000, 9_000] {
+            let per_epoch = clusters * t.duty(clusters);
+            let budget = SUMMARIES_PER_MIN * t.epoch_length(clusters).as_secs() / 60;
+            assert!(per_epoch <= budget.max(clusters * DUTY_PER_EPOCH), "{clusters} clusters: {per_epoch}");
         }
     }
 

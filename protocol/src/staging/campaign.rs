@@ -71,6 +71,8 @@ struct Active {
     /// `evaluations`: the next timeout and the due gates without a pass over every
     /// cluster (the simulator asks after every report, with 20,000 clusters).
     deadlines: BTreeSet<(UnixMillis, ClusterKey)>,
+    /// Gates made for a report naming a cluster known neither by members nor by size.
+    unknown: BTreeSet<ClusterKey>,
     /// The vendor's latest request to test again, for every cluster and per cluster:
     /// applied to gates made later too.
     retest_all: Option<UnixMillis>,
@@ -98,6 +100,9 @@ pub enum RetestIgnored {
 #[derive(Clone, Debug, Default)]
 pub struct Campaign {
     members: BTreeMap<ClusterKey, Vec<Presence>>,
+    /// Cluster sizes from signed summaries (rounded, so nodes agree on them). Where a
+    /// cluster has one, the plan uses it over a count of members.
+    estimates: BTreeMap<ClusterKey, u64>,
     active: Option<Active>,
 }
 
@@ -147,13 +152,17 @@ impl Campaign {
         let Some(a) = self.active.as_mut() else {
             return Vec::new();
         };
-        a.plan = StagePlan::new(&a.release.manifest.policy, &sizes(&self.members));
+        if !self.members[&cluster].is_empty() {
+            a.unknown.remove(&cluster);
+        }
+        a.plan = StagePlan::new(&a.release.manifest.policy, &sizes(&self.members, &self.estimates));
         a.schedule.replan(&a.plan);
         let members = &self.members[&cluster];
         match a.gates.get_mut(&cluster) {
             Some(g) => g.set_members(members),
             None => {
-                let g = a.new_gate(cluster, members);
+                let mut g = a.new_gate(cluster, members);
+                g.set_estimate(self.estimates.get(&cluster).copied());
                 a.gates.insert(cluster, g);
             }
         }
@@ -163,6 +172,40 @@ impl Campaign {
         let mut changed: Vec<ClusterKey> =
             clusters.into_iter().filter_map(|c| a.open_gate_if_stage_open(c, now)).collect();
         changed.extend(a.refresh(cluster, now));
+        changed.extend(a.open_ready_stages(now));
+        changed.sort_unstable();
+        changed.dedup();
+        changed
+    }
+
+    /// Replaces the cluster sizes known from signed summaries (this node's own cluster
+    /// among them, as its members state it); returns clusters whose view may have
+    /// changed. A cluster known only by size gets a gate that judges by the O(1) bar
+    /// ([`ClusterGate::is_estimated`]).
+    pub fn set_sizes(&mut self, estimates: BTreeMap<ClusterKey, u64>, now: UnixMillis) -> Vec<ClusterKey> {
+        self.estimates = estimates;
+        let Some(a) = self.active.as_mut() else {
+            return Vec::new();
+        };
+        a.plan = StagePlan::new(&a.release.manifest.policy, &sizes(&self.members, &self.estimates));
+        a.schedule.replan(&a.plan);
+        for g in a.gates.values_mut() {
+            g.set_estimate(self.estimates.get(&g.cluster()).copied());
+        }
+        for (c, size) in &self.estimates {
+            a.unknown.remove(c);
+            if !a.gates.contains_key(c) {
+                let mut g = a.new_gate(*c, &[]);
+                g.set_estimate(Some(*size));
+                a.gates.insert(*c, g);
+            }
+        }
+        let clusters: Vec<ClusterKey> = a.gates.keys().copied().collect();
+        let mut changed: Vec<ClusterKey> = Vec::new();
+        for c in clusters {
+            changed.extend(a.open_gate_if_stage_open(c, now));
+            changed.extend(a.refresh(c, now));
+        }
         changed.extend(a.open_ready_stages(now));
         changed.sort_unstable();
         changed.dedup();
@@ -195,7 +238,7 @@ impl Campaign {
             }
         }
         let policy = &release.manifest.policy;
-        let plan = StagePlan::new(policy, &sizes(&self.members));
+        let plan = StagePlan::new(policy, &sizes(&self.members, &self.estimates));
         let timeout = Duration::from_secs(policy.stage_timeout_secs as u64);
         let schedule = match self.active.take() {
             Some(a) if !a.schedule.is_complete(&a.plan) => {
@@ -205,11 +248,17 @@ impl Campaign {
             }
             _ => StageSchedule::start(&plan, release.issued_at, timeout),
         };
-        let gates = self
+        let mut gates = self
             .members
             .iter()
             .map(|(c, m)| (*c, ClusterGate::new(&release.manifest, release.id, release.issued_at, *c, m)))
             .collect::<BTreeMap<_, _>>();
+        for (c, size) in &self.estimates {
+            gates
+                .entry(*c)
+                .or_insert_with(|| ClusterGate::new(&release.manifest, release.id, release.issued_at, *c, &[]))
+                .set_estimate(Some(*size));
+        }
         let mut a = Active {
             release,
             plan,
@@ -217,6 +266,7 @@ impl Campaign {
             gates,
             evaluations: HashMap::new(),
             deadlines: BTreeSet::new(),
+            unknown: BTreeSet::new(),
             retest_all: None,
             retests: BTreeMap::new(),
         };
@@ -244,14 +294,14 @@ impl Campaign {
         let cluster = report.payload().cluster_key;
         let mut changed = Vec::new();
         if !a.gates.contains_key(&cluster) {
-            let unknown = a.gates.values().filter(|g| g.member_count() == 0).count();
-            if unknown >= MAX_UNKNOWN_CLUSTERS {
+            if a.unknown.len() >= MAX_UNKNOWN_CLUSTERS {
                 return Err(ReportRejected::TooManyUnknownClusters);
             }
             // A report can outrun membership; keep it under a gate that has no members
             // yet (so it counts for nothing until the members are known).
             let g = a.new_gate(cluster, &[]);
             a.gates.insert(cluster, g);
+            a.unknown.insert(cluster);
             changed.extend(a.open_gate_if_stage_open(cluster, now));
         }
         a.gates.get_mut(&cluster).map(|g| g.admit(report)).unwrap_or(Err(ReportRejected::OtherCluster))?;
@@ -383,6 +433,13 @@ impl Active {
     }
 }
 
-fn sizes(members: &BTreeMap<ClusterKey, Vec<Presence>>) -> BTreeMap<ClusterKey, u64> {
-    members.iter().map(|(c, m)| (*c, m.len() as u64)).collect()
+/// The sizes the plan is made from: a summary's where there is one (every node hears
+/// the same), else the count of known members.
+fn sizes(
+    members: &BTreeMap<ClusterKey, Vec<Presence>>,
+    estimates: &BTreeMap<ClusterKey, u64>,
+) -> BTreeMap<ClusterKey, u64> {
+    let mut out: BTreeMap<ClusterKey, u64> = members.iter().map(|(c, m)| (*c, m.len() as u64)).collect();
+    out.extend(estimates.iter().map(|(c, s)| (*c, *s)));
+    out
 }

@@ -124,6 +124,10 @@ pub struct ClusterGate {
     /// Every known member with its first sighting, sorted by key: membership checks
     /// stay logarithmic in big clusters.
     members: Vec<Presence>,
+    /// The cluster's size as its members' signed summaries state it, for a cluster
+    /// this node is not in and knows no members of: its gate judges reports by the
+    /// O(1) bar on their signers' rank scores instead of a ranking.
+    estimate: Option<u64>,
     opened_at: Option<UnixMillis>,
     reports: BTreeMap<PublicKey, ReportRecord>,
     /// The vendor's trusted testers and how many must pass, if this cluster is critical.
@@ -158,6 +162,7 @@ impl ClusterGate {
             margin: Duration::from_secs(policy.presence_margin_secs as u64),
             ranking: Vec::new(),
             members: Vec::new(),
+            estimate: None,
             opened_at: None,
             reports: BTreeMap::new(),
             testers: if critical { policy.testers.clone() } else { Vec::new() },
@@ -207,7 +212,29 @@ impl ClusterGate {
     }
 
     pub fn quorum(&self) -> Quorum {
-        Quorum::new(self.representatives, self.threshold, self.ranking.len())
+        match self.estimated_size() {
+            Some(size) => Quorum::new(self.representatives, self.threshold, size),
+            None => Quorum::new(self.representatives, self.threshold, self.ranking.len()),
+        }
+    }
+
+    /// Sets (or clears) the size estimate this gate judges by while it knows no
+    /// members (see [`ClusterGate::is_estimated`]).
+    pub fn set_estimate(&mut self, size: Option<u64>) {
+        self.estimate = size;
+    }
+
+    /// The gate knows its cluster only by size: no members, a summary's estimate. Its
+    /// verdict counts the reports of signers whose rank scores fall under the O(1) bar
+    /// for that size ([`may_hold_seat`]), without electing anyone. A node judges other
+    /// clusters this way, which only times when later stages open; its own cluster it
+    /// always judges by the members it has seen, with their standing.
+    pub fn is_estimated(&self) -> bool {
+        self.members.is_empty() && self.estimate.is_some()
+    }
+
+    fn estimated_size(&self) -> Option<usize> {
+        self.estimate.filter(|_| self.members.is_empty()).map(|e| e.min(usize::MAX as u64) as usize)
     }
 
     /// The eligible members in representative order.
@@ -300,7 +327,8 @@ impl ClusterGate {
         let handed_on = self.reports.values().filter(|r| r.outcome == Outcome::Abstain).count();
         // The ranking is drawn from the members, and the policy's seats are at least as
         // many as a small cluster gets.
-        let (seats, size) = (self.representatives as usize, self.members.len());
+        let seats = self.representatives as usize;
+        let size = self.estimated_size().unwrap_or(self.members.len());
         may_hold_seat(&rank_score(&self.manifest, &self.cluster, signer), seats, handed_on, size, round.min(64) as u32)
     }
 
@@ -310,6 +338,9 @@ impl ClusterGate {
             return Evaluation { verdict: Verdict::NotOpen, seats: Vec::new(), next_deadline: None };
         };
         let quorum = self.quorum();
+        if self.is_estimated() {
+            return self.evaluate_by_bar(start, quorum);
+        }
         let reported = |k: &PublicKey| self.reports.get(k).map(|r| (r.issued_at, r.outcome));
         let mut seats = seats_at(&self.ranking, quorum.seats, start, self.deadline, now, self.valid_from, reported);
         // Replacements take ranks in order, so the highest seated rank tells how far down
@@ -332,6 +363,29 @@ impl ClusterGate {
             .filter(|c| c.1.is_verdict())
             .collect();
         let next_deadline = if exhausted { None } else { next_hand_off(&seats, self.valid_from, reported) };
+        let verdict = self.verdict(start, quorum, &counted);
+        Evaluation { verdict, seats, next_deadline }
+    }
+
+    /// The verdict of a gate that knows its cluster only by size: every pass or fail
+    /// whose signer's rank was under the bar when it reported counts. Rechecked here
+    /// (not only at admission), so that the same reports and estimate give the same
+    /// verdict whatever was known when each report arrived.
+    fn evaluate_by_bar(&self, start: UnixMillis, quorum: Quorum) -> Evaluation {
+        let counted: Vec<(UnixMillis, Outcome, PublicKey)> = self
+            .reports
+            .iter()
+            .filter(|(_, r)| r.outcome.is_verdict() && r.issued_at >= self.valid_from)
+            .filter(|(k, r)| self.may_hold_seat(k, r.issued_at))
+            .map(|(k, r)| (r.issued_at, r.outcome, *k))
+            .collect();
+        let verdict = self.verdict(start, quorum, &counted);
+        Evaluation { verdict, seats: Vec::new(), next_deadline: None }
+    }
+
+    /// The verdict from the verdicts that count (passes and fails of seated or, by
+    /// size, possibly seated signers) and the vendor's testers.
+    fn verdict(&self, start: UnixMillis, quorum: Quorum, counted: &[(UnixMillis, Outcome, PublicKey)]) -> Verdict {
         let first_fail = counted.iter().filter(|c| c.1 == Outcome::Fail).min_by_key(|c| (c.0, c.2));
         // The vendor's own testers speak for a critical cluster beside its representatives.
         let testers: Vec<(UnixMillis, Outcome, PublicKey)> = if self.tester_quorum > 0 {
@@ -361,7 +415,7 @@ impl ClusterGate {
                 Verdict::Pending
             }
         };
-        let verdict = match verdict {
+        match verdict {
             Verdict::Holds { at } if self.tester_quorum > 0 => {
                 let mut passes: Vec<UnixMillis> = testers.iter().map(|c| c.0).collect();
                 passes.sort_unstable();
@@ -371,8 +425,7 @@ impl ClusterGate {
                 }
             }
             v => v,
-        };
-        Evaluation { verdict, seats, next_deadline }
+        }
     }
 }
 

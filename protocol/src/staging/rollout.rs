@@ -47,6 +47,7 @@ use crate::report::{
 use crate::time::UnixMillis;
 use crate::Digest;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// Who this node is, for one app.
@@ -124,6 +125,10 @@ pub enum Event {
         cluster: ClusterKey,
         members: Vec<Presence>,
     },
+    /// Cluster sizes as the fleet's signed summaries state them (the roster's table,
+    /// this node's cluster included): the stage plan is made from these, and other
+    /// clusters' gates judge reports by them.
+    Sizes(BTreeMap<ClusterKey, u64>),
     /// The release's artifact (and test bundle) is fetched and verified.
     ContentReady {
         manifest: Digest,
@@ -537,6 +542,10 @@ impl Rollout {
                     members.push(Presence { peer: self.config.me, since: UnixMillis::MAX });
                 }
                 self.campaign.set_members(cluster, members, now);
+                Ok((None, None))
+            }
+            Event::Sizes(sizes) => {
+                self.campaign.set_sizes(sizes, now);
                 Ok((None, None))
             }
             Event::ContentReady { manifest } => {

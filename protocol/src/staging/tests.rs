@@ -372,6 +372,99 @@ fn balanced_stages_open_in_order_by_gates_or_timeout() {
     assert_eq!(verdict(&campaign, 1), Verdict::Pending);
 }
 
+/// A campaign as a member of cluster `own` keeps it on the flat-cost roster: the
+/// members of its own cluster, and every cluster's size from the signed summaries.
+fn roster_campaign(fleet: &Fleet, own: usize) -> Campaign {
+    let mut campaign = Campaign::new();
+    campaign.set_members(cluster_key(own as u8), fleet.members(own), UnixMillis(0));
+    let sizes = (0..fleet.keys.len()).map(|c| (cluster_key(c as u8), fleet.keys[c].len() as u64)).collect();
+    campaign.set_sizes(sizes, UnixMillis(0));
+    campaign
+}
+
+/// A key whose rank score for (`m`, cluster `c`) is over the O(1) bar for a cluster
+/// of `size` in round 0 (or under it, with `under`).
+fn key_by_bar(m: &UpgradeManifest, c: u8, size: usize, under: bool) -> Keypair {
+    (0u32..)
+        .map(|i| {
+            let mut secret = [9u8; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            Keypair::from_secret_bytes(&secret)
+        })
+        .find(|k| {
+            let score = election::rank_score(&m.id(), &cluster_key(c), &k.public());
+            election::may_hold_seat(&score, 2, 0, size, 0) == under
+        })
+        .unwrap()
+}
+
+#[test]
+fn a_node_that_knows_only_cluster_sizes_plans_the_stages_its_cluster_mates_plan() {
+    let fleet = Fleet::new(&[2, 10, 3, 7, 5]);
+    let m = manifest("1.0.0", policy(PolicyKind::Balanced));
+    let mut full = fleet.campaign();
+    full.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    for own in 0..5 {
+        let mut flat = roster_campaign(&fleet, own);
+        flat.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+        assert_eq!(flat.plan(), full.plan(), "member of cluster {own}");
+        assert_eq!(flat.members(&cluster_key(1)).len(), usize::from(own == 1) * 10);
+        let mine = full.evaluation(&cluster_key(own as u8)).unwrap();
+        assert_eq!(flat.evaluation(&cluster_key(own as u8)).unwrap(), mine, "member of cluster {own}");
+    }
+}
+
+#[test]
+fn other_clusters_gates_judge_reports_by_the_bar_with_no_membership() {
+    // Cluster 0 (2 machines) goes first, cluster 1 (10 machines) second. A member of
+    // cluster 1 knows nobody in cluster 0, only its size.
+    let fleet = Fleet::new(&[2, 10]);
+    let m = manifest("1.0.0", policy(PolicyKind::Balanced));
+    let mut campaign = roster_campaign(&fleet, 1);
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    assert!(campaign.gate(&cluster_key(0)).unwrap().is_estimated());
+    assert!(!campaign.gate(&cluster_key(1)).unwrap().is_estimated());
+    assert_eq!(verdict(&campaign, 1), Verdict::NotOpen);
+    // In a cluster of two every score is under the bar: both passes count.
+    for k in &fleet.keys[0] {
+        let r = report_for(k, &m, cluster_key(0), Outcome::Pass, 300 * SEC);
+        campaign.admit(&r, UnixMillis(310 * SEC)).unwrap();
+    }
+    assert_eq!(verdict(&campaign, 0), Verdict::Holds { at: UnixMillis(300 * SEC) });
+    assert_eq!(campaign.gate(&cluster_key(1)).unwrap().opened_at(), Some(UnixMillis(300 * SEC)));
+}
+
+#[test]
+fn a_report_over_the_bar_of_a_cluster_known_by_size_is_not_kept() {
+    let fleet = Fleet::new(&[3, 3]);
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let mut campaign = roster_campaign(&fleet, 0);
+    // Cluster 1 is large by its summary: the bar is narrow.
+    let mut sizes: std::collections::BTreeMap<ClusterKey, u64> =
+        [(cluster_key(0), 3), (cluster_key(1), 100_000)].into_iter().collect();
+    campaign.set_sizes(sizes.clone(), UnixMillis(0));
+    campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+    let over = key_by_bar(&m, 1, 100_000, false);
+    let r = report_for(&over, &m, cluster_key(1), Outcome::Fail, 10 * SEC);
+    assert_eq!(campaign.admit(&r, UnixMillis(10 * SEC)), Err(ReportRejected::NotElected));
+    let under = key_by_bar(&m, 1, 100_000, true);
+    let r = report_for(&under, &m, cluster_key(1), Outcome::Pass, 10 * SEC);
+    campaign.admit(&r, UnixMillis(10 * SEC)).unwrap();
+    // A report kept while the size was unknown counts only if it is under the bar
+    // once the size is known: the verdict does not depend on what came first.
+    sizes.insert(cluster_key(1), 3);
+    campaign.set_sizes(sizes.clone(), UnixMillis(20 * SEC));
+    let r = report_for(&over, &m, cluster_key(1), Outcome::Fail, 20 * SEC);
+    campaign.admit(&r, UnixMillis(20 * SEC)).unwrap();
+    assert!(matches!(verdict(&campaign, 1), Verdict::Halted { .. } | Verdict::NotOpen));
+    sizes.insert(cluster_key(1), 100_000);
+    campaign.set_sizes(sizes, UnixMillis(30 * SEC));
+    let g = campaign.gate(&cluster_key(1)).unwrap();
+    assert!(g.is_estimated());
+    let e = g.evaluate(UnixMillis(30 * SEC));
+    assert!(!matches!(e.verdict, Verdict::Halted { .. }), "{:?}", e.verdict);
+}
+
 #[test]
 fn a_cluster_moved_into_an_open_stage_by_new_sizes_opens_its_gate() {
     // Cluster 0 (2 machines) is planned first, cluster 1 (3 machines) second.

@@ -32,7 +32,7 @@ use mirage_protocol::manifest::{PolicyKind, StagingPolicy, UpgradeManifest};
 use mirage_protocol::presence::Presence;
 use mirage_protocol::roster::{
     epoch_length, heartbeat_offset, heartbeat_period, heartbeat_slot, round_size, summary_duty, ClusterSummary,
-    Heartbeat, Roster, CATCH_UP_WINDOW, EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
+    Heartbeat, Roster, RosterTiming, CATCH_UP_WINDOW, EXPIRY_PERIODS, HEARTBEAT_MAX_AGE,
 };
 use mirage_protocol::staging::{ClusterGate, StagePlan};
 use mirage_protocol::{Envelope, Keypair, PublicKey, UnixMillis};
@@ -260,6 +260,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     // Summaries: who is on duty in the last three epochs, once for all observers.
     let first_epoch = (RELEASE / epoch).saturating_sub(3);
     let last_epoch = RELEASE / epoch;
+    let duty = RosterTiming::default().duty(clusters);
     let summaries: Vec<Vec<(u64, u64)>> = (0..clusters as u32)
         .into_par_iter()
         .map(|c| {
@@ -269,7 +270,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
             for e in first_epoch..=last_epoch {
                 for m in &world.members[c as usize] {
                     let peer = world.public_keys[*m as usize];
-                    if summary_duty(e, &key, &peer, size) {
+                    if summary_duty(e, &key, &peer, size, duty) {
                         let at = e * epoch + heartbeat_offset(&peer, Duration::from_millis(epoch)).as_millis() as u64;
                         if at < RELEASE {
                             out.push((e, at));
