@@ -225,6 +225,10 @@ impl BootstrapPeer {
 
 /// The arguments of `mirage node run` for a fleet node: loopback listen and API on
 /// ephemeral ports (the API address lands in `DATA/api.addr`), then `extra`.
+/// How much faster than production loopback fleets run the roster: a 0.6 s heartbeat
+/// period in small clusters, 6 s summary epochs.
+pub const LOOPBACK_ROSTER_TIME_SCALE: &str = "100";
+
 pub fn node_run_args(data: &Path, root: &Path, profile: &Path, bootstrap: &str, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = [
         "node",
@@ -241,6 +245,9 @@ pub fn node_run_args(data: &Path, root: &Path, profile: &Path, bootstrap: &str, 
         &root.display().to_string(),
         "--api",
         "127.0.0.1:0",
+        // Heartbeats, summaries and settling in seconds rather than minutes.
+        "--roster-time-scale",
+        LOOPBACK_ROSTER_TIME_SCALE,
     ]
     .iter()
     .map(|s| s.to_string())

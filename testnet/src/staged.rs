@@ -28,6 +28,11 @@ pub struct NodeView {
     pub members: usize,
     /// Peers of any cluster of the app whose fingerprints it holds.
     pub known_peers: usize,
+    /// What staging plans from: the roster's live members of the node's cluster,
+    /// whether it is ready, and how many other clusters' sizes it knows.
+    pub roster_members: usize,
+    pub roster_ready: bool,
+    pub known_sizes: usize,
 }
 
 impl NodeView {
@@ -47,8 +52,21 @@ impl NodeView {
             members: crate::fleet::members(status, APP).map_or(0, |m| m.len()),
             known_peers: crate::fleet::app_cluster(status, APP).and_then(|c| c["known_peers"].as_u64()).unwrap_or(0)
                 as usize,
+            roster_members: roster(status, "live_members").and_then(Value::as_u64).unwrap_or(0) as usize,
+            roster_ready: roster(status, "ready").and_then(Value::as_bool).unwrap_or(false),
+            known_sizes: roster(status, "known_cluster_sizes").and_then(Value::as_u64).unwrap_or(0) as usize,
         })
     }
+
+    /// The roster shows the node's whole cluster, every other cluster's size, and is
+    /// ready: staging acts on that view.
+    pub fn roster_knows(&self, cluster_size: usize, clusters: usize) -> bool {
+        self.roster_ready && self.roster_members == cluster_size && self.known_sizes + 1 == clusters
+    }
+}
+
+fn roster<'a>(status: &'a Value, field: &str) -> Option<&'a Value> {
+    crate::fleet::app_cluster(status, APP)?.get("roster")?.get(field)
 }
 
 pub struct StagedOptions {

@@ -5,6 +5,7 @@ use clap::Subcommand;
 use mirage_bootstrap::overlay::{GossipTuning, KadTuning};
 use mirage_node::daemon::{self, NodeOptions};
 use mirage_protocol::membership::MembershipConfig;
+use mirage_protocol::roster::RosterTiming;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +52,10 @@ pub struct RunArgs {
     /// Seconds between steady-state DHT provider lookups.
     #[arg(long, hide = true)]
     lookup_interval_secs: Option<u64>,
+    /// Runs the roster (heartbeats, summaries, settling) this many times faster than
+    /// production. Every node of a fleet must use the same; loopback testnets only.
+    #[arg(long, hide = true)]
+    roster_time_scale: Option<u32>,
     /// Seconds between rescans of the apps' environments.
     #[arg(long, hide = true)]
     rescan_interval_secs: Option<u64>,
@@ -106,6 +111,7 @@ struct ConfigFile {
     api: Option<SocketAddr>,
     announce_interval_secs: Option<u64>,
     lookup_interval_secs: Option<u64>,
+    roster_time_scale: Option<u32>,
     rescan_interval_secs: Option<u64>,
     max_connections: Option<u32>,
     target_peers: Option<usize>,
@@ -136,6 +142,9 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         // Members stay while they keep announcing: three missed rounds and they are gone.
         membership.member_ttl = membership.member_ttl.max(membership.announce_interval * 3);
         membership.max_age = membership.max_age.max(membership.member_ttl);
+    }
+    if let Some(scale) = args.roster_time_scale.or(file.roster_time_scale) {
+        membership.roster = RosterTiming::scaled(scale);
     }
     if let Some(s) = args.lookup_interval_secs.or(file.lookup_interval_secs) {
         membership.lookup_interval = Duration::from_secs(s.max(1));

@@ -84,9 +84,9 @@ pub fn run(args: Args) -> Result<()> {
         "organize into clusters",
         timeout,
         |views| {
-            let known = views.iter().flatten().filter(|v| v.members == per_env).count();
+            let known = views.iter().flatten().filter(|v| v.roster_knows(per_env, envs as usize)).count();
             let line = format!(
-                "{}/{} nodes fingerprinted, {known} know their whole cluster",
+                "{}/{} nodes fingerprinted, {known} know their whole cluster and every cluster's size",
                 views.iter().flatten().count(),
                 views.len()
             );
@@ -97,13 +97,12 @@ pub fn run(args: Args) -> Result<()> {
         },
         |views| {
             let c = clusters(views);
-            // Every node also holds every other node's fingerprint: a representative
-            // first seen after the release never counts (the Sybil rule), so a node that
-            // learned of one late would wait for the stage timeout instead.
-            let others = views.len().saturating_sub(1);
+            // Staging plans from the roster: each node's live cluster-mates (a
+            // representative first seen after the release never counts, the Sybil rule)
+            // and every cluster's size from the signed summaries.
             c.len() == envs as usize
                 && c.values().all(|m| m.iter().all(|&i| env_of(i) == env_of(m[0])))
-                && views.iter().flatten().all(|v| v.members == per_env && v.known_peers >= others)
+                && views.iter().flatten().all(|v| v.roster_knows(per_env, envs as usize))
         },
     )?;
     for (key, nodes) in clusters(&fleet.views()) {

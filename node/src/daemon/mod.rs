@@ -336,7 +336,7 @@ async fn run_inner(
                 node.execute(actions);
                 node.persist_presence();
                 node.distribution_tick();
-                node.staging_all_members();
+                node.staging_rosters();
                 node.staging_tick();
                 if node.dist.replicated() {
                     info!("the release is replicated; seeding done");

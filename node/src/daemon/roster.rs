@@ -2,9 +2,8 @@
 //! [`Membership`](mirage_protocol::membership::Membership)): our cluster's topic,
 //! heartbeats and summaries on gossip, and catch-ups over `/mirage/roster/1.0.0`.
 //!
-//! The roster runs beside the fingerprint announcements for now: it is what a node
-//! will count its cluster and the fleet's sizes with once staging reads from it, at a
-//! cost that does not grow with the fleet.
+//! Staging reads its view from the roster (`daemon/staging`): our cluster's live
+//! members and every cluster's size, at a cost that does not grow with the fleet.
 
 use super::Node;
 use libp2p::{gossipsub, request_response, PeerId};
@@ -25,6 +24,7 @@ impl Node {
             "size": r.own_size(),
             "heartbeat_period_s": r.period().as_secs(),
             "settled": r.is_settled(now),
+            "ready": r.is_ready(now),
             "known_cluster_sizes": r.cluster_count().saturating_sub(1),
             "state_bytes": r.state_bytes(),
             "dropped": drops,

@@ -3,9 +3,9 @@
 //! the bubblewrap sandbox, publishing signed test and problem reports, applying and
 //! rolling back through the crash-safe [`Installer`].
 //!
-//! The core is fed, as its documentation asks: every admitted manifest, the clusters the
-//! membership knows (each time they change), every verified test report (our own fed
-//! back), the completions of long-running actions, and its timer. Every `Persist` is
+//! The core is fed, as its documentation asks: every admitted manifest, what the roster
+//! shows (our cluster's live members, every cluster's size) once it is ready and each
+//! time it changes, every verified test report (our own fed back), the completions of long-running actions, and its timer. Every `Persist` is
 //! written to the database before the actions after it are started.
 
 use super::Node;
@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tracing::{error, info, info_span, warn};
+
+/// How often the roster's view is fed to the staging core at most.
+const ROSTER_FEED: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Most problem reports a node keeps per app for the vendor.
 const MAX_PROBLEMS: usize = 256;
@@ -45,8 +48,10 @@ pub enum Completion {
 struct AppRollout {
     rollout: Rollout,
     fingerprint: Fingerprint,
-    /// The clusters last fed, so unchanged views are not fed again.
-    fed_clusters: BTreeMap<ClusterKey, Vec<mirage_protocol::presence::Presence>>,
+    /// What the roster last fed, so unchanged views are not fed again.
+    fed_members: Vec<mirage_protocol::presence::Presence>,
+    fed_sizes: BTreeMap<ClusterKey, u64>,
+    next_feed: UnixMillis,
     timer: Option<UnixMillis>,
     /// Verified test reports seen for this app: (manifest id, signer) → report.
     reports: BTreeMap<(Digest, mirage_protocol::PublicKey), Verified<TestReport>>,
@@ -165,7 +170,9 @@ impl Node {
             AppRollout {
                 rollout,
                 fingerprint: fingerprint.clone(),
-                fed_clusters: BTreeMap::new(),
+                fed_members: Vec::new(),
+                fed_sizes: BTreeMap::new(),
+                next_feed: UnixMillis(0),
                 timer: None,
                 reports: BTreeMap::new(),
                 waiting: None,
@@ -176,9 +183,9 @@ impl Node {
             actions.extend(r.rollout.handle(Event::Installed { version: installed }, overlay::now()));
         }
         self.staging_execute(&app, actions);
-        // The release, the memberships, then the stored messages in the core's order.
+        // The release, the roster's view, then the stored messages in the core's order.
         self.staging_manifest(&app);
-        self.staging_members(&app);
+        self.staging_roster(&app);
         for event in staging::replay::replay(retests, reports, overlay::now()) {
             match event {
                 Event::Report(r) => self.staging_feed_report(&app, r),
@@ -219,47 +226,45 @@ impl Node {
         self.staging_handle(app, Event::Manifest(manifest));
     }
 
-    /// Feeds every cluster of `app` (known now or fed before) whose members changed
-    /// since the last feed.
-    pub(super) fn staging_members(&mut self, app: &str) {
-        let Some(r) = self.staging.rollouts.get(app) else { return };
-        let mut clusters = self.membership.cluster_keys(app);
-        clusters.extend(r.fed_clusters.keys().copied());
-        for cluster in clusters {
-            self.staging_cluster(app, cluster);
-        }
-    }
-
-    /// Feeds every managed app the clusters whose membership changed since last time:
-    /// one pass over what changed, never over every cluster of the fleet.
-    pub(super) fn staging_all_members(&mut self) {
-        let apps: Vec<String> = self.staging.rollouts.keys().cloned().collect();
-        for app in apps {
-            match self.membership.take_changed_clusters(&app) {
-                None => self.staging_members(&app),
-                Some(changed) => {
-                    for cluster in changed {
-                        self.staging_cluster(&app, cluster);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Feeds one cluster of `app` if its members changed since the last feed.
-    fn staging_cluster(&mut self, app: &str, cluster: ClusterKey) {
-        let members = self.membership.cluster_members(app, &cluster);
+    /// Feeds `app`'s core what its roster shows, once the roster is ready (its view
+    /// settled, and a whole epoch of summaries heard): the live members of our cluster
+    /// with their standing, and every cluster's size from the signed summaries. Until
+    /// then the core knows no cluster, so the node waits rather than plan its stages
+    /// alone. At most once per [`ROSTER_FEED`], and only what changed: taking the
+    /// members is a pass over our cluster, never a step per message.
+    pub(super) fn staging_roster(&mut self, app: &str) {
+        let now = overlay::now();
+        let Some(roster) = self.membership.roster(app) else { return };
         let Some(r) = self.staging.rollouts.get_mut(app) else { return };
-        if r.fed_clusters.get(&cluster).map_or(members.is_empty(), |m| m == &members) {
+        if !roster.is_ready(now) || r.next_feed > now || roster.cluster() != Some(r.rollout.cluster()) {
             return;
         }
-        if members.is_empty() {
-            r.fed_clusters.remove(&cluster);
-        } else {
-            r.fed_clusters.insert(cluster, members.clone());
-            info!(app, %cluster, size = members.len(), "cluster size for staging");
+        r.next_feed = now.saturating_add(ROSTER_FEED);
+        let cluster = r.rollout.cluster();
+        let sizes = roster.sizes();
+        let members = roster.members(now);
+        let mut events = Vec::new();
+        if r.fed_sizes != sizes {
+            info!(app, clusters = sizes.len(), "cluster sizes for staging");
+            r.fed_sizes = sizes.clone();
+            events.push(Event::Sizes(sizes));
         }
-        self.staging_handle(app, Event::Members { cluster, members });
+        if r.fed_members != members {
+            info!(app, %cluster, live = members.len(), "cluster members for staging");
+            r.fed_members = members.clone();
+            events.push(Event::Members { cluster, members });
+        }
+        for event in events {
+            self.staging_handle(app, event);
+        }
+    }
+
+    /// Feeds every managed app what its roster shows now.
+    pub(super) fn staging_rosters(&mut self) {
+        let apps: Vec<String> = self.staging.rollouts.keys().cloned().collect();
+        for app in apps {
+            self.staging_roster(&app);
+        }
     }
 
     /// A test report from the release topic.
