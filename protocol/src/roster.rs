@@ -54,8 +54,12 @@ pub const SUMMARIES_PER_MIN: u64 = 30;
 /// unsummarized for an epoch 13% of the time, and for the three epochs a size is kept
 /// 0.25% of the time.
 pub const DUTY_PER_EPOCH: u64 = 2;
-/// The shortest summary epoch.
-pub const MIN_EPOCH: Duration = Duration::from_secs(600);
+/// The shortest summary epoch: a little over the shortest heartbeat period, so a fresh
+/// node of a small fleet is ready to stage after 75 s ([`Roster::is_ready`]). Epochs
+/// double with the number of clusters ([`RosterTiming::epoch_length`]); 600 s is one of
+/// the doublings, so fleets with epochs that long or longer get the same ones as with a
+/// ten-minute floor.
+pub const MIN_EPOCH: Duration = Duration::from_secs(75);
 /// Most clusters whose sizes a node keeps; summaries for more are dropped and counted.
 pub const MAX_CLUSTERS: usize = 65_536;
 /// A heartbeat counts only this fresh: a sighting is "now", never a signed claim about
@@ -654,7 +658,7 @@ impl Roster {
     /// Members heard within [`EXPIRY_PERIODS`] periods (and a heartbeat's age), with
     /// their first sightings. This node is live for itself whenever it asks.
     fn live_members<'a>(&'a self, cluster: &'a ClusterKey, now: UnixMillis) -> impl Iterator<Item = Presence> + 'a {
-        let window = self.period() * EXPIRY_PERIODS + HEARTBEAT_MAX_AGE;
+        let window = self.period() * EXPIRY_PERIODS + self.timing.compress(HEARTBEAT_MAX_AGE);
         self.book
             .iter()
             .filter(move |(p, s)| &s.cluster == cluster && (now.since(s.last_seen) <= window || **p == self.me))
@@ -952,11 +956,20 @@ mod tests {
         r.set_cluster(cluster(0), UnixMillis(0));
         let period = r.period().as_millis() as u64;
         let epoch = r.epoch().as_millis() as u64;
-        assert_eq!((period, epoch), (600, 6_000));
+        assert_eq!((period, epoch), (600, 750));
         assert_eq!(RosterTiming::default().epoch_length(1), MIN_EPOCH);
         assert!(r.is_settled(UnixMillis(period)));
         assert!(!r.is_ready(UnixMillis(epoch - 1)), "sizes heard for less than an epoch");
         assert!(r.is_ready(UnixMillis(epoch)));
+        // A big fleet's epochs are longer than any period: readiness waits for them.
+        for i in 0..5_000u32 {
+            let mut d = [0xCD; 32];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            r.summary_heard(ClusterKey(Digest(d)), 3, 0, UnixMillis(10)).unwrap();
+        }
+        let epoch = r.epoch().as_millis() as u64;
+        assert!(epoch > 100 * period);
+        assert!(!r.is_ready(UnixMillis(epoch - 1)));
     }
 
     #[test]

@@ -225,9 +225,11 @@ impl BootstrapPeer {
 
 /// The arguments of `mirage node run` for a fleet node: loopback listen and API on
 /// ephemeral ports (the API address lands in `DATA/api.addr`), then `extra`.
-/// How much faster than production loopback fleets run the roster: a 0.6 s heartbeat
-/// period in small clusters, 6 s summary epochs.
-pub const LOOPBACK_ROSTER_TIME_SCALE: &str = "100";
+/// How much faster than production loopback fleets run the roster: a 3 s heartbeat
+/// period in small clusters and 3.75 s summary epochs, so a node is ready to stage 4 s
+/// after it starts; sizes outlive 11 s of silence, which a loaded CI machine's hiccups
+/// stay under.
+pub const LOOPBACK_ROSTER_TIME_SCALE: &str = "20";
 
 pub fn node_run_args(data: &Path, root: &Path, profile: &Path, bootstrap: &str, extra: &[String]) -> Vec<String> {
     let mut args: Vec<String> = [

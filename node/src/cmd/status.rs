@@ -66,6 +66,16 @@ pub fn run(args: Args) -> Result<()> {
         for m in members {
             println!("  {}", s(&m));
         }
+        let r = &c["roster"];
+        if r.is_object() {
+            println!(
+                "  roster {}: {} live member(s), heartbeat every {} s, sizes of {} other cluster(s)",
+                if r["ready"] == true { "ready" } else { "settling" },
+                r["live_members"],
+                r["heartbeat_period_s"],
+                r["known_cluster_sizes"]
+            );
+        }
     }
     for a in status["apps_pending_scan"].as_array().into_iter().flatten() {
         println!("app {}: not fingerprinted yet", s(a));
