@@ -100,6 +100,12 @@ pub struct MembershipConfig {
     pub fetch_backoff: Duration,
     /// The roster's time scale: the same on every node of a fleet.
     pub roster: RosterTiming,
+    /// Publish our signed fingerprint on the app's topic every `announce_interval`:
+    /// the all-to-all design, whose cost per node grows with the fleet (every node
+    /// hears every node), kept to measure against. Off (the default), the fingerprint
+    /// is only re-signed on that schedule, for the peers that fetch it (cluster-mates
+    /// found through the DHT), and staging counts members by the roster.
+    pub gossip_announcements: bool,
 }
 
 impl Default for MembershipConfig {
@@ -115,6 +121,7 @@ impl Default for MembershipConfig {
             publish_retry: Duration::from_secs(1),
             fetch_backoff: Duration::from_secs(10),
             roster: RosterTiming::default(),
+            gossip_announcements: false,
         }
     }
 }
@@ -204,6 +211,12 @@ pub enum Action {
     /// Publish these envelope bytes on the app's topic. Report the outcome with
     /// [`Membership::on_publish_result`].
     Publish {
+        app: String,
+        bytes: Vec<u8>,
+    },
+    /// Our fingerprint was signed afresh (what we answer fetches with); keep it, but
+    /// publish nothing.
+    Resigned {
         app: String,
         bytes: Vec<u8>,
     },
@@ -488,7 +501,12 @@ impl Membership {
         let apps: Vec<String> = self.local.keys().cloned().collect();
         for app in apps {
             if self.local[&app].next_announce <= now {
-                actions.extend(self.announce_now(&app, now));
+                let announced = self.announce_now(&app, now);
+                if self.config.gossip_announcements {
+                    actions.extend(announced);
+                } else if let Some(Action::Publish { app, bytes }) = announced {
+                    actions.push(Action::Resigned { app, bytes });
+                }
             }
             let max = self.config.lookup_interval;
             let local = self.local.get_mut(&app).expect("listed above");
@@ -825,8 +843,30 @@ mod tests {
 
     const T0: u64 = 1_000_000_000;
 
-    fn node() -> Membership {
+    /// The all-to-all design these tests exercise: fingerprints gossiped to the app.
+    fn gossiping() -> MembershipConfig {
+        MembershipConfig { gossip_announcements: true, ..MembershipConfig::default() }
+    }
+
+    #[test]
+    fn by_default_a_node_re_signs_its_fingerprint_for_fetches_and_never_gossips_it() {
         let mut m = Membership::new(kp(1), MembershipConfig::default());
+        let mut actions = m.set_local(fp("web", 1), UnixMillis(T0));
+        let interval = m.config().announce_interval.as_millis() as u64;
+        actions.extend(m.tick(UnixMillis(T0 + interval)));
+        assert!(!actions.iter().any(|a| matches!(a, Action::Publish { .. })), "{actions:?}");
+        let resigned = actions.iter().filter(|a| matches!(a, Action::Resigned { app, .. } if app == "web")).count();
+        assert_eq!(resigned, 2, "at once and after an interval");
+        let served = m.local_announcement("web").unwrap();
+        let (_, v) = check_announcement(served, "web", Some(&kp(1).public()), UnixMillis(T0 + interval), m.config())
+            .expect("a fresh, valid announcement to answer fetches with");
+        assert_eq!(v.issued_at(), UnixMillis(T0 + interval));
+        // The operator may still announce by hand (`mirage announce`).
+        assert!(matches!(m.announce_now("web", UnixMillis(T0 + interval + 1)), Some(Action::Publish { .. })));
+    }
+
+    fn node() -> Membership {
+        let mut m = Membership::new(kp(1), gossiping());
         let actions = m.set_local(fp("web", 1), UnixMillis(T0));
         assert!(actions.iter().any(|a| matches!(a, Action::Publish { app, .. } if app == "web")));
         assert!(actions.contains(&Action::StartProviding { key: fp("web", 1).cluster_key() }));
@@ -1119,8 +1159,8 @@ mod tests {
 
     #[test]
     fn members_heartbeat_on_their_clusters_topic_and_count_each_other() {
-        let mut a = Membership::new(kp(1), MembershipConfig::default());
-        let mut b = Membership::new(kp(2), MembershipConfig::default());
+        let mut a = Membership::new(kp(1), gossiping());
+        let mut b = Membership::new(kp(2), gossiping());
         let key = fp("web", 1).cluster_key();
         let now = UnixMillis(T0);
         let heartbeats = |actions: &[Action]| -> Vec<Vec<u8>> {
@@ -1143,7 +1183,7 @@ mod tests {
         assert_eq!(a.roster("web").unwrap().live_count(later), 2);
         // Garbage and another cluster's heartbeats are dropped and counted.
         assert_eq!(a.on_heartbeat("web", b"junk", later), Err(RosterDrop::Invalid));
-        let mut other = Membership::new(kp(3), MembershipConfig::default());
+        let mut other = Membership::new(kp(3), gossiping());
         let foreign: Vec<Vec<u8>> = other
             .set_local(fp("web", 2), now)
             .into_iter()

@@ -627,16 +627,25 @@ impl Roster {
         now: UnixMillis,
     ) -> Result<(), RosterDrop> {
         if Some(cluster) == self.cluster {
-            if self.own_summary.is_some_and(|(e, _)| e > epoch) {
-                return Err(RosterDrop::Older);
-            }
-            self.own_summary = Some((epoch, size.clamp(1, MAX_CLUSTER_SIZE)));
+            let size = size.clamp(1, MAX_CLUSTER_SIZE);
+            self.own_summary = match self.own_summary {
+                Some((e, _)) if e > epoch => return Err(RosterDrop::Older),
+                Some((e, s)) if e == epoch => Some((e, s.max(size))),
+                _ => Some((epoch, size)),
+            };
             return Ok(());
         }
         let record = SizeRecord { size: size.clamp(1, MAX_CLUSTER_SIZE), epoch, heard_at: now };
         let full = self.sizes.len() >= MAX_CLUSTERS;
         match self.sizes.get_mut(&cluster) {
             Some(old) if old.epoch > epoch => Err(RosterDrop::Older),
+            // Members on duty in one epoch may count a member or two apart: the larger
+            // stands, so every node keeps the same whatever the arrival order.
+            Some(old) if old.epoch == epoch => {
+                old.size = old.size.max(record.size);
+                old.heard_at = now;
+                Ok(())
+            }
             Some(old) => {
                 *old = record;
                 Ok(())
@@ -701,10 +710,12 @@ impl Roster {
     }
 
     /// Every cluster's size as this node knows it (its own included), for the stage plan.
+    /// Its own cluster's too comes from the newest summary where there is one: that is
+    /// what every other node plans with, where this node's own count could differ.
     pub fn sizes(&self) -> BTreeMap<ClusterKey, u64> {
         let mut out: BTreeMap<ClusterKey, u64> = self.sizes.iter().map(|(c, r)| (*c, r.size)).collect();
         if let Some(c) = self.cluster {
-            out.insert(c, self.own_size());
+            out.insert(c, self.own_summary.map_or_else(|| self.own_size(), |(_, size)| size));
         }
         out
     }
@@ -781,6 +792,9 @@ impl Roster {
                 && summary_duty(epoch, &cluster, &self.me, size, self.timing.duty(self.cluster_count() as u64))
             {
                 if now >= due && self.is_settled(now) {
+                    // The count now, not at this member's last heartbeat.
+                    self.estimate = self.live_count(now).max(1);
+                    let size = self.own_size();
                     out.push(RosterAction::Summary(ClusterSummary {
                         app: self.app.clone(),
                         cluster_key: cluster,

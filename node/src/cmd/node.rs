@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// production. Every node of a fleet must use the same; loopback testnets only.
     #[arg(long, hide = true)]
     roster_time_scale: Option<u32>,
+    /// Gossip our fingerprint to the whole app every announce interval: the old
+    /// all-to-all design, for benchmarks that compare against it.
+    #[arg(long, hide = true)]
+    gossip_announcements: bool,
     /// Seconds between rescans of the apps' environments.
     #[arg(long, hide = true)]
     rescan_interval_secs: Option<u64>,
@@ -143,6 +147,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         membership.member_ttl = membership.member_ttl.max(membership.announce_interval * 3);
         membership.max_age = membership.max_age.max(membership.member_ttl);
     }
+    membership.gossip_announcements = args.gossip_announcements;
     if let Some(scale) = args.roster_time_scale.or(file.roster_time_scale) {
         membership.roster = RosterTiming::scaled(scale);
     }

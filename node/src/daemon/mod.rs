@@ -501,6 +501,11 @@ impl Node {
                     let ok = self.publish(&app, bytes);
                     self.membership.on_publish_result(&app, ok, overlay::now());
                 }
+                Action::Resigned { app, bytes } => {
+                    if let Err(e) = self.store.put_own_fingerprint(&app, &bytes) {
+                        warn!(app, error = %e, "cannot store own fingerprint");
+                    }
+                }
                 Action::StartProviding { key } => {
                     let _span = info_span!("provide", cluster = %key).entered();
                     if let Err(e) =
@@ -960,6 +965,15 @@ impl Node {
         })
     }
 
+    /// Our cluster's members as `mirage status` lists them: the roster's live members
+    /// (what staging elects from), or, before the roster exists, the fingerprints held.
+    fn cluster_members(&self, app: &str) -> Vec<String> {
+        match self.membership.roster(app) {
+            Some(r) => r.members(overlay::now()).iter().map(|m| m.peer.peer_id().to_string()).collect(),
+            None => self.membership.members(app).iter().map(|m| m.peer_id().to_string()).collect(),
+        }
+    }
+
     fn status(&mut self) -> serde_json::Value {
         let clusters: Vec<serde_json::Value> = self
             .membership
@@ -968,7 +982,7 @@ impl Node {
                 serde_json::json!({
                     "app": app,
                     "cluster_key": key.to_hex(),
-                    "members": self.membership.members(app).iter().map(|m| m.peer_id()).collect::<Vec<_>>(),
+                    "members": self.cluster_members(app),
                     "known_peers": self.membership.known_peers(app),
                     "roster": self.membership.roster(app).map(|r| self.roster_status(r)),
                 })

@@ -70,7 +70,7 @@ impl Node {
 
     /// Asks one connected member of our cluster for what we missed.
     pub(super) fn ask_catch_up(&mut self, app: &str, request: CatchUpRequest) {
-        let mates = self.membership.cluster_members(app, &request.cluster_key);
+        let mates = self.membership.roster(app).map(|r| r.members(overlay::now())).unwrap_or_default();
         let me = self.membership.local_key();
         let peer = mates
             .iter()
