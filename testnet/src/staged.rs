@@ -24,8 +24,11 @@ pub struct NodeView {
     pub stage_count: u64,
     pub open_stages: u64,
     pub reports: usize,
-    /// Members of the node's cluster its membership knows (DHT and gossip).
+    /// Members of the node's cluster its roster counts live.
     pub members: usize,
+    /// Members of the node's cluster its staging core elects from (fed from the roster
+    /// at most once a second).
+    pub staging_members: usize,
     /// Peers of any cluster of the app whose fingerprints it holds.
     pub known_peers: usize,
     /// What staging plans from: the roster's live members of the node's cluster,
@@ -50,6 +53,7 @@ impl NodeView {
             open_stages: a["open_stages"].as_u64().unwrap_or(0),
             reports: a["reports"].as_array().map_or(0, Vec::len),
             members: crate::fleet::members(status, APP).map_or(0, |m| m.len()),
+            staging_members: a["members"].as_u64().unwrap_or(0) as usize,
             known_peers: crate::fleet::app_cluster(status, APP).and_then(|c| c["known_peers"].as_u64()).unwrap_or(0)
                 as usize,
             roster_members: roster(status, "live_members").and_then(Value::as_u64).unwrap_or(0) as usize,

@@ -106,18 +106,13 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
     wait_for_clusters(&nodes, &ids, Duration::from_secs(60));
     let peer_in_cluster =
         nodes.iter().find(|n| n.index != victim && n.machine.environment == nodes[victim].machine.environment).unwrap();
-    // Its cluster peers hear from the restarted node again: a fresh announcement.
-    wait_for(
-        "a fresh announcement from the restarted node",
-        Duration::from_secs(60),
-        Duration::from_millis(300),
-        || {
-            let api = peer_in_cluster.api()?;
-            let out = mirage(&["debug", "seen", "--api", &api, "--app", APP, "--peer", &ids[victim]]).ok()?;
-            let seen: serde_json::Value = serde_json::from_str(&out).ok()?;
-            (seen["issued_at_ms"].as_u64()? >= restarted_at).then_some(())
-        },
-    );
+    // Its cluster peers hear from the restarted node again: a fresh heartbeat.
+    wait_for("a fresh heartbeat from the restarted node", Duration::from_secs(60), Duration::from_millis(300), || {
+        let api = peer_in_cluster.api()?;
+        let out = mirage(&["debug", "seen", "--api", &api, "--app", APP, "--peer", &ids[victim]]).ok()?;
+        let seen: serde_json::Value = serde_json::from_str(&out).ok()?;
+        (seen["roster"]["last_seen_ms"].as_u64()? >= restarted_at).then_some(())
+    });
     let connected = nodes[victim].status().unwrap()["connected_peers"].as_u64().unwrap();
     assert!(connected >= 1, "restarted node is connected");
 

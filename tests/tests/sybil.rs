@@ -138,7 +138,8 @@ fn identities_minted_after_a_release_take_no_seat_in_the_clusters_they_copy() {
             attackers.push((i, key, cluster, outcome));
         }
     }
-    // The honest members hear the newcomers (so they know them, and since when).
+    // The honest members hear the newcomers (so they know them, and since when), and
+    // their staging cores have them among the members.
     let grown = (PER_ENV as usize) + ATTACKERS_PER_CLUSTER;
     fleet
         .wait_until(
@@ -146,7 +147,9 @@ fn identities_minted_after_a_release_take_no_seat_in_the_clusters_they_copy() {
             TIMEOUT,
             |_| {},
             |views| {
-                (0..honest).filter(|&i| env_of(i) != 1).all(|i| views[i].as_ref().is_some_and(|v| v.members == grown))
+                (0..honest)
+                    .filter(|&i| env_of(i) != 1)
+                    .all(|i| views[i].as_ref().is_some_and(|v| v.members == grown && v.staging_members == grown))
             },
         )
         .unwrap();

@@ -20,6 +20,9 @@ pub enum BenchCommand {
     /// announcements beside heartbeats and summaries (the simulator's overlay model);
     /// `--svg` draws the figure.
     MembershipScale(super::scale::ScaleArgs),
+    /// Calibrates the simulator's cost model: hundreds of real libp2p overlay nodes in
+    /// one process on 127.0.0.1, every TCP byte counted, beside the model's figures.
+    OverlayCost(super::overlay_cost::OverlayCostArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,6 +114,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Fingerprint(args) => fingerprint(args),
         BenchCommand::Membership(args) => membership(args),
         BenchCommand::MembershipScale(args) => super::scale::run(args),
+        BenchCommand::OverlayCost(args) => super::overlay_cost::run(args),
         BenchCommand::Swarm(args) => swarm(args),
         BenchCommand::Transport(args) => transport(args),
         BenchCommand::TransportPeer(args) => {

@@ -6,6 +6,7 @@ pub mod fetch;
 pub mod fingerprint;
 pub mod keygen;
 pub mod node;
+pub mod overlay_cost;
 pub mod scale;
 pub mod sim;
 pub mod status;

@@ -832,14 +832,23 @@ impl Node {
             Request::Seen { app, peer } => {
                 let key =
                     PublicKey::from_peer_id(&peer).ok_or_else(|| format!("`{peer}` is not an ed25519 peer id"))?;
-                Ok(match self.membership.peer_record(&app, &key) {
-                    None => serde_json::Value::Null,
-                    Some(r) => serde_json::json!({
-                        "cluster_key": r.cluster_key.to_hex(),
-                        "issued_at_ms": r.issued_at.0,
-                        "received_at_ms": r.received_at.0,
-                    }),
-                })
+                // The newest fingerprint held from the peer, and what the roster heard
+                // of it (first and last heartbeat).
+                let record = self.membership.peer_record(&app, &key);
+                let sighting = self.membership.roster(&app).and_then(|r| r.sighting(&key));
+                if record.is_none() && sighting.is_none() {
+                    return Ok(serde_json::Value::Null);
+                }
+                Ok(serde_json::json!({
+                    "cluster_key": record.map(|r| r.cluster_key.to_hex()),
+                    "issued_at_ms": record.map(|r| r.issued_at.0),
+                    "received_at_ms": record.map(|r| r.received_at.0),
+                    "roster": sighting.map(|s| serde_json::json!({
+                        "cluster_key": s.cluster.to_hex(),
+                        "since_ms": s.since.0,
+                        "last_seen_ms": s.last_seen.0,
+                    })),
+                }))
             }
             Request::Fetch { app, version } => {
                 let newest = self.dist.release(&app).map(|a| a.manifest.payload().version.clone());

@@ -664,6 +664,8 @@ impl Node {
                     "stage": s.stage,
                     "stage_count": s.stage_count,
                     "open_stages": s.open_stages,
+                    // What the core elects from: our cluster's members as last fed.
+                    "members": r.rollout.campaign().members(&cluster).len(),
                     "verdict": s.verdict.map(verdict_name),
                     "pinned": s.pin.as_ref().map(|p| p.version.to_string()),
                     "ignored": self.staging.ignored.get(app).cloned().unwrap_or_default(),

@@ -31,6 +31,12 @@ pub struct NetOptions {
 }
 
 pub fn build(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Result<Swarm<Behaviour>, OverlayError> {
+    let behaviour = behaviour(keypair, options)?;
+    mirage_bootstrap::build_swarm(keypair, |_| behaviour)
+}
+
+/// The node's behaviour, for a swarm built here or by a harness over another transport.
+pub fn behaviour(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Result<Behaviour, OverlayError> {
     let overlay = mirage_bootstrap::Behaviour::new(
         keypair,
         options.max_connections,
@@ -38,7 +44,7 @@ pub fn build(keypair: &libp2p::identity::Keypair, options: &NetOptions) -> Resul
         &options.kad,
         "mirage-node",
     )?;
-    mirage_bootstrap::build_swarm(keypair, |_| Behaviour {
+    Ok(Behaviour {
         overlay,
         fetch: protocol(FetchCodec::default(), codec::FETCH_PROTOCOL, Duration::from_secs(10), 64),
         roster: protocol(RosterCodec::default(), codec::ROSTER_PROTOCOL, Duration::from_secs(10), 16),

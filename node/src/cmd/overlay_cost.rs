@@ -1,0 +1,587 @@
+//! `mirage bench overlay-cost`: calibrates the simulator's cost model against real
+//! libp2p. It runs hundreds of overlay nodes in one process on 127.0.0.1, each with
+//! the node's own network behaviour (`net::Behaviour`: gossipsub, Kademlia, identify,
+//! ping and the fingerprint-fetch and roster protocols, configured as the node
+//! configures them) and the node's membership core, carried out as the daemon carries
+//! it out: the cluster's topic, heartbeats, summaries, provider records and fetches.
+//! A real bootstrap peer (`mirage_bootstrap::run`) is their entry point.
+//!
+//! Every byte each node's TCP connections carry is counted (noise, yamux, multistream
+//! and every protocol included). After every node knows its whole cluster, the
+//! harness measures a window and prints bytes per node per minute and the time until
+//! every node knew its cluster, beside what the simulator's cost model
+//! (`sim::overlay::GossipModel`) predicts for the same fleet at the same time scale.
+//!
+//! What it leaves out of the daemon: staging, distribution and the redb store (no
+//! traffic of their own while no release is out), and catch-ups (no node restarts).
+
+use anyhow::{bail, Result};
+use futures::{AsyncRead, AsyncWrite, StreamExt};
+use libp2p::core::transport::Transport;
+use libp2p::core::upgrade::Version;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux, Multiaddr, Swarm};
+use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
+use mirage_bootstrap::BehaviourEvent as OverlayEvent;
+use mirage_node::net::{self, BehaviourEvent, FetchRequest, FetchResponse};
+use mirage_protocol::fingerprint::{Item, ItemValue, ResourceClass};
+use mirage_protocol::membership::{decode_envelope, Action, Membership, MembershipConfig};
+use mirage_protocol::roster::{round_size, RosterTiming};
+use mirage_protocol::{Digest, Fingerprint, Keypair, MessageKind, PublicKey};
+use mirage_testnet::sim::overlay::GossipModel;
+use std::collections::HashMap;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+const APP: &str = "mysql";
+
+#[derive(clap::Args)]
+pub struct OverlayCostArgs {
+    /// Overlay nodes to run in this process.
+    #[arg(long, default_value_t = 500)]
+    nodes: usize,
+    /// Clusters they fall into (node i is in cluster i mod clusters).
+    #[arg(long, default_value_t = 25)]
+    clusters: usize,
+    /// The roster's time scale (as `mirage node run --roster-time-scale`): rates are
+    /// this many times production's, and so are the bytes per minute.
+    #[arg(long, default_value_t = 20)]
+    time_scale: u32,
+    /// Seconds measured once every node knows its whole cluster.
+    #[arg(long, default_value_t = 60)]
+    measure_secs: u64,
+    /// Give up if the clusters have not formed by then.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Seconds between steady-state DHT provider lookups (the node's default: 30).
+    #[arg(long)]
+    lookup_interval_secs: Option<u64>,
+    /// Seconds between Kademlia routing-table refreshes (the node's default: 60).
+    #[arg(long)]
+    bootstrap_interval_secs: Option<u64>,
+    /// Run the overlay without the membership (no app, no heartbeats, summaries or
+    /// DHT records): what the libp2p stack costs by itself.
+    #[arg(long, hide = true)]
+    idle: bool,
+    /// One JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Bytes a node's connections carried, both ways.
+#[derive(Default)]
+struct Counter {
+    read: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A TCP stream that counts what passes through it.
+struct Counted<S> {
+    inner: S,
+    counter: Arc<Counter>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counter.read.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.counter.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// The node's swarm, over TCP only, with every connection counted.
+fn counted_swarm(
+    key: &libp2p::identity::Keypair,
+    counter: Arc<Counter>,
+    kad: &KadTuning,
+) -> Result<Swarm<net::Behaviour>> {
+    let behaviour = net::behaviour(
+        key,
+        &net::NetOptions { max_connections: 1024, gossip: GossipTuning::default(), kad: kad.clone() },
+    )?;
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .map(move |stream, _| Counted { inner: stream, counter: counter.clone() });
+            Ok(tcp.upgrade(Version::V1).authenticate(noise::Config::new(key)?).multiplex(yamux::Config::default()))
+        })?
+        .with_behaviour(|_| behaviour)?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build())
+}
+
+/// A fingerprint that puts node `i` in cluster `i mod clusters`.
+fn fingerprint(cluster: usize) -> Fingerprint {
+    let item = Item {
+        class: ResourceClass::Config,
+        path: "/etc/mysql/my.cnf".into(),
+        key: "mysqld.innodb_buffer_pool_size".into(),
+        value: ItemValue::Digest(Digest::of(&(cluster as u64).to_be_bytes())),
+    };
+    Fingerprint::new(APP.into(), Digest([7; 32]), vec![item])
+}
+
+/// What the harness reads of one node.
+#[derive(Default)]
+struct Progress {
+    /// Milliseconds from the start until the roster first counted the whole cluster.
+    knew_cluster_ms: AtomicU64,
+    /// Peers connected now.
+    connections: AtomicU64,
+    /// Mesh peers on the cluster's topic and on the app's.
+    cluster_mesh: AtomicU64,
+    app_mesh: AtomicU64,
+}
+
+struct OverlayNode {
+    swarm: Swarm<net::Behaviour>,
+    bootstrap: Multiaddr,
+    membership: Membership,
+    lookups: HashMap<kad::QueryId, mirage_protocol::ClusterKey>,
+    fetches: HashMap<request_response::OutboundRequestId, PublicKey>,
+    /// Peers heard of through the DHT whose address is being looked up, as the daemon
+    /// does when a fetch cannot dial.
+    address_lookups: HashMap<kad::QueryId, PublicKey>,
+    cluster_size: u64,
+    progress: Arc<Progress>,
+    started: Instant,
+}
+
+impl OverlayNode {
+    fn execute(&mut self, actions: Vec<Action>) {
+        let now = overlay::now();
+        for action in actions {
+            let b = self.swarm.behaviour_mut();
+            match action {
+                Action::Publish { app, bytes } => {
+                    let _ = b.overlay.gossipsub.publish(overlay::app_topic(&app), bytes);
+                }
+                Action::Resigned { .. } | Action::CatchUp { .. } => {}
+                Action::StartProviding { key } => {
+                    let _ = b.overlay.kad.start_providing(overlay::cluster_record_key(&key));
+                }
+                Action::StopProviding { key } => b.overlay.kad.stop_providing(&overlay::cluster_record_key(&key)),
+                Action::FindProviders { key, .. } => {
+                    let q = b.overlay.kad.get_providers(overlay::cluster_record_key(&key));
+                    self.lookups.insert(q, key);
+                }
+                Action::Fetch { peer, app } => {
+                    let announcement = self.membership.local_announcement(&app).map(<[u8]>::to_vec);
+                    let id = b.fetch.send_request(&overlay::peer_id_of(&peer), FetchRequest { app, announcement });
+                    self.fetches.insert(id, peer);
+                }
+                Action::JoinCluster { app, cluster } => {
+                    let _ = overlay::subscribe_app(&mut b.overlay.gossipsub, overlay::cluster_topic(&app, &cluster));
+                }
+                Action::LeaveCluster { app, cluster } => {
+                    b.overlay.gossipsub.unsubscribe(&overlay::cluster_topic(&app, &cluster));
+                }
+                Action::PublishHeartbeat { app, cluster, bytes } => {
+                    let sent = b.overlay.gossipsub.publish(overlay::cluster_topic(&app, &cluster), bytes);
+                    if matches!(sent, Err(ref e) if !matches!(e, gossipsub::PublishError::Duplicate)) {
+                        self.membership.on_heartbeat_unsent(&app, now);
+                    }
+                }
+                Action::PublishSummary { app, bytes } => {
+                    let _ = b.overlay.gossipsub.publish(overlay::app_topic(&app), bytes);
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        let now = overlay::now();
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            }))) if overlay::speaks_kad(&info) => {
+                for a in info.listen_addrs.into_iter().take(16) {
+                    self.swarm.behaviour_mut().overlay.kad.add_address(&peer_id, a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }))) => {
+                let acceptance = self.on_gossip(&message, now);
+                let _ = self.swarm.behaviour_mut().overlay.gossipsub.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    acceptance,
+                );
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    id,
+                    result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })),
+                    ..
+                },
+            ))) => {
+                let Some(key) = self.lookups.get(&id).copied() else { return };
+                let keys: Vec<PublicKey> = providers.iter().filter_map(overlay::public_key_of).collect();
+                let actions = self.membership.on_providers(APP, key, &keys, now);
+                self.execute(actions);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Kad(
+                kad::Event::OutboundQueryProgressed {
+                    id, result: kad::QueryResult::GetClosestPeers(result), step, ..
+                },
+            ))) if step.last => {
+                let Some(signer) = self.address_lookups.remove(&id) else { return };
+                let target = overlay::peer_id_of(&signer);
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                if let Some(info) = peers.into_iter().find(|p| p.peer_id == target && !p.addrs.is_empty()) {
+                    for a in &info.addrs {
+                        self.swarm.behaviour_mut().overlay.kad.add_address(&target, a.clone());
+                    }
+                    let announcement = self.membership.local_announcement(APP).map(<[u8]>::to_vec);
+                    let req = FetchRequest { app: APP.into(), announcement };
+                    let rid = self.swarm.behaviour_mut().fetch.send_request_with_addresses(&target, req, info.addrs);
+                    self.fetches.insert(rid, signer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::OutboundFailure {
+                request_id,
+                error: request_response::OutboundFailure::DialFailure,
+                ..
+            })) => {
+                if let Some(signer) = self.fetches.remove(&request_id) {
+                    let q = self.swarm.behaviour_mut().overlay.kad.get_closest_peers(overlay::peer_id_of(&signer));
+                    self.address_lookups.insert(q, signer);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
+                peer, message, ..
+            })) => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    if let (Some(bytes), Some(signer)) = (&request.announcement, overlay::public_key_of(&peer)) {
+                        self.membership.on_announcement(bytes, &request.app, Some(&signer), now);
+                    }
+                    let announcement = self.membership.local_announcement(&request.app).map(<[u8]>::to_vec);
+                    let _ = self.swarm.behaviour_mut().fetch.send_response(channel, FetchResponse { announcement });
+                }
+                request_response::Message::Response { request_id, response } => {
+                    let Some(signer) = self.fetches.remove(&request_id) else { return };
+                    if let Some(bytes) = response.announcement {
+                        self.membership.on_announcement(&bytes, APP, Some(&signer), now);
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// As the daemon judges gossip: heartbeats on the cluster's topic, summaries (and
+    /// any announcement) on the app's.
+    fn on_gossip(
+        &mut self,
+        message: &gossipsub::Message,
+        now: mirage_protocol::UnixMillis,
+    ) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        use mirage_protocol::roster::RosterDrop;
+        if let Some((app, _)) = overlay::cluster_of_topic(&message.topic) {
+            return match self.membership.on_heartbeat(app, &message.data, now) {
+                Ok(_) => Accept,
+                Err(RosterDrop::Stale | RosterDrop::Own) => Ignore,
+                Err(_) => Reject,
+            };
+        }
+        let Some(app) = overlay::app_of_topic(&message.topic).map(str::to_string) else { return Ignore };
+        let Ok(env) = decode_envelope(&message.data) else { return Reject };
+        if env.kind == MessageKind::ClusterSummary {
+            return match self.membership.on_summary(&app, &env, now) {
+                Ok(()) => Accept,
+                Err(RosterDrop::Stale | RosterDrop::Older) => Ignore,
+                Err(_) => Reject,
+            };
+        }
+        let signer = message.source.as_ref().and_then(overlay::public_key_of);
+        match self.membership.on_announcement(&message.data, &app, signer.as_ref(), now) {
+            mirage_protocol::membership::Verdict::Rejected(_) => Reject,
+            _ => Accept,
+        }
+    }
+
+    fn tick(&mut self) {
+        // A bootstrap peer busy with hundreds of handshakes refuses some: try again,
+        // as the daemon's connection upkeep does.
+        if self.swarm.connected_peers().next().is_none() {
+            let _ = self.swarm.dial(self.bootstrap.clone());
+        }
+        let actions = self.membership.tick(overlay::now());
+        self.execute(actions);
+        self.progress.connections.store(self.swarm.connected_peers().count() as u64, Ordering::Relaxed);
+        let gs = &self.swarm.behaviour().overlay.gossipsub;
+        let app = overlay::app_topic(APP).hash();
+        let cluster = self.membership.local_apps().next().map(|(a, c)| overlay::cluster_topic(a, &c).hash());
+        self.progress.app_mesh.store(gs.mesh_peers(&app).count() as u64, Ordering::Relaxed);
+        let mesh = cluster.map_or(0, |c| gs.mesh_peers(&c).count() as u64);
+        self.progress.cluster_mesh.store(mesh, Ordering::Relaxed);
+        if self.progress.knew_cluster_ms.load(Ordering::Relaxed) == 0 {
+            let live = self.membership.roster(APP).map_or(0, |r| r.live_count(overlay::now()));
+            if live >= self.cluster_size {
+                let ms = self.started.elapsed().as_millis().max(1) as u64;
+                self.progress.knew_cluster_ms.store(ms, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Runs one node until the harness drops its task.
+async fn run_node(mut node: OverlayNode, fp: Option<Fingerprint>) {
+    let bootstrap = node.bootstrap.clone();
+    if let Err(e) = node.swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("an address")) {
+        eprintln!("cannot listen: {e}");
+        return;
+    }
+    if let Some((peer, a)) = overlay::split_peer_addr(&bootstrap) {
+        node.swarm.behaviour_mut().overlay.kad.add_address(&peer, a);
+    }
+    let _ = node.swarm.dial(bootstrap);
+    let _ = node.swarm.behaviour_mut().overlay.kad.bootstrap();
+    if let Some(fp) = fp {
+        let _ = overlay::subscribe_app(&mut node.swarm.behaviour_mut().overlay.gossipsub, overlay::app_topic(APP));
+        let actions = node.membership.set_local(fp, overlay::now());
+        node.execute(actions);
+    } else {
+        node.progress.knew_cluster_ms.store(1, Ordering::Relaxed);
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            event = node.swarm.select_next_some() => node.on_event(event),
+            _ = tick.tick() => node.tick(),
+        }
+    }
+}
+
+/// Bytes per node per minute the simulator's model predicts for this fleet in steady
+/// state: heartbeats on each cluster's topic, summaries on the app's, and keeping
+/// `connections` connections alive.
+fn modelled(nodes: usize, clusters: usize, scale: u32, connections: f64) -> (f64, f64) {
+    let gossip = GossipModel::default();
+    let timing = RosterTiming::scaled(scale);
+    let size = (nodes / clusters.max(1)).max(1) as u64;
+    let app_topic = format!("mirage/v1/app/{APP}").len() as u64;
+    let cluster_topic = app_topic + "/cluster/".len() as u64 + 64;
+    let (heartbeat, summary) = mirage_testnet::sim::overlay::wire_sizes();
+    // Each member hears the others' heartbeats once per period, and sends its own.
+    let period_min = timing.heartbeat_period(round_size(size)).as_secs_f64() / 60.0;
+    let heard = (size - 1) as f64 / period_min;
+    let own = 1.0 / period_min;
+    let (hb_in, hb_out) = gossip.per_message(size, heartbeat, cluster_topic);
+    // Summaries: `duty` members of each cluster, once an epoch.
+    let epoch_min = timing.epoch_length(clusters as u64).as_secs_f64() / 60.0;
+    let duty = (timing.duty(clusters as u64) as f64).min(size as f64);
+    let summaries = clusters as f64 * duty / epoch_min;
+    let (s_in, s_out) = gossip.per_message(nodes as u64, summary, app_topic);
+    let keepalive = connections * gossip.keepalive_per_connection as f64;
+    (heard * hb_in + summaries * s_in + keepalive, heard * hb_out + own * hb_in + summaries * s_out + keepalive)
+}
+
+pub fn run(args: OverlayCostArgs) -> Result<()> {
+    if args.nodes < 2 || args.clusters == 0 || args.clusters > args.nodes {
+        bail!("need at least 2 nodes and between 1 and --nodes clusters");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(measure(args))
+}
+
+async fn measure(args: OverlayCostArgs) -> Result<()> {
+    // The bootstrap peer, on a port found free.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let boot_key = Keypair::generate(&mut rand::rngs::OsRng);
+    let boot_id = mirage_bootstrap::peer_id(&boot_key);
+    let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
+    let bootstrap: Multiaddr = format!("{listen}/p2p/{boot_id}").parse()?;
+    let boot = tokio::spawn(mirage_bootstrap::run(
+        mirage_bootstrap::BootstrapOptions {
+            keypair: boot_key,
+            listen: vec![listen],
+            peers: Vec::new(),
+            max_connections: (args.nodes as u32 + 64).max(1024),
+            gossip: GossipTuning::default(),
+            announcements: MembershipConfig::default(),
+        },
+        futures::future::pending::<()>(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut kad = KadTuning::default();
+    if let Some(s) = args.bootstrap_interval_secs {
+        kad.bootstrap_interval = Duration::from_secs(s.max(1));
+    }
+    let started = Instant::now();
+    let mut config = MembershipConfig { roster: RosterTiming::scaled(args.time_scale), ..MembershipConfig::default() };
+    if let Some(s) = args.lookup_interval_secs {
+        config.lookup_interval = Duration::from_secs(s.max(1));
+    }
+    let mut counters = Vec::new();
+    let mut progress = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..args.nodes {
+        let key = Keypair::generate(&mut rand::rngs::OsRng);
+        let counter = Arc::new(Counter::default());
+        let swarm = counted_swarm(&overlay::libp2p_keypair(&key), counter.clone(), &kad)?;
+        let cluster = i % args.clusters;
+        let cluster_size = (args.nodes / args.clusters + usize::from(cluster < args.nodes % args.clusters)) as u64;
+        let p = Arc::new(Progress::default());
+        let node = OverlayNode {
+            swarm,
+            bootstrap: bootstrap.clone(),
+            membership: Membership::new(key, config.clone()),
+            lookups: HashMap::new(),
+            fetches: HashMap::new(),
+            address_lookups: HashMap::new(),
+            cluster_size,
+            progress: p.clone(),
+            started,
+        };
+        let fp = (!args.idle).then(|| fingerprint(cluster));
+        tasks.push(tokio::spawn(run_node(node, fp)));
+        counters.push(counter);
+        progress.push(p);
+        // Start in small batches, as a fleet does, not in one burst.
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let all_up = started.elapsed();
+
+    // Until every node's roster counts its whole cluster.
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut next_report = 10;
+    loop {
+        let knowing = progress.iter().filter(|p| p.knew_cluster_ms.load(Ordering::Relaxed) > 0).count();
+        if knowing == args.nodes {
+            break;
+        }
+        if !args.json && started.elapsed().as_secs() >= next_report {
+            next_report += 10;
+            let conns = progress.iter().map(|p| p.connections.load(Ordering::Relaxed)).sum::<u64>();
+            eprintln!(
+                "  {:>5.1} s: {knowing}/{} nodes know their whole cluster, {:.1} connections per node",
+                started.elapsed().as_secs_f64(),
+                args.nodes,
+                conns as f64 / args.nodes as f64
+            );
+        }
+        if Instant::now() > deadline {
+            bail!("after {} s only {knowing} of {} nodes know their whole cluster", args.timeout_secs, args.nodes);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let formed = started.elapsed();
+    let mut known: Vec<u64> = progress.iter().map(|p| p.knew_cluster_ms.load(Ordering::Relaxed)).collect();
+    known.sort_unstable();
+
+    // Let provider records, meshes and summaries settle for a few epochs, then measure.
+    let settle = RosterTiming::scaled(args.time_scale).epoch_length(args.clusters as u64) * 3;
+    tokio::time::sleep(settle).await;
+    let before: Vec<(u64, u64)> =
+        counters.iter().map(|c| (c.read.load(Ordering::Relaxed), c.written.load(Ordering::Relaxed))).collect();
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.measure_secs)).await;
+    let minutes = window.elapsed().as_secs_f64() / 60.0;
+    let per_node: Vec<(f64, f64)> = counters
+        .iter()
+        .zip(&before)
+        .map(|(c, (r, w))| {
+            let r = (c.read.load(Ordering::Relaxed) - r) as f64 / minutes;
+            let w = (c.written.load(Ordering::Relaxed) - w) as f64 / minutes;
+            (r, w)
+        })
+        .collect();
+    let mean = |f: fn(&Progress) -> &AtomicU64| {
+        progress.iter().map(|p| f(p).load(Ordering::Relaxed)).sum::<u64>() as f64 / args.nodes as f64
+    };
+    let connections = mean(|p| &p.connections);
+    let (cluster_mesh, app_mesh) = (mean(|p| &p.cluster_mesh), mean(|p| &p.app_mesh));
+    for t in tasks {
+        t.abort();
+    }
+    boot.abort();
+
+    let n = per_node.len() as f64;
+    let mean_in = per_node.iter().map(|p| p.0).sum::<f64>() / n;
+    let mean_out = per_node.iter().map(|p| p.1).sum::<f64>() / n;
+    let max_in = per_node.iter().map(|p| p.0).fold(0.0, f64::max);
+    let (model_in, model_out) = modelled(args.nodes, args.clusters, args.time_scale, connections);
+    let ratio = (model_in + model_out) / (mean_in + mean_out);
+    let pct = |p: f64| known[((known.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
+    let out = serde_json::json!({
+        "nodes": args.nodes,
+        "clusters": args.clusters,
+        "time_scale": args.time_scale,
+        "all_started_s": all_up.as_secs_f64(),
+        "knew_cluster_s": { "p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0) },
+        "all_knew_cluster_s": formed.as_secs_f64(),
+        "measured_s": minutes * 60.0,
+        "connections_per_node": connections,
+        "mesh_peers": { "cluster_topic": cluster_mesh, "app_topic": app_mesh },
+        "bytes_in_per_node_per_min": mean_in,
+        "bytes_out_per_node_per_min": mean_out,
+        "bytes_in_per_node_per_min_max": max_in,
+        "model_bytes_in_per_node_per_min": model_in,
+        "model_bytes_out_per_node_per_min": model_out,
+        "model_over_measured": ratio,
+    });
+    if args.json {
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "overlay cost: {} real libp2p nodes in {} clusters, one process, roster time scale {}",
+        args.nodes, args.clusters, args.time_scale
+    );
+    println!(
+        "  every node knew its whole cluster {:.1} s after the first started (p50 {:.1} s, p99 {:.1} s); all started by {:.1} s",
+        formed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        all_up.as_secs_f64()
+    );
+    println!(
+        "  measured over {:.0} s of steady state (every TCP byte, both ways), {connections:.1} connections per node, \
+         mesh peers {cluster_mesh:.1} on the cluster's topic and {app_mesh:.1} on the app's:",
+        minutes * 60.0
+    );
+    println!("    {:>12} {:>12} {:>12}", "", "in B/min", "out B/min");
+    println!("    {:>12} {:>12.0} {:>12.0}   (max in {:.0})", "real", mean_in, mean_out, max_in);
+    println!("    {:>12} {:>12.0} {:>12.0}", "model", model_in, model_out);
+    println!("  model / real, in + out: {ratio:.2}");
+    Ok(())
+}
