@@ -87,9 +87,11 @@ pub struct MembershipConfig {
     /// First delay between DHT provider lookups; doubles up to `lookup_interval`.
     pub first_lookup_delay: Duration,
     /// Steady-state delay between provider lookups. Lookups start at once and back off
-    /// (doubling) to this: a node finds its cluster-mates in its first lookups, and
-    /// those who join later find it with theirs. Every 30 s cost each node about
-    /// 100 KB/min in a fleet of 50 (`mirage bench overlay-cost`).
+    /// (doubling) to this: a node finds most cluster-mates in its first lookups, and
+    /// those who join later find it with theirs; with fingerprints no longer gossiped
+    /// to the whole app, the DHT is how cluster-mates meet, so it stays short. Every
+    /// 30 s cost each node about 100 KB/min in a fleet of 50 (`mirage bench
+    /// overlay-cost`).
     pub lookup_interval: Duration,
     /// Steady-state delay between re-registrations as a provider. Re-registration
     /// starts fast (twice the first lookup delay, doubling) because while a fleet is
@@ -119,7 +121,7 @@ impl Default for MembershipConfig {
             announce_interval: Duration::from_secs(60),
             member_ttl: Duration::from_secs(200),
             first_lookup_delay: Duration::from_secs(1),
-            lookup_interval: Duration::from_secs(600),
+            lookup_interval: Duration::from_secs(120),
             provide_interval: Duration::from_secs(600),
             publish_retry: Duration::from_secs(1),
             fetch_backoff: Duration::from_secs(10),

@@ -17,7 +17,8 @@
 
 use anyhow::{bail, Result};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
-use libp2p::core::transport::Transport;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{MemoryTransport, Transport};
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux, Multiaddr, Swarm};
@@ -54,6 +55,11 @@ pub struct OverlayCostArgs {
     /// Seconds measured once every node knows its whole cluster.
     #[arg(long, default_value_t = 60)]
     measure_secs: u64,
+    /// Connect over TCP on 127.0.0.1 instead of libp2p's in-process memory transport
+    /// (the same bytes above the transport; the kernel's loopback costs a 2-core
+    /// machine more CPU than the nodes themselves at 500 nodes).
+    #[arg(long)]
+    tcp: bool,
     /// Give up if the clusters have not formed by then.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
@@ -113,23 +119,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// The node's swarm, over TCP only, with every connection counted.
+/// The node's swarm, over TCP on 127.0.0.1 or libp2p's in-process memory transport,
+/// with every connection's bytes (noise, yamux and all above) counted.
 fn counted_swarm(
     key: &libp2p::identity::Keypair,
     counter: Arc<Counter>,
     kad: &KadTuning,
+    memory: bool,
 ) -> Result<Swarm<net::Behaviour>> {
     let behaviour = net::behaviour(
         key,
         &net::NetOptions { max_connections: 1024, gossip: GossipTuning::default(), kad: kad.clone() },
     )?;
-    Ok(libp2p::SwarmBuilder::with_existing_identity(key.clone())
-        .with_tokio()
-        .with_other_transport(|key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-            let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .map(move |stream, _| Counted { inner: stream, counter: counter.clone() });
-            Ok(tcp.upgrade(Version::V1).authenticate(noise::Config::new(key)?).multiplex(yamux::Config::default()))
-        })?
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let builder = libp2p::SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
+    let with_transport = builder.with_other_transport(|key| -> Result<_, BoxError> {
+        let noise = noise::Config::new(key)?;
+        let transport = if memory {
+            MemoryTransport::default()
+                .map(move |stream, _| Counted { inner: stream, counter: counter.clone() })
+                .upgrade(Version::V1)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+                .boxed()
+        } else {
+            tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .map(move |stream, _| Counted { inner: stream, counter: counter.clone() })
+                .upgrade(Version::V1)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
+                .boxed()
+        };
+        Ok(transport)
+    })?;
+    Ok(with_transport
         .with_behaviour(|_| behaviour)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build())
@@ -160,6 +185,7 @@ struct Progress {
 
 struct OverlayNode {
     swarm: Swarm<net::Behaviour>,
+    listen: Multiaddr,
     bootstrap: Multiaddr,
     membership: Membership,
     lookups: HashMap<kad::QueryId, mirage_protocol::ClusterKey>,
@@ -362,7 +388,7 @@ impl OverlayNode {
 /// Runs one node until the harness drops its task.
 async fn run_node(mut node: OverlayNode, fp: Option<Fingerprint>) {
     let bootstrap = node.bootstrap.clone();
-    if let Err(e) = node.swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("an address")) {
+    if let Err(e) = node.swarm.listen_on(node.listen.clone()) {
         eprintln!("cannot listen: {e}");
         return;
     }
@@ -421,23 +447,31 @@ pub fn run(args: OverlayCostArgs) -> Result<()> {
 }
 
 async fn measure(args: OverlayCostArgs) -> Result<()> {
-    // The bootstrap peer, on a port found free.
+    // Over TCP, a real bootstrap peer on a port found free. In memory (where the
+    // bootstrap peer's swarm cannot listen), the first node is everyone's entry point.
+    let keys: Vec<Keypair> = (0..args.nodes).map(|_| Keypair::generate(&mut rand::rngs::OsRng)).collect();
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let boot_key = Keypair::generate(&mut rand::rngs::OsRng);
     let boot_id = mirage_bootstrap::peer_id(&boot_key);
     let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse()?;
-    let bootstrap: Multiaddr = format!("{listen}/p2p/{boot_id}").parse()?;
-    let boot = tokio::spawn(mirage_bootstrap::run(
-        mirage_bootstrap::BootstrapOptions {
-            keypair: boot_key,
-            listen: vec![listen],
-            peers: Vec::new(),
-            max_connections: (args.nodes as u32 + 64).max(1024),
-            gossip: GossipTuning::default(),
-            announcements: MembershipConfig::default(),
-        },
-        futures::future::pending::<()>(),
-    ));
+    let bootstrap: Multiaddr = if args.tcp {
+        format!("{listen}/p2p/{boot_id}").parse()?
+    } else {
+        format!("/memory/1000000/p2p/{}", mirage_bootstrap::peer_id(&keys[0])).parse()?
+    };
+    let boot = (args.tcp).then(|| {
+        tokio::spawn(mirage_bootstrap::run(
+            mirage_bootstrap::BootstrapOptions {
+                keypair: boot_key,
+                listen: vec![listen],
+                peers: Vec::new(),
+                max_connections: (args.nodes as u32 + 64).max(1024),
+                gossip: GossipTuning::default(),
+                announcements: MembershipConfig::default(),
+            },
+            futures::future::pending::<()>(),
+        ))
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut kad = KadTuning::default();
@@ -452,15 +486,17 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     let mut counters = Vec::new();
     let mut progress = Vec::new();
     let mut tasks = Vec::new();
-    for i in 0..args.nodes {
-        let key = Keypair::generate(&mut rand::rngs::OsRng);
+    for (i, key) in keys.into_iter().enumerate() {
         let counter = Arc::new(Counter::default());
-        let swarm = counted_swarm(&overlay::libp2p_keypair(&key), counter.clone(), &kad)?;
+        let swarm = counted_swarm(&overlay::libp2p_keypair(&key), counter.clone(), &kad, !args.tcp)?;
         let cluster = i % args.clusters;
         let cluster_size = (args.nodes / args.clusters + usize::from(cluster < args.nodes % args.clusters)) as u64;
         let p = Arc::new(Progress::default());
+        let listen: Multiaddr =
+            if args.tcp { "/ip4/127.0.0.1/tcp/0".parse()? } else { format!("/memory/{}", 1_000_000 + i).parse()? };
         let node = OverlayNode {
             swarm,
+            listen,
             bootstrap: bootstrap.clone(),
             membership: Membership::new(key, config.clone()),
             lookups: HashMap::new(),
@@ -533,7 +569,9 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     for t in tasks {
         t.abort();
     }
-    boot.abort();
+    if let Some(b) = boot {
+        b.abort();
+    }
 
     let n = per_node.len() as f64;
     let mean_in = per_node.iter().map(|p| p.0).sum::<f64>() / n;

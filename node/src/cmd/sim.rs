@@ -284,6 +284,11 @@ fn run_one(
     );
     say!(
         args,
+        "  keeping libp2p connections alive (ping, identify) besides: {:.1} KB/min each way",
+        out.keepalive_bytes_per_node_per_min / 1000.0
+    );
+    say!(
+        args,
         "  all-to-all announcements instead: {:.1} MB/min in, {:.1} MB of state",
         out.announce_bytes_in_per_node_per_min / 1e6,
         out.announce_state_bytes_per_node / 1e6
@@ -374,6 +379,7 @@ fn sim_json(
             "settle_s_max": o.settle_s_max,
             "heartbeat_bytes": o.heartbeat_bytes,
             "summary_bytes": o.summary_bytes,
+            "keepalive_bytes_per_node_per_min": o.keepalive_bytes_per_node_per_min,
             "announce_bytes_in_per_node_per_min": o.announce_bytes_in_per_node_per_min,
             "announce_state_bytes_per_node": o.announce_state_bytes_per_node,
         })),

@@ -168,6 +168,9 @@ pub struct OverlayOutcome {
     /// their view settled and counted their cluster's size within 10%.
     pub settle_s_median: f64,
     pub settle_s_max: f64,
+    /// What keeping [`GossipModel::connections`] libp2p connections alive costs each
+    /// way (ping, identify), beside the membership traffic above.
+    pub keepalive_bytes_per_node_per_min: f64,
     /// Today's design for the same fleet: every node hears every signed fingerprint.
     pub announce_bytes_in_per_node_per_min: f64,
     pub announce_state_bytes_per_node: f64,
@@ -424,6 +427,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
         stage_agreement,
         settle_s_median: settle.get(settle.len() / 2).copied().unwrap_or(0.0),
         settle_s_max: settle.last().copied().unwrap_or(0.0),
+        keepalive_bytes_per_node_per_min: gossip.connections as f64 * gossip.keepalive_per_connection as f64,
         announce_bytes_in_per_node_per_min: machines as f64 * old_in,
         // Per peer: its record (cluster key, two times), the index entry, the stored
         // envelope for cluster-mates; the scan-free index doubles the keys.
