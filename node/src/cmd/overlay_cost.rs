@@ -18,10 +18,10 @@
 use anyhow::{bail, Result};
 use futures::{AsyncRead, AsyncWrite, StreamExt};
 use libp2p::core::muxing::StreamMuxerBox;
-use libp2p::core::transport::{MemoryTransport, Transport};
+use libp2p::core::transport::{Boxed, MemoryTransport, Transport};
 use libp2p::core::upgrade::Version;
 use libp2p::swarm::SwarmEvent;
-use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux, Multiaddr, Swarm};
+use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux, Multiaddr, PeerId, Swarm};
 use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
 use mirage_node::net::{self, BehaviourEvent, FetchRequest, FetchResponse};
@@ -135,24 +135,27 @@ fn counted_swarm(
     let builder = libp2p::SwarmBuilder::with_existing_identity(key.clone()).with_tokio();
     let with_transport = builder.with_other_transport(|key| -> Result<_, BoxError> {
         let noise = noise::Config::new(key)?;
-        let transport = if memory {
-            MemoryTransport::default()
-                .map(move |stream, _| Counted { inner: stream, counter: counter.clone() })
+        // One upgrade path over either base transport, each connection counted.
+        fn secured<T>(base: T, noise: noise::Config, counter: Arc<Counter>) -> Boxed<(PeerId, StreamMuxerBox)>
+        where
+            T: Transport + Send + Unpin + 'static,
+            T::Output: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+            T::Error: Send + Sync + 'static,
+            T::Dial: Send + 'static,
+            T::ListenerUpgrade: Send + 'static,
+        {
+            base.map(move |stream, _| Counted { inner: stream, counter: counter.clone() })
                 .upgrade(Version::V1)
                 .authenticate(noise)
                 .multiplex(yamux::Config::default())
                 .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
                 .boxed()
+        }
+        Ok(if memory {
+            secured(MemoryTransport::default(), noise, counter)
         } else {
-            tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .map(move |stream, _| Counted { inner: stream, counter: counter.clone() })
-                .upgrade(Version::V1)
-                .authenticate(noise)
-                .multiplex(yamux::Config::default())
-                .map(|(p, m), _| (p, StreamMuxerBox::new(m)))
-                .boxed()
-        };
-        Ok(transport)
+            secured(tcp::tokio::Transport::new(tcp::Config::default().nodelay(true)), noise, counter)
+        })
     })?;
     Ok(with_transport
         .with_behaviour(|_| behaviour)?
@@ -613,7 +616,7 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         all_up.as_secs_f64()
     );
     println!(
-        "  measured over {:.0} s of steady state (every TCP byte, both ways), {connections:.1} connections per node, \
+        "  measured over {:.0} s of steady state (every byte of every connection, both ways), {connections:.1} connections per node, \
          mesh peers {cluster_mesh:.1} on the cluster's topic and {app_mesh:.1} on the app's:",
         minutes * 60.0
     );
