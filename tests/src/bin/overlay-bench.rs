@@ -77,10 +77,22 @@ fn main() {
     let mut last_report = Instant::now();
     let full = wait_for("full clusters", a.timeout, Duration::from_millis(250), || {
         let mut missing = 0;
+        // All nodes at once: one status call after another took longer under load than
+        // the clusters took to form, and the figure measured the polling.
+        let got: Vec<Option<BTreeSet<String>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..a.nodes)
+                .map(|i| {
+                    let skip = complete[i];
+                    let status = &status;
+                    scope.spawn(move || if skip { None } else { status(i).and_then(|s| members(&s)) })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+        });
         for i in 0..a.nodes {
             if !complete[i] {
                 let want = &expected[&nodes[i].machine.environment];
-                let got = status(i).and_then(|s| members(&s)).unwrap_or_default();
+                let got = got[i].clone().unwrap_or_default();
                 complete[i] = &got == want;
                 for m in want.difference(&got) {
                     missing += 1;
