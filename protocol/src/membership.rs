@@ -323,10 +323,6 @@ pub struct Membership {
     /// Sightings that changed since the node last took them, to persist.
     presence_changes: Vec<(String, PublicKey, Sighting)>,
     next_presence_expiry: UnixMillis,
-    /// Clusters whose members or first sightings changed since the node last asked,
-    /// per app (`None`: all of them), so staging is fed what changed and not every
-    /// cluster of the fleet again.
-    changed: BTreeMap<String, Option<BTreeSet<ClusterKey>>>,
     /// Per app: our cluster's heartbeats and the fleet's cluster sizes, at a cost that
     /// does not grow with the fleet (see [`crate::roster`]).
     rosters: BTreeMap<String, Roster>,
@@ -345,28 +341,7 @@ impl Membership {
             presence: BTreeMap::new(),
             presence_changes: Vec::new(),
             next_presence_expiry: UnixMillis(0),
-            changed: BTreeMap::new(),
             rosters: BTreeMap::new(),
-        }
-    }
-
-    fn mark(&mut self, app: &str, cluster: ClusterKey) {
-        if let Some(set) = self.changed.entry(app.to_string()).or_insert_with(|| Some(BTreeSet::new())) {
-            set.insert(cluster);
-        }
-    }
-
-    fn mark_all(&mut self, app: &str) {
-        self.changed.insert(app.to_string(), None);
-    }
-
-    /// The clusters of `app` whose [`Membership::cluster_members`] may have changed
-    /// since the last call; `None` when they all may have.
-    pub fn take_changed_clusters(&mut self, app: &str) -> Option<Vec<ClusterKey>> {
-        match self.changed.remove(app) {
-            Some(None) => None,
-            Some(Some(set)) => Some(set.into_iter().collect()),
-            None => Some(Vec::new()),
         }
     }
 
@@ -405,7 +380,6 @@ impl Membership {
             let old = old.cluster_key;
             actions.push(Action::StopProviding { key: old });
             actions.push(Action::LeaveCluster { app: app.clone(), cluster: old });
-            self.mark(&app, old);
         }
         self.local.insert(
             app.clone(),
@@ -436,7 +410,6 @@ impl Membership {
                 r
             })
             .set_cluster(key, now);
-        self.mark(&app, key);
         self.sight(&app, self.keypair.public(), key, now);
         actions.extend(self.tick(now));
         actions
@@ -449,7 +422,6 @@ impl Membership {
             Observed::New => {
                 let s = *book.get(&peer).expect("just observed");
                 self.presence_changes.push((app.to_string(), peer, s));
-                self.mark(app, cluster);
             }
             Observed::Known | Observed::Dropped => {}
         }
@@ -465,7 +437,6 @@ impl Membership {
                 r.book_mut().restore(peer, s);
             }
         }
-        self.mark_all(app);
     }
 
     /// Sightings that are new since the last call: persist them, so a restart keeps
@@ -527,7 +498,6 @@ impl Membership {
             }
         }
         let ttl = self.config.member_ttl;
-        let mut gone: Vec<(String, ClusterKey)> = Vec::new();
         for (app, records) in self.peers.iter_mut() {
             let expired: Vec<(PublicKey, ClusterKey)> = records
                 .iter()
@@ -542,10 +512,6 @@ impl Membership {
                 records.remove(peer);
                 unindex(index, peer, cluster);
             }
-            gone.extend(expired.into_iter().map(|(_, c)| (app.clone(), c)));
-        }
-        for (app, cluster) in gone {
-            self.mark(&app, cluster);
         }
         self.peers.retain(|_, r| !r.is_empty());
         self.by_cluster.retain(|_, c| !c.is_empty());
@@ -693,10 +659,6 @@ impl Membership {
                 unindex(index, &signer, &p.cluster_key);
             }
             index.entry(key).or_default().insert(signer);
-            if let Some(p) = &previous {
-                self.mark(app, p.cluster_key);
-            }
-            self.mark(app, key);
         }
         let ours = self.local.get(app).map(|l| l.cluster_key);
         let was_member = previous.is_some_and(|p| Some(p.cluster_key) == ours);
@@ -969,26 +931,6 @@ mod tests {
     }
 
     #[test]
-    fn clusters_are_reported_changed_exactly_when_they_change() {
-        let mut m = node();
-        let changed = |m: &mut Membership| m.take_changed_clusters("web").is_none_or(|c| !c.is_empty());
-        changed(&mut m);
-        m.on_announcement(&announce(2, "web", 1, T0), "web", None, UnixMillis(T0));
-        assert!(changed(&mut m), "a new peer");
-        let clusters = m.clusters("web");
-        // The same peer again, same environment: same clusters, nothing changed.
-        m.on_announcement(&announce(2, "web", 1, T0 + 5), "web", None, UnixMillis(T0 + 5));
-        assert_eq!((changed(&mut m), m.clusters("web")), (false, clusters));
-        m.on_announcement(&announce(2, "web", 2, T0 + 9), "web", None, UnixMillis(T0 + 9));
-        assert!(changed(&mut m), "a peer that moved");
-        m.tick(UnixMillis(T0 + 10));
-        assert!(!changed(&mut m), "nothing expired");
-        m.tick(UnixMillis(T0 + 9).saturating_add(m.config().member_ttl + Duration::from_millis(1)));
-        assert!(changed(&mut m), "a peer expired");
-        assert_eq!(m.clusters("web").len(), 1);
-    }
-
-    #[test]
     fn providers_without_fingerprints_are_fetched_once_per_backoff() {
         let mut m = node();
         let key = fp("web", 1).cluster_key();
@@ -1122,28 +1064,12 @@ mod tests {
         ) {
             let mut m = node();
             let mut now = T0;
-            let mut mirror: BTreeMap<ClusterKey, Vec<Presence>> = BTreeMap::new();
             for (peer, env, dt, tick) in steps {
                 now += dt * 1000;
                 m.on_announcement(&announce(peer, "web", env, now), "web", None, UnixMillis(now));
                 if tick {
                     m.tick(UnixMillis(now + 200_000));
                 }
-                // What a user fed only the changed clusters holds equals the whole.
-                match m.take_changed_clusters("web") {
-                    None => mirror = m.clusters("web"),
-                    Some(changed) => {
-                        for c in changed {
-                            let members = m.cluster_members("web", &c);
-                            if members.is_empty() {
-                                mirror.remove(&c);
-                            } else {
-                                mirror.insert(c, members);
-                            }
-                        }
-                    }
-                }
-                proptest::prop_assert_eq!(&mirror, &m.clusters("web"));
                 let clusters: BTreeMap<ClusterKey, Vec<PublicKey>> = m
                     .clusters("web")
                     .into_iter()

@@ -5,7 +5,8 @@
 //!
 //! The core is fed, as its documentation asks: every admitted manifest, what the roster
 //! shows (our cluster's live members, every cluster's size) once it is ready and each
-//! time it changes, every verified test report (our own fed back), the completions of long-running actions, and its timer. Every `Persist` is
+//! time it changes, every verified test report (our own fed back), the completions of
+//! long-running actions, and its timer. Every `Persist` is
 //! written to the database before the actions after it are started.
 
 use super::Node;
