@@ -9,6 +9,7 @@ use futures::StreamExt;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{gossipsub, identify, kad, noise, ping, tcp, yamux, Multiaddr, PeerId, Swarm};
 use mirage_protocol::channel::check_release_message;
+use mirage_protocol::connections::{Budget, Connections};
 use mirage_protocol::membership::{check_app_message, DropReason, MembershipConfig};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -51,7 +52,7 @@ impl Behaviour {
             identify: overlay::identify(keypair.public(), agent),
             ping: ping::Behaviour::default(),
             kad: overlay::kad(keypair.public().to_peer_id(), kad),
-            gossipsub: overlay::gossipsub(keypair, gossip)?,
+            gossipsub: overlay::gossipsub(gossip)?,
         })
     }
 }
@@ -115,12 +116,25 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
     let mut drops: BTreeMap<DropReason, u64> = BTreeMap::new();
     let mut relayed: u64 = 0;
     let mut report = tokio::time::interval(Duration::from_secs(60));
+    // Gossipsub keeps every connection open; without trimming, a bootstrap peer would
+    // fill up with the fleet's first contacts and turn newcomers away.
+    let mut connections = Connections::new(Budget::for_capacity(options.max_connections as usize));
+    let mut trimmed: u64 = 0;
+    let mut maintain = tokio::time::interval(Duration::from_secs(3));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             _ = report.tick() => {
-                info!(connected = swarm.connected_peers().count(), relayed, ?drops, "bootstrap status");
+                info!(connected = swarm.connected_peers().count(), trimmed, relayed, ?drops, "bootstrap status");
+            }
+            _ = maintain.tick() => {
+                let facts = overlay::gossip_facts(&swarm.behaviour().gossipsub);
+                for peer in connections.to_close(overlay::now(), |p| facts.get(p).copied()) {
+                    if swarm.disconnect_peer_id(peer).is_ok() {
+                        trimmed += 1;
+                    }
+                }
             }
             event = swarm.select_next_some() => match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
@@ -129,8 +143,14 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
                     let _ = writeln!(out, "listening {address}/p2p/{local}");
                     let _ = out.flush();
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(peer = %peer_id, "connected"),
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => debug!(peer = %peer_id, "disconnected"),
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    debug!(peer = %peer_id, "connected");
+                    connections.on_established(peer_id, overlay::now());
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    debug!(peer = %peer_id, "disconnected");
+                    connections.on_closed(&peer_id);
+                }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
                     if overlay::speaks_kad(&info) =>
                 {

@@ -4,9 +4,10 @@
 //! their swarms from these, so they always speak the same overlay.
 
 use libp2p::{connection_limits, gossipsub, identify, identity, kad, Multiaddr, PeerId, StreamProtocol};
+use mirage_protocol::connections::{PeerFacts, Standing};
 use mirage_protocol::wire::MAX_MESSAGE_BYTES;
 use mirage_protocol::UnixMillis;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroUsize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,8 +21,7 @@ pub const IDENTIFY_VERSION: &str = "/mirage/id/1.0.0";
 pub const APP_TOPIC_PREFIX: &str = "mirage/v1/app/";
 /// Prefix of the per-application release topics (signed manifests and test reports).
 pub const RELEASE_TOPIC_PREFIX: &str = "mirage/v1/release/";
-/// Gossipsub frames may carry a full-size message plus protobuf framing and the
-/// gossipsub signature. Messages whose *data* is over [`MAX_MESSAGE_BYTES`] still reach
+/// Gossipsub frames may carry a full-size message plus protobuf framing. Messages whose *data* is over [`MAX_MESSAGE_BYTES`] still reach
 /// the validator, which drops and counts them as too large.
 pub const MAX_TRANSMIT_BYTES: usize = MAX_MESSAGE_BYTES + 64 * 1024;
 /// Most application topics a bootstrap peer relays.
@@ -48,17 +48,26 @@ pub fn app_of_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
 /// Where a cluster's topic name starts, after the app's topic.
 pub const CLUSTER_TOPIC_INFIX: &str = "/cluster/";
 
+/// Hex digits of the cluster key a cluster's topic names: its first 128 bits. Every
+/// copy of every heartbeat and every IHAVE carries the topic string, so the other half
+/// of the key would cost each node about 20 KB/min at a million machines; and two
+/// clusters whose keys share 128 bits would only share heartbeat traffic, since each
+/// heartbeat names its full key and is checked against ours.
+pub const CLUSTER_TOPIC_KEY_HEX: usize = 32;
+
 /// The gossipsub topic of one cluster of an application: its members' heartbeats,
 /// which only its members subscribe to.
 pub fn cluster_topic(app: &str, cluster: &mirage_protocol::ClusterKey) -> gossipsub::IdentTopic {
-    gossipsub::IdentTopic::new(format!("{APP_TOPIC_PREFIX}{app}{CLUSTER_TOPIC_INFIX}{}", cluster.to_hex()))
+    let key = cluster.to_hex();
+    gossipsub::IdentTopic::new(format!("{APP_TOPIC_PREFIX}{app}{CLUSTER_TOPIC_INFIX}{}", &key[..CLUSTER_TOPIC_KEY_HEX]))
 }
 
-/// The application and cluster a topic hash belongs to, if it is a cluster topic.
-pub fn cluster_of_topic(topic: &gossipsub::TopicHash) -> Option<(&str, mirage_protocol::ClusterKey)> {
+/// The application a topic hash belongs to, if it is a cluster topic.
+pub fn app_of_cluster_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
     let (app, hex) = topic.as_str().strip_prefix(APP_TOPIC_PREFIX)?.split_once(CLUSTER_TOPIC_INFIX)?;
     mirage_protocol::manifest::validate_app_name(app).ok()?;
-    Some((app, mirage_protocol::ClusterKey(mirage_protocol::Digest::from_hex(hex).ok()?)))
+    (hex.len() == CLUSTER_TOPIC_KEY_HEX && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then_some(app)
 }
 
 /// The gossipsub topic an application's releases and test reports travel on.
@@ -184,12 +193,15 @@ impl Default for GossipTuning {
     }
 }
 
-/// Gossipsub in strict validation mode: messages must carry a libp2p signature and are
-/// only forwarded once the application reports them valid. Message ids are content
-/// hashes, so a relayed announcement is recognized as the same message everywhere.
-pub fn gossipsub(keypair: &identity::Keypair, tuning: &GossipTuning) -> Result<gossipsub::Behaviour, OverlayError> {
+/// Gossipsub with anonymous messages, forwarded only once the application reports them
+/// valid. Every message Mirage publishes is an envelope signed by its author's key and
+/// checked before it is forwarded, so gossipsub's own author, sequence number and
+/// signature (118 bytes on every copy, a third of a heartbeat's) would sign it twice;
+/// Ethereum's beacon chain drops them for the same reason. Message ids are content
+/// hashes, so a relayed message is recognized as the same message everywhere.
+pub fn gossipsub(tuning: &GossipTuning) -> Result<gossipsub::Behaviour, OverlayError> {
     let config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .validate_messages()
         .max_transmit_size(MAX_TRANSMIT_BYTES)
         .heartbeat_interval(tuning.heartbeat)
@@ -203,7 +215,7 @@ pub fn gossipsub(keypair: &identity::Keypair, tuning: &GossipTuning) -> Result<g
         .duplicate_cache_time(Duration::from_secs(120))
         .build()
         .map_err(|e| OverlayError::Gossipsub(e.to_string()))?;
-    let mut behaviour = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(keypair.clone()), config)
+    let mut behaviour = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, config)
         .map_err(|e| OverlayError::Gossipsub(e.to_string()))?;
     behaviour.with_peer_score(peer_score_params(), peer_score_thresholds()).map_err(OverlayError::Gossipsub)?;
     Ok(behaviour)
@@ -323,6 +335,25 @@ pub fn connection_limits(max_established: u32) -> connection_limits::Behaviour {
     )
 }
 
+/// What gossipsub knows of each peer it has a connection to, for the connection
+/// budget ([`mirage_protocol::connections`]): whether the peer is in one of our meshes,
+/// and which of our topics it shares (a cluster's topic ranks above an app's).
+pub fn gossip_facts(gs: &gossipsub::Behaviour) -> HashMap<PeerId, PeerFacts> {
+    let ours: HashSet<&gossipsub::TopicHash> = gs.topics().collect();
+    let mesh: HashSet<&PeerId> = gs.all_mesh_peers().collect();
+    gs.all_peers()
+        .map(|(peer, topics)| {
+            let standing = topics
+                .into_iter()
+                .filter(|t| ours.contains(t))
+                .map(|t| if app_of_cluster_topic(t).is_some() { Standing::ClusterPeer } else { Standing::AppPeer })
+                .max()
+                .unwrap_or(Standing::Stranger);
+            (*peer, PeerFacts { standing, in_mesh: mesh.contains(peer) })
+        })
+        .collect()
+}
+
 /// Whether identify says the peer speaks our DHT.
 pub fn speaks_kad(info: &identify::Info) -> bool {
     info.protocols.contains(&KAD_PROTOCOL)
@@ -351,6 +382,20 @@ mod tests {
     }
 
     #[test]
+    fn a_clusters_topic_names_its_app_and_half_its_key() {
+        let key = mirage_protocol::ClusterKey(mirage_protocol::Digest([0xab; 32]));
+        let t = cluster_topic("mysql", &key).hash();
+        assert_eq!(t.as_str(), format!("mirage/v1/app/mysql/cluster/{}", "ab".repeat(16)));
+        assert_eq!(app_of_cluster_topic(&t), Some("mysql"));
+        assert_eq!(app_of_topic(&t), None, "a cluster's topic is not the app's");
+        assert_eq!(app_of_cluster_topic(&app_topic("mysql").hash()), None);
+        for bad in ["mirage/v1/app/mysql/cluster/abc", "mirage/v1/app/my sql/cluster/00000000000000000000000000000000"]
+        {
+            assert_eq!(app_of_cluster_topic(&gossipsub::IdentTopic::new(bad).hash()), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn identities_agree_with_libp2p() {
         let kp = mirage_protocol::Keypair::from_secret_bytes(&[5; 32]);
         let peer = libp2p_keypair(&kp).public().to_peer_id();
@@ -368,8 +413,7 @@ mod tests {
         params.topics.insert(app_topic("x").hash(), topic_score_params());
         params.validate().unwrap();
         peer_score_thresholds().validate().unwrap();
-        let kp = libp2p_keypair(&mirage_protocol::Keypair::from_secret_bytes(&[6; 32]));
-        let mut gs = gossipsub(&kp, &GossipTuning::default()).unwrap();
+        let mut gs = gossipsub(&GossipTuning::default()).unwrap();
         assert!(subscribe_app(&mut gs, app_topic("mysql")).unwrap());
     }
 }

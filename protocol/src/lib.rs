@@ -6,6 +6,8 @@
 //! simulator shows is what the real network does.
 //!
 //! - [`identity`]: ed25519 key pairs, public keys and the libp2p peer ids they map to.
+//! - [`connections`]: the connection budget (which connections to close so their
+//!   number stays flat).
 //! - [`envelope`]: domain-separated signed envelopes; verification yields [`envelope::Verified`].
 //! - [`wire`]: the versioned, size-limited bincode encoding every message travels in.
 //! - [`fingerprint`]: application profiles, config parsing, host-noise normalization,
@@ -24,6 +26,7 @@
 //!   only moving forward).
 
 pub mod channel;
+pub mod connections;
 pub mod digest;
 pub mod envelope;
 pub mod fingerprint;

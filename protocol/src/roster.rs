@@ -674,6 +674,11 @@ impl Roster {
             .map(|(peer, s)| Presence { peer: *peer, since: s.since })
     }
 
+    /// Other live members of this node's cluster, in no particular order.
+    pub fn live_peers(&self, now: UnixMillis) -> impl Iterator<Item = PublicKey> + '_ {
+        self.cluster.iter().flat_map(move |c| self.live_members(c, now)).map(|p| p.peer).filter(|p| *p != self.me)
+    }
+
     /// The live members of this node's cluster, each with the time from which it counts
     /// as present: what the staging core elects representatives from.
     ///

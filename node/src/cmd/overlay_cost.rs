@@ -25,6 +25,7 @@ use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux, Mult
 use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
 use mirage_node::net::{self, BehaviourEvent, FetchRequest, FetchResponse};
+use mirage_protocol::connections::{Budget, Connections};
 use mirage_protocol::fingerprint::{Item, ItemValue, ResourceClass};
 use mirage_protocol::membership::{decode_envelope, Action, Membership, MembershipConfig};
 use mirage_protocol::roster::{round_size, RosterTiming};
@@ -39,6 +40,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 const APP: &str = "mysql";
+
+/// As often as the daemon's connection upkeep.
+const UPKEEP_EVERY: Duration = Duration::from_secs(3);
 
 #[derive(clap::Args)]
 pub struct OverlayCostArgs {
@@ -184,6 +188,12 @@ struct Progress {
     /// Mesh peers on the cluster's topic and on the app's.
     cluster_mesh: AtomicU64,
     app_mesh: AtomicU64,
+    /// Members of its cluster the roster counts live now.
+    live: AtomicU64,
+    /// Connected peers subscribed to its cluster's topic.
+    cluster_peers: AtomicU64,
+    /// DHT queries finished.
+    queries: AtomicU64,
 }
 
 struct OverlayNode {
@@ -199,6 +209,9 @@ struct OverlayNode {
     cluster_size: u64,
     progress: Arc<Progress>,
     started: Instant,
+    /// The node's connection budget, trimmed as the daemon trims it.
+    connections: Connections<PeerId>,
+    last_upkeep: Instant,
 }
 
 impl OverlayNode {
@@ -245,7 +258,19 @@ impl OverlayNode {
 
     fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         let now = overlay::now();
+        if let SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Kad(
+            kad::Event::OutboundQueryProgressed { step, .. },
+        ))) = &event
+        {
+            // Every DHT query the node made (its lookups and provider records, and
+            // Kademlia's own bootstraps and republishing), counted once, as it ends.
+            if step.last {
+                self.progress.queries.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match event {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } => self.connections.on_established(peer_id, now),
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => self.connections.on_closed(&peer_id),
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,
@@ -312,22 +337,34 @@ impl OverlayNode {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Fetch(request_response::Event::Message {
                 peer, message, ..
-            })) => match message {
-                request_response::Message::Request { request, channel, .. } => {
-                    if let (Some(bytes), Some(signer)) = (&request.announcement, overlay::public_key_of(&peer)) {
-                        self.membership.on_announcement(bytes, &request.app, Some(&signer), now);
-                    }
-                    let announcement = self.membership.local_announcement(&request.app).map(<[u8]>::to_vec);
-                    let _ = self.swarm.behaviour_mut().fetch.send_response(channel, FetchResponse { announcement });
-                }
-                request_response::Message::Response { request_id, response } => {
-                    let Some(signer) = self.fetches.remove(&request_id) else { return };
-                    if let Some(bytes) = response.announcement {
-                        self.membership.on_announcement(&bytes, APP, Some(&signer), now);
-                    }
-                }
-            },
+            })) => {
+                self.connections.on_exchange(&peer, now);
+                self.on_fetch(peer, message, now);
+            }
             _ => {}
+        }
+    }
+
+    fn on_fetch(
+        &mut self,
+        peer: PeerId,
+        message: request_response::Message<FetchRequest, FetchResponse>,
+        now: mirage_protocol::UnixMillis,
+    ) {
+        match message {
+            request_response::Message::Request { request, channel, .. } => {
+                if let (Some(bytes), Some(signer)) = (&request.announcement, overlay::public_key_of(&peer)) {
+                    self.membership.on_announcement(bytes, &request.app, Some(&signer), now);
+                }
+                let announcement = self.membership.local_announcement(&request.app).map(<[u8]>::to_vec);
+                let _ = self.swarm.behaviour_mut().fetch.send_response(channel, FetchResponse { announcement });
+            }
+            request_response::Message::Response { request_id, response } => {
+                let Some(signer) = self.fetches.remove(&request_id) else { return };
+                if let Some(bytes) = response.announcement {
+                    self.membership.on_announcement(&bytes, APP, Some(&signer), now);
+                }
+            }
         }
     }
 
@@ -340,7 +377,7 @@ impl OverlayNode {
     ) -> gossipsub::MessageAcceptance {
         use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
         use mirage_protocol::roster::RosterDrop;
-        if let Some((app, _)) = overlay::cluster_of_topic(&message.topic) {
+        if let Some(app) = overlay::app_of_cluster_topic(&message.topic) {
             return match self.membership.on_heartbeat(app, &message.data, now) {
                 Ok(_) => Accept,
                 Err(RosterDrop::Stale | RosterDrop::Own) => Ignore,
@@ -363,6 +400,24 @@ impl OverlayNode {
         }
     }
 
+    /// The daemon's connection upkeep: trim to the budget, then meet cluster-mates.
+    fn upkeep(&mut self) {
+        let now = overlay::now();
+        let facts = overlay::gossip_facts(&self.swarm.behaviour().overlay.gossipsub);
+        for peer in self.connections.to_close(now, |p| facts.get(p).copied()) {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let Some(cluster) = self.membership.local_apps().next().map(|(_, c)| c) else { return };
+        let topic = overlay::cluster_topic(APP, &cluster).hash();
+        let gs = &self.swarm.behaviour().overlay.gossipsub;
+        let on_topic = gs.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
+        self.progress.cluster_peers.store(on_topic as u64, Ordering::Relaxed);
+        let swarm = &self.swarm;
+        let actions =
+            self.membership.meet_cluster_peers(APP, on_topic, |p| swarm.is_connected(&overlay::peer_id_of(p)), now);
+        self.execute(actions);
+    }
+
     fn tick(&mut self) {
         // A bootstrap peer busy with hundreds of handshakes refuses some: try again,
         // as the daemon's connection upkeep does.
@@ -371,6 +426,10 @@ impl OverlayNode {
         }
         let actions = self.membership.tick(overlay::now());
         self.execute(actions);
+        if self.last_upkeep.elapsed() >= UPKEEP_EVERY {
+            self.last_upkeep = Instant::now();
+            self.upkeep();
+        }
         self.progress.connections.store(self.swarm.connected_peers().count() as u64, Ordering::Relaxed);
         let gs = &self.swarm.behaviour().overlay.gossipsub;
         let app = overlay::app_topic(APP).hash();
@@ -378,12 +437,11 @@ impl OverlayNode {
         self.progress.app_mesh.store(gs.mesh_peers(&app).count() as u64, Ordering::Relaxed);
         let mesh = cluster.map_or(0, |c| gs.mesh_peers(&c).count() as u64);
         self.progress.cluster_mesh.store(mesh, Ordering::Relaxed);
-        if self.progress.knew_cluster_ms.load(Ordering::Relaxed) == 0 {
-            let live = self.membership.roster(APP).map_or(0, |r| r.live_count(overlay::now()));
-            if live >= self.cluster_size {
-                let ms = self.started.elapsed().as_millis().max(1) as u64;
-                self.progress.knew_cluster_ms.store(ms, Ordering::Relaxed);
-            }
+        let live = self.membership.roster(APP).map_or(0, |r| r.live_count(overlay::now()));
+        self.progress.live.store(live, Ordering::Relaxed);
+        if self.progress.knew_cluster_ms.load(Ordering::Relaxed) == 0 && live >= self.cluster_size {
+            let ms = self.started.elapsed().as_millis().max(1) as u64;
+            self.progress.knew_cluster_ms.store(ms, Ordering::Relaxed);
         }
     }
 }
@@ -417,28 +475,63 @@ async fn run_node(mut node: OverlayNode, fp: Option<Fingerprint>) {
     }
 }
 
-/// Bytes per node per minute the simulator's model predicts for this fleet in steady
-/// state: heartbeats on each cluster's topic, summaries on the app's, and keeping
-/// `connections` connections alive.
-fn modelled(nodes: usize, clusters: usize, scale: u32, connections: f64) -> (f64, f64) {
+/// What the simulator's model predicts for this fleet, per node per minute, each
+/// term as (in, out).
+struct Modelled {
+    /// Heartbeats on each cluster's topic and summaries on the app's.
+    gossip: (f64, f64),
+    /// Keeping the measured connections alive.
+    keepalive: f64,
+    /// The measured DHT queries.
+    dht: f64,
+}
+
+impl Modelled {
+    fn total(&self) -> (f64, f64) {
+        (self.gossip.0 + self.keepalive + self.dht, self.gossip.1 + self.keepalive + self.dht)
+    }
+}
+
+/// What the harness measured that the model takes as given, per node on average.
+struct Measured {
+    /// Connections held (every node subscribes to the app's topic: all are its peers).
+    connections: f64,
+    /// Connected peers on the cluster's topic.
+    cluster_peers: f64,
+    /// DHT queries made per minute.
+    queries_per_min: f64,
+}
+
+/// The model's terms for this fleet in steady state, given what was measured.
+fn modelled(nodes: usize, clusters: usize, scale: u32, m: &Measured) -> Modelled {
     let gossip = GossipModel::default();
     let timing = RosterTiming::scaled(scale);
     let size = (nodes / clusters.max(1)).max(1) as u64;
     let app_topic = format!("mirage/v1/app/{APP}").len() as u64;
-    let cluster_topic = app_topic + "/cluster/".len() as u64 + 64;
+    let cluster_topic = overlay::cluster_topic(APP, &mirage_protocol::ClusterKey(mirage_protocol::Digest([0; 32])))
+        .hash()
+        .as_str()
+        .len() as u64;
     let (heartbeat, summary) = mirage_testnet::sim::overlay::wire_sizes();
     // Each member hears the others' heartbeats once per period, and sends its own.
     let period_min = timing.heartbeat_period(round_size(size)).as_secs_f64() / 60.0;
     let heard = (size - 1) as f64 / period_min;
     let own = 1.0 / period_min;
-    let (hb_in, hb_out) = gossip.per_message(size, heartbeat, cluster_topic);
+    let cluster_peers = m.cluster_peers.min((size - 1) as f64);
+    let (hb_in, hb_out) = gossip.per_message_among(cluster_peers, heartbeat, cluster_topic);
+    let hb_publish = gossip.per_publish_among(cluster_peers, heartbeat, cluster_topic);
     // Summaries: `duty` members of each cluster, once an epoch.
     let epoch_min = timing.epoch_length(clusters as u64).as_secs_f64() / 60.0;
     let duty = (timing.duty(clusters as u64) as f64).min(size as f64);
     let summaries = clusters as f64 * duty / epoch_min;
-    let (s_in, s_out) = gossip.per_message(nodes as u64, summary, app_topic);
-    let keepalive = connections * gossip.keepalive_per_connection as f64;
-    (heard * hb_in + summaries * s_in + keepalive, heard * hb_out + own * hb_in + summaries * s_out + keepalive)
+    let app_peers = m.connections.min((nodes - 1) as f64);
+    let (s_in, s_out) = gossip.per_message_among(app_peers, summary, app_topic);
+    let s_publish = gossip.per_publish_among(app_peers, summary, app_topic) / nodes as f64;
+    Modelled {
+        gossip: (heard * hb_in + summaries * s_in, heard * hb_out + own * hb_publish + summaries * (s_out + s_publish)),
+        keepalive: m.connections * gossip.keepalive_per_connection as f64,
+        dht: gossip.dht_per_min(m.queries_per_min),
+    }
 }
 
 pub fn run(args: OverlayCostArgs) -> Result<()> {
@@ -508,6 +601,8 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
             cluster_size,
             progress: p.clone(),
             started,
+            connections: Connections::new(Budget::NODE),
+            last_upkeep: Instant::now(),
         };
         let fp = (!args.idle).then(|| fingerprint(cluster));
         tasks.push(tokio::spawn(run_node(node, fp)));
@@ -531,11 +626,20 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         if !args.json && started.elapsed().as_secs() >= next_report {
             next_report += 10;
             let conns = progress.iter().map(|p| p.connections.load(Ordering::Relaxed)).sum::<u64>();
+            let behind: Vec<&Arc<Progress>> =
+                progress.iter().filter(|p| p.knew_cluster_ms.load(Ordering::Relaxed) == 0).collect();
+            let mean_behind = |f: fn(&Progress) -> &AtomicU64| {
+                behind.iter().map(|p| f(p).load(Ordering::Relaxed)).sum::<u64>() as f64 / behind.len().max(1) as f64
+            };
             eprintln!(
-                "  {:>5.1} s: {knowing}/{} nodes know their whole cluster, {:.1} connections per node",
+                "  {:>5.1} s: {knowing}/{} nodes know their whole cluster, {:.1} connections per node; \
+                 the others count {:.1} live members, with {:.1} mesh peers of {:.1} connected on the cluster's topic",
                 started.elapsed().as_secs_f64(),
                 args.nodes,
-                conns as f64 / args.nodes as f64
+                conns as f64 / args.nodes as f64,
+                mean_behind(|p| &p.live),
+                mean_behind(|p| &p.cluster_mesh),
+                mean_behind(|p| &p.cluster_peers),
             );
         }
         if Instant::now() > deadline {
@@ -552,9 +656,12 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     tokio::time::sleep(settle).await;
     let before: Vec<(u64, u64)> =
         counters.iter().map(|c| (c.read.load(Ordering::Relaxed), c.written.load(Ordering::Relaxed))).collect();
+    let queries_before: u64 = progress.iter().map(|p| p.queries.load(Ordering::Relaxed)).sum();
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.measure_secs)).await;
     let minutes = window.elapsed().as_secs_f64() / 60.0;
+    let queries: u64 = progress.iter().map(|p| p.queries.load(Ordering::Relaxed)).sum::<u64>() - queries_before;
+    let queries_per_min = queries as f64 / args.nodes as f64 / minutes;
     let per_node: Vec<(f64, f64)> = counters
         .iter()
         .zip(&before)
@@ -580,7 +687,9 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     let mean_in = per_node.iter().map(|p| p.0).sum::<f64>() / n;
     let mean_out = per_node.iter().map(|p| p.1).sum::<f64>() / n;
     let max_in = per_node.iter().map(|p| p.0).fold(0.0, f64::max);
-    let (model_in, model_out) = modelled(args.nodes, args.clusters, args.time_scale, connections);
+    let measured = Measured { connections, cluster_peers: mean(|p| &p.cluster_peers), queries_per_min };
+    let model = modelled(args.nodes, args.clusters, args.time_scale, &measured);
+    let (model_in, model_out) = model.total();
     let ratio = (model_in + model_out) / (mean_in + mean_out);
     let pct = |p: f64| known[((known.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0;
     let out = serde_json::json!({
@@ -599,6 +708,13 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         "model_bytes_in_per_node_per_min": model_in,
         "model_bytes_out_per_node_per_min": model_out,
         "model_over_measured": ratio,
+        "dht_queries_per_node_per_min": queries_per_min,
+        "model_terms_bytes_per_node_per_min": {
+            "gossip_in": model.gossip.0,
+            "gossip_out": model.gossip.1,
+            "keepalive_each_way": model.keepalive,
+            "dht_each_way": model.dht,
+        },
     });
     if args.json {
         println!("{out}");
@@ -623,6 +739,10 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     println!("    {:>12} {:>12} {:>12}", "", "in B/min", "out B/min");
     println!("    {:>12} {:>12.0} {:>12.0}   (max in {:.0})", "real", mean_in, mean_out, max_in);
     println!("    {:>12} {:>12.0} {:>12.0}", "model", model_in, model_out);
+    println!(
+        "    model terms, each way: gossip {:.0} in / {:.0} out, keep-alive {:.0}, DHT {:.0} ({queries_per_min:.2} queries per node per minute)",
+        model.gossip.0, model.gossip.1, model.keepalive, model.dht
+    );
     println!("  model / real, in + out: {ratio:.2}");
     Ok(())
 }

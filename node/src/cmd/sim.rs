@@ -284,8 +284,9 @@ fn run_one(
     );
     say!(
         args,
-        "  keeping libp2p connections alive (ping, identify) besides: {:.1} KB/min each way",
-        out.keepalive_bytes_per_node_per_min / 1000.0
+        "  keeping libp2p connections alive (ping, identify) besides: {:.1} KB/min each way; DHT queries {:.1} KB/min each way",
+        out.keepalive_bytes_per_node_per_min / 1000.0,
+        out.dht_bytes_per_node_per_min / 1000.0
     );
     say!(
         args,
@@ -380,6 +381,7 @@ fn sim_json(
             "heartbeat_bytes": o.heartbeat_bytes,
             "summary_bytes": o.summary_bytes,
             "keepalive_bytes_per_node_per_min": o.keepalive_bytes_per_node_per_min,
+            "dht_bytes_per_node_per_min": o.dht_bytes_per_node_per_min,
             "announce_bytes_in_per_node_per_min": o.announce_bytes_in_per_node_per_min,
             "announce_state_bytes_per_node": o.announce_state_bytes_per_node,
         })),

@@ -19,6 +19,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, request_response, Multiaddr, PeerId, Swarm};
 use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
+use mirage_protocol::connections::{Budget, Connections};
 use mirage_protocol::fingerprint::Profile;
 use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
 use mirage_protocol::{Envelope, Fingerprint, Keypair, PublicKey, UnixMillis};
@@ -172,6 +173,11 @@ struct Node {
     penalties: HashMap<PeerId, f64>,
     allow_debug: bool,
     target_peers: usize,
+    /// The connection budget: which connections to close so that their number stays
+    /// flat (gossipsub would keep every connection ever opened).
+    connections: Connections<PeerId>,
+    /// Connections the budget closed since start.
+    trimmed: u64,
     /// The bootstrap peers given at start, to tell whether the overlay is reachable.
     bootstrap_peers: Vec<PeerId>,
     dist: Distribution,
@@ -246,6 +252,8 @@ async fn run_inner(
         penalties: HashMap::new(),
         allow_debug: options.allow_debug,
         target_peers: options.target_peers,
+        connections: Connections::new(Budget::NODE),
+        trimmed: 0,
         bootstrap_peers: options.bootstrap.iter().filter_map(overlay::split_peer_addr).map(|(p, _)| p).collect(),
         dist: Distribution::new(
             options.trust.clone(),
@@ -352,6 +360,14 @@ async fn run_inner(
     api_task.abort();
     let _ = std::fs::remove_file(options.data_dir.join(API_ADDR_FILE));
     Ok(())
+}
+
+/// The peer a request-response event came from or went to, when something crossed.
+fn exchange_peer<Q, A>(event: &request_response::Event<Q, A>) -> Option<PeerId> {
+    match event {
+        request_response::Event::Message { peer, .. } => Some(*peer),
+        _ => None,
+    }
 }
 
 /// The IP content lanes listen on: that of the first listen address that names one.
@@ -471,8 +487,39 @@ impl Node {
         Ok(())
     }
 
-    /// Keeps the node connected to enough peers for a healthy gossip mesh.
+    /// A request or answer crossed the connection to `peer`: it is in use.
+    fn exchanged(&mut self, peer: Option<PeerId>) {
+        if let Some(peer) = peer {
+            self.connections.on_exchange(&peer, overlay::now());
+        }
+    }
+
+    /// Keeps the node connected to enough peers for a healthy gossip mesh, and to no
+    /// more than the connection budget allows.
     fn maintain_connections(&mut self) {
+        let facts = overlay::gossip_facts(&self.swarm.behaviour().overlay.gossipsub);
+        for peer in self.connections.to_close(overlay::now(), |p| facts.get(p).copied()) {
+            debug!(%peer, "over the connection budget; disconnecting");
+            if self.swarm.disconnect_peer_id(peer).is_ok() {
+                self.trimmed += 1;
+            }
+        }
+        let now = overlay::now();
+        let clusters: Vec<(String, mirage_protocol::ClusterKey)> =
+            self.membership.local_apps().map(|(a, k)| (a.to_string(), k)).collect();
+        for (app, cluster) in clusters {
+            let topic = overlay::cluster_topic(&app, &cluster).hash();
+            let gs = &self.swarm.behaviour().overlay.gossipsub;
+            let on_topic = gs.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
+            let swarm = &self.swarm;
+            let actions = self.membership.meet_cluster_peers(
+                &app,
+                on_topic,
+                |p| swarm.is_connected(&overlay::peer_id_of(p)),
+                now,
+            );
+            self.execute(actions);
+        }
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         if connected.len() >= self.target_peers {
             return;
@@ -565,6 +612,7 @@ impl Node {
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 debug!(peer = %peer_id, "connected");
+                self.connections.on_established(peer_id, overlay::now());
                 self.dist.lanes.peer_connected(peer_id, ip_of(endpoint.get_remote_address()));
                 if num_established.get() == 1 {
                     self.on_peer_connected(peer_id);
@@ -572,6 +620,7 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 debug!(peer = %peer_id, "disconnected");
+                self.connections.on_closed(&peer_id);
                 self.on_peer_disconnected(&peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Identify(identify::Event::Received {
@@ -581,9 +630,18 @@ impl Node {
             }))) => self.on_identify(peer_id, info),
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Gossipsub(event))) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Kad(event))) => self.on_kad(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => self.on_fetch(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Roster(event)) => self.on_roster(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Content(event)) => self.on_content(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Fetch(event)) => {
+                self.exchanged(exchange_peer(&event));
+                self.on_fetch(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Roster(event)) => {
+                self.exchanged(exchange_peer(&event));
+                self.on_roster(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Content(event)) => {
+                self.exchanged(exchange_peer(&event));
+                self.on_content(event)
+            }
             _ => {}
         }
     }
@@ -622,7 +680,7 @@ impl Node {
         if let Some(app) = overlay::app_of_release_topic(&message.topic).map(str::to_string) {
             return self.on_release_message(&app, from, &message.data);
         }
-        if let Some((app, _)) = overlay::cluster_of_topic(&message.topic) {
+        if let Some(app) = overlay::app_of_cluster_topic(&message.topic) {
             let app = app.to_string();
             return self.on_cluster_message(&app, &message.data);
         }
@@ -1011,6 +1069,11 @@ impl Node {
         let mut status = serde_json::json!({
             "peer_id": self.local_peer.to_base58(),
             "connected_peers": connected.len(),
+            "connections": {
+                "connected": connected.len(),
+                "budget": { "low": self.connections.budget().low, "high": self.connections.budget().high },
+                "closed_by_budget": self.trimmed,
+            },
             "bootstrap_peers": { "configured": self.bootstrap_peers.len(), "connected": bootstrap_connected },
             "seeding": self.dist.seed_goal.as_ref().map(|g| g.status()),
             "pending_publishes": self.dist.pending_publishes(),

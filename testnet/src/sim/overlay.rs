@@ -91,8 +91,11 @@ impl Default for OverlayScenario {
 pub struct GossipModel {
     /// Mesh degree: each message arrives from up to this many mesh peers.
     pub mesh_n: u32,
-    /// Peers outside the mesh that get IHAVE gossip each heartbeat.
+    /// Peers outside the mesh that get IHAVE gossip each heartbeat, at least.
     pub gossip_lazy: u32,
+    /// Share of the topic's peers outside the mesh that get IHAVE gossip each
+    /// heartbeat, when that is more than `gossip_lazy`.
+    pub gossip_factor: f64,
     /// Heartbeats a message id stays in IHAVE gossip.
     pub history_gossip: u32,
     /// Peers a node is connected to per topic at most (mesh_n_high).
@@ -110,9 +113,19 @@ pub struct GossipModel {
     /// both ends and identify every 2 minutes. Measured, not derived: 74 KB/min in
     /// over 50 connections with no app traffic (`mirage bench overlay-cost --idle`).
     pub keepalive_per_connection: u32,
-    /// Connections a node of a big fleet holds: its cluster topic's peers, the app
-    /// topic's, and DHT peers (`target_peers`), partly the same peers.
+    /// Connections a node of a big fleet holds: its two meshes and their spares, and
+    /// the DHT queries of the last grace period, within the connection budget
+    /// (`mirage_protocol::connections::Budget::NODE`: trimmed from 40 to 24).
     pub connections: u32,
+    /// Bytes each way per DHT query a node makes (a provider lookup, a provider record,
+    /// a routing-table refresh), with the connections it opens (noise, identify,
+    /// gossipsub's hello) and the requests and answers; a node answers as many queries
+    /// as it makes, on average. Fitted with `mirage bench overlay-cost`: the bytes a
+    /// 200-node fleet's counted queries account for once every other term is taken out.
+    pub dht_query_bytes: u32,
+    /// Kademlia routing-table refreshes per hour (`KadTuning::bootstrap_interval`:
+    /// every 30 minutes), besides the membership's own lookups and provider records.
+    pub routing_refreshes_per_hour: u32,
 }
 
 impl Default for GossipModel {
@@ -120,16 +133,19 @@ impl Default for GossipModel {
         GossipModel {
             mesh_n: 6,
             gossip_lazy: 6,
+            gossip_factor: 0.25,
             history_gossip: 3,
             topic_peers: 12,
-            // from 2+38, seqno 2+8, signature 2+64, data/topic tags 4, RPC 3,
-            // length prefix 2, yamux 12, noise 18.
-            message_overhead: 155,
+            // Anonymous messages (no author, sequence number or signature: the envelope
+            // is signed): data/topic tags 4, RPC 3, length prefix 2, yamux 12, noise 18.
+            message_overhead: 39,
             ihave_overhead: 20 + 8 + 35,
             // request 60, protocol negotiation 2 × 30, yamux 4 × 12, noise 2 × 18.
             request_overhead: 60 + 60 + 48 + 36,
             keepalive_per_connection: 1_480,
             connections: 24,
+            dht_query_bytes: 85_000,
+            routing_refreshes_per_hour: 2,
         }
     }
 }
@@ -138,15 +154,50 @@ impl GossipModel {
     /// (bytes in, bytes out) at one subscriber of a topic with `subscribers` nodes, per
     /// message it did not publish, for a message of `wire` bytes on `topic`.
     pub fn per_message(&self, subscribers: u64, wire: u64, topic: u64) -> (f64, f64) {
-        let peers = (subscribers.saturating_sub(1)).min(self.topic_peers as u64) as f64;
+        self.per_message_among(self.peers(subscribers), wire, topic)
+    }
+
+    /// As [`GossipModel::per_message`], for a node connected to `peers` of the topic's
+    /// subscribers.
+    pub fn per_message_among(&self, peers: f64, wire: u64, topic: u64) -> (f64, f64) {
         let mesh = peers.min(self.mesh_n as f64);
         // Every mesh peer sends it (the first copy and duplicates); it goes on to every
         // mesh peer but the first sender.
         let copies_in = mesh;
         let copies_out = (mesh - 1.0).max(0.0);
-        let lazy = (peers - mesh).max(0.0).min(self.gossip_lazy as f64);
+        let outside = (peers - mesh).max(0.0);
+        let lazy = outside.min((self.gossip_lazy as f64).max(self.gossip_factor * outside));
         let ihave = lazy * self.history_gossip as f64 * (self.ihave_overhead as u64 + topic) as f64;
-        (copies_in * wire as f64 + ihave, copies_out * wire as f64 + ihave)
+        let copy = self.copy_bytes(wire, topic);
+        (copies_in * copy + ihave, copies_out * copy + ihave)
+    }
+
+    /// Bytes out for a message a node publishes on a topic with `subscribers` nodes:
+    /// gossipsub floods its own messages to every topic peer, not only to the mesh.
+    pub fn per_publish(&self, subscribers: u64, wire: u64, topic: u64) -> f64 {
+        self.per_publish_among(self.peers(subscribers), wire, topic)
+    }
+
+    /// As [`GossipModel::per_publish`], for a node connected to `peers` of the topic's
+    /// subscribers.
+    pub fn per_publish_among(&self, peers: f64, wire: u64, topic: u64) -> f64 {
+        peers * self.copy_bytes(wire, topic)
+    }
+
+    /// Bytes each way per minute that `queries_per_min` DHT queries cost a node.
+    pub fn dht_per_min(&self, queries_per_min: f64) -> f64 {
+        queries_per_min * self.dht_query_bytes as f64
+    }
+
+    /// Peers a subscriber of a topic with `subscribers` nodes is connected to on it.
+    fn peers(&self, subscribers: u64) -> f64 {
+        subscribers.saturating_sub(1).min(self.topic_peers as u64) as f64
+    }
+
+    /// One copy of a message on the wire: the signed envelope, the topic string, and
+    /// the framing around them.
+    fn copy_bytes(&self, wire: u64, topic: u64) -> f64 {
+        (wire + self.message_overhead as u64 + topic) as f64
     }
 }
 
@@ -171,6 +222,9 @@ pub struct OverlayOutcome {
     /// What keeping [`GossipModel::connections`] libp2p connections alive costs each
     /// way (ping, identify), beside the membership traffic above.
     pub keepalive_bytes_per_node_per_min: f64,
+    /// What the node's DHT queries cost each way (provider lookups and records,
+    /// routing-table refreshes, and answering as many), beside the membership traffic.
+    pub dht_bytes_per_node_per_min: f64,
     /// Today's design for the same fleet: every node hears every signed fingerprint.
     pub announce_bytes_in_per_node_per_min: f64,
     pub announce_state_bytes_per_node: f64,
@@ -384,6 +438,9 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     let app_topic = topic_len(None);
     let (sum_in, sum_out) = gossip.per_message(machines, wires.summary, app_topic);
     let summaries_per_min = summaries_last_hour as f64 / 60.0;
+    // A node's own share of the summaries, which it floods to its app-topic peers.
+    let own_summaries = 1.0 / machines.max(1) as f64;
+    let sum_publish = gossip.per_publish(machines, wires.summary, app_topic);
     let mut ins = Vec::new();
     let mut outs = Vec::new();
     let mut msgs = Vec::new();
@@ -391,8 +448,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
     for run in &per_cluster {
         let topic = topic_len(Some(&world.cluster_keys[run.cluster as usize]));
         let (hb_in, hb_out) = gossip.per_message(run.size, wires.heartbeat, topic);
-        // Its own heartbeats go to each mesh peer: as many copies as it receives of others'.
-        let publish = hb_in;
+        let publish = gossip.per_publish(run.size, wires.heartbeat, topic);
         for ob in &run.observers {
             let received = ob.heard_last_hour as f64 / 60.0;
             let own = ob.sent_last_hour as f64 / 60.0;
@@ -402,7 +458,12 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
                 + ob.catch_up_last_hour * wires.heartbeat) as f64
                 / 60.0;
             ins.push(received * hb_in + summaries_per_min * sum_in + catch_up);
-            outs.push(received * hb_out + own * publish + summaries_per_min * sum_out + catch_up);
+            outs.push(
+                received * hb_out
+                    + own * publish
+                    + summaries_per_min * (sum_out + own_summaries * sum_publish)
+                    + catch_up,
+            );
             msgs.push(received + summaries_per_min);
             states.push(ob.state_bytes + summary_state);
         }
@@ -428,6 +489,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
         settle_s_median: settle.get(settle.len() / 2).copied().unwrap_or(0.0),
         settle_s_max: settle.last().copied().unwrap_or(0.0),
         keepalive_bytes_per_node_per_min: gossip.connections as f64 * gossip.keepalive_per_connection as f64,
+        dht_bytes_per_node_per_min: gossip.dht_per_min(dht_queries_per_min(gossip)),
         announce_bytes_in_per_node_per_min: machines as f64 * old_in,
         // Per peer: its record (cluster key, two times), the index entry, the stored
         // envelope for cluster-mates; the scan-free index doubles the keys.
@@ -443,7 +505,8 @@ fn topic_len(cluster: Option<&ClusterKey>) -> u64 {
     let app = format!("mirage/v1/app/{APP}");
     match cluster {
         None => app.len() as u64,
-        Some(c) => (app.len() + "/cluster/".len() + c.to_hex().len()) as u64,
+        // The first 128 bits of the key, in hex (`overlay::CLUSTER_TOPIC_KEY_HEX`).
+        Some(c) => (app.len() + "/cluster/".len() + c.to_hex().len() / 2) as u64,
     }
 }
 
@@ -468,6 +531,15 @@ impl Wires {
             announcement: len(Envelope::sign(&kp, &world.fingerprint(0), at).and_then(|e| e.to_bytes())),
         }
     }
+}
+
+/// DHT queries a node of one app makes per minute in steady state: provider lookups
+/// at the membership's longest interval, provider records at theirs, and Kademlia's
+/// routing-table refreshes.
+pub fn dht_queries_per_min(gossip: &GossipModel) -> f64 {
+    let config = mirage_protocol::membership::MembershipConfig::default();
+    let per_min = |d: std::time::Duration| 60.0 / d.as_secs_f64().max(1.0);
+    per_min(config.lookup_interval) + per_min(config.provide_interval) + gossip.routing_refreshes_per_hour as f64 / 60.0
 }
 
 /// Encoded sizes of a signed heartbeat and a signed cluster summary, as the node sends

@@ -7,11 +7,13 @@ impl Node {
     pub(in crate::daemon) fn on_lane_event(&mut self, event: LaneEvent) {
         match event {
             LaneEvent::Request { peer, content, index, reply } => {
+                self.exchanged(Some(peer));
                 debug!(%peer, %content, index, "chunk asked over a lane");
                 let response = self.serve(ContentRequest::Chunk { content, index });
                 self.answer(true, ReplyTo::Lane(reply), response);
             }
             LaneEvent::Answer { peer, content, index, sent, chunk } => {
+                self.exchanged(Some(peer));
                 if chunk.is_some() {
                     self.dist.received_via_lane += 1;
                 }
