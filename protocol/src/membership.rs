@@ -27,6 +27,37 @@ use std::time::Duration;
 /// (6) and two spares to graft from when mesh peers leave.
 pub const WANTED_CLUSTER_PEERS: usize = 8;
 
+/// Cluster-mates a node names, at most, to a cluster-mate that fetches its fingerprint
+/// (and takes from one): enough to fill a mesh from one answer.
+pub const MAX_INTRODUCTIONS: usize = 8;
+
+/// Fetches from enough of `candidates` (not connected, not asked within `backoff`) to
+/// bring the connected peers on our cluster's topic up to [`WANTED_CLUSTER_PEERS`].
+fn fetch_some(
+    last_fetch: &mut BTreeMap<(PublicKey, String), UnixMillis>,
+    backoff: Duration,
+    app: &str,
+    candidates: impl IntoIterator<Item = PublicKey>,
+    connected: usize,
+    is_connected: impl Fn(&PublicKey) -> bool,
+    now: UnixMillis,
+) -> Vec<Action> {
+    let wanted = WANTED_CLUSTER_PEERS.saturating_sub(connected);
+    let mut actions = Vec::new();
+    for peer in candidates {
+        if actions.len() >= wanted {
+            break;
+        }
+        let slot = (peer, app.to_string());
+        if is_connected(&peer) || last_fetch.get(&slot).is_some_and(|t| now.since(*t) < backoff) {
+            continue;
+        }
+        last_fetch.insert(slot, now);
+        actions.push(Action::Fetch { peer, app: app.to_string() });
+    }
+    actions
+}
+
 /// Why an announcement was dropped. Counted per reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,6 +121,9 @@ pub struct MembershipConfig {
     pub member_ttl: Duration,
     /// First delay between DHT provider lookups; doubles up to `lookup_interval`.
     pub first_lookup_delay: Duration,
+    /// Longest delay between lookups while no peer on our cluster's topic is
+    /// connected: lookups back off only once a node has cluster-mates to hear from.
+    pub alone_lookup_interval: Duration,
     /// Steady-state delay between provider lookups. Lookups start at once and back off
     /// (doubling) to this: a node finds most cluster-mates in its first lookups, and
     /// those who join later find it with theirs; with fingerprints no longer gossiped
@@ -125,6 +159,7 @@ impl Default for MembershipConfig {
             announce_interval: Duration::from_secs(60),
             member_ttl: Duration::from_secs(200),
             first_lookup_delay: Duration::from_secs(1),
+            alone_lookup_interval: Duration::from_secs(20),
             lookup_interval: Duration::from_secs(120),
             provide_interval: Duration::from_secs(600),
             publish_retry: Duration::from_secs(1),
@@ -695,7 +730,10 @@ impl Membership {
     /// overlay-cost`, nodes of a 500-node fleet heard 12 of their 20 cluster-mates'
     /// heartbeats through one or two connected ones, yet had a mesh of one peer. The
     /// roster names live members; fetching a fingerprint dials its signer, and the
-    /// connection joins our mesh. Rate-limited per peer like every fetch.
+    /// connection joins our mesh. Rate-limited per peer like every fetch. A node with
+    /// no such peer at all (its roster hears nothing) looks the cluster up in the DHT
+    /// again within [`MembershipConfig::alone_lookup_interval`], however far its
+    /// lookups had backed off.
     pub fn meet_cluster_peers(
         &mut self,
         app: &str,
@@ -703,22 +741,53 @@ impl Membership {
         is_connected: impl Fn(&PublicKey) -> bool,
         now: UnixMillis,
     ) -> Vec<Action> {
-        let Some(roster) = self.rosters.get(app) else { return Vec::new() };
-        let wanted = WANTED_CLUSTER_PEERS.saturating_sub(connected);
-        let backoff = self.config.fetch_backoff;
-        let mut actions = Vec::new();
-        for peer in roster.live_peers(now) {
-            if actions.len() >= wanted {
-                break;
+        if connected == 0 {
+            if let Some(local) = self.local.get_mut(app) {
+                local.next_lookup = local.next_lookup.min(now.saturating_add(self.config.alone_lookup_interval));
             }
-            let slot = (peer, app.to_string());
-            if is_connected(&peer) || self.last_fetch.get(&slot).is_some_and(|t| now.since(*t) < backoff) {
-                continue;
-            }
-            self.last_fetch.insert(slot, now);
-            actions.push(Action::Fetch { peer, app: app.to_string() });
         }
-        actions
+        let Some(roster) = self.rosters.get(app) else { return Vec::new() };
+        let candidates = roster.live_peers(now);
+        fetch_some(&mut self.last_fetch, self.config.fetch_backoff, app, candidates, connected, is_connected, now)
+    }
+
+    /// The cluster-mates to name to `requester`, which fetched our fingerprint: only
+    /// to a member of our cluster, at most [`MAX_INTRODUCTIONS`] live members other
+    /// than it, of those `reachable` says the shell can give addresses for.
+    pub fn introductions(
+        &self,
+        app: &str,
+        requester: &PublicKey,
+        reachable: impl Fn(&PublicKey) -> bool,
+        now: UnixMillis,
+    ) -> Vec<PublicKey> {
+        if !self.is_member(app, requester) || *requester == self.keypair.public() {
+            return Vec::new();
+        }
+        let Some(roster) = self.rosters.get(app) else { return Vec::new() };
+        roster.live_peers(now).filter(|p| p != requester && reachable(p)).take(MAX_INTRODUCTIONS).collect()
+    }
+
+    /// `from` named these cluster-mates in its answer to our fetch. Taken only from a
+    /// member of our cluster (its fingerprint, just checked, says so), at most
+    /// [`MAX_INTRODUCTIONS`] of them, and fetched from, as [`Membership::meet_cluster_peers`]
+    /// does, while fewer than [`WANTED_CLUSTER_PEERS`] are connected. Whether a named
+    /// peer really is a cluster-mate, its own signed fingerprint will tell.
+    pub fn on_introductions(
+        &mut self,
+        app: &str,
+        from: &PublicKey,
+        named: &[PublicKey],
+        connected: usize,
+        is_connected: impl Fn(&PublicKey) -> bool,
+        now: UnixMillis,
+    ) -> Vec<Action> {
+        if !self.is_member(app, from) || *from == self.keypair.public() {
+            return Vec::new();
+        }
+        let me = self.keypair.public();
+        let named = named.iter().take(MAX_INTRODUCTIONS).filter(|p| **p != me).copied();
+        fetch_some(&mut self.last_fetch, self.config.fetch_backoff, app, named, connected, is_connected, now)
     }
 
     /// Providers of `key` found in the DHT. Returns fetches for those whose current
@@ -1050,6 +1119,35 @@ mod tests {
     }
 
     #[test]
+    fn a_node_cut_off_from_its_cluster_looks_it_up_again_soon_however_far_lookups_backed_off() {
+        let mut m = node();
+        let cfg = m.config().clone();
+        let mut now = UnixMillis(T0);
+        while now.since(UnixMillis(T0)) < cfg.lookup_interval * 4 {
+            now = UnixMillis(now.0 + 1000);
+            m.tick(now);
+        }
+        let lookup_within = |m: &mut Membership, from: UnixMillis, limit: Duration| {
+            let mut t = from;
+            while t.since(from) <= limit {
+                t = UnixMillis(t.0 + 1000);
+                if m.tick(t).iter().any(|a| matches!(a, Action::FindProviders { .. })) {
+                    return Some(t.since(from));
+                }
+            }
+            None
+        };
+        // Lookups have backed off to minutes apart. Alone, the next comes within the
+        // alone interval.
+        m.meet_cluster_peers("web", 0, |_| false, now);
+        let waited = lookup_within(&mut m, now, cfg.alone_lookup_interval).expect("a lookup soon");
+        let looked = UnixMillis(now.0 + waited.as_millis() as u64);
+        // With some cluster-mates connected, nothing is brought forward.
+        m.meet_cluster_peers("web", 3, |_| true, looked);
+        assert_eq!(lookup_within(&mut m, looked, cfg.alone_lookup_interval), None, "backed off as before");
+    }
+
+    #[test]
     fn provider_records_are_refreshed_fast_then_steadily() {
         let mut m = node();
         let cfg = m.config().clone();
@@ -1212,5 +1310,49 @@ mod tests {
         assert!(a.meet_cluster_peers("web", WANTED_CLUSTER_PEERS, |_| false, UnixMillis(T0 + 60_000)).is_empty());
         // An app we are not in asks for nothing.
         assert!(a.meet_cluster_peers("db", 0, |_| false, later).is_empty());
+    }
+    #[test]
+    fn cluster_mates_are_introduced_only_to_and_by_cluster_mates_and_at_most_eight() {
+        let key = fp("web", 1).cluster_key();
+        let now = UnixMillis(T0);
+        let later = UnixMillis(T0 + 500);
+        let mut a = Membership::new(kp(1), MembershipConfig::default());
+        a.set_local(fp("web", 1), now);
+        for seed in 2..14u8 {
+            let mut b = Membership::new(kp(seed), MembershipConfig::default());
+            let hb = b
+                .set_local(fp("web", 1), now)
+                .into_iter()
+                .find_map(|x| match x {
+                    Action::PublishHeartbeat { cluster, bytes, .. } if cluster == key => Some(bytes),
+                    _ => None,
+                })
+                .expect("a member heartbeats as it joins");
+            a.on_heartbeat("web", &hb, later).unwrap();
+        }
+        // Peer 2 is a cluster-mate (its fingerprint came with its fetch); 20 is not.
+        a.on_announcement(&announce(2, "web", 1, T0), "web", None, later);
+        a.on_announcement(&announce(20, "web", 9, T0), "web", None, later);
+        let (mate, stranger) = (kp(2).public(), kp(20).public());
+        let named = a.introductions("web", &mate, |p| *p != kp(3).public(), later);
+        assert_eq!(named.len(), MAX_INTRODUCTIONS);
+        assert!(!named.contains(&mate) && !named.contains(&kp(3).public()), "not itself, not an unreachable one");
+        assert!(a.introductions("web", &stranger, |_| true, later).is_empty(), "nobody to another cluster's node");
+
+        // Taking introductions: from a stranger, none; from a mate, up to the wanted.
+        let names: Vec<PublicKey> = (30..50u8).map(|s| kp(s).public()).collect();
+        assert!(a.on_introductions("web", &stranger, &names, 0, |_| false, later).is_empty());
+        let fetches = a.on_introductions("web", &mate, &names, 3, |_| false, later);
+        assert_eq!(fetches.len(), WANTED_CLUSTER_PEERS - 3);
+        let asked: Vec<PublicKey> = fetches
+            .iter()
+            .map(|x| match x {
+                Action::Fetch { peer, .. } => *peer,
+                other => panic!("only fetches, got {other:?}"),
+            })
+            .collect();
+        assert!(asked.iter().all(|p| names[..MAX_INTRODUCTIONS].contains(p)), "only the first eight named count");
+        let me = [kp(1).public()];
+        assert!(a.on_introductions("web", &mate, &me, 0, |_| false, later).is_empty(), "never ourselves");
     }
 }

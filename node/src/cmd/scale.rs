@@ -27,7 +27,9 @@ pub struct ScaleArgs {
 
 pub fn run(args: ScaleArgs) -> Result<()> {
     let mut rows: Vec<(u32, OverlayOutcome)> = Vec::new();
-    println!("machines  clusters  new KB/min (in+out)  new state MB  old KB/min (in)  old state MB  agreement");
+    println!(
+        "machines  clusters  new KB/min (in+out)  with keep-alive and DHT  new state MB  old KB/min (in)  old state MB  agreement"
+    );
     for &n in &args.machines {
         let clusters = (n / args.per_cluster.max(1)).max(1);
         let world = World::generate(Scenario { machines: n, clusters, seed: 1, ..Scenario::default() })
@@ -35,8 +37,9 @@ pub fn run(args: ScaleArgs) -> Result<()> {
         let o = OverlayScenario { observers: args.observers, ..OverlayScenario::default() };
         let out = overlay::simulate(&world, &o, &GossipModel::default(), &world.scenario.policy(PolicyKind::Balanced));
         println!(
-            "{n:>8}  {clusters:>8}  {:>19.1}  {:>12.2}  {:>15.0}  {:>12.1}  {:.4}",
+            "{n:>8}  {clusters:>8}  {:>19.1}  {:>23.1}  {:>12.2}  {:>15.0}  {:>12.1}  {:.4}",
             (out.bytes_in_per_node_per_min + out.bytes_out_per_node_per_min) / 1e3,
+            all_overlay(&out) / 1e3,
             out.state_bytes_per_node / 1e6,
             out.announce_bytes_in_per_node_per_min / 1e3,
             out.announce_state_bytes_per_node / 1e6,
@@ -51,12 +54,20 @@ pub fn run(args: ScaleArgs) -> Result<()> {
     Ok(())
 }
 
+/// Everything the overlay costs a node, in + out: membership traffic, keeping its
+/// connections alive, and its share of DHT queries.
+fn all_overlay(o: &OverlayOutcome) -> f64 {
+    o.bytes_in_per_node_per_min
+        + o.bytes_out_per_node_per_min
+        + 2.0 * (o.keepalive_bytes_per_node_per_min + o.dht_bytes_per_node_per_min)
+}
+
 /// A named, coloured line of (machines, value) points.
 type Series = (&'static str, &'static str, Vec<(f64, f64)>);
 
 /// Two log-log panels: bytes per node per minute, and state per node, against N.
 fn svg(rows: &[(u32, OverlayOutcome)]) -> String {
-    let traffic: [Series; 2] = [
+    let traffic: [Series; 3] = [
         (
             "all-to-all announcements (in)",
             "#c0392b",
@@ -66,6 +77,11 @@ fn svg(rows: &[(u32, OverlayOutcome)]) -> String {
             "heartbeats + summaries (in + out)",
             "#2471a3",
             rows.iter().map(|(n, o)| (*n as f64, o.bytes_in_per_node_per_min + o.bytes_out_per_node_per_min)).collect(),
+        ),
+        (
+            "with keep-alive and DHT queries (in + out)",
+            "#7d3c98",
+            rows.iter().map(|(n, o)| (*n as f64, all_overlay(o))).collect(),
         ),
     ];
     let state: [Series; 2] = [

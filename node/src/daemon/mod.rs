@@ -9,7 +9,7 @@ mod staging;
 
 pub use distribute::{Misbehaviour, SeedRelease};
 
-use crate::net::{self, Behaviour, BehaviourEvent, FetchRequest, FetchResponse};
+use crate::net::{self, Behaviour, BehaviourEvent, FetchRequest, FetchResponse, Introduction};
 use crate::store::{KnownPeer, Store, StoreError};
 use api::{InjectKind, Request};
 use distribute::{Distribution, SeedGoal};
@@ -21,7 +21,10 @@ use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
 use mirage_protocol::connections::{Budget, Connections};
 use mirage_protocol::fingerprint::Profile;
-use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
+use mirage_protocol::membership::{
+    check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict, MAX_INTRODUCTIONS,
+};
+use mirage_protocol::wire::MAX_MESSAGE_BYTES;
 use mirage_protocol::{Envelope, Fingerprint, Keypair, PublicKey, UnixMillis};
 use staging::Staging;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -150,6 +153,8 @@ const CONTENT_DIR: &str = "content";
 /// Application-score penalty per invalid fetch reply (weighted ×10 by gossipsub): two
 /// put a peer below the gossip threshold, five below the graylist threshold.
 const FETCH_PENALTY: f64 = 1.0;
+/// Introduced cluster-mates whose addresses a node keeps for dialing, at most.
+const INTRODUCED_PEERS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(256).expect("non-zero");
 
 struct LocalApp {
     profile: Profile,
@@ -169,6 +174,8 @@ struct Node {
     address_searched: HashMap<PublicKey, UnixMillis>,
     fetches: HashMap<request_response::OutboundRequestId, (PublicKey, String)>,
     stored_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Where cluster-mates named in fetch answers listen (used to dial them, nothing else).
+    introduced: lru::LruCache<PeerId, Vec<Multiaddr>>,
     /// Application-score penalties of peers whose fetch replies were invalid.
     penalties: HashMap<PeerId, f64>,
     allow_debug: bool,
@@ -249,6 +256,7 @@ async fn run_inner(
         address_searched: HashMap::new(),
         fetches: HashMap::new(),
         stored_addrs: HashMap::new(),
+        introduced: lru::LruCache::new(INTRODUCED_PEERS),
         penalties: HashMap::new(),
         allow_debug: options.allow_debug,
         target_peers: options.target_peers,
@@ -507,10 +515,8 @@ impl Node {
         let now = overlay::now();
         let clusters: Vec<(String, mirage_protocol::ClusterKey)> =
             self.membership.local_apps().map(|(a, k)| (a.to_string(), k)).collect();
-        for (app, cluster) in clusters {
-            let topic = overlay::cluster_topic(&app, &cluster).hash();
-            let gs = &self.swarm.behaviour().overlay.gossipsub;
-            let on_topic = gs.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count();
+        for (app, _) in clusters {
+            let on_topic = self.cluster_topic_peers(&app);
             let swarm = &self.swarm;
             let actions = self.membership.meet_cluster_peers(
                 &app,
@@ -574,17 +580,19 @@ impl Node {
                     // listens first (the fetch follows the search).
                     if !self.swarm.is_connected(&peer_id)
                         && !self.stored_addrs.contains_key(&peer_id)
+                        && !self.introduced.contains(&peer_id)
                         && self.search_address(peer, app.clone())
                     {
                         continue;
                     }
                     debug!(peer = %peer_id, app, "fetching fingerprint");
                     let announcement = self.membership.local_announcement(&app).map(<[u8]>::to_vec);
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .fetch
-                        .send_request(&peer_id, FetchRequest { app: app.clone(), announcement });
+                    let request = FetchRequest { app: app.clone(), announcement };
+                    let fetch = &mut self.swarm.behaviour_mut().fetch;
+                    let id = match self.introduced.get(&peer_id) {
+                        Some(addrs) => fetch.send_request_with_addresses(&peer_id, request, addrs.clone()),
+                        None => fetch.send_request(&peer_id, request),
+                    };
                     self.fetches.insert(id, (peer, app));
                 }
                 Action::JoinCluster { app, cluster } => self.join_cluster(&app, &cluster),
@@ -814,8 +822,17 @@ impl Node {
                         }
                     }
                     let announcement = self.membership.local_announcement(&request.app).map(<[u8]>::to_vec);
-                    debug!(%peer, app = request.app, found = announcement.is_some(), "fingerprint requested");
-                    let _ = self.swarm.behaviour_mut().fetch.send_response(channel, FetchResponse { announcement });
+                    // A fingerprint near the wire's limit leaves no room for introductions.
+                    let room = announcement
+                        .as_ref()
+                        .is_none_or(|a| a.len() + net::codec::INTRODUCTIONS_ROOM <= MAX_MESSAGE_BYTES);
+                    let introductions = match signer {
+                        Some(s) if room => self.introductions_for(&request.app, &s),
+                        _ => Vec::new(),
+                    };
+                    debug!(%peer, app = request.app, found = announcement.is_some(), introduced = introductions.len(), "fingerprint requested");
+                    let response = FetchResponse { announcement, introductions };
+                    let _ = self.swarm.behaviour_mut().fetch.send_response(channel, response);
                 }
                 request_response::Message::Response { request_id, response } => {
                     let Some((signer, app)) = self.fetches.remove(&request_id) else { return };
@@ -827,6 +844,7 @@ impl Node {
                             gossipsub::MessageAcceptance::Ignore => debug!("fetched fingerprint was not news"),
                         }
                     }
+                    self.on_introductions(&app, &signer, &response.introductions);
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
@@ -840,6 +858,46 @@ impl Node {
             }
             _ => {}
         }
+    }
+
+    /// The cluster-mates to name to `requester` in a fetch's answer: connected ones whose
+    /// listen addresses identify told us.
+    fn introductions_for(&self, app: &str, requester: &PublicKey) -> Vec<Introduction> {
+        let addrs_of = |p: &PublicKey| {
+            let id = overlay::peer_id_of(p);
+            self.stored_addrs.get(&id).filter(|a| !a.is_empty() && self.swarm.is_connected(&id))
+        };
+        let named = self.membership.introductions(app, requester, |p| addrs_of(p).is_some(), overlay::now());
+        named.into_iter().filter_map(|p| addrs_of(&p).map(|a| Introduction::new(p, a))).collect()
+    }
+
+    /// `from` named these cluster-mates in its answer: the core decides whom to fetch
+    /// from, and their addresses are kept for dialing them.
+    fn on_introductions(&mut self, app: &str, from: &PublicKey, named: &[Introduction]) {
+        if named.is_empty() {
+            return;
+        }
+        let keys: Vec<PublicKey> = named.iter().take(MAX_INTRODUCTIONS).map(|i| i.peer).collect();
+        let on_topic = self.cluster_topic_peers(app);
+        let swarm = &self.swarm;
+        let is_connected = |p: &PublicKey| swarm.is_connected(&overlay::peer_id_of(p));
+        let actions = self.membership.on_introductions(app, from, &keys, on_topic, is_connected, overlay::now());
+        for action in &actions {
+            if let Action::Fetch { peer, .. } = action {
+                let addrs = named.iter().find(|i| i.peer == *peer).map(Introduction::addrs).unwrap_or_default();
+                if !addrs.is_empty() {
+                    self.introduced.put(overlay::peer_id_of(peer), addrs);
+                }
+            }
+        }
+        self.execute(actions);
+    }
+
+    /// Connected peers subscribed to our cluster's topic for `app`.
+    fn cluster_topic_peers(&self, app: &str) -> usize {
+        let Some(cluster) = self.membership.local_fingerprint(app).map(Fingerprint::cluster_key) else { return 0 };
+        let topic = overlay::cluster_topic(app, &cluster).hash();
+        self.swarm.behaviour().overlay.gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count()
     }
 
     /// Starts a DHT search for `signer`'s addresses, after which the fetch for `app` is

@@ -4,18 +4,29 @@
 //! Lengths are checked against the limits before anything is allocated.
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use libp2p::StreamProtocol;
+use libp2p::{Multiaddr, StreamProtocol};
+use mirage_protocol::membership::MAX_INTRODUCTIONS;
 use mirage_protocol::roster::{CatchUp, CatchUpRequest};
 use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
+use mirage_protocol::PublicKey;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::marker::PhantomData;
 
-pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/fingerprint/1.0.0");
+/// 1.1: answers name a few cluster-mates ([`Introduction`]).
+pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/fingerprint/1.1.0");
 /// Requests carry an app name and possibly the requester's own announcement.
 pub const MAX_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES + 1024;
-pub const MAX_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES + 64;
+/// A fingerprint and [`MAX_INTRODUCTIONS`] introductions.
+pub const MAX_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES + 64 + INTRODUCTIONS_ROOM;
+/// Bytes an answer's introductions may take: a fingerprint bigger than the wire's
+/// limit less this is answered without them.
+pub const INTRODUCTIONS_ROOM: usize = MAX_INTRODUCTIONS * (48 + MAX_INTRODUCED_ADDRS * 72);
+/// Addresses per introduced peer a receiver reads, at most.
+pub const MAX_INTRODUCED_ADDRS: usize = 4;
+/// Bytes of one introduced address, at most (a DNS name, a port and a peer id fit).
+pub const MAX_ADDR_BYTES: usize = 64;
 
 /// "Send me your signed fingerprint for `app`", optionally with ours, so that two
 /// members who found each other learn about each other in one round trip.
@@ -26,10 +37,41 @@ pub struct FetchRequest {
 }
 
 /// The peer's newest signed fingerprint envelope for the app, if it has one. Checked by
-/// the receiver like any announcement.
+/// the receiver like any announcement. To a requester in its cluster, it also names a
+/// few cluster-mates it is connected to, with where they listen: gossipsub meshes only
+/// connected peers, and a peer heard of only through relayed heartbeats has no
+/// address the DHT reliably finds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FetchResponse {
     pub announcement: Option<Vec<u8>>,
+    pub introductions: Vec<Introduction>,
+}
+
+/// A cluster-mate named in a fetch's answer: its key and its listen addresses (the
+/// answering peer's word for them; only used to dial, never put in the DHT).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Introduction {
+    pub peer: PublicKey,
+    pub addrs: Vec<Vec<u8>>,
+}
+
+impl Introduction {
+    /// Names `peer` with at most [`MAX_INTRODUCED_ADDRS`] of its addresses.
+    pub fn new(peer: PublicKey, addrs: &[Multiaddr]) -> Self {
+        let addrs =
+            addrs.iter().map(|a| a.to_vec()).filter(|a| a.len() <= MAX_ADDR_BYTES).take(MAX_INTRODUCED_ADDRS).collect();
+        Introduction { peer, addrs }
+    }
+
+    /// The addresses that parse, at most [`MAX_INTRODUCED_ADDRS`] of them.
+    pub fn addrs(&self) -> Vec<Multiaddr> {
+        self.addrs
+            .iter()
+            .take(MAX_INTRODUCED_ADDRS)
+            .filter(|a| a.len() <= MAX_ADDR_BYTES)
+            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .collect()
+    }
 }
 
 /// A request-response codec of length-prefixed [`wire`] frames, each side checked
@@ -140,7 +182,15 @@ mod tests {
             let req = FetchRequest { app: "web".into(), announcement: Some(vec![7; 100]) };
             c.write_request(&FETCH_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();
             assert_eq!(c.read_request(&FETCH_PROTOCOL, &mut Cursor::new(&buf)).await.unwrap(), req);
-            let res = FetchResponse { announcement: Some(vec![1, 2, 3]) };
+            let addr: Multiaddr = "/ip4/127.0.0.1/tcp/4701".parse().unwrap();
+            let named = (0..MAX_INTRODUCTIONS as u8)
+                .map(|i| {
+                    let key = mirage_protocol::Keypair::from_secret_bytes(&[i; 32]).public();
+                    Introduction::new(key, &vec![addr.clone(); 9])
+                })
+                .collect();
+            let room = MAX_MESSAGE_BYTES - INTRODUCTIONS_ROOM;
+            let res = FetchResponse { announcement: Some(vec![7; room]), introductions: named };
             let mut buf = Vec::new();
             c.write_response(&FETCH_PROTOCOL, &mut Cursor::new(&mut buf), res.clone()).await.unwrap();
             assert_eq!(c.read_response(&FETCH_PROTOCOL, &mut Cursor::new(&buf)).await.unwrap(), res);
@@ -156,6 +206,17 @@ mod tests {
             let big = FetchRequest { app: "x".repeat(MAX_REQUEST_BYTES), announcement: None };
             assert!(c.write_request(&FETCH_PROTOCOL, &mut Cursor::new(&mut Vec::new()), big).await.is_err());
         });
+    }
+
+    #[test]
+    fn an_introduction_keeps_a_few_short_addresses_and_reads_only_those_that_parse() {
+        let key = mirage_protocol::Keypair::from_secret_bytes(&[1; 32]).public();
+        let good: Multiaddr = "/ip4/127.0.0.1/tcp/4701".parse().unwrap();
+        let long: Multiaddr = format!("/dns4/{}/tcp/1", "a".repeat(80)).parse().unwrap();
+        let i = Introduction::new(key, &[long, good.clone(), good.clone(), good.clone(), good.clone(), good.clone()]);
+        assert_eq!(i.addrs.len(), MAX_INTRODUCED_ADDRS, "the long one is left out, then four kept");
+        let forged = Introduction { peer: key, addrs: vec![vec![0xff; 8], good.to_vec(), vec![0; MAX_ADDR_BYTES + 1]] };
+        assert_eq!(forged.addrs(), vec![good], "garbage and oversized addresses are skipped");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use libp2p::{request_response, Swarm};
 use mirage_bootstrap::overlay::{GossipTuning, KadTuning, OverlayError};
 use std::time::Duration;
 
-pub use codec::{FetchCodec, FetchRequest, FetchResponse, RosterCodec};
+pub use codec::{FetchCodec, FetchRequest, FetchResponse, Introduction, RosterCodec};
 pub use content::{ContentCodec, ContentRequest, ContentResponse};
 
 #[derive(NetworkBehaviour)]

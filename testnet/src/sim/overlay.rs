@@ -103,9 +103,14 @@ pub struct GossipModel {
     /// Bytes around a published message's data besides the topic string: protobuf
     /// fields (from, seqno, signature), RPC and stream framing, yamux and noise.
     pub message_overhead: u32,
-    /// Bytes of one IHAVE besides its topic string: the 20-byte id, the control
-    /// message's framing and its share of the RPC.
-    pub ihave_overhead: u32,
+    /// Bytes a message id adds to an IHAVE: the 20-byte id and its tag.
+    pub ihave_id_bytes: u32,
+    /// Bytes of one IHAVE besides its topic string and ids: the control message's
+    /// framing, the RPC, yamux and noise. A node sends one per topic to each lazy peer
+    /// at a heartbeat, naming every id of the last `history_gossip` heartbeats.
+    pub ihave_framing: u32,
+    /// Gossipsub's heartbeat (`GossipTuning`: 700 ms).
+    pub heartbeat_ms: u32,
     /// Bytes of a request-response exchange besides its payload: the request (app,
     /// cluster key, time), a stream's multistream-select, yamux and noise framing.
     pub request_overhead: u32,
@@ -121,7 +126,8 @@ pub struct GossipModel {
     /// a routing-table refresh), with the connections it opens (noise, identify,
     /// gossipsub's hello) and the requests and answers; a node answers as many queries
     /// as it makes, on average. Fitted with `mirage bench overlay-cost`: the bytes a
-    /// 200-node fleet's counted queries account for once every other term is taken out.
+    /// 200-node fleet's counted queries account for once every other term is taken
+    /// out, 85-147 KB over four runs (the fit absorbs every other term's error too).
     pub dht_query_bytes: u32,
     /// Kademlia routing-table refreshes per hour (`KadTuning::bootstrap_interval`:
     /// every 30 minutes), besides the membership's own lookups and provider records.
@@ -139,12 +145,14 @@ impl Default for GossipModel {
             // Anonymous messages (no author, sequence number or signature: the envelope
             // is signed): data/topic tags 4, RPC 3, length prefix 2, yamux 12, noise 18.
             message_overhead: 39,
-            ihave_overhead: 20 + 8 + 35,
+            ihave_id_bytes: 22,
+            ihave_framing: 8 + 35,
+            heartbeat_ms: 700,
             // request 60, protocol negotiation 2 × 30, yamux 4 × 12, noise 2 × 18.
             request_overhead: 60 + 60 + 48 + 36,
             keepalive_per_connection: 1_480,
             connections: 24,
-            dht_query_bytes: 85_000,
+            dht_query_bytes: 110_000,
             routing_refreshes_per_hour: 2,
         }
     }
@@ -165,11 +173,26 @@ impl GossipModel {
         // mesh peer but the first sender.
         let copies_in = mesh;
         let copies_out = (mesh - 1.0).max(0.0);
-        let outside = (peers - mesh).max(0.0);
-        let lazy = outside.min((self.gossip_lazy as f64).max(self.gossip_factor * outside));
-        let ihave = lazy * self.history_gossip as f64 * (self.ihave_overhead as u64 + topic) as f64;
+        let ihave = self.lazy(peers) * self.history_gossip as f64 * self.ihave_id_bytes as f64;
         let copy = self.copy_bytes(wire, topic);
         (copies_in * copy + ihave, copies_out * copy + ihave)
+    }
+
+    /// Bytes per minute each way of the IHAVEs themselves (framing and topic string,
+    /// the ids being counted per message) on a topic carrying `messages_per_min`, for
+    /// a node connected to `peers` of its subscribers: one IHAVE per lazy peer at each
+    /// heartbeat that has ids from the last `history_gossip` heartbeats to name.
+    pub fn ihave_framing_per_min(&self, peers: f64, messages_per_min: f64, topic: u64) -> f64 {
+        let heartbeats = 60_000.0 / self.heartbeat_ms.max(1) as f64;
+        let per_window = messages_per_min / heartbeats;
+        let some = 1.0 - (-per_window * self.history_gossip as f64).exp();
+        heartbeats * some * self.lazy(peers) * (self.ihave_framing as u64 + topic) as f64
+    }
+
+    /// Peers outside the mesh that get IHAVE gossip at a heartbeat.
+    fn lazy(&self, peers: f64) -> f64 {
+        let outside = (peers - peers.min(self.mesh_n as f64)).max(0.0);
+        outside.min((self.gossip_lazy as f64).max(self.gossip_factor * outside))
     }
 
     /// Bytes out for a message a node publishes on a topic with `subscribers` nodes:
@@ -436,11 +459,14 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
 
     // Costs over the last hour before the release.
     let app_topic = topic_len(None);
-    let (sum_in, sum_out) = gossip.per_message(machines, wires.summary, app_topic);
+    // Every node is on the app's topic: all of a node's connections are its peers there.
+    let app_peers = (machines.saturating_sub(1) as f64).min(gossip.connections as f64);
+    let (sum_in, sum_out) = gossip.per_message_among(app_peers, wires.summary, app_topic);
     let summaries_per_min = summaries_last_hour as f64 / 60.0;
     // A node's own share of the summaries, which it floods to its app-topic peers.
     let own_summaries = 1.0 / machines.max(1) as f64;
-    let sum_publish = gossip.per_publish(machines, wires.summary, app_topic);
+    let sum_publish = gossip.per_publish_among(app_peers, wires.summary, app_topic);
+    let sum_ihaves = gossip.ihave_framing_per_min(app_peers, summaries_per_min, app_topic);
     let mut ins = Vec::new();
     let mut outs = Vec::new();
     let mut msgs = Vec::new();
@@ -449,6 +475,7 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
         let topic = topic_len(Some(&world.cluster_keys[run.cluster as usize]));
         let (hb_in, hb_out) = gossip.per_message(run.size, wires.heartbeat, topic);
         let publish = gossip.per_publish(run.size, wires.heartbeat, topic);
+        let cluster_peers = (run.size.saturating_sub(1) as f64).min(gossip.topic_peers as f64);
         for ob in &run.observers {
             let received = ob.heard_last_hour as f64 / 60.0;
             let own = ob.sent_last_hour as f64 / 60.0;
@@ -457,11 +484,13 @@ pub fn simulate(world: &World, o: &OverlayScenario, gossip: &GossipModel, policy
             let catch_up = (ob.catch_up_asks_last_hour * gossip.request_overhead as u64
                 + ob.catch_up_last_hour * wires.heartbeat) as f64
                 / 60.0;
-            ins.push(received * hb_in + summaries_per_min * sum_in + catch_up);
+            let ihaves = gossip.ihave_framing_per_min(cluster_peers, received + own, topic) + sum_ihaves;
+            ins.push(received * hb_in + summaries_per_min * sum_in + ihaves + catch_up);
             outs.push(
                 received * hb_out
                     + own * publish
                     + summaries_per_min * (sum_out + own_summaries * sum_publish)
+                    + ihaves
                     + catch_up,
             );
             msgs.push(received + summaries_per_min);
