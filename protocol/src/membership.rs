@@ -1265,28 +1265,34 @@ mod tests {
         assert!(heartbeats(&a.tick(UnixMillis(T0 + 30_000))).is_empty());
         assert_eq!(heartbeats(&a.tick(UnixMillis(T0 + 60_000))).len(), 1);
     }
-    #[test]
-    fn a_node_with_too_few_cluster_peers_connected_dials_live_members_its_roster_heard_of() {
+    /// Node 1 of cluster "web"/1, which heard the joining heartbeats of nodes 2-13 at
+    /// `at`; and those nodes' keys.
+    fn hearing_twelve_cluster_mates(at: UnixMillis) -> (Membership, Vec<PublicKey>) {
         let key = fp("web", 1).cluster_key();
-        let now = UnixMillis(T0);
         let mut a = Membership::new(kp(1), MembershipConfig::default());
-        a.set_local(fp("web", 1), now);
-        let later = UnixMillis(T0 + 500);
-        let members: Vec<PublicKey> = (2..14u8)
+        a.set_local(fp("web", 1), UnixMillis(T0));
+        let members = (2..14u8)
             .map(|seed| {
                 let mut b = Membership::new(kp(seed), MembershipConfig::default());
                 let hb = b
-                    .set_local(fp("web", 1), now)
+                    .set_local(fp("web", 1), UnixMillis(T0))
                     .into_iter()
                     .find_map(|x| match x {
                         Action::PublishHeartbeat { cluster, bytes, .. } if cluster == key => Some(bytes),
                         _ => None,
                     })
                     .expect("a member heartbeats as it joins");
-                assert_eq!(a.on_heartbeat("web", &hb, later), Ok(Observed::New));
+                assert_eq!(a.on_heartbeat("web", &hb, at), Ok(Observed::New));
                 kp(seed).public()
             })
             .collect();
+        (a, members)
+    }
+
+    #[test]
+    fn a_node_with_too_few_cluster_peers_connected_dials_live_members_its_roster_heard_of() {
+        let later = UnixMillis(T0 + 500);
+        let (mut a, members) = hearing_twelve_cluster_mates(later);
         let fetched = |actions: &[Action]| -> Vec<PublicKey> {
             actions
                 .iter()
@@ -1313,23 +1319,8 @@ mod tests {
     }
     #[test]
     fn cluster_mates_are_introduced_only_to_and_by_cluster_mates_and_at_most_eight() {
-        let key = fp("web", 1).cluster_key();
-        let now = UnixMillis(T0);
         let later = UnixMillis(T0 + 500);
-        let mut a = Membership::new(kp(1), MembershipConfig::default());
-        a.set_local(fp("web", 1), now);
-        for seed in 2..14u8 {
-            let mut b = Membership::new(kp(seed), MembershipConfig::default());
-            let hb = b
-                .set_local(fp("web", 1), now)
-                .into_iter()
-                .find_map(|x| match x {
-                    Action::PublishHeartbeat { cluster, bytes, .. } if cluster == key => Some(bytes),
-                    _ => None,
-                })
-                .expect("a member heartbeats as it joins");
-            a.on_heartbeat("web", &hb, later).unwrap();
-        }
+        let (mut a, _) = hearing_twelve_cluster_mates(later);
         // Peer 2 is a cluster-mate (its fingerprint came with its fetch); 20 is not.
         a.on_announcement(&announce(2, "web", 1, T0), "web", None, later);
         a.on_announcement(&announce(20, "web", 9, T0), "web", None, later);
