@@ -129,8 +129,7 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
                 info!(connected = swarm.connected_peers().count(), trimmed, relayed, ?drops, "bootstrap status");
             }
             _ = maintain.tick() => {
-                let facts = overlay::gossip_facts(&swarm.behaviour().gossipsub);
-                for peer in connections.to_close(overlay::now(), |p| facts.get(p).copied()) {
+                for peer in overlay::over_budget(&connections, &swarm.behaviour().gossipsub, overlay::now()) {
                     if swarm.disconnect_peer_id(peer).is_ok() {
                         trimmed += 1;
                     }
@@ -197,8 +196,8 @@ fn on_gossip(
             let now = overlay::now();
             let verdict = match (overlay::app_of_topic(&message.topic), overlay::app_of_release_topic(&message.topic)) {
                 (Some(app), _) => {
-                    let author = message.source.as_ref().and_then(overlay::public_key_of);
-                    check_app_message(&message.data, app, author.as_ref(), now, config)
+                    // Gossip is anonymous: the envelope's signature names the author.
+                    check_app_message(&message.data, app, None, now, config)
                 }
                 // Releases are relayed if well formed, signed and unexpired; whom to
                 // trust is each node's decision, not the relay's.

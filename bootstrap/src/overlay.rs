@@ -4,7 +4,7 @@
 //! their swarms from these, so they always speak the same overlay.
 
 use libp2p::{connection_limits, gossipsub, identify, identity, kad, Multiaddr, PeerId, StreamProtocol};
-use mirage_protocol::connections::{PeerFacts, Standing};
+use mirage_protocol::connections::{Connections, PeerFacts, Standing};
 use mirage_protocol::wire::MAX_MESSAGE_BYTES;
 use mirage_protocol::UnixMillis;
 use std::collections::{HashMap, HashSet};
@@ -21,8 +21,9 @@ pub const IDENTIFY_VERSION: &str = "/mirage/id/1.0.0";
 pub const APP_TOPIC_PREFIX: &str = "mirage/v1/app/";
 /// Prefix of the per-application release topics (signed manifests and test reports).
 pub const RELEASE_TOPIC_PREFIX: &str = "mirage/v1/release/";
-/// Gossipsub frames may carry a full-size message plus protobuf framing. Messages whose *data* is over [`MAX_MESSAGE_BYTES`] still reach
-/// the validator, which drops and counts them as too large.
+/// Gossipsub frames may carry a full-size message plus protobuf framing. Messages
+/// whose *data* is over [`MAX_MESSAGE_BYTES`] still reach the validator, which drops
+/// and counts them as too large.
 pub const MAX_TRANSMIT_BYTES: usize = MAX_MESSAGE_BYTES + 64 * 1024;
 /// Most application topics a bootstrap peer relays.
 pub const MAX_RELAYED_TOPICS: usize = 4096;
@@ -335,10 +336,22 @@ pub fn connection_limits(max_established: u32) -> connection_limits::Behaviour {
     )
 }
 
+/// The peers over the connection budget, given what gossipsub knows of each: what
+/// every shell (node, bootstrap peer, calibration harness) disconnects at its upkeep.
+pub fn over_budget(connections: &Connections<PeerId>, gs: &gossipsub::Behaviour, now: UnixMillis) -> Vec<PeerId> {
+    let facts = gossip_facts(gs);
+    connections.to_close(now, |p| facts.get(p).copied())
+}
+
+/// Connected peers subscribed to `topic`.
+pub fn topic_peer_count(gs: &gossipsub::Behaviour, topic: &gossipsub::TopicHash) -> usize {
+    gs.all_peers().filter(|(_, topics)| topics.contains(&topic)).count()
+}
+
 /// What gossipsub knows of each peer it has a connection to, for the connection
 /// budget ([`mirage_protocol::connections`]): whether the peer is in one of our meshes,
 /// and which of our topics it shares (a cluster's topic ranks above an app's).
-pub fn gossip_facts(gs: &gossipsub::Behaviour) -> HashMap<PeerId, PeerFacts> {
+fn gossip_facts(gs: &gossipsub::Behaviour) -> HashMap<PeerId, PeerFacts> {
     let ours: HashSet<&gossipsub::TopicHash> = gs.topics().collect();
     let mesh: HashSet<&PeerId> = gs.all_mesh_peers().collect();
     gs.all_peers()

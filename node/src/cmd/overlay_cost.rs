@@ -436,8 +436,8 @@ impl OverlayNode {
                 Err(_) => Reject,
             };
         }
-        let signer = message.source.as_ref().and_then(overlay::public_key_of);
-        match self.membership.on_announcement(&message.data, &app, signer.as_ref(), now) {
+        // Gossip is anonymous: the envelope's signature names the author.
+        match self.membership.on_announcement(&message.data, &app, None, now) {
             mirage_protocol::membership::Verdict::Rejected(_) => Reject,
             _ => Accept,
         }
@@ -446,15 +446,16 @@ impl OverlayNode {
     /// Connected peers subscribed to our cluster's topic.
     fn cluster_topic_peers(&self) -> usize {
         let Some(cluster) = self.membership.local_apps().next().map(|(_, c)| c) else { return 0 };
-        let topic = overlay::cluster_topic(APP, &cluster).hash();
-        self.swarm.behaviour().overlay.gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count()
+        overlay::topic_peer_count(
+            &self.swarm.behaviour().overlay.gossipsub,
+            &overlay::cluster_topic(APP, &cluster).hash(),
+        )
     }
 
     /// The daemon's connection upkeep: trim to the budget, then meet cluster-mates.
     fn upkeep(&mut self) {
         let now = overlay::now();
-        let facts = overlay::gossip_facts(&self.swarm.behaviour().overlay.gossipsub);
-        for peer in self.connections.to_close(now, |p| facts.get(p).copied()) {
+        for peer in overlay::over_budget(&self.connections, &self.swarm.behaviour().overlay.gossipsub, now) {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         let on_topic = self.cluster_topic_peers();

@@ -21,9 +21,7 @@ use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
 use mirage_protocol::connections::{Budget, Connections};
 use mirage_protocol::fingerprint::Profile;
-use mirage_protocol::membership::{
-    check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict, MAX_INTRODUCTIONS,
-};
+use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
 use mirage_protocol::wire::MAX_MESSAGE_BYTES;
 use mirage_protocol::{Envelope, Fingerprint, Keypair, PublicKey, UnixMillis};
 use staging::Staging;
@@ -505,17 +503,15 @@ impl Node {
     /// Keeps the node connected to enough peers for a healthy gossip mesh, and to no
     /// more than the connection budget allows.
     fn maintain_connections(&mut self) {
-        let facts = overlay::gossip_facts(&self.swarm.behaviour().overlay.gossipsub);
-        for peer in self.connections.to_close(overlay::now(), |p| facts.get(p).copied()) {
+        let now = overlay::now();
+        for peer in overlay::over_budget(&self.connections, &self.swarm.behaviour().overlay.gossipsub, now) {
             debug!(%peer, "over the connection budget; disconnecting");
             if self.swarm.disconnect_peer_id(peer).is_ok() {
                 self.trimmed += 1;
             }
         }
-        let now = overlay::now();
-        let clusters: Vec<(String, mirage_protocol::ClusterKey)> =
-            self.membership.local_apps().map(|(a, k)| (a.to_string(), k)).collect();
-        for (app, _) in clusters {
+        let apps: Vec<String> = self.membership.local_apps().map(|(a, _)| a.to_string()).collect();
+        for app in apps {
             let on_topic = self.cluster_topic_peers(&app);
             let swarm = &self.swarm;
             let actions = self.membership.meet_cluster_peers(
@@ -703,9 +699,9 @@ impl Node {
         if let Some(summary) = summary {
             return self.on_summary(&app, &summary);
         }
-        let author = message.source.as_ref().and_then(overlay::public_key_of);
         let _span = info_span!("announcement", %from, app).entered();
-        let (acceptance, joined) = self.on_announcement(&message.data, &app, author.as_ref());
+        // Gossip is anonymous: the envelope's signature names the author.
+        let (acceptance, joined) = self.on_announcement(&message.data, &app, None);
         if let Some(peer) = joined {
             let exchange = self.membership.exchange_with(&peer, &app, overlay::now());
             self.execute(exchange.into_iter().collect());
@@ -877,7 +873,7 @@ impl Node {
         if named.is_empty() {
             return;
         }
-        let keys: Vec<PublicKey> = named.iter().take(MAX_INTRODUCTIONS).map(|i| i.peer).collect();
+        let keys: Vec<PublicKey> = named.iter().map(|i| i.peer).collect();
         let on_topic = self.cluster_topic_peers(app);
         let swarm = &self.swarm;
         let is_connected = |p: &PublicKey| swarm.is_connected(&overlay::peer_id_of(p));
@@ -896,8 +892,10 @@ impl Node {
     /// Connected peers subscribed to our cluster's topic for `app`.
     fn cluster_topic_peers(&self, app: &str) -> usize {
         let Some(cluster) = self.membership.local_fingerprint(app).map(Fingerprint::cluster_key) else { return 0 };
-        let topic = overlay::cluster_topic(app, &cluster).hash();
-        self.swarm.behaviour().overlay.gossipsub.all_peers().filter(|(_, topics)| topics.contains(&&topic)).count()
+        overlay::topic_peer_count(
+            &self.swarm.behaviour().overlay.gossipsub,
+            &overlay::cluster_topic(app, &cluster).hash(),
+        )
     }
 
     /// Starts a DHT search for `signer`'s addresses, after which the fetch for `app` is
