@@ -14,4 +14,5 @@ pub mod release;
 pub mod sandbox;
 pub mod scan;
 pub mod store;
+pub mod trace;
 pub mod transport_bench;

@@ -49,6 +49,9 @@ enum Command {
     Key(cmd::keygen::KeyCommand),
     /// Fingerprint an application's environment on the machine rooted at --root.
     Fingerprint(cmd::fingerprint::Args),
+    /// Profile tools: refine a profile from machines that should share a cluster.
+    #[command(subcommand)]
+    Profile(cmd::profile::ProfileCommand),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -163,6 +166,7 @@ fn run() -> Result<()> {
         Command::Keygen(args) => cmd::keygen::run(args),
         Command::Key(c) => cmd::keygen::run_key(c),
         Command::Fingerprint(args) => cmd::fingerprint::run(args),
+        Command::Profile(c) => cmd::profile::run(c),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Bootstrap(args) => cmd::bootstrap::run(args),
         Command::Node(c) => cmd::node::run(c),

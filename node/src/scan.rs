@@ -7,8 +7,9 @@
 //! (path, size, mtime, inode).
 
 use crate::digest_cache::{DigestCache, FileStamp};
+use mirage_protocol::fingerprint::chain::{ConfigSource, Cut, CutAt, DirNames, FileText};
 use mirage_protocol::fingerprint::{
-    FingerprintBuilder, HostContext, Need, Observed, Pattern, Profile, ResourceClass, Rule,
+    FingerprintBuilder, HostContext, Need, Observed, Origin, Pattern, Profile, ResourceClass, Rule,
 };
 use mirage_protocol::{Digest, Fingerprint};
 use rayon::prelude::*;
@@ -47,6 +48,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ScanError + '_ {
 pub struct Scan {
     pub fingerprint: Fingerprint,
     pub stats: ScanStats,
+    /// The file of its config chain each config item's value came from.
+    pub origins: Vec<Origin>,
+    /// Where config chains were cut short (also items of the fingerprint).
+    pub cuts: Vec<CutAt>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -98,6 +103,8 @@ pub fn scan(profile: &Profile, root: &Path, cache: Option<&DigestCache>) -> Resu
     let digests = digest_files(profile, &matched, cache, &mut stats)?;
     let mut observed: Vec<Vec<Vec<(String, Observed)>>> =
         profile.rules().iter().map(|r| vec![Vec::new(); r.patterns().len()]).collect();
+    let mut configs: Vec<Vec<Vec<String>>> =
+        profile.rules().iter().map(|r| vec![Vec::new(); r.patterns().len()]).collect();
     for m in matched {
         let obs = match profile.rules()[m.rule].need() {
             Need::Digest => Observed::Digest(digests[&m.real]),
@@ -105,9 +112,8 @@ pub fn scan(profile: &Profile, root: &Path, cache: Option<&DigestCache>) -> Resu
                 if m.stamp.size > MAX_CONFIG_BYTES {
                     return Err(ScanError::ConfigTooLarge { path: m.real, size: m.stamp.size });
                 }
-                let bytes = std::fs::read(&m.real).map_err(io_err(&m.real))?;
-                stats.configs_parsed += 1;
-                Observed::Text(String::from_utf8_lossy(&bytes).into_owned())
+                configs[m.rule][m.pattern].push(m.logical);
+                continue;
             }
             Need::Nothing => Observed::Seen,
         };
@@ -116,16 +122,110 @@ pub fn scan(profile: &Profile, root: &Path, cache: Option<&DigestCache>) -> Resu
 
     let env = machine_environment(&root)?;
     let mut builder = FingerprintBuilder::new(profile, host);
+    let mut source = RootSource { root: &root, read: 0 };
     for (r, rule) in profile.rules().iter().enumerate() {
         if rule.class == ResourceClass::Env {
             builder.add_env(r, &|name| env.get(name).cloned());
+            continue;
+        }
+        if rule.need() == Need::Text {
+            builder.add_config_files(r, std::mem::take(&mut configs[r]), &mut source);
             continue;
         }
         for (p, files) in std::mem::take(&mut observed[r]).into_iter().enumerate() {
             builder.add_matches(r, p, files);
         }
     }
-    Ok(Scan { fingerprint: builder.finish(), stats })
+    stats.configs_parsed = source.read;
+    let (fingerprint, explanation) = builder.finish_explained();
+    Ok(Scan { fingerprint, stats, origins: explanation.origins, cuts: explanation.cuts })
+}
+
+/// The scanned machine's files as its applications see them, for following config
+/// includes: paths resolve inside the root, only regular files are opened (a FIFO or
+/// device could block the scan or never end), and nothing is read past the limit
+/// the chain gives.
+struct RootSource<'a> {
+    root: &'a Path,
+    /// Config files read.
+    read: usize,
+}
+
+impl RootSource<'_> {
+    fn real(&self, logical: &str) -> Result<Option<PathBuf>, Cut> {
+        match resolve(self.root, logical) {
+            Ok(found) => Ok(found),
+            Err(ScanError::SymlinkLoop(_)) => Err(Cut::SymlinkLoop),
+            Err(_) => Err(Cut::Unreadable),
+        }
+    }
+}
+
+impl ConfigSource for RootSource<'_> {
+    fn read(&mut self, path: &str, max_bytes: u64) -> FileText {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let real = match self.real(path) {
+            Ok(Some(real)) => real,
+            Ok(None) => return FileText::Missing,
+            Err(cut) => return FileText::Refused(cut),
+        };
+        let meta = match std::fs::metadata(&real) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return FileText::Missing,
+            Err(_) => return FileText::Refused(Cut::Unreadable),
+        };
+        if meta.is_dir() {
+            return FileText::Directory;
+        }
+        if !meta.is_file() {
+            return FileText::Refused(Cut::NotAFile);
+        }
+        if meta.len() > max_bytes {
+            return FileText::Refused(Cut::FileTooLarge);
+        }
+        // Non-blocking, and checked again once open: the path may have become a FIFO
+        // since the stat above.
+        let file = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK).open(&real);
+        let Ok(file) = file else { return FileText::Refused(Cut::Unreadable) };
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return FileText::Refused(Cut::NotAFile);
+        }
+        let mut bytes = Vec::new();
+        if file.take(max_bytes + 1).read_to_end(&mut bytes).is_err() {
+            return FileText::Refused(Cut::Unreadable);
+        }
+        if bytes.len() as u64 > max_bytes {
+            return FileText::Refused(Cut::FileTooLarge);
+        }
+        self.read += 1;
+        FileText::Text(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn list(&mut self, dir: &str, max_entries: usize) -> DirNames {
+        let real = match self.real(dir) {
+            Ok(Some(real)) => real,
+            Ok(None) => return DirNames::Missing,
+            Err(cut) => return DirNames::Refused(cut),
+        };
+        let entries = match std::fs::read_dir(&real) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                return DirNames::Missing
+            }
+            Err(_) => return DirNames::Refused(Cut::Unreadable),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let Ok(entry) = entry else { return DirNames::Refused(Cut::Unreadable) };
+            // Stop at the limit rather than list a directory of millions.
+            if names.len() == max_entries {
+                return DirNames::Refused(Cut::TooManyEntries);
+            }
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        DirNames::Names(names)
+    }
 }
 
 /// Digests every file a digest rule matched: cached ones without reading, the rest in

@@ -1,9 +1,10 @@
 use anyhow::{Context, Result};
 use mirage_node::digest_cache::DigestCache;
-use mirage_node::scan::scan;
+use mirage_node::scan::{scan, Scan};
 use mirage_protocol::fingerprint::{Item, ItemValue, Profile};
 use mirage_protocol::Envelope;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -43,7 +44,23 @@ fn open_cache(args: &Args) -> Option<DigestCache> {
     DigestCache::open(&path).map_err(|e| tracing::warn!(error = %e, "running without the digest cache")).ok()
 }
 
-fn item_json(item: &Item) -> Value {
+/// The chain file each config value came from, where that is not the entry itself.
+fn origins(scan: &Scan) -> HashMap<(&str, &str, &str), &str> {
+    scan.origins
+        .iter()
+        .filter(|o| o.file != o.path)
+        .map(|o| ((o.path.as_str(), o.key.as_str(), o.value.as_str()), o.file.as_str()))
+        .collect()
+}
+
+fn from_file<'a>(origins: &HashMap<(&str, &str, &str), &'a str>, item: &Item) -> Option<&'a str> {
+    match &item.value {
+        ItemValue::Text(t) => origins.get(&(item.path.as_str(), item.key.as_str(), t.as_str())).copied(),
+        _ => None,
+    }
+}
+
+fn item_json(item: &Item, from: Option<&str>) -> Value {
     let mut v = json!({ "class": item.class.name(), "path": item.path });
     if !item.key.is_empty() {
         v["key"] = json!(item.key);
@@ -53,6 +70,10 @@ fn item_json(item: &Item) -> Value {
         ItemValue::Text(t) => v["value"] = json!(t),
         ItemValue::Present => v["present"] = json!(true),
         ItemValue::Absent => v["present"] = json!(false),
+        ItemValue::Cut(cut) => v["cut"] = json!(cut),
+    }
+    if let Some(file) = from {
+        v["from"] = json!(file);
     }
     v
 }
@@ -68,6 +89,10 @@ pub fn run(args: Args) -> Result<()> {
     let result = scan(&profile, &args.root, cache.as_ref())
         .with_context(|| format!("fingerprinting {} under {}", profile.app(), args.root.display()))?;
     let fp = &result.fingerprint;
+    let from = origins(&result);
+    for cut in &result.cuts {
+        tracing::warn!(path = %cut.path, reason = ?cut.cut, "config chain cut short: {}", cut.cut.describe());
+    }
     let signed = match &args.sign {
         Some(key) => {
             let keypair = mirage_node::keyfile::load(key)?;
@@ -80,7 +105,8 @@ pub fn run(args: Args) -> Result<()> {
             "app": fp.app(),
             "profile_id": fp.profile_id().to_hex(),
             "cluster_key": fp.cluster_key().to_hex(),
-            "items": fp.items().iter().map(item_json).collect::<Vec<_>>(),
+            "items": fp.items().iter().map(|i| item_json(i, from_file(&from, i))).collect::<Vec<_>>(),
+            "cuts": result.cuts.iter().map(|c| json!({ "path": c.path, "cut": c.cut })).collect::<Vec<_>>(),
             "stats": {
                 "files_matched": result.stats.files_matched,
                 "files_hashed": result.stats.files_hashed,
@@ -114,9 +140,11 @@ pub fn run(args: Args) -> Result<()> {
             ItemValue::Text(t) => format!("= {t}"),
             ItemValue::Present => "present".into(),
             ItemValue::Absent => "absent".into(),
+            ItemValue::Cut(cut) => format!("cut short: {}", cut.describe()),
         };
         let key = if item.key.is_empty() { String::new() } else { format!(" [{}]", item.key) };
-        println!("  {:<10} {}{} {}", item.class.name(), item.path, key, value);
+        let from = from_file(&from, item).map(|f| format!("  (from {f})")).unwrap_or_default();
+        println!("  {:<10} {}{} {}{}", item.class.name(), item.path, key, value, from);
     }
     if let Some(env) = &signed {
         println!("signed by:   {} ({})", env.signer.peer_id(), env.signer);

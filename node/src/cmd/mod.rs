@@ -7,6 +7,7 @@ pub mod fingerprint;
 pub mod keygen;
 pub mod node;
 pub mod overlay_cost;
+pub mod profile;
 pub mod scale;
 pub mod sim;
 pub mod status;

@@ -198,6 +198,9 @@ struct Progress {
     cluster_peers: AtomicU64,
     /// DHT queries finished.
     queries: AtomicU64,
+    /// Gossip messages gossipsub could not queue to a peer whose queue was full: what a
+    /// harness short of CPU fails to carry, and so leaves out of the real bytes.
+    dropped_to_slow_peers: AtomicU64,
 }
 
 struct OverlayNode {
@@ -281,6 +284,13 @@ impl OverlayNode {
             }
         }
         match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Overlay(OverlayEvent::Gossipsub(gossipsub::Event::SlowPeer {
+                failed_messages,
+                ..
+            }))) => {
+                let failed = failed_messages.priority + failed_messages.non_priority;
+                self.progress.dropped_to_slow_peers.fetch_add(failed as u64, Ordering::Relaxed);
+            }
             SwarmEvent::ConnectionEstablished { peer_id, .. } => self.connections.on_established(peer_id, now),
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.connections.on_closed(&peer_id);
@@ -715,9 +725,15 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     let before: Vec<(u64, u64)> =
         counters.iter().map(|c| (c.read.load(Ordering::Relaxed), c.written.load(Ordering::Relaxed))).collect();
     let queries_before: u64 = progress.iter().map(|p| p.queries.load(Ordering::Relaxed)).sum();
+    let dropped_before: u64 = progress.iter().map(|p| p.dropped_to_slow_peers.load(Ordering::Relaxed)).sum();
+    let cpu_before = process_cpu();
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.measure_secs)).await;
     let minutes = window.elapsed().as_secs_f64() / 60.0;
+    let cores_used = (process_cpu() - cpu_before).as_secs_f64() / (minutes * 60.0);
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let dropped =
+        progress.iter().map(|p| p.dropped_to_slow_peers.load(Ordering::Relaxed)).sum::<u64>() - dropped_before;
     let queries: u64 = progress.iter().map(|p| p.queries.load(Ordering::Relaxed)).sum::<u64>() - queries_before;
     let queries_per_min = queries as f64 / args.nodes as f64 / minutes;
     let per_node: Vec<(f64, f64)> = counters
@@ -768,6 +784,9 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         "model_bytes_out_per_node_per_min": model_out,
         "model_over_measured": ratio,
         "dht_queries_per_node_per_min": queries_per_min,
+        "cpu_cores_used": cores_used,
+        "cpu_cores": cores,
+        "gossip_dropped_to_slow_peers_per_node_per_min": dropped as f64 / n / minutes,
         "model_terms_bytes_per_node_per_min": {
             "gossip_in": model.gossip.0,
             "gossip_out": model.gossip.1,
@@ -804,5 +823,27 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         model.gossip.0, model.gossip.1, model.keepalive, model.dht
     );
     println!("  model / real, in + out: {ratio:.2}");
+    println!(
+        "  the harness used {cores_used:.2} of {cores} cores over the window and gossipsub dropped {:.1} messages per node \
+         per minute to peers whose queues were full{}",
+        dropped as f64 / n / minutes,
+        if cores_used > 0.9 * cores as f64 || dropped > 0 {
+            ": short of CPU, the real bytes are what got through, not what the nodes sent"
+        } else {
+            ""
+        }
+    );
     Ok(())
+}
+
+/// CPU time this process has used, all threads, user and system.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage writes into the zeroed struct it is given and reads nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

@@ -1,4 +1,5 @@
 use super::*;
+use mirage_protocol::fingerprint::chain::Cut;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::time::{Duration, SystemTime};
@@ -144,14 +145,65 @@ fn missing_root_is_a_clear_error() {
 }
 
 #[test]
-fn oversized_config_is_refused() {
+fn an_oversized_config_named_by_the_profile_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     machine(dir.path(), &base_spec());
-    let big = dir.path().join("etc/mysql/conf.d/huge.cnf");
-    fs::create_dir_all(big.parent().unwrap()).unwrap();
-    fs::File::create(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
+    let big = dir.path().join("etc/mysql/my.cnf");
+    fs::File::options().write(true).open(&big).unwrap().set_len(MAX_CONFIG_BYTES + 1).unwrap();
     let err = scan(&Profile::parse(MYSQL).unwrap(), dir.path(), None).unwrap_err();
-    assert!(err.to_string().contains("huge.cnf"), "{err}");
+    assert!(err.to_string().contains("my.cnf"), "{err}");
+}
+
+/// A machine whose my.cnf includes conf.d/, with `extra` written there.
+fn including_machine(extra: impl FnOnce(&Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    machine(dir.path(), &base_spec());
+    let cnf = dir.path().join("etc/mysql/my.cnf");
+    let mut text = fs::read_to_string(&cnf).unwrap();
+    text.push_str("!includedir /etc/mysql/conf.d/\n");
+    fs::write(&cnf, text).unwrap();
+    fs::create_dir_all(dir.path().join("etc/mysql/conf.d")).unwrap();
+    extra(&dir.path().join("etc/mysql/conf.d"));
+    dir
+}
+
+fn cuts(dir: &Path) -> Vec<(String, Cut)> {
+    let scan = scan(&Profile::parse(MYSQL).unwrap(), dir, None).unwrap();
+    scan.cuts.into_iter().map(|c| (c.path, c.cut)).collect()
+}
+
+#[test]
+fn included_files_too_large_unopenable_or_too_many_are_reported_cuts_never_hangs() {
+    let big = including_machine(|d| fs::File::create(d.join("huge.cnf")).unwrap().set_len(100 << 20).unwrap());
+    assert_eq!(cuts(big.path()), vec![("/etc/mysql/conf.d/huge.cnf".to_string(), Cut::FileTooLarge)]);
+
+    // A FIFO would block a reader forever: it is never opened.
+    let fifo = including_machine(|d| {
+        let path = std::ffi::CString::new(d.join("pipe.cnf").to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    });
+    assert_eq!(cuts(fifo.path()), vec![("/etc/mysql/conf.d/pipe.cnf".to_string(), Cut::NotAFile)]);
+
+    let many = including_machine(|d| {
+        for i in 0..5000 {
+            fs::write(d.join(format!("{i:05}.cnf")), "").unwrap();
+        }
+    });
+    assert_eq!(cuts(many.path()), vec![("/etc/mysql/conf.d".to_string(), Cut::TooManyEntries)]);
+
+    let cycle = including_machine(|d| symlink("/etc/mysql/my.cnf", d.join("again.cnf")).unwrap());
+    assert_eq!(cuts(cycle.path()), vec![("/etc/mysql/conf.d/again.cnf".to_string(), Cut::Cycle)]);
+}
+
+#[test]
+fn a_setting_in_an_included_file_counts_and_where_it_sits_does_not() {
+    let key = |dir: &Path| scan(&Profile::parse(MYSQL).unwrap(), dir, None).unwrap().fingerprint.cluster_key();
+    let plain = including_machine(|_| {});
+    let tuned = including_machine(|d| fs::write(d.join("50-tuning.cnf"), "[mysqld]\nmax_connections = 500\n").unwrap());
+    let same = including_machine(|d| fs::write(d.join("50-tuning.cnf"), "[mysqld]\nmax_connections = 151\n").unwrap());
+    assert_ne!(key(plain.path()), key(tuned.path()));
+    assert_eq!(key(plain.path()), key(same.path()));
 }
 
 #[test]

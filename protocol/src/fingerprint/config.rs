@@ -9,11 +9,17 @@ pub enum ConfigFormat {
     /// Chosen from the file name and contents.
     Auto,
     /// `[section]` headers and `key = value` lines (my.cnf, php.ini). A bare `key` is a
-    /// flag (`skip-external-locking`); `!include` lines are kept as items.
+    /// flag (`skip-external-locking`); `!include` and `!includedir` are followed.
     Ini,
-    /// `key = value` or `key value` lines (sshd_config, many daemons).
+    /// `key = value` or `key value` lines (sshd_config, many daemons); `Include` is
+    /// followed.
     KeyValue,
-    /// Apache httpd: `Directive args` lines inside nested `<Section args>` blocks.
+    /// php.ini and its scan directory: INI lines, but sections only group the file for
+    /// readers (every directive is global, except in `[PATH=...]` and `[HOST=...]`),
+    /// and `extension` / `zend_extension` accumulate.
+    Php,
+    /// Apache httpd: `Directive args` lines inside nested `<Section args>` blocks;
+    /// `Include` and `IncludeOptional` are followed, relative to `ServerRoot`.
     Apache,
 }
 
@@ -45,17 +51,16 @@ pub struct Setting {
     pub value: String,
 }
 
-/// Parses `text` as `format`. `section_args` normalizes Apache section arguments
-/// (which often hold addresses) before they become part of a key.
+/// Parses `text` as `format`, as one file on its own: includes it names are reported
+/// as missing, not followed (see [`super::chain`] for reading a whole chain).
 pub fn parse(format: ConfigFormat, path: &str, text: &str, section_args: &dyn Fn(&str) -> String) -> Vec<Setting> {
-    match resolve(format, path, text) {
-        ConfigFormat::Ini => parse_ini(text),
-        ConfigFormat::Apache => parse_apache(text, section_args),
-        _ => parse_key_value(text),
-    }
+    let mut source = super::chain::MemorySource::default();
+    source.insert(path, text);
+    let chain = super::chain::resolve(format, path, &[], &mut source, section_args);
+    chain.settings.into_iter().map(|s| s.setting).collect()
 }
 
-fn resolve(format: ConfigFormat, path: &str, text: &str) -> ConfigFormat {
+pub(crate) fn resolve(format: ConfigFormat, path: &str, text: &str) -> ConfigFormat {
     if format != ConfigFormat::Auto {
         return format;
     }
@@ -94,34 +99,56 @@ fn is_comment(line: &str) -> bool {
     line.is_empty() || line.starts_with('#') || line.starts_with(';')
 }
 
-fn parse_ini(text: &str) -> Vec<Setting> {
+/// One meaningful line of a config file, before includes are followed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Token {
+    /// INI `[section]`.
+    Section(String),
+    /// INI `!name arg` (`!include`, `!includedir`).
+    Bang { name: String, arg: String },
+    /// Apache `<Name args>`, as `name[args]` with the args normalized.
+    Open(String),
+    /// Apache `</Name>`.
+    Close(String),
+    /// A setting: INI `key = value` (without its section), `key value`, or an Apache
+    /// directive (`name` lowercased).
+    Entry { key: String, value: String },
+}
+
+pub(crate) fn tokenize(format: ConfigFormat, text: &str, section_args: &dyn Fn(&str) -> String) -> Vec<Token> {
+    match format {
+        ConfigFormat::Ini | ConfigFormat::Php => tokenize_ini(text),
+        ConfigFormat::Apache => tokenize_apache(text, section_args),
+        _ => tokenize_key_value(text),
+    }
+}
+
+fn tokenize_ini(text: &str) -> Vec<Token> {
     let mut out = Vec::new();
-    let mut section = String::new();
     for raw in text.lines() {
         let line = strip_inline_comment(raw.trim());
         if is_comment(line) {
             continue;
         }
         if line.starts_with('[') && line.ends_with(']') {
-            section = line[1..line.len() - 1].trim().to_string();
+            out.push(Token::Section(line[1..line.len() - 1].trim().to_string()));
             continue;
         }
         if let Some(directive) = line.strip_prefix('!') {
             let (name, arg) = directive.split_once(char::is_whitespace).unwrap_or((directive, ""));
-            out.push(Setting { key: format!("!{name}"), value: arg.trim().to_string() });
+            out.push(Token::Bang { name: name.to_string(), arg: arg.trim().to_string() });
             continue;
         }
         let (key, value) = match line.split_once('=') {
             Some((k, v)) => (k.trim(), v.trim()),
             None => (line, ""),
         };
-        let key = if section.is_empty() { key.to_string() } else { format!("{section}.{key}") };
-        out.push(Setting { key, value: value.to_string() });
+        out.push(Token::Entry { key: key.to_string(), value: value.to_string() });
     }
     out
 }
 
-fn parse_key_value(text: &str) -> Vec<Setting> {
+fn tokenize_key_value(text: &str) -> Vec<Token> {
     let mut out = Vec::new();
     for raw in text.lines() {
         let line = strip_inline_comment(raw.trim());
@@ -138,14 +165,13 @@ fn parse_key_value(text: &str) -> Vec<Setting> {
             (_, Some(w)) => (&line[..w], &line[w..]),
             (None, None) => (line, ""),
         };
-        out.push(Setting { key: key.trim().to_string(), value: value.trim().to_string() });
+        out.push(Token::Entry { key: key.trim().to_string(), value: value.trim().to_string() });
     }
     out
 }
 
-fn parse_apache(text: &str, section_args: &dyn Fn(&str) -> String) -> Vec<Setting> {
+fn tokenize_apache(text: &str, section_args: &dyn Fn(&str) -> String) -> Vec<Token> {
     let mut out = Vec::new();
-    let mut sections: Vec<String> = Vec::new();
     let mut pending = String::new();
     for raw in text.lines() {
         let trimmed = raw.trim();
@@ -162,28 +188,18 @@ fn parse_apache(text: &str, section_args: &dyn Fn(&str) -> String) -> Vec<Settin
             continue;
         }
         if let Some(close) = line.strip_prefix("</") {
-            let name = close.trim_end_matches('>').trim().to_lowercase();
-            // Pop to the matching section; a stray close tag is ignored, like httpd's
-            // parser would refuse it, rather than corrupting the nesting.
-            if let Some(pos) = sections.iter().rposition(|s| s.split('[').next() == Some(name.as_str())) {
-                sections.truncate(pos);
-            }
+            out.push(Token::Close(close.trim_end_matches('>').trim().to_lowercase()));
             continue;
         }
         if let Some(open) = line.strip_prefix('<') {
             let inner = open.trim_end_matches('>').trim();
             let (name, args) = inner.split_once(char::is_whitespace).unwrap_or((inner, ""));
             let args = section_args(&collapse_ws(args));
-            sections.push(format!("{}[{}]", name.to_lowercase(), args));
+            out.push(Token::Open(format!("{}[{}]", name.to_lowercase(), args)));
             continue;
         }
         let (name, args) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let mut key = sections.join("/");
-        if !key.is_empty() {
-            key.push('/');
-        }
-        key.push_str(&name.to_lowercase());
-        out.push(Setting { key, value: collapse_ws(args) });
+        out.push(Token::Entry { key: name.to_lowercase(), value: collapse_ws(args) });
     }
     out
 }
@@ -212,7 +228,6 @@ mod tests {
         assert_eq!(
             kv(&parse(ConfigFormat::Ini, "/etc/mysql/my.cnf", text, &ident)),
             vec![
-                ("!includedir".into(), "/etc/mysql/conf.d/".into()),
                 ("client.socket".into(), "/run/mysqld.sock".into()),
                 ("mysqld.port".into(), "3306".into()),
                 ("mysqld.skip-external-locking".into(), "".into()),

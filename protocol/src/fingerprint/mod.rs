@@ -9,9 +9,12 @@
 //! The scanner (in the node) walks the filesystem and reads files; everything it finds
 //! comes here through [`FingerprintBuilder`], which owns every rule about what counts.
 
+pub mod chain;
 pub mod config;
+pub mod discover;
 pub mod normalize;
 pub mod profile;
+pub mod refine;
 
 pub use normalize::HostContext;
 pub use profile::{Contribution, Need, Pattern, Profile, ProfileError, Rule};
@@ -59,6 +62,9 @@ pub enum ItemValue {
     Text(String),
     Present,
     Absent,
+    /// Part of a config chain that was not read, and why: a machine whose chain was cut
+    /// never shares a cluster with one whose chain was read whole.
+    Cut(chain::Cut),
 }
 
 /// One entry of a fingerprint. Identity is `(class, path, key)`; for config settings
@@ -183,9 +189,29 @@ impl SignedPayload for Fingerprint {
 #[derive(Clone, Debug)]
 pub enum Observed {
     Digest(Digest),
-    Text(String),
+    /// A config file and what it includes, as the application reads them.
+    Config(chain::ConfigChain),
     /// The rule needs nothing read ([`Need::Nothing`]).
     Seen,
+}
+
+/// Where a config item's value came from: the file of the chain that set it last. Kept
+/// beside the fingerprint, not in it, so that moving a setting between the files of a
+/// chain (a layout choice) does not change the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub path: String,
+    pub key: String,
+    pub value: String,
+    pub file: String,
+}
+
+/// What a scan saw beyond the items: where config values came from and where chains
+/// were cut.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Explanation {
+    pub origins: Vec<Origin>,
+    pub cuts: Vec<chain::CutAt>,
 }
 
 /// Turns scanner observations into items under a profile's rules.
@@ -193,11 +219,12 @@ pub struct FingerprintBuilder<'p> {
     profile: &'p Profile,
     host: HostContext,
     items: Vec<Item>,
+    explanation: Explanation,
 }
 
 impl<'p> FingerprintBuilder<'p> {
     pub fn new(profile: &'p Profile, host: HostContext) -> Self {
-        FingerprintBuilder { profile, host, items: Vec::new() }
+        FingerprintBuilder { profile, host, items: Vec::new(), explanation: Explanation::default() }
     }
 
     /// Records what include pattern `pattern` of rule `rule` matched: `(logical path,
@@ -233,7 +260,7 @@ impl<'p> FingerprintBuilder<'p> {
                         Observed::Digest(d) => {
                             self.items.push(Item { class, path, key: key.clone(), value: ItemValue::Digest(d) })
                         }
-                        Observed::Text(text) => self.add_config(rule, path, &text),
+                        Observed::Config(chain) => self.add_config(rule, chain),
                         Observed::Seen => {
                             self.items.push(Item { class, path, key: key.clone(), value: ItemValue::Present })
                         }
@@ -243,21 +270,98 @@ impl<'p> FingerprintBuilder<'p> {
         }
     }
 
-    fn add_config(&mut self, rule: usize, path: String, text: &str) {
+    /// Records the config files the patterns of config rule `rule` matched (logical
+    /// paths, one list per pattern), each read with everything it includes from
+    /// `source`. A matched file that another matched file's chain already reads is
+    /// not read again as an entry of its own, so that a profile naming both `my.cnf`
+    /// and the `conf.d/*.cnf` it includes counts each setting once; the chains that
+    /// read the most are kept first, so the outcome does not depend on names.
+    pub fn add_config_files(&mut self, rule: usize, matched: Vec<Vec<String>>, source: &mut dyn chain::ConfigSource) {
+        let mut entries: Vec<String> = Vec::new();
+        for (pattern, files) in matched.into_iter().enumerate() {
+            if files.is_empty() {
+                self.add_matches(rule, pattern, Vec::new());
+            }
+            entries.extend(files);
+        }
         let r = &self.profile.rules()[rule];
         let host = &self.host;
         let section_args = |a: &str| normalize::normalize_value(a, host);
-        for s in config::parse(r.format, &path, text, &section_args) {
-            let key = r.keys.apply(&s.key);
+        entries.sort();
+        entries.dedup();
+        let chains: Vec<chain::ConfigChain> =
+            entries.iter().map(|e| chain::resolve(r.format, e, &r.reads_after, source, &section_args)).collect();
+        let mut order: Vec<usize> = (0..chains.len()).collect();
+        order.sort_by(|&a, &b| chains[b].files.len().cmp(&chains[a].files.len()).then(a.cmp(&b)));
+        let mut read: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut keep = vec![false; chains.len()];
+        for i in order {
+            if read.contains(&chains[i].entry) {
+                continue;
+            }
+            read.extend(chains[i].files.iter().cloned());
+            keep[i] = true;
+        }
+        for (chain, keep) in chains.into_iter().zip(keep) {
+            if keep {
+                self.add_config(rule, chain);
+            }
+        }
+    }
+
+    /// A config chain's settings as items of its entry file. In INI files (my.cnf,
+    /// php.ini) the last value of an option wins, as in the servers that read them,
+    /// except for options the rule says accumulate (`extension`); other formats keep
+    /// every setting. Includes that named nothing and cuts are items too.
+    fn add_config(&mut self, rule: usize, chain: chain::ConfigChain) {
+        let r = &self.profile.rules()[rule];
+        let host = &self.host;
+        let format = chain.format;
+        let last_wins = matches!(format, config::ConfigFormat::Ini | config::ConfigFormat::Php);
+        let accumulates = |key: &str| {
+            r.accumulates(key) || (format == config::ConfigFormat::Php && matches!(key, "extension" | "zend_extension"))
+        };
+        let mut kept: Vec<(String, String, usize)> = Vec::new();
+        let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for s in chain.settings {
+            let key = r.keys.apply(&s.setting.key);
             if self.profile.ignores_key(&key) || r.ignores_key(&key) {
                 continue;
             }
             let value = if normalize::is_host_specific_key(&key) {
                 "<host-specific>".to_string()
             } else {
-                normalize::normalize_value(&s.value, host)
+                normalize::normalize_value(&s.setting.value, host)
             };
-            self.items.push(Item { class: r.class, path: path.clone(), key, value: ItemValue::Text(value) });
+            if last_wins && !accumulates(&key) {
+                if let Some(&i) = position.get(&key) {
+                    kept[i] = (key, value, s.file);
+                    continue;
+                }
+                position.insert(key.clone(), kept.len());
+            }
+            kept.push((key, value, s.file));
+        }
+        for (key, value, file) in kept {
+            self.explanation.origins.push(Origin {
+                path: chain.entry.clone(),
+                key: key.clone(),
+                value: value.clone(),
+                file: chain.files[file].clone(),
+            });
+            self.items.push(Item { class: r.class, path: chain.entry.clone(), key, value: ItemValue::Text(value) });
+        }
+        for m in chain.missing {
+            self.items.push(Item { class: r.class, path: m.target, key: m.directive, value: ItemValue::Absent });
+        }
+        for c in chain.cuts {
+            self.items.push(Item {
+                class: r.class,
+                path: c.path.clone(),
+                key: String::new(),
+                value: ItemValue::Cut(c.cut),
+            });
+            self.explanation.cuts.push(c);
         }
     }
 
@@ -275,7 +379,12 @@ impl<'p> FingerprintBuilder<'p> {
     }
 
     pub fn finish(self) -> Fingerprint {
-        Fingerprint::new(self.profile.app().to_string(), self.profile.id(), self.items)
+        self.finish_explained().0
+    }
+
+    /// The fingerprint, and where its config values came from and where chains were cut.
+    pub fn finish_explained(self) -> (Fingerprint, Explanation) {
+        (Fingerprint::new(self.profile.app().to_string(), self.profile.id(), self.items), self.explanation)
     }
 }
 

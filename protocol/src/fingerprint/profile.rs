@@ -103,6 +103,10 @@ struct RuleFile {
     ignore_keys: Vec<String>,
     #[serde(default)]
     vars: Vec<String>,
+    #[serde(default)]
+    reads_after: Vec<String>,
+    #[serde(default)]
+    accumulate: Vec<String>,
 }
 
 /// A parsed, validated profile with its globs compiled.
@@ -169,6 +173,11 @@ pub struct Rule {
     pub format: ConfigFormat,
     pub keys: KeyStyle,
     pub vars: Vec<String>,
+    /// Files the application reads after each matched config file without being told
+    /// to, as patterns relative to that file's directory (PHP's `conf.d/*.ini`).
+    pub reads_after: Vec<String>,
+    /// Options that accumulate rather than the last one winning (`extension`).
+    accumulate: GlobSet,
     patterns: Vec<Pattern>,
     exclude_paths: GlobSet,
     exclude_names: GlobSet,
@@ -195,6 +204,10 @@ impl Rule {
 
     pub(crate) fn ignores_key(&self, key: &str) -> bool {
         self.ignore_keys.is_match(key)
+    }
+
+    pub(crate) fn accumulates(&self, key: &str) -> bool {
+        self.accumulate.is_match(key)
     }
 }
 
@@ -251,6 +264,13 @@ impl Profile {
             let exclude_paths = glob_set(paths).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;
             let exclude_names = glob_set(names).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;
             let ignore = key_glob_set(&r.ignore_keys).map_err(|(p, e)| fail(format!("ignore_keys `{p}`: {e}")))?;
+            let accumulate = key_glob_set(&r.accumulate).map_err(|(p, e)| fail(format!("accumulate `{p}`: {e}")))?;
+            if (!r.reads_after.is_empty() || !r.accumulate.is_empty()) && contribute != Contribution::Parsed {
+                return Err(fail("`reads_after` and `accumulate` belong to parsed config resources".into()));
+            }
+            if let Some(p) = r.reads_after.iter().find(|p| p.split('/').any(|c| c == "..")) {
+                return Err(fail(format!("reads_after `{p}` must not contain `..`")));
+            }
             rules.push(Rule {
                 class: r.class,
                 name: r.name.clone(),
@@ -258,6 +278,8 @@ impl Profile {
                 format: r.format.unwrap_or(ConfigFormat::Auto),
                 keys: r.keys.unwrap_or(KeyStyle::Exact),
                 vars: r.vars.clone(),
+                reads_after: r.reads_after.clone(),
+                accumulate,
                 patterns,
                 exclude_paths,
                 exclude_names,

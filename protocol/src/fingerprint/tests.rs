@@ -64,7 +64,11 @@ impl Machine {
             .as_ref()
             .map(|l| ("/usr/lib/x86_64-linux-gnu/libmysqlclient.so.21".to_string(), Observed::Digest(Digest::of(l))));
         b.add_matches(1, 0, lib.into_iter().collect());
-        b.add_matches(2, 0, vec![("/etc/mysql/my.cnf".into(), Observed::Text(self.config_text()))]);
+        let mut source = chain::MemorySource::default();
+        source.insert("/etc/mysql/my.cnf", &self.config_text());
+        let config =
+            chain::resolve(config::ConfigFormat::Ini, "/etc/mysql/my.cnf", &[], &mut source, &|a| a.to_string());
+        b.add_matches(2, 0, vec![("/etc/mysql/my.cnf".into(), Observed::Config(config))]);
         b.add_matches(2, 1, vec![]);
         // Log contents are never read for presence rules; the text is here to show it.
         let _ = &self.log_text;
@@ -222,4 +226,118 @@ fn unsorted_items_from_the_wire_are_rejected() {
     assert!(fp.validate().is_ok());
     fp.items.reverse();
     assert!(fp.validate().is_err());
+}
+
+/// A MariaDB-like machine: `my.cnf` includes a directory, and where a setting sits in
+/// the chain is up to each host.
+fn chained_fingerprint(profile: &Profile, files: &[(&str, &str)]) -> (Fingerprint, Explanation) {
+    let mut source = chain::MemorySource::default();
+    for (p, t) in files {
+        source.insert(p, t);
+    }
+    let mut b = FingerprintBuilder::new(profile, HostContext::new(Some("db1"), None));
+    let matched = profile.rules()[0]
+        .patterns()
+        .iter()
+        .map(|p| files.iter().map(|f| f.0.to_string()).filter(|f| p.matches(f)).collect())
+        .collect();
+    b.add_config_files(0, matched, &mut source);
+    b.finish_explained()
+}
+
+const CHAINED: &str = r#"
+app = "mariadb"
+[[resource]]
+class = "config"
+include = ["/etc/mysql/my.cnf", "/etc/mysql/conf.d/*.cnf"]
+format = "ini"
+keys = "mysql"
+"#;
+
+#[test]
+fn where_a_setting_sits_in_the_chain_does_not_split_but_its_value_does() {
+    let profile = Profile::parse(CHAINED).unwrap();
+    let my = "[mysqld]\nport = 3306\n!includedir /etc/mysql/conf.d\n";
+    let (a, explained) = chained_fingerprint(
+        &profile,
+        &[
+            ("/etc/mysql/my.cnf", my),
+            ("/etc/mysql/conf.d/50-server.cnf", "[mysqld]\nmax_connections = 100\ninnodb_buffer_pool_size = 1G\n"),
+        ],
+    );
+    // The same effective settings, one moved into a later file and one overridden
+    // there with the value it already had.
+    let (b, _) = chained_fingerprint(
+        &profile,
+        &[
+            ("/etc/mysql/my.cnf", my),
+            ("/etc/mysql/conf.d/50-server.cnf", "[mysqld]\nmax-connections = 10\n"),
+            ("/etc/mysql/conf.d/99-local.cnf", "[mysqld]\nmax_connections = 100\ninnodb_buffer_pool_size = 1G\n"),
+        ],
+    );
+    let (c, _) = chained_fingerprint(
+        &profile,
+        &[
+            ("/etc/mysql/my.cnf", my),
+            ("/etc/mysql/conf.d/50-server.cnf", "[mysqld]\nmax_connections = 100\ninnodb_buffer_pool_size = 2G\n"),
+        ],
+    );
+    assert_eq!(a.cluster_key(), b.cluster_key(), "{:?}\n{:?}", a.items(), b.items());
+    assert_ne!(a.cluster_key(), c.cluster_key());
+    // Each setting counted once, as an item of the entry, though the profile also
+    // names the included files.
+    let keys: Vec<&str> = a.items().iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, vec!["mysqld.innodb-buffer-pool-size", "mysqld.max-connections", "mysqld.port"]);
+    assert!(a.items().iter().all(|i| i.path == "/etc/mysql/my.cnf"));
+    let from = explained.origins.iter().find(|o| o.key == "mysqld.max-connections").unwrap();
+    assert_eq!(from.file, "/etc/mysql/conf.d/50-server.cnf");
+}
+
+#[test]
+fn php_extensions_accumulate_and_disabling_one_splits() {
+    let profile = Profile::parse(
+        "app = \"php\"\n[[resource]]\nclass = \"config\"\ninclude = [\"/etc/php/8.2/apache2/php.ini\"]\nformat = \"php\"\nreads_after = [\"conf.d/*.ini\"]\n",
+    )
+    .unwrap();
+    let ini = ("/etc/php/8.2/apache2/php.ini", "[PHP]\nmemory_limit = 128M\n");
+    let (both, _) = chained_fingerprint(
+        &profile,
+        &[
+            ini,
+            ("/etc/php/8.2/apache2/conf.d/10-opcache.ini", "zend_extension=opcache.so\n"),
+            ("/etc/php/8.2/apache2/conf.d/20-mysqli.ini", "; priority=20\nextension=mysqli.so\n"),
+            ("/etc/php/8.2/apache2/conf.d/20-pdo_mysql.ini", "extension=pdo_mysql.so\n"),
+        ],
+    );
+    let (one, _) = chained_fingerprint(
+        &profile,
+        &[
+            ini,
+            ("/etc/php/8.2/apache2/conf.d/10-opcache.ini", "zend_extension=opcache.so\n"),
+            ("/etc/php/8.2/apache2/conf.d/20-pdo_mysql.ini", "extension=pdo_mysql.so\n"),
+        ],
+    );
+    let extensions = |f: &Fingerprint| f.items().iter().filter(|i| i.key == "extension").count();
+    assert_eq!(extensions(&both), 2);
+    assert_eq!(extensions(&one), 1);
+    assert_ne!(both.cluster_key(), one.cluster_key());
+}
+
+#[test]
+fn a_cut_chain_never_shares_a_cluster_with_a_whole_one() {
+    let profile = Profile::parse(CHAINED).unwrap();
+    let whole = chained_fingerprint(
+        &profile,
+        &[("/etc/mysql/my.cnf", "!include /etc/mysql/x.cnf\n"), ("/etc/mysql/x.cnf", "a=1\n")],
+    )
+    .0;
+    let mut source = chain::MemorySource::default();
+    source.insert("/etc/mysql/my.cnf", "!include /etc/mysql/x.cnf\n");
+    source.refuse("/etc/mysql/x.cnf", chain::Cut::Unreadable);
+    let mut b = FingerprintBuilder::new(&profile, HostContext::default());
+    b.add_config_files(0, vec![vec!["/etc/mysql/my.cnf".into()], vec![]], &mut source);
+    let (cut, explained) = b.finish_explained();
+    assert_ne!(whole.cluster_key(), cut.cluster_key());
+    assert!(cut.items().iter().any(|i| i.value == ItemValue::Cut(chain::Cut::Unreadable)));
+    assert_eq!(explained.cuts.len(), 1);
 }
