@@ -9,7 +9,7 @@
 use crate::digest_cache::{DigestCache, FileStamp};
 use mirage_protocol::fingerprint::chain::{ConfigSource, Cut, CutAt, DirNames, FileText};
 use mirage_protocol::fingerprint::{
-    FingerprintBuilder, HostContext, Need, Observed, Origin, Pattern, Profile, ResourceClass, Rule,
+    Contribution, FingerprintBuilder, HostContext, Need, Observed, Origin, Pattern, Profile, ResourceClass, Rule,
 };
 use mirage_protocol::{Digest, Fingerprint};
 use rayon::prelude::*;
@@ -24,6 +24,8 @@ use thiserror::Error;
 const MAX_SYMLINK_HOPS: usize = 40;
 /// Config files larger than this are refused rather than parsed.
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Files one pattern may match when each is an item (a fingerprint holds 20,000).
+pub const MAX_PATTERN_MATCHES: usize = mirage_protocol::fingerprint::MAX_ITEMS;
 /// Files at least this large are hashed with several threads each.
 const PARALLEL_HASH_BYTES: u64 = 1 << 20;
 
@@ -37,6 +39,11 @@ pub enum ScanError {
     SymlinkLoop(PathBuf),
     #[error("config file {path} is {size} bytes, over the {MAX_CONFIG_BYTES}-byte limit")]
     ConfigTooLarge { path: PathBuf, size: u64 },
+    #[error(
+        "profile pattern `{pattern}` matches over {MAX_PATTERN_MATCHES} files, more than a fingerprint holds: \
+         narrow it, exclude what does not matter, or count it with contribute = \"presence\""
+    )]
+    TooManyMatches { pattern: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ScanError + '_ {
@@ -314,6 +321,10 @@ fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, Path
     };
     let meta = std::fs::metadata(&base_real).map_err(io_err(&base_real))?;
     let wanted = |logical: &str| pattern.matches(logical) && !rule.is_excluded(logical);
+    // Presence needs one match: the walk ends at the first.
+    let one_is_enough = rule.contribute == Contribution::Presence;
+    // Each match of these is an item, and a fingerprint holds only so many.
+    let bounded = matches!(rule.contribute, Contribution::Digest | Contribution::Parsed | Contribution::Names);
     if meta.is_file() {
         let hit = wanted(pattern.base()).then(|| (pattern.base().to_string(), base_real, FileStamp::of(&meta)));
         return Ok(hit.into_iter().collect());
@@ -323,10 +334,15 @@ fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, Path
     }
     // (logical path, real path, reached through a symlink) of each name that matched.
     let mut candidates: Vec<(String, PathBuf, bool)> = Vec::new();
+    // A regular file matched (a socket or FIFO candidate might not count).
+    let mut found_file = false;
     // Depth-first; each directory carries its ancestors' (dev, inode) so that a
     // directory symlink pointing back up is reported instead of walked forever.
     let mut stack = vec![(pattern.base().to_string(), base_real, 0usize, vec![(meta.dev(), meta.ino())])];
     while let Some((logical, real, depth, ancestors)) = stack.pop() {
+        if one_is_enough && found_file {
+            break;
+        }
         if pattern.max_depth().is_some_and(|max| depth >= max) {
             continue;
         }
@@ -345,6 +361,9 @@ fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, Path
                     Some(_) => {
                         if wanted(&child_logical) {
                             candidates.push((child_logical, child_real, true));
+                            if bounded && candidates.len() > MAX_PATTERN_MATCHES {
+                                return Err(ScanError::TooManyMatches { pattern: pattern.text().to_string() });
+                            }
                         }
                         continue;
                     }
@@ -364,7 +383,13 @@ fn walk(root: &Path, rule: &Rule, pattern: &Pattern) -> Result<Vec<(String, Path
                     next.push(id);
                     stack.push((child_logical, target, depth + 1, next));
                 }
-                None if wanted(&child_logical) => candidates.push((child_logical, child_real, false)),
+                None if wanted(&child_logical) => {
+                    found_file |= file_type.is_file();
+                    candidates.push((child_logical, child_real, false));
+                    if bounded && candidates.len() > MAX_PATTERN_MATCHES {
+                        return Err(ScanError::TooManyMatches { pattern: pattern.text().to_string() });
+                    }
+                }
                 None => {}
             }
         }

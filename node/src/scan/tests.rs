@@ -233,3 +233,24 @@ fn shipped_profiles_parse() {
         Profile::parse(text).unwrap();
     }
 }
+
+#[test]
+fn a_pattern_over_more_files_than_a_fingerprint_holds_is_a_clear_error_and_presence_stops_at_one() {
+    let dir = tempfile::tempdir().unwrap();
+    machine(dir.path(), &base_spec());
+    let many = dir.path().join("var/lib/mysql/many");
+    fs::create_dir_all(&many).unwrap();
+    for i in 0..=MAX_PATTERN_MATCHES + 1 {
+        fs::File::create(many.join(format!("{i}.ibd"))).unwrap();
+    }
+    // The shipped profile counts /var/lib/mysql/** with contribute = "none": fine.
+    scan(&Profile::parse(MYSQL).unwrap(), dir.path(), None).unwrap();
+    let names =
+        "app = \"x\"\n[[resource]]\nclass = \"data\"\ninclude = [\"/var/lib/mysql/**\"]\ncontribute = \"names\"\n";
+    let Err(err) = scan(&Profile::parse(names).unwrap(), dir.path(), None) else { panic!("no error") };
+    assert!(matches!(&err, ScanError::TooManyMatches { pattern } if pattern == "/var/lib/mysql/**"), "{err}");
+    assert!(err.to_string().contains("presence"), "the error says what to do: {err}");
+    let presence = names.replace("names", "presence");
+    let fp = scan(&Profile::parse(&presence).unwrap(), dir.path(), None).unwrap().fingerprint;
+    assert_eq!(fp.items()[0].value, mirage_protocol::fingerprint::ItemValue::Present);
+}
