@@ -242,6 +242,11 @@ pub struct StagingPolicy {
     pub testers: Vec<PublicKey>,
     pub critical: Vec<ClusterKey>,
     pub tester_quorum: u16,
+    /// What the upgrade touches. When set, a machine's cluster for this release is the
+    /// projection of its fingerprint onto the scope
+    /// ([`Fingerprint::cluster_key_for`](crate::fingerprint::Fingerprint::cluster_key_for)),
+    /// so machines that differ only elsewhere test and apply as one cluster.
+    pub scope: Option<crate::fingerprint::scope::Scope>,
 }
 
 impl Default for StagingPolicy {
@@ -258,6 +263,7 @@ impl Default for StagingPolicy {
             testers: Vec::new(),
             critical: Vec::new(),
             tester_quorum: 0,
+            scope: None,
         }
     }
 }
@@ -296,6 +302,9 @@ impl StagingPolicy {
         }
         if !self.critical.is_empty() && self.tester_quorum == 0 {
             return Err("critical clusters need a tester quorum of at least 1".into());
+        }
+        if let Some(scope) = &self.scope {
+            scope.validate()?;
         }
         Ok(())
     }

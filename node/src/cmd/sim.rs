@@ -73,6 +73,12 @@ pub struct Args {
     /// Overlay model: share of deliveries lost after gossip's own repair.
     #[arg(long, default_value_t = 0.001)]
     loss: f64,
+    /// The release touches one facet of the environment, in this many variants (each
+    /// cluster has one; problems follow it): the policies run a second time over the
+    /// per-upgrade clusters a release scoped to that facet is staged in, and the
+    /// clusters and tests that saves are printed.
+    #[arg(long)]
+    touched_variants: Option<u32>,
     /// Print one JSON object (every run's figures, and per policy the worst over the
     /// seeds) instead of the tables.
     #[arg(long)]
@@ -112,6 +118,7 @@ pub fn run(args: Args) -> Result<()> {
         problems: args.problems,
         problem_cluster_share: args.problem_share,
         misplaced_share: args.misplaced,
+        touched_variants: args.touched_variants,
         seed: args.seed,
         policy: StagingPolicy {
             kind: PolicyKind::Balanced,
@@ -132,17 +139,25 @@ pub fn run(args: Args) -> Result<()> {
     let mut ratios: Vec<(PolicyKind, Vec<f64>)> = policies.iter().map(|p| (*p, Vec::new())).collect();
     let mut runs = Vec::new();
     let mut overlay = None;
+    let mut per_upgrade = None;
     for seed in args.seed..args.seed + args.seeds.max(1) {
         scenario.seed = seed;
-        let (cmp, o) = run_one(&args, scenario.clone(), &policies, overlay.is_none())?;
+        let (cmp, o, per) = run_one(&args, scenario.clone(), &policies, overlay.is_none())?;
         overlay = overlay.or(o);
+        if per_upgrade.is_none() {
+            per_upgrade = per.map(|p| (cmp.clone(), p));
+        }
         for (policy, r) in &mut ratios {
             r.extend(cmp.latency_ratio(*policy));
         }
         runs.push((seed, cmp));
     }
     if args.json {
-        println!("{}", sim_json(&args, &runs, overlay.as_ref(), started.elapsed().as_secs_f64()));
+        let mut out = sim_json(&args, &runs, overlay.as_ref(), started.elapsed().as_secs_f64());
+        if let Some((full, (clusters, per))) = &per_upgrade {
+            out["per_upgrade"] = per_upgrade_json(args.seed, full, *clusters, per);
+        }
+        println!("{out}");
         return Ok(());
     }
     if args.seeds > 1 {
@@ -157,12 +172,34 @@ pub fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
+/// Per policy, the tests and latency over full clusters beside per-upgrade clusters.
+fn per_upgrade_json(seed: u64, full: &Comparison, clusters: usize, per: &Comparison) -> serde_json::Value {
+    let policies: Vec<serde_json::Value> = per
+        .outcomes
+        .iter()
+        .map(|o| {
+            let f = full.outcomes.iter().find(|f| f.policy == o.policy);
+            serde_json::json!({
+                "policy": o.policy.name(),
+                "tests_run": o.tests_run,
+                "tests_run_full_clusters": f.map(|f| f.tests_run),
+                "installed_faulty": o.installed_faulty,
+                "latency_max_ratio": per.latency_ratio(o.policy),
+                "latency_max_ratio_full_clusters": full.latency_ratio(o.policy),
+            })
+        })
+        .collect();
+    serde_json::json!({ "seed": seed, "clusters": clusters, "policies": policies })
+}
+
+type PerUpgrade = (usize, Comparison);
+
 fn run_one(
     args: &Args,
     scenario: Scenario,
     policies: &[PolicyKind],
     with_overlay: bool,
-) -> Result<(Comparison, Option<OverlayOutcome>)> {
+) -> Result<(Comparison, Option<OverlayOutcome>, Option<PerUpgrade>)> {
     let hour = 3_600_000.0;
     let seed = scenario.seed;
     let started = Instant::now();
@@ -261,8 +298,39 @@ fn run_one(
     say!(args, "installed faulty: machines that installed a faulty release; tested faulty: representatives");
     say!(args, "that tested one; hit: either. latency: first release until a machine runs a working release.");
     say!(args);
+    let per_upgrade = world.per_upgrade().map(|per| {
+        let t = Instant::now();
+        let per_cmp = sim::compare(&per, policies);
+        say!(
+            args,
+            "per-upgrade clusters: the release touches one facet in {} variants; staged over {} clusters instead of {} \
+             (simulated in {:.2} s):",
+            per.members.len(),
+            per.members.len(),
+            world.members.len(),
+            t.elapsed().as_secs_f64()
+        );
+        if !args.json {
+            print!("{per_cmp}");
+        }
+        for o in per_cmp.outcomes.iter().filter(|o| o.policy != PolicyKind::NoStaging) {
+            let full = cmp.outcomes.iter().find(|f| f.policy == o.policy).map_or(0, |f| f.tests_run);
+            say!(
+                args,
+                "  {:<14} tests {} instead of {} ({:.1}x fewer), latency {:.2}x no-staging instead of {:.2}x",
+                o.policy.name(),
+                o.tests_run,
+                full,
+                full as f64 / o.tests_run.max(1) as f64,
+                per_cmp.latency_ratio(o.policy).unwrap_or(f64::NAN),
+                cmp.latency_ratio(o.policy).unwrap_or(f64::NAN)
+            );
+        }
+        say!(args);
+        (per.members.len(), per_cmp)
+    });
     let Some((out, overlay_secs)) = overlay_run else {
-        return Ok((cmp, None));
+        return Ok((cmp, None, per_upgrade));
     };
     say!(
         args,
@@ -302,7 +370,7 @@ fn run_one(
         out.settle_s_median,
         out.settle_s_max
     );
-    Ok((cmp, Some(out)))
+    Ok((cmp, Some(out), per_upgrade))
 }
 
 /// The figures of every run, and per policy the worst over the seeds.

@@ -15,6 +15,7 @@ pub mod discover;
 pub mod normalize;
 pub mod profile;
 pub mod refine;
+pub mod scope;
 
 pub use normalize::HostContext;
 pub use profile::{Contribution, Need, Pattern, Profile, ProfileError, Rule};

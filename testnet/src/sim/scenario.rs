@@ -25,6 +25,8 @@ pub enum ScenarioError {
     TooManyProblems,
     #[error("invalid staging policy: {0}")]
     Policy(String),
+    #[error("touched variants must be between 1 and the number of clusters")]
+    TouchedVariants,
 }
 
 /// Everything a run depends on. Same scenario, same seed: same result, bit for bit.
@@ -42,6 +44,11 @@ pub struct Scenario {
     /// clustering misplaced, whose representatives cannot speak for them. The paper's
     /// real-world clustering test found none, hence the default of zero.
     pub misplaced_share: f64,
+    /// The release touches one facet of the environment, in this many variants: each
+    /// cluster has one, problems break every cluster of the variants they hit, and
+    /// [`World::per_upgrade`] groups the fleet by variant, as a release whose signed
+    /// scope names that facet is staged (ImageElves' per-upgrade clusters).
+    pub touched_variants: Option<u32>,
     pub seed: u64,
     pub timing: Timing,
     /// The vendor's policy; its `kind` is replaced by each run's (the kind is what a
@@ -58,6 +65,7 @@ impl Default for Scenario {
             problems: 3,
             problem_cluster_share: 0.05,
             misplaced_share: 0.0,
+            touched_variants: None,
             seed: 1,
             timing: Timing::default(),
             policy: StagingPolicy {
@@ -89,6 +97,9 @@ impl Scenario {
         if self.problems > MAX_PROBLEMS {
             return Err(ScenarioError::TooManyProblems);
         }
+        if self.touched_variants.is_some_and(|t| t == 0 || t > self.clusters) {
+            return Err(ScenarioError::TouchedVariants);
+        }
         self.policy(PolicyKind::Balanced).validate().map_err(ScenarioError::Policy)
     }
 }
@@ -109,6 +120,9 @@ pub struct World {
     /// How long the vendor takes to fix each problem once reported. Drawn with the
     /// world, so every policy faces the same fixes.
     pub fix_ms: Vec<u64>,
+    /// Cluster index → the variant of what the release touches, when it touches one
+    /// facet ([`Scenario::touched_variants`]).
+    pub variant_of: Option<Vec<u32>>,
 }
 
 impl World {
@@ -130,11 +144,18 @@ impl World {
             (0..scenario.machines).into_par_iter().map(|m| secret_key(scenario.seed, m).public()).collect()
         };
         let mut breaks = vec![0u64; scenario.clusters as usize];
-        let hit = ((scenario.clusters as f64 * scenario.problem_cluster_share).round() as usize)
-            .clamp(1, scenario.clusters as usize);
+        // Problems hit clusters, or, when the release touches one facet, the variants
+        // of that facet (and so every cluster that has one).
+        let variant_of: Option<Vec<u32>> =
+            scenario.touched_variants.map(|t| (0..scenario.clusters).map(|c| c % t).collect());
+        let units = scenario.touched_variants.unwrap_or(scenario.clusters) as usize;
+        let hit = ((units as f64 * scenario.problem_cluster_share).round() as usize).clamp(1, units);
         for p in 0..scenario.problems {
-            for c in sample(&mut rng, scenario.clusters as usize, hit) {
-                breaks[c] |= 1 << p;
+            for u in sample(&mut rng, units, hit) {
+                match &variant_of {
+                    Some(v) => (0..breaks.len()).filter(|&c| v[c] as usize == u).for_each(|c| breaks[c] |= 1 << p),
+                    None => breaks[u] |= 1 << p,
+                }
             }
         }
         let fix_ms = (0..scenario.problems).map(|_| scenario.timing.fix(&mut rng)).collect();
@@ -147,7 +168,42 @@ impl World {
                 misplaced.insert(m as u32, 1u64 << p);
             }
         }
-        Ok(World { scenario, cluster_of, members, cluster_keys, public_keys, breaks, misplaced, fix_ms })
+        Ok(World { scenario, cluster_of, members, cluster_keys, public_keys, breaks, misplaced, fix_ms, variant_of })
+    }
+
+    /// The same fleet grouped as a release scoped to the touched facet stages it: one
+    /// cluster per variant, holding every cluster of that variant. `None` when the
+    /// release touches no single facet.
+    pub fn per_upgrade(&self) -> Option<World> {
+        let variant_of = self.variant_of.as_ref()?;
+        let variants = self.scenario.touched_variants? as usize;
+        let mut members: Vec<Vec<u32>> = vec![Vec::new(); variants];
+        let mut breaks = vec![0u64; variants];
+        for (c, m) in self.members.iter().enumerate() {
+            let v = variant_of[c] as usize;
+            members[v].extend(m);
+            breaks[v] |= self.breaks[c];
+        }
+        let mut cluster_of = vec![0u32; self.cluster_of.len()];
+        for (v, m) in members.iter().enumerate() {
+            for &machine in m {
+                cluster_of[machine as usize] = v as u32;
+            }
+        }
+        let cluster_keys = (0..variants as u32)
+            .map(|v| Fingerprint::new(APP.into(), derive(self.scenario.seed, b"variant", v), Vec::new()).cluster_key())
+            .collect();
+        Some(World {
+            scenario: Scenario { clusters: variants as u32, ..self.scenario.clone() },
+            cluster_of,
+            members,
+            cluster_keys,
+            public_keys: self.public_keys.clone(),
+            breaks,
+            misplaced: self.misplaced.clone(),
+            fix_ms: self.fix_ms.clone(),
+            variant_of: None,
+        })
     }
 
     /// The problems that break `machine`: its cluster's, plus its own if misplaced.
@@ -240,6 +296,25 @@ mod tests {
         let c = World::generate(Scenario { seed: 2, ..sc }).unwrap();
         assert_ne!(a.public_keys, c.public_keys);
         assert_eq!(a.keypair(7).public(), a.public_keys[7]);
+    }
+
+    #[test]
+    fn a_release_touching_one_facet_is_staged_over_its_variants_with_the_same_breaks() {
+        let sc = Scenario { machines: 2_000, clusters: 200, touched_variants: Some(8), ..Scenario::default() };
+        let world = World::generate(sc).unwrap();
+        let per = world.per_upgrade().unwrap();
+        assert_eq!(per.members.len(), 8);
+        assert_eq!(per.members.iter().map(Vec::len).sum::<usize>(), 2_000);
+        // Every machine meets the same problems however the fleet is grouped.
+        for m in 0..2_000 {
+            assert_eq!(world.breaks_of(m), per.breaks_of(m));
+        }
+        // Problems follow the touched facet: clusters of one variant break together.
+        let v = world.variant_of.as_ref().unwrap();
+        for c in 0..200 {
+            assert_eq!(world.breaks[c], world.breaks[v[c] as usize]);
+        }
+        assert!(World::generate(Scenario { clusters: 5, touched_variants: Some(0), ..Scenario::default() }).is_err());
     }
 
     #[test]

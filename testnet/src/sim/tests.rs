@@ -209,3 +209,23 @@ fn per_node_membership_cost_stays_bounded_while_all_to_all_announcements_grow_wi
     assert!(big.announce_bytes_in_per_node_per_min > 8.0 * small.announce_bytes_in_per_node_per_min);
     assert!(total(&big) < 250_000.0, "{} bytes/min", total(&big));
 }
+
+#[test]
+fn a_release_scoped_to_what_it_touches_tests_once_per_variant_and_still_installs_nothing_faulty() {
+    let sc =
+        Scenario { machines: 3_000, clusters: 120, touched_variants: Some(6), problem_cluster_share: 0.2, ..small(5) };
+    let world = World::generate(sc).unwrap();
+    let per = world.per_upgrade().unwrap();
+    let (full, scoped) = (compare(&world, &ALL_POLICIES), compare(&per, &ALL_POLICIES));
+    for (f, s) in full.outcomes.iter().zip(&scoped.outcomes).skip(1) {
+        assert_eq!(s.installed_faulty, 0, "{s:?}");
+        assert_eq!(s.never_working, 0, "{s:?}");
+        assert!(
+            s.tests_run * 10 < f.tests_run,
+            "{} tests scoped against {} over full clusters",
+            s.tests_run,
+            f.tests_run
+        );
+        assert!(s.tested_faulty < f.tested_faulty);
+    }
+}
