@@ -246,7 +246,7 @@ pub struct StagingPolicy {
     /// projection of its fingerprint onto the scope
     /// ([`Fingerprint::cluster_key_for`](crate::fingerprint::Fingerprint::cluster_key_for)),
     /// so machines that differ only elsewhere test and apply as one cluster.
-    pub scope: Option<crate::fingerprint::scope::Scope>,
+    pub scope: Option<Box<crate::fingerprint::scope::Scope>>,
 }
 
 impl Default for StagingPolicy {
