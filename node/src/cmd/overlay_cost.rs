@@ -198,6 +198,12 @@ struct Progress {
     cluster_peers: AtomicU64,
     /// DHT queries finished.
     queries: AtomicU64,
+    /// Sums of the connections and of the cluster's topic peers, one sample per tick,
+    /// and the ticks: the window's means come from these, not from one moment's count
+    /// (connections come and go with every DHT query).
+    connections_summed: AtomicU64,
+    cluster_peers_summed: AtomicU64,
+    ticks: AtomicU64,
     /// Gossip messages gossipsub could not queue to a peer whose queue was full: what a
     /// harness short of CPU fails to carry, and so leaves out of the real bytes.
     dropped_to_slow_peers: AtomicU64,
@@ -488,7 +494,12 @@ impl OverlayNode {
             self.last_upkeep = Instant::now();
             self.upkeep();
         }
-        self.progress.connections.store(self.swarm.connected_peers().count() as u64, Ordering::Relaxed);
+        let connected = self.swarm.connected_peers().count() as u64;
+        self.progress.connections.store(connected, Ordering::Relaxed);
+        self.progress.connections_summed.fetch_add(connected, Ordering::Relaxed);
+        let on_topic = self.progress.cluster_peers.load(Ordering::Relaxed);
+        self.progress.cluster_peers_summed.fetch_add(on_topic, Ordering::Relaxed);
+        self.progress.ticks.fetch_add(1, Ordering::Relaxed);
         let gs = &self.swarm.behaviour().overlay.gossipsub;
         let app = overlay::app_topic(APP).hash();
         let cluster = self.membership.local_apps().next().map(|(a, c)| overlay::cluster_topic(a, &c).hash());
@@ -726,6 +737,11 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         counters.iter().map(|c| (c.read.load(Ordering::Relaxed), c.written.load(Ordering::Relaxed))).collect();
     let queries_before: u64 = progress.iter().map(|p| p.queries.load(Ordering::Relaxed)).sum();
     let dropped_before: u64 = progress.iter().map(|p| p.dropped_to_slow_peers.load(Ordering::Relaxed)).sum();
+    let sampled = |p: &Progress| {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        (load(&p.connections_summed), load(&p.cluster_peers_summed), load(&p.ticks))
+    };
+    let samples_before: Vec<(u64, u64, u64)> = progress.iter().map(|p| sampled(p)).collect();
     let cpu_before = process_cpu();
     let window = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.measure_secs)).await;
@@ -748,7 +764,14 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     let mean = |f: fn(&Progress) -> &AtomicU64| {
         progress.iter().map(|p| f(p).load(Ordering::Relaxed)).sum::<u64>() as f64 / args.nodes as f64
     };
-    let connections = mean(|p| &p.connections);
+    // Means over the window, per node, then over nodes.
+    let (mut connections, mut cluster_peers) = (0.0, 0.0);
+    for (p, (c0, t0, n0)) in progress.iter().zip(&samples_before) {
+        let (c1, t1, n1) = sampled(p);
+        let ticks = (n1 - n0).max(1) as f64;
+        connections += (c1 - c0) as f64 / ticks / args.nodes as f64;
+        cluster_peers += (t1 - t0) as f64 / ticks / args.nodes as f64;
+    }
     let (cluster_mesh, app_mesh) = (mean(|p| &p.cluster_mesh), mean(|p| &p.app_mesh));
     for t in tasks {
         t.abort();
@@ -761,7 +784,7 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
     let mean_in = per_node.iter().map(|p| p.0).sum::<f64>() / n;
     let mean_out = per_node.iter().map(|p| p.1).sum::<f64>() / n;
     let max_in = per_node.iter().map(|p| p.0).fold(0.0, f64::max);
-    let measured = Measured { connections, cluster_peers: mean(|p| &p.cluster_peers), queries_per_min };
+    let measured = Measured { connections, cluster_peers, queries_per_min };
     let model = modelled(args.nodes, args.clusters, args.time_scale, &measured);
     let (model_in, model_out) = model.total();
     let ratio = (model_in + model_out) / (mean_in + mean_out);
@@ -811,7 +834,8 @@ async fn measure(args: OverlayCostArgs) -> Result<()> {
         all_up.as_secs_f64()
     );
     println!(
-        "  measured over {:.0} s of steady state (every byte of every connection, both ways), {connections:.1} connections per node, \
+        "  measured over {:.0} s of steady state (every byte of every connection, both ways), {connections:.1} connections per node \
+         on average over the window, {cluster_peers:.1} of them on the cluster's topic, \
          mesh peers {cluster_mesh:.1} on the cluster's topic and {app_mesh:.1} on the app's:",
         minutes * 60.0
     );

@@ -152,6 +152,9 @@ fn run_refine(args: RefineArgs) -> Result<()> {
             Change::ExcludeName { rule, glob } => (rule, format!("exclude += \"{glob}\"")),
             Change::DropVar { rule, var } => (rule, format!("vars -= \"{var}\"")),
             Change::DropPattern { rule, pattern } => (rule, format!("include -= \"{pattern}\"")),
+            Change::GroupSections { rule, name, sections } => {
+                (rule, format!("section_groups.{name} += [\"{}\"]", sections.join("\", \"")))
+            }
         };
         println!("  resource #{rule}: {what}\n      because {}", p.why);
     }

@@ -306,13 +306,13 @@ impl Reader<'_> {
         true
     }
 
-    fn push(&mut self, path: &str, file: usize, key: String, value: String) -> bool {
+    fn push(&mut self, path: &str, file: usize, key: String, value: String, section: &str) -> bool {
         if self.chain.settings.len() >= self.limits.settings {
             self.cut(path, Cut::TooManySettings);
             self.full = true;
             return false;
         }
-        self.chain.settings.push(Sourced { setting: Setting { key, value }, file });
+        self.chain.settings.push(Sourced { setting: Setting { key, value, section: section.to_string() }, file });
         true
     }
 
@@ -352,17 +352,15 @@ impl Reader<'_> {
                     }
                 }
                 Token::Bang { name, arg } => {
-                    if !self.push(path, file, format!("!{name}"), arg) {
+                    if !self.push(path, file, format!("!{name}"), arg, "") {
                         return;
                     }
                 }
                 Token::Entry { key, value } => {
-                    let key = if section.is_empty() || !self.section_scopes(&section) {
-                        key
-                    } else {
-                        format!("{section}.{key}")
-                    };
-                    if !self.push(path, file, key, value) {
+                    let scoped = !section.is_empty() && self.section_scopes(&section);
+                    let (key, in_section) =
+                        if scoped { (format!("{section}.{key}"), section.as_str()) } else { (key, "") };
+                    if !self.push(path, file, key, value, in_section) {
                         return;
                     }
                 }
@@ -384,7 +382,7 @@ impl Reader<'_> {
                 }
                 continue;
             }
-            if !self.push(path, file, key, value) {
+            if !self.push(path, file, key, value, "") {
                 return;
             }
         }
@@ -420,7 +418,7 @@ impl Reader<'_> {
                         full.push('/');
                     }
                     full.push_str(&key);
-                    if !self.push(path, file, full, value) {
+                    if !self.push(path, file, full, value, "") {
                         return;
                     }
                 }

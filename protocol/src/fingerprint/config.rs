@@ -49,6 +49,8 @@ impl KeyStyle {
 pub struct Setting {
     pub key: String,
     pub value: String,
+    /// The INI `[section]` the setting stood in (also the start of `key`), or empty.
+    pub section: String,
 }
 
 /// Parses `text` as `format`, as one file on its own: includes it names are reported

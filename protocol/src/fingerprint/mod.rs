@@ -325,7 +325,7 @@ impl<'p> FingerprintBuilder<'p> {
         let mut kept: Vec<(String, String, usize)> = Vec::new();
         let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for s in chain.settings {
-            let key = r.keys.apply(&s.setting.key);
+            let key = r.keys.apply(&r.grouped_key(&s.setting.key, &s.setting.section));
             if self.profile.ignores_key(&key) || r.ignores_key(&key) {
                 continue;
             }

@@ -107,6 +107,8 @@ struct RuleFile {
     reads_after: Vec<String>,
     #[serde(default)]
     accumulate: Vec<String>,
+    #[serde(default)]
+    section_groups: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// A parsed, validated profile with its globs compiled.
@@ -178,6 +180,8 @@ pub struct Rule {
     pub reads_after: Vec<String>,
     /// Options that accumulate rather than the last one winning (`extension`).
     accumulate: GlobSet,
+    /// INI sections one program reads alike, by the name they are counted under.
+    section_groups: Vec<(String, GlobSet)>,
     patterns: Vec<Pattern>,
     exclude_paths: GlobSet,
     exclude_names: GlobSet,
@@ -208,6 +212,17 @@ impl Rule {
 
     pub(crate) fn accumulates(&self, key: &str) -> bool {
         self.accumulate.is_match(key)
+    }
+
+    /// `key` with its INI `section` replaced by the name of the group it belongs to,
+    /// if any: MariaDB's server reads `[mysqld]`, `[server]` and `[mariadbd]` alike,
+    /// so an option moved between them is the same option.
+    pub(crate) fn grouped_key(&self, key: &str, section: &str) -> String {
+        let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('.')) else { return key.to_string() };
+        match self.section_groups.iter().find(|(_, globs)| !section.is_empty() && globs.is_match(section)) {
+            Some((name, _)) => format!("{name}.{rest}"),
+            None => key.to_string(),
+        }
     }
 }
 
@@ -265,8 +280,17 @@ impl Profile {
             let exclude_names = glob_set(names).map_err(|(p, e)| fail(format!("exclude `{p}`: {e}")))?;
             let ignore = key_glob_set(&r.ignore_keys).map_err(|(p, e)| fail(format!("ignore_keys `{p}`: {e}")))?;
             let accumulate = key_glob_set(&r.accumulate).map_err(|(p, e)| fail(format!("accumulate `{p}`: {e}")))?;
-            if (!r.reads_after.is_empty() || !r.accumulate.is_empty()) && contribute != Contribution::Parsed {
-                return Err(fail("`reads_after` and `accumulate` belong to parsed config resources".into()));
+            if (!r.reads_after.is_empty() || !r.accumulate.is_empty() || !r.section_groups.is_empty())
+                && contribute != Contribution::Parsed
+            {
+                return Err(fail(
+                    "`reads_after`, `accumulate` and `section_groups` belong to parsed config resources".into(),
+                ));
+            }
+            let mut section_groups = Vec::new();
+            for (name, globs) in &r.section_groups {
+                let set = key_glob_set(globs).map_err(|(p, e)| fail(format!("section_groups.{name} `{p}`: {e}")))?;
+                section_groups.push((name.clone(), set));
             }
             if let Some(p) = r.reads_after.iter().find(|p| p.split('/').any(|c| c == "..")) {
                 return Err(fail(format!("reads_after `{p}` must not contain `..`")));
@@ -280,6 +304,7 @@ impl Profile {
                 vars: r.vars.clone(),
                 reads_after: r.reads_after.clone(),
                 accumulate,
+                section_groups,
                 patterns,
                 exclude_paths,
                 exclude_names,

@@ -24,6 +24,9 @@ pub enum Change {
     /// Stop counting a presence pattern that matches on some machines only
     /// (`include`; a rule left with none contributes nothing).
     DropPattern { rule: usize, pattern: String },
+    /// Count INI sections the machines use for the same option as one group
+    /// (`section_groups`): the option is set alike, only under another heading.
+    GroupSections { rule: usize, name: String, sections: Vec<String> },
 }
 
 /// A change and the evidence for it.
@@ -95,8 +98,14 @@ pub fn refine(profile: &Profile, machines: &[Fingerprint]) -> Result<Refinement,
     let mut out = Refinement::default();
     let mut names: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let mut changes = BTreeSet::new();
+    let placed = placements(profile, &values);
+    for (rule, name, sections, why) in placed.groups {
+        push(&mut out, &mut changes, Change::GroupSections { rule, name, sections }, why);
+    }
     for ((class, path, key), per_machine) in values {
-        if per_machine.iter().all(|v| *v == per_machine[0]) {
+        if per_machine.iter().all(|v| *v == per_machine[0])
+            || placed.explained.contains(&(class, path.clone(), key.clone()))
+        {
             continue;
         }
         let shown = show(&per_machine);
@@ -154,6 +163,56 @@ pub fn refine(profile: &Profile, machines: &[Fingerprint]) -> Result<Refinement,
         }
     }
     Ok(out)
+}
+
+/// Options whose value is the same on every machine but set under different INI
+/// sections: a layout choice, not a difference, when a profile counts those sections
+/// as one group.
+struct Placements {
+    groups: Vec<(usize, String, Vec<String>, String)>,
+    explained: BTreeSet<Identity>,
+}
+
+fn placements(profile: &Profile, values: &BTreeMap<Identity, Vec<BTreeSet<&ItemValue>>>) -> Placements {
+    // (rule, entry path, option) → the sections it was set under, with each one's values.
+    let mut options: BTreeMap<(usize, &str, &str), Vec<(&str, &Identity)>> = BTreeMap::new();
+    for id in values.keys() {
+        let (class, path, key) = id;
+        let Some((section, option)) = key.split_once('.') else { continue };
+        if *class != ResourceClass::Config {
+            continue;
+        }
+        if let Some(rule) = rule_of(profile, *class, path) {
+            options.entry((rule, path, option)).or_default().push((section, id));
+        }
+    }
+    let mut out = Placements { groups: Vec::new(), explained: BTreeSet::new() };
+    let mut grouped: BTreeMap<(usize, Vec<String>), Vec<String>> = BTreeMap::new();
+    for ((rule, _, option), under) in options {
+        if under.len() < 2 {
+            continue;
+        }
+        let machines = values[under[0].1].len();
+        let per_machine: Vec<BTreeSet<&ItemValue>> =
+            (0..machines).map(|m| under.iter().flat_map(|(_, id)| values[*id][m].iter().copied()).collect()).collect();
+        let differs = under.iter().any(|(_, id)| values[*id].iter().any(|v| *v != values[*id][0]));
+        if !differs || per_machine.iter().any(|v| *v != per_machine[0] || v.is_empty()) {
+            continue;
+        }
+        let sections: Vec<String> = under.iter().map(|(s, _)| s.to_string()).collect();
+        grouped.entry((rule, sections)).or_default().push(option.to_string());
+        out.explained.extend(under.iter().map(|(_, id)| (*id).clone()));
+    }
+    for ((rule, sections), opts) in grouped {
+        let why = format!(
+            "{} set alike on every machine, under [{}] on some and [{}] on others",
+            sample(&opts.iter().map(|o| format!("`{o}`")).collect::<Vec<_>>()),
+            sections[0],
+            sections[1..].join("], [")
+        );
+        out.groups.push((rule, sections[0].clone(), sections, why));
+    }
+    out
 }
 
 fn push(out: &mut Refinement, seen: &mut BTreeSet<Change>, change: Change, why: String) {
@@ -292,11 +351,30 @@ pub fn apply(profile_toml: &str, changes: &[Change]) -> Result<String, RefineErr
         .ok_or_else(|| RefineError::Toml("no [[resource]] tables".into()))?;
     let mut emptied = BTreeSet::new();
     for change in changes {
+        if let Change::GroupSections { rule, name, sections } = change {
+            let table = tables.get_mut(*rule).ok_or_else(|| RefineError::Toml(format!("no resource #{rule}")))?;
+            let groups = table
+                .entry("section_groups")
+                .or_insert(toml_edit::Item::Table(toml_edit::Table::new()))
+                .as_table_like_mut()
+                .ok_or_else(|| RefineError::Toml(format!("resource #{rule}: `section_groups` is not a table")))?;
+            let array =
+                groups.entry(name).or_insert(toml_edit::value(toml_edit::Array::new())).as_array_mut().ok_or_else(
+                    || RefineError::Toml(format!("resource #{rule}: section group `{name}` is not an array")),
+                )?;
+            for s in sections {
+                if !array.iter().any(|v| v.as_str() == Some(literal_glob(s).as_str())) {
+                    array.push(literal_glob(s));
+                }
+            }
+            continue;
+        }
         let (rule, field, value, add) = match change {
             Change::IgnoreKey { rule, key } => (*rule, "ignore_keys", key, true),
             Change::ExcludeName { rule, glob } => (*rule, "exclude", glob, true),
             Change::DropVar { rule, var } => (*rule, "vars", var, false),
             Change::DropPattern { rule, pattern } => (*rule, "include", pattern, false),
+            Change::GroupSections { .. } => continue,
         };
         let table = tables.get_mut(rule).ok_or_else(|| RefineError::Toml(format!("no resource #{rule}")))?;
         let array = table

@@ -341,3 +341,23 @@ fn a_cut_chain_never_shares_a_cluster_with_a_whole_one() {
     assert!(cut.items().iter().any(|i| i.value == ItemValue::Cut(chain::Cut::Unreadable)));
     assert_eq!(explained.cuts.len(), 1);
 }
+
+#[test]
+fn an_option_moved_between_groups_the_server_reads_alike_is_the_same_option() {
+    let profile = Profile::parse(
+        "app = \"mariadb\"\n[[resource]]\nclass = \"config\"\ninclude = [\"/etc/mysql/my.cnf\"]\nformat = \"ini\"\nkeys = \"mysql\"\n[resource.section_groups]\nserver = [\"mysqld\", \"server\", \"mariadbd\", \"mariadb-*\"]\n",
+    )
+    .unwrap();
+    let key = |text: &str| chained_fingerprint(&profile, &[("/etc/mysql/my.cnf", text)]).0;
+    let mysqld = key("[mysqld]\nmax_connections = 100\n");
+    assert_eq!(mysqld.cluster_key(), key("[mariadbd]\nmax-connections = 100\n").cluster_key());
+    assert_eq!(mysqld.cluster_key(), key("[mariadb-10.11]\nmax_connections = 100\n").cluster_key());
+    assert_eq!(mysqld.items()[0].key, "server.max-connections");
+    // Across the group the last value still wins, in reading order.
+    assert_eq!(
+        mysqld.cluster_key(),
+        key("[mariadbd]\nmax_connections = 5\n[mysqld]\nmax_connections = 100\n").cluster_key()
+    );
+    // A group the server does not read stays apart.
+    assert_ne!(mysqld.cluster_key(), key("[client]\nmax_connections = 100\n").cluster_key());
+}

@@ -147,3 +147,26 @@ fn keys_with_glob_characters_are_ignored_literally() {
     assert!(p.rules()[1].ignores_key("a[*]"));
     assert!(!p.rules()[1].ignores_key("ab"));
 }
+
+#[test]
+fn an_option_set_alike_under_another_section_is_grouped_not_ignored() {
+    let profile = Profile::parse(PROFILE).unwrap();
+    let mut hosts: Vec<Host> = (1..=3).map(host).collect();
+    hosts[2].config = hosts[2].config.replace("[web]\nworkers = 4\n", "[web]\n[daemon]\nworkers = 4\n");
+    let fps: Vec<Fingerprint> = hosts.iter().map(|h| fingerprint(&profile, h)).collect();
+    let r = refine(&profile, &fps).unwrap();
+    let group = Change::GroupSections { rule: 1, name: "daemon".into(), sections: vec!["daemon".into(), "web".into()] };
+    assert!(r.proposals.iter().any(|p| p.change == group), "{:#?}", r.proposals);
+    assert!(!r
+        .proposals
+        .iter()
+        .any(|p| matches!(&p.change, Change::IgnoreKey { key, .. } if key.ends_with("workers"))));
+    let changes: Vec<Change> = r.proposals.iter().map(|p| p.change.clone()).collect();
+    let refined = Profile::parse(&apply(PROFILE, &changes).unwrap()).unwrap();
+    let keys: BTreeSet<_> = hosts.iter().map(|h| fingerprint(&refined, h).cluster_key()).collect();
+    assert_eq!(keys.len(), 1, "the placement no longer splits");
+    // A real change of the grouped option still splits.
+    hosts[0].config = hosts[0].config.replace("workers = 4", "workers = 9");
+    let keys: BTreeSet<_> = hosts[..2].iter().map(|h| fingerprint(&refined, h).cluster_key()).collect();
+    assert_eq!(keys.len(), 2);
+}
