@@ -175,7 +175,8 @@ struct Placements {
 
 fn placements(profile: &Profile, values: &BTreeMap<Identity, Vec<BTreeSet<&ItemValue>>>) -> Placements {
     // (rule, entry path, option) → the sections it was set under, with each one's values.
-    let mut options: BTreeMap<(usize, &str, &str), Vec<(&str, &Identity)>> = BTreeMap::new();
+    type OptionAt<'a> = (usize, &'a str, &'a str);
+    let mut options: BTreeMap<OptionAt, Vec<(&str, &Identity)>> = BTreeMap::new();
     for id in values.keys() {
         let (class, path, key) = id;
         let Some((section, option)) = key.split_once('.') else { continue };
