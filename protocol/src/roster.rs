@@ -765,7 +765,10 @@ impl Roster {
         if let Some(cluster) = self.cluster {
             self.book.observe(self.me, cluster, now);
         }
-        self.next_heartbeat = heartbeat_slot(&self.me, period, now);
+        // At once, as a member that just joined does: its cluster-mates learn it is
+        // back without waiting up to a period for its slot (a restart made the e2e
+        // test wait past a minute).
+        self.next_heartbeat = now;
     }
 
     /// Timers: this node's heartbeat, its summary duty, forgetting silent clusters.
@@ -1077,6 +1080,17 @@ mod tests {
         // A second answer is unsolicited.
         assert_eq!(was_down.on_catch_up(&answer, UnixMillis(111 * MIN)).dropped, 3);
         assert_eq!(was_down.drops()[&RosterDrop::Unsolicited], 1);
+    }
+
+    #[test]
+    fn a_restarted_member_heartbeats_at_once_then_keeps_its_slot() {
+        let mut r = Roster::new("app", key(0), UnixMillis(0));
+        r.set_cluster(cluster(1), UnixMillis(0));
+        let _ = r.poll(UnixMillis(0));
+        r.resume(UnixMillis(10 * MIN), UnixMillis(20 * MIN));
+        let beats = |acts: &[RosterAction]| acts.iter().filter(|a| matches!(a, RosterAction::Heartbeat(_))).count();
+        assert_eq!(beats(&r.poll(UnixMillis(20 * MIN))), 1, "a heartbeat at once");
+        assert_eq!(beats(&r.poll(UnixMillis(20 * MIN + 1))), 0, "then only at its slot");
     }
 
     /// A member of a small cluster, down from minute 10 to 20, that asked for a catch-up.
