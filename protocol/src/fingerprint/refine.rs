@@ -5,6 +5,7 @@
 //! change for each item it can explain, saying why; [`apply`] writes the changes into
 //! the profile's TOML, keeping its comments.
 
+use super::config::ConfigFormat;
 use super::profile::{Profile, ProfileError};
 use super::{Contribution, Fingerprint, ItemValue, ResourceClass};
 use serde::Serialize;
@@ -183,7 +184,9 @@ fn placements(profile: &Profile, values: &BTreeMap<Identity, Vec<BTreeSet<&ItemV
         if *class != ResourceClass::Config {
             continue;
         }
-        if let Some(rule) = rule_of(profile, *class, path) {
+        // Only INI keys begin with a section; a PHP key's dot is part of its name.
+        let Some(rule) = rule_of(profile, *class, path) else { continue };
+        if matches!(profile.rules()[rule].format, ConfigFormat::Ini | ConfigFormat::Auto) {
             options.entry((rule, path, option)).or_default().push((section, id));
         }
     }
