@@ -7,7 +7,7 @@
 //! (path, size, mtime, inode).
 
 use crate::digest_cache::{DigestCache, FileStamp};
-use mirage_protocol::fingerprint::chain::{ConfigSource, Cut, CutAt, DirNames, FileText};
+use mirage_protocol::fingerprint::chain::{ConfigSource, Cut, CutAt, DirNames, FileText, Limits};
 use mirage_protocol::fingerprint::{
     Contribution, FingerprintBuilder, HostContext, Need, Observed, Origin, Pattern, Profile, ResourceClass, Rule,
 };
@@ -22,8 +22,9 @@ use thiserror::Error;
 
 /// Symlink hops allowed while resolving one path (Linux's MAXSYMLINKS).
 const MAX_SYMLINK_HOPS: usize = 40;
-/// Config files larger than this are refused rather than parsed.
-pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Config files larger than this are refused rather than parsed: the one limit for a
+/// file the profile names and for the files it includes.
+pub const MAX_CONFIG_BYTES: u64 = Limits::DEFAULT.file_bytes;
 /// Files one pattern may match when each is an item (a fingerprint holds 20,000).
 pub const MAX_PATTERN_MATCHES: usize = mirage_protocol::fingerprint::MAX_ITEMS;
 /// Files at least this large are hashed with several threads each.

@@ -190,8 +190,6 @@ impl SignedPayload for Fingerprint {
 #[derive(Clone, Debug)]
 pub enum Observed {
     Digest(Digest),
-    /// A config file and what it includes, as the application reads them.
-    Config(chain::ConfigChain),
     /// The rule needs nothing read ([`Need::Nothing`]).
     Seen,
 }
@@ -229,7 +227,8 @@ impl<'p> FingerprintBuilder<'p> {
     }
 
     /// Records what include pattern `pattern` of rule `rule` matched: `(logical path,
-    /// observation)` for each file, already filtered by the rule's excludes.
+    /// observation)` for each file, already filtered by the rule's excludes. Parsed
+    /// config files come through [`Self::add_config_files`], which reads their chains.
     pub fn add_matches(&mut self, rule: usize, pattern: usize, files: Vec<(String, Observed)>) {
         let r = &self.profile.rules()[rule];
         let class = r.class;
@@ -261,7 +260,6 @@ impl<'p> FingerprintBuilder<'p> {
                         Observed::Digest(d) => {
                             self.items.push(Item { class, path, key: key.clone(), value: ItemValue::Digest(d) })
                         }
-                        Observed::Config(chain) => self.add_config(rule, chain),
                         Observed::Seen => {
                             self.items.push(Item { class, path, key: key.clone(), value: ItemValue::Present })
                         }

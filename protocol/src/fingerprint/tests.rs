@@ -66,10 +66,7 @@ impl Machine {
         b.add_matches(1, 0, lib.into_iter().collect());
         let mut source = chain::MemorySource::default();
         source.insert("/etc/mysql/my.cnf", &self.config_text());
-        let config =
-            chain::resolve(config::ConfigFormat::Ini, "/etc/mysql/my.cnf", &[], &mut source, &|a| a.to_string());
-        b.add_matches(2, 0, vec![("/etc/mysql/my.cnf".into(), Observed::Config(config))]);
-        b.add_matches(2, 1, vec![]);
+        b.add_config_files(2, vec![vec!["/etc/mysql/my.cnf".into()], vec![]], &mut source);
         // Log contents are never read for presence rules; the text is here to show it.
         let _ = &self.log_text;
         b.add_matches(3, 0, vec![("/var/log/mysql/error.log".into(), Observed::Seen)]);
