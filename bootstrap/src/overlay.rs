@@ -5,6 +5,7 @@
 
 use libp2p::{connection_limits, gossipsub, identify, identity, kad, Multiaddr, PeerId, StreamProtocol};
 use mirage_protocol::connections::{Connections, PeerFacts, Standing};
+use mirage_protocol::fingerprint::scope::validate_membership_name;
 use mirage_protocol::wire::MAX_MESSAGE_BYTES;
 use mirage_protocol::UnixMillis;
 use std::collections::{HashMap, HashSet};
@@ -41,9 +42,10 @@ pub fn app_topic(app: &str) -> gossipsub::IdentTopic {
     gossipsub::IdentTopic::new(format!("{APP_TOPIC_PREFIX}{app}"))
 }
 
-/// The application a topic hash belongs to, if it is an announcement topic.
+/// The membership (an application, or an application's scope) a topic hash belongs to,
+/// if it is an announcement topic.
 pub fn app_of_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
-    topic.as_str().strip_prefix(APP_TOPIC_PREFIX).filter(|a| mirage_protocol::manifest::validate_app_name(a).is_ok())
+    topic.as_str().strip_prefix(APP_TOPIC_PREFIX).filter(|a| validate_membership_name(a).is_ok())
 }
 
 /// Where a cluster's topic name starts, after the app's topic.
@@ -66,7 +68,7 @@ pub fn cluster_topic(app: &str, cluster: &mirage_protocol::ClusterKey) -> gossip
 /// The application a topic hash belongs to, if it is a cluster topic.
 pub fn app_of_cluster_topic(topic: &gossipsub::TopicHash) -> Option<&str> {
     let (app, hex) = topic.as_str().strip_prefix(APP_TOPIC_PREFIX)?.split_once(CLUSTER_TOPIC_INFIX)?;
-    mirage_protocol::manifest::validate_app_name(app).ok()?;
+    validate_membership_name(app).ok()?;
     (hex.len() == CLUSTER_TOPIC_KEY_HEX && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
         .then_some(app)
 }
@@ -383,6 +385,9 @@ mod tests {
         assert_eq!(app_of_topic(&t.hash()), Some("mysql"));
         assert_eq!(app_of_topic(&gossipsub::IdentTopic::new("other/mysql").hash()), None);
         assert_eq!(app_of_topic(&gossipsub::IdentTopic::new("mirage/v1/app/BAD NAME").hash()), None);
+        let scoped = app_topic("mysql.scope-0123456789abcdef");
+        assert_eq!(app_of_topic(&scoped.hash()), Some("mysql.scope-0123456789abcdef"));
+        assert_eq!(app_of_topic(&gossipsub::IdentTopic::new("mirage/v1/app/mysql.scope-xyz").hash()), None);
         let a = mirage_protocol::ClusterKey(mirage_protocol::Digest([1; 32]));
         let b = mirage_protocol::ClusterKey(mirage_protocol::Digest([2; 32]));
         assert_ne!(cluster_record_key(&a), cluster_record_key(&b));

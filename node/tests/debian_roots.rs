@@ -197,3 +197,38 @@ fn each_real_difference_is_seen_by_the_profile_it_concerns() {
     assert_eq!(differs("rewrite"), vec!["apache2"]);
     assert_eq!(differs("no-apache"), vec!["mariadb", "apache2", "php"]);
 }
+
+/// ImageElves' per-upgrade clusters on real trees: a release of PHP's MySQL driver,
+/// scoped with php.toml's `mysql-driver`, is staged over the clusters of what it
+/// touches. Machines that differ only in libssl's build or in MariaDB and Apache share
+/// its cluster; a machine without mysqli does not.
+#[test]
+fn a_release_of_phps_mysql_driver_is_staged_over_fewer_clusters_with_none_misplaced() {
+    let php = profile("php");
+    let scope = php.scope("mysql-driver").expect("php.toml declares mysql-driver");
+    let (mut full, mut scoped) = (BTreeMap::new(), BTreeMap::new());
+    for root in roots() {
+        let fp = scan(&php, &root, None).unwrap().fingerprint;
+        let name = root.file_name().unwrap().to_string_lossy().into_owned();
+        full.insert(name.clone(), fp.cluster_key());
+        scoped.insert(name, fp.cluster_key_for(Some(scope)).unwrap());
+    }
+    let count = |keys: &BTreeMap<String, ClusterKey>| keys.values().collect::<BTreeSet<_>>().len();
+    let (full_clusters, scoped_clusters) = (count(&full), count(&scoped));
+    eprintln!("php: {full_clusters} full clusters, {scoped_clusters} for a release of the MySQL driver");
+    // What the driver meets: whether Apache's PHP loads mysqli, and whether there is an
+    // Apache PHP at all (its php.ini and conf.d).
+    assert_clustered(&scoped, |m| match group_of(Path::new(m)).as_str() {
+        g @ ("no-mysqli" | "no-apache") => g.to_string(),
+        _ => "driver-as-base".to_string(),
+    });
+    assert!(scoped_clusters < full_clusters);
+    // Projection only merges: machines of one full cluster share the scoped one.
+    for (a, ka) in &full {
+        for (b, kb) in &full {
+            if ka == kb {
+                assert_eq!(scoped[a], scoped[b], "{a} and {b}");
+            }
+        }
+    }
+}

@@ -27,9 +27,9 @@
 //! [`CATCH_UP_WINDOW`] of its topic, at most [`MAX_CATCH_UP`] heartbeats.
 
 use crate::envelope::{Envelope, MessageKind, SignedPayload, Verified};
+use crate::fingerprint::scope::validate_membership_name;
 use crate::fingerprint::ClusterKey;
 use crate::identity::PublicKey;
-use crate::manifest::validate_app_name;
 use crate::presence::{Observed, Presence, PresenceBook, Sighting};
 use crate::time::UnixMillis;
 use serde::{Deserialize, Serialize};
@@ -89,7 +89,7 @@ impl SignedPayload for Heartbeat {
     const KIND: MessageKind = MessageKind::Heartbeat;
 
     fn validate(&self) -> Result<(), String> {
-        validate_app_name(&self.app)
+        validate_membership_name(&self.app)
     }
 }
 
@@ -107,7 +107,7 @@ impl SignedPayload for ClusterSummary {
     const KIND: MessageKind = MessageKind::ClusterSummary;
 
     fn validate(&self) -> Result<(), String> {
-        validate_app_name(&self.app)?;
+        validate_membership_name(&self.app)?;
         if self.size == 0 || self.size > MAX_CLUSTER_SIZE {
             return Err(format!("cluster size {} outside 1..={MAX_CLUSTER_SIZE}", self.size));
         }

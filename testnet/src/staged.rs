@@ -73,6 +73,9 @@ fn roster<'a>(status: &'a Value, field: &str) -> Option<&'a Value> {
     crate::fleet::app_cluster(status, APP)?.get("roster")?.get(field)
 }
 
+/// The sample app's profile: the shipped MySQL profile.
+pub const PROFILE: &str = include_str!("../../profiles/mysql.toml");
+
 pub struct StagedOptions {
     pub mirage: PathBuf,
     pub dir: PathBuf,
@@ -100,9 +103,15 @@ impl StagedFleet {
     /// Starts the bootstrap peer and the nodes (environment `i % environments` for node
     /// `i`), and makes the vendor's key.
     pub fn start(o: &StagedOptions) -> Result<StagedFleet, FleetError> {
+        StagedFleet::start_with_profile(o, PROFILE)
+    }
+
+    /// [`StagedFleet::start`] with another profile for the sample app (every node runs
+    /// it; it is at [`StagedFleet::profile_path`]).
+    pub fn start_with_profile(o: &StagedOptions, profile_text: &str) -> Result<StagedFleet, FleetError> {
         std::fs::create_dir_all(&o.dir).map_err(io(&o.dir))?;
         let profile = o.dir.join("mysql.toml");
-        std::fs::write(&profile, include_str!("../../profiles/mysql.toml")).map_err(io(&profile))?;
+        std::fs::write(&profile, profile_text).map_err(io(&profile))?;
         let vendor_key = o.dir.join("vendor.key");
         let vendor_public = vendor_keygen(&o.mirage, &vendor_key)?;
         let bootstrap = BootstrapPeer::start(&o.mirage, &o.dir.join("bootstrap"))?;
@@ -119,6 +128,11 @@ impl StagedFleet {
             fleet.add_node(i % o.environments, &o.node_flags, |_| Ok(()))?;
         }
         Ok(fleet)
+    }
+
+    /// The profile every node runs.
+    pub fn profile_path(&self) -> PathBuf {
+        self.dir.join("mysql.toml")
     }
 
     /// Starts one more node in `environment`, with `extra` flags, and returns its index.

@@ -6,10 +6,12 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use mirage_node::daemon::{self, NodeOptions, SeedRelease};
 use mirage_node::release::{self, ReleaseSpec};
+use mirage_protocol::fingerprint::scope::Scope;
+use mirage_protocol::fingerprint::Profile;
 use mirage_protocol::manifest::{PolicyKind, StagingPolicy};
 use mirage_protocol::{ClusterKey, Digest, Envelope, PublicKey};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Subcommand)]
@@ -151,6 +153,15 @@ pub struct PublishArgs {
     /// How many trusted testers must pass in a critical cluster (default: all of them).
     #[arg(long)]
     tester_quorum: Option<u16>,
+    /// Stage the release over the clusters of one of the app's scopes (what the upgrade
+    /// touches): `NAME` is a `[scopes.NAME]` of the profile given with --profile, which
+    /// must be the profile the nodes run. Nodes without that scope stage it over their
+    /// full clusters.
+    #[arg(long, value_name = "NAME", requires = "profile")]
+    scope: Option<String>,
+    /// The app's profile, for --scope.
+    #[arg(long, value_name = "PATH")]
+    profile: Option<PathBuf>,
     /// Hours until the manifest expires (nodes refuse it afterwards).
     #[arg(long, default_value_t = 720)]
     valid_for_hours: u64,
@@ -194,6 +205,26 @@ pub struct PublishArgs {
     /// error).
     #[arg(long)]
     json: bool,
+}
+
+/// The scope `name` of the app's profile at `path`.
+fn profile_scope(path: &Path, app: &str, name: &str) -> Result<Scope> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading profile {}", path.display()))?;
+    let profile = Profile::parse(&text).with_context(|| format!("profile {}", path.display()))?;
+    if profile.app() != app {
+        bail!("profile {} is for app `{}`, not `{app}`", path.display(), profile.app());
+    }
+    match profile.scope(name) {
+        Some(scope) => Ok(scope.clone()),
+        None => {
+            let names: Vec<&str> = profile.scopes().iter().map(|(n, _)| n.as_str()).collect();
+            bail!(
+                "profile {} declares no scope `{name}` (it declares: {})",
+                path.display(),
+                if names.is_empty() { "none".to_string() } else { names.join(", ") }
+            )
+        }
+    }
 }
 
 pub fn run(command: VendorCommand) -> Result<()> {
@@ -247,6 +278,9 @@ fn publish(args: PublishArgs) -> Result<()> {
         .collect::<anyhow::Result<_>>()?;
     policy.critical = args.critical.iter().map(|c| cluster_key_arg("--critical", c)).collect::<Result<_>>()?;
     policy.tester_quorum = args.tester_quorum.unwrap_or(policy.testers.len() as u16);
+    if let (Some(name), Some(path)) = (&args.scope, &args.profile) {
+        policy.scope = Some(Box::new(profile_scope(path, &args.app, name)?));
+    }
     policy.validate().map_err(anyhow::Error::msg).context("staging policy")?;
     let spec = ReleaseSpec {
         tests_dir: args.tests.clone(),
@@ -398,6 +432,14 @@ fn print_summary(m: &mirage_protocol::manifest::UpgradeManifest, packing: Option
         }
     );
     println!("representatives must have been in their cluster {} s before the release", p.presence_margin_secs);
+    if let Some(scope) = &p.scope {
+        let classes: Vec<&str> = scope.classes.iter().map(|c| c.name()).collect();
+        println!(
+            "staged over the clusters of a scope: classes {}, paths {}",
+            if classes.is_empty() { "all".to_string() } else { classes.join(", ") },
+            if scope.paths.is_empty() { "all".to_string() } else { scope.paths.join(", ") }
+        );
+    }
     if !p.critical.is_empty() {
         println!(
             "{} critical cluster(s) also need {} of {} trusted tester(s) to pass",

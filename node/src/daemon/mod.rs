@@ -20,6 +20,7 @@ use libp2p::{gossipsub, identify, kad, request_response, Multiaddr, PeerId, Swar
 use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
 use mirage_protocol::connections::{Budget, Connections};
+use mirage_protocol::fingerprint::scope::{membership_name, Scope};
 use mirage_protocol::fingerprint::Profile;
 use mirage_protocol::membership::{check_announcement, Action, DropReason, Membership, MembershipConfig, Verdict};
 use mirage_protocol::wire::MAX_MESSAGE_BYTES;
@@ -158,6 +159,14 @@ struct LocalApp {
     profile: Profile,
 }
 
+/// A scope's membership, kept beside its app's: see [`mirage_protocol::fingerprint::scope`].
+struct ScopeMembership {
+    app: String,
+    /// The profile's name for it (`[scopes.NAME]`), for status.
+    name: String,
+    scope: Scope,
+}
+
 struct Node {
     swarm: Swarm<Behaviour>,
     store: Store,
@@ -165,6 +174,8 @@ struct Node {
     keypair: Keypair,
     local_peer: PeerId,
     apps: BTreeMap<String, LocalApp>,
+    /// Scoped memberships by membership name.
+    scoped: BTreeMap<String, ScopeMembership>,
     lookups: HashMap<kad::QueryId, (String, mirage_protocol::ClusterKey)>,
     /// DHT searches for the addresses of peers a fetch could not dial.
     address_lookups: HashMap<kad::QueryId, (PublicKey, String)>,
@@ -220,6 +231,16 @@ async fn run_inner(
         }
     }
 
+    let scoped: BTreeMap<String, ScopeMembership> = apps
+        .values()
+        .flat_map(|a| a.profile.scopes().iter().map(move |(name, scope)| (a.profile.app(), name, scope)))
+        .map(|(app, name, scope)| {
+            (
+                membership_name(app, scope),
+                ScopeMembership { app: app.to_string(), name: name.clone(), scope: scope.clone() },
+            )
+        })
+        .collect();
     let (staging, mut completions) = staging_for(&options, &store, apps.keys().cloned().collect())?;
 
     let lane_addr = options.content_lanes.then(|| lane_ip(&options.listen)).flatten();
@@ -249,6 +270,7 @@ async fn run_inner(
         keypair,
         local_peer,
         apps,
+        scoped,
         lookups: HashMap::new(),
         address_lookups: HashMap::new(),
         address_searched: HashMap::new(),
@@ -279,8 +301,8 @@ async fn run_inner(
             .map_err(|e| DaemonError::Listen { addr: addr.clone(), reason: e.to_string() })?;
     }
     let app_names: Vec<String> = node.apps.keys().cloned().collect();
-    for app in &app_names {
-        overlay::subscribe_app(&mut node.swarm.behaviour_mut().overlay.gossipsub, overlay::app_topic(app))?;
+    for name in node.membership_names() {
+        overlay::subscribe_app(&mut node.swarm.behaviour_mut().overlay.gossipsub, overlay::app_topic(&name))?;
     }
     for app in node.dist.trusted_apps() {
         node.follow_release_topic(&app);
@@ -332,16 +354,7 @@ async fn run_inner(
                 let _ = reply.send(node.on_api(req));
             }
             Some(scanned) = scan_rx.recv() => match scanned {
-                Ok(fp) => {
-                    let app = fp.app().to_string();
-                    let key = fp.cluster_key();
-                    let actions = node.membership.set_local(fp.clone(), overlay::now());
-                    if !actions.is_empty() {
-                        info!(app, cluster = %key, "environment fingerprinted");
-                    }
-                    node.execute(actions);
-                    node.staging_fingerprint(&fp);
-                }
+                Ok(fp) => node.on_fingerprint(fp),
                 Err(e) => warn!(error = %e, "scan failed"),
             },
             _ = rescan.tick() => spawn_scans(profiles.clone(), root.clone(), cache.clone(), scan_tx.clone()),
@@ -438,10 +451,40 @@ fn spawn_scans(
 }
 
 impl Node {
+    /// Every membership this node keeps: its apps', and their scopes'.
+    fn membership_names(&self) -> Vec<String> {
+        self.apps.keys().chain(self.scoped.keys()).cloned().collect()
+    }
+
+    fn runs_membership(&self, name: &str) -> bool {
+        self.apps.contains_key(name) || self.scoped.contains_key(name)
+    }
+
+    /// A scan's result: the app's membership, each of its scopes', and its staging.
+    fn on_fingerprint(&mut self, fp: Fingerprint) {
+        let now = overlay::now();
+        let app = fp.app().to_string();
+        let mut local = vec![fp.clone()];
+        for (name, s) in self.scoped.iter().filter(|(_, s)| s.app == app) {
+            match fp.scoped(&s.scope) {
+                Ok(scoped) => local.push(scoped),
+                Err(e) => warn!(app, scope = s.name, membership = name, error = %e, "cannot project the fingerprint"),
+            }
+        }
+        for f in local {
+            let (name, key) = (f.app().to_string(), f.cluster_key());
+            let actions = self.membership.set_local(f, now);
+            if !actions.is_empty() {
+                info!(app, membership = name, cluster = %key, "environment fingerprinted");
+            }
+            self.execute(actions);
+        }
+        self.staging_fingerprint(&fp);
+    }
+
     fn restore_announcements(&mut self) -> Result<(), StoreError> {
         let now = overlay::now();
-        let apps: Vec<String> = self.apps.keys().cloned().collect();
-        for app in apps {
+        for app in self.membership_names() {
             // First sightings before announcements: a restart must not make every
             // member look new (and unable to represent its cluster).
             let sightings = self.store.presence(&app)?;
@@ -688,7 +731,7 @@ impl Node {
             let app = app.to_string();
             return self.on_cluster_message(&app, &message.data);
         }
-        let Some(app) = overlay::app_of_topic(&message.topic).map(str::to_string).filter(|a| self.apps.contains_key(a))
+        let Some(app) = overlay::app_of_topic(&message.topic).map(str::to_string).filter(|a| self.runs_membership(a))
         else {
             self.membership.count_drop(DropReason::WrongApp);
             return gossipsub::MessageAcceptance::Reject;
@@ -808,7 +851,7 @@ impl Node {
                 request_response::Message::Request { request, channel, .. } => {
                     let signer = overlay::public_key_of(&peer);
                     if let (Some(bytes), Some(signer), true) =
-                        (&request.announcement, signer, self.apps.contains_key(&request.app))
+                        (&request.announcement, signer, self.runs_membership(&request.app))
                     {
                         let _span = info_span!("exchange", from = %peer, app = request.app).entered();
                         match self.on_announcement(bytes, &request.app, Some(&signer)).0 {
@@ -929,11 +972,13 @@ impl Node {
             Request::Status => Ok(self.status()),
             Request::Announce { app } => {
                 let now = overlay::now();
-                let apps: Vec<String> = match app {
+                let mut apps: Vec<String> = match app {
                     Some(a) if self.apps.contains_key(&a) => vec![a],
                     Some(a) => return Err(format!("this node has no app `{a}`").into()),
                     None => self.apps.keys().cloned().collect(),
                 };
+                let scopes = self.scoped.iter().filter(|(_, s)| apps.contains(&s.app)).map(|(n, _)| n.clone());
+                apps.extend(scopes.collect::<Vec<_>>());
                 let mut published = Vec::new();
                 for a in apps {
                     if let Some(action) = self.membership.announce_now(&a, now) {
@@ -1102,8 +1147,10 @@ impl Node {
             .membership
             .local_apps()
             .map(|(app, key)| {
+                let scope = self.scoped.get(app);
                 serde_json::json!({
                     "app": app,
+                    "scope": scope.map(|s| serde_json::json!({ "app": s.app, "name": s.name })),
                     "cluster_key": key.to_hex(),
                     "members": self.cluster_members(app),
                     "known_peers": self.membership.known_peers(app),

@@ -49,7 +49,9 @@ pub enum Completion {
 struct AppRollout {
     rollout: Rollout,
     fingerprint: Fingerprint,
-    /// What the roster last fed, so unchanged views are not fed again.
+    /// What the roster last fed, so unchanged views are not fed again; from which
+    /// membership.
+    fed_from: String,
     fed_members: Vec<mirage_protocol::presence::Presence>,
     fed_sizes: BTreeMap<ClusterKey, u64>,
     next_feed: UnixMillis,
@@ -124,7 +126,13 @@ impl Node {
             return;
         }
         let _span = info_span!("staging", app, cluster = %fingerprint.cluster_key()).entered();
-        let config = NodeConfig { app: app.clone(), me: self.keypair.public(), fingerprint: fingerprint.clone() };
+        let scopes = self.apps.get(&app).map(|a| a.profile.scopes().iter().map(|(_, s)| s.clone()).collect());
+        let config = NodeConfig {
+            app: app.clone(),
+            me: self.keypair.public(),
+            fingerprint: fingerprint.clone(),
+            scopes: scopes.unwrap_or_default(),
+        };
         let snapshot = match self.store.snapshot(&app) {
             Ok(Some(bytes)) => match wire::decode::<Snapshot>(&bytes) {
                 Ok(s) => Some(s),
@@ -171,6 +179,7 @@ impl Node {
             AppRollout {
                 rollout,
                 fingerprint: fingerprint.clone(),
+                fed_from: app.clone(),
                 fed_members: Vec::new(),
                 fed_sizes: BTreeMap::new(),
                 next_feed: UnixMillis(0),
@@ -233,10 +242,19 @@ impl Node {
     /// then the core knows no cluster, so the node waits rather than plan its stages
     /// alone. At most once per [`ROSTER_FEED`], and only what changed: taking the
     /// members is a pass over our cluster, never a step per message.
+    /// A release that names a scope of the profile is staged over that scope's
+    /// membership instead of the app's (the core says which).
     pub(super) fn staging_roster(&mut self, app: &str) {
         let now = overlay::now();
-        let Some(roster) = self.membership.roster(app) else { return };
         let Some(r) = self.staging.rollouts.get_mut(app) else { return };
+        let from = &r.rollout.grouping().membership;
+        if &r.fed_from != from {
+            info!(app, membership = %from, "staging follows another membership");
+            r.fed_from = from.clone();
+            r.fed_members.clear();
+            r.fed_sizes.clear();
+        }
+        let Some(roster) = self.membership.roster(from) else { return };
         if !roster.is_ready(now) || r.next_feed > now || roster.cluster() != Some(r.rollout.cluster()) {
             return;
         }

@@ -21,7 +21,6 @@ pub use normalize::HostContext;
 pub use profile::{Contribution, Need, Pattern, Profile, ProfileError, Rule};
 
 use crate::envelope::{MessageKind, SignedPayload};
-use crate::manifest::validate_app_name;
 use crate::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -159,7 +158,7 @@ impl Fingerprint {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        validate_app_name(&self.app)?;
+        scope::validate_membership_name(&self.app)?;
         if self.items.len() > MAX_ITEMS {
             return Err(format!("{} items, over the {MAX_ITEMS} limit", self.items.len()));
         }

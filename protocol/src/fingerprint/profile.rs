@@ -17,6 +17,7 @@
 //! ```
 
 use super::config::{ConfigFormat, KeyStyle};
+use super::scope::Scope;
 use super::ResourceClass;
 use crate::manifest::validate_app_name;
 use crate::Digest;
@@ -34,7 +35,14 @@ pub enum ProfileError {
     Rule { index: usize, class: ResourceClass, problem: String },
     #[error("bad ignore_keys pattern `{0}`: {1}")]
     IgnoreKey(String, String),
+    #[error("scope `{name}`: {problem}")]
+    Scope { name: String, problem: String },
 }
+
+/// Most scopes a profile may declare. Each is a membership the node keeps up all the
+/// time (its own cluster topic, heartbeats, summaries and provider record), so each
+/// adds the app's membership cost once more.
+pub const MAX_PROFILE_SCOPES: usize = 4;
 
 /// What a matched resource adds to the fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +89,18 @@ struct ProfileFile {
     ignore_keys: Vec<String>,
     #[serde(default, rename = "resource")]
     resources: Vec<RuleFile>,
+    /// Skipped when empty so that a profile's id is what it was before scopes existed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    scopes: std::collections::BTreeMap<String, ScopeFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeFile {
+    #[serde(default)]
+    classes: Vec<ResourceClass>,
+    #[serde(default)]
+    paths: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -119,6 +139,7 @@ pub struct Profile {
     id: Digest,
     rules: Vec<Rule>,
     ignore_keys: GlobSet,
+    scopes: Vec<(String, Scope)>,
 }
 
 /// One include pattern, with the directory a walk for it starts from.
@@ -239,6 +260,30 @@ fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Result<GlobSe
     b.build().map_err(|e| (String::new(), e.to_string()))
 }
 
+fn parse_scopes(files: &std::collections::BTreeMap<String, ScopeFile>) -> Result<Vec<(String, Scope)>, ProfileError> {
+    if files.len() > MAX_PROFILE_SCOPES {
+        return Err(ProfileError::Scope {
+            name: files.keys().nth(MAX_PROFILE_SCOPES).cloned().unwrap_or_default(),
+            problem: format!("a profile declares at most {MAX_PROFILE_SCOPES} scopes"),
+        });
+    }
+    let mut scopes: Vec<(String, Scope)> = Vec::with_capacity(files.len());
+    for (name, f) in files {
+        let fail = |problem: String| ProfileError::Scope { name: name.clone(), problem };
+        validate_app_name(name).map_err(|_| fail("a scope's name is 1-64 chars of a-z 0-9 - _".into()))?;
+        if f.classes.is_empty() && f.paths.is_empty() {
+            return Err(fail("names no class and no path, so it keeps every item: leave it out".into()));
+        }
+        let scope = Scope { classes: f.classes.clone(), paths: f.paths.clone() };
+        scope.validate().map_err(fail)?;
+        if let Some((other, _)) = scopes.iter().find(|(_, s)| s.id() == scope.id()) {
+            return Err(fail(format!("is the same scope as `{other}`")));
+        }
+        scopes.push((name.clone(), scope));
+    }
+    Ok(scopes)
+}
+
 /// Key globs: config keys are not paths, so `*` matches any run of characters
 /// (`*errorlog` covers `errorlog` and `virtualhost[*:80]/errorlog`).
 fn key_glob_set<'a>(patterns: impl IntoIterator<Item = &'a String>) -> Result<GlobSet, (String, String)> {
@@ -315,7 +360,8 @@ impl Profile {
         // but any rule change does: nodes on different profile revisions never share a
         // cluster key.
         let id = Digest::of(&crate::wire::encode(&file).map_err(|e| ProfileError::Toml(e.to_string()))?);
-        Ok(Profile { app: file.app, description: file.description, id, rules, ignore_keys })
+        let scopes = parse_scopes(&file.scopes)?;
+        Ok(Profile { app: file.app, description: file.description, id, rules, ignore_keys, scopes })
     }
 
     pub fn app(&self) -> &str {
@@ -332,6 +378,15 @@ impl Profile {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The scopes a release of this app may be staged over (`[scopes.NAME]`), by name.
+    pub fn scopes(&self) -> &[(String, Scope)] {
+        &self.scopes
+    }
+
+    pub fn scope(&self, name: &str) -> Option<&Scope> {
+        self.scopes.iter().find(|(n, _)| n == name).map(|(_, s)| s)
     }
 
     pub(crate) fn ignores_key(&self, key: &str) -> bool {
@@ -383,6 +438,29 @@ mod tests {
         let c = Profile::parse("app = \"x\"\n[[resource]]\nclass = \"library\"\ninclude = [\"/lib/b.so\"]\n").unwrap();
         assert_eq!(a.id(), b.id());
         assert_ne!(a.id(), c.id());
+    }
+
+    #[test]
+    fn a_profile_declares_the_scopes_its_releases_may_be_staged_over() {
+        let base = "app = \"x\"\n[[resource]]\nclass = \"library\"\ninclude = [\"/lib/a.so\"]\n";
+        let p = Profile::parse(&format!(
+            "{base}[scopes.client]\nclasses = [\"library\"]\n[scopes.php]\npaths = [\"/usr/lib/php/**\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(p.scopes().iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["client", "php"]);
+        assert_eq!(p.scope("client").unwrap().classes, [ResourceClass::Library]);
+        assert!(p.scope("nope").is_none());
+        // Scopes are part of what nodes agree on, so they are in the id; a profile
+        // without them keeps the id it had before scopes existed.
+        assert_ne!(p.id(), Profile::parse(base).unwrap().id());
+        let e = |t: &str| Profile::parse(&format!("{base}{t}")).unwrap_err().to_string();
+        assert!(e("[scopes.all]\n").contains("keeps every item"));
+        assert!(e("[scopes.rel]\npaths = [\"usr/lib\"]\n").contains("absolute"));
+        assert!(e("[scopes.\"Bad Name\"]\nclasses = [\"library\"]\n").contains("scope `Bad Name`"));
+        assert!(e("[scopes.a]\nclasses = [\"library\"]\n[scopes.b]\nclasses = [\"library\"]\n").contains("same scope"));
+        assert!(e("[scopes.a]\nclases = [\"library\"]\n").contains("TOML"));
+        let many: String = (0..=MAX_PROFILE_SCOPES).map(|i| format!("[scopes.s{i}]\npaths = [\"/p{i}\"]\n")).collect();
+        assert!(e(&many).contains("at most"));
     }
 
     #[test]

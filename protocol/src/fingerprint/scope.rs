@@ -5,8 +5,14 @@
 //! does not test separately on machines that differ only in MySQL's buffer sizes.
 //! Machines of one full cluster always share their projected cluster: a projection
 //! only ever merges clusters, never splits them.
+//!
+//! A node keeps a membership of its own for every scope its profile declares (under
+//! [`membership_name`], with the projected fingerprint [`Fingerprint::scoped`]), from
+//! start, not from the release: only members seen before a release may represent their
+//! cluster, so a scoped cluster's roster must exist before the release that uses it.
 
 use super::{ClusterKey, Fingerprint, ResourceClass};
+use crate::manifest::validate_app_name;
 use crate::Digest;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
@@ -63,6 +69,39 @@ impl Scope {
     }
 }
 
+/// Between an app's name and a scope's id in a scoped membership's name: a character no
+/// app name has, so a scoped membership never shares topics or records with an app.
+const SCOPE_INFIX: &str = ".scope-";
+/// Hex digits of the scope's id in the name: 64 bits, against collisions among the few
+/// scopes of one app.
+const SCOPE_ID_HEX: usize = 16;
+
+/// The name a node's membership for `scope` of `app` goes by: in its fingerprint, its
+/// topics, its roster and its stored sightings.
+pub fn membership_name(app: &str, scope: &Scope) -> String {
+    format!("{app}{SCOPE_INFIX}{}", &scope.id().to_hex()[..SCOPE_ID_HEX])
+}
+
+/// The app a membership name belongs to: the name itself, or the app of a scoped name.
+pub fn app_of_membership(name: &str) -> &str {
+    name.split_once(SCOPE_INFIX).map_or(name, |(app, _)| app)
+}
+
+/// Membership names are an app's name, or an app's name with a scope's id.
+pub fn validate_membership_name(name: &str) -> Result<(), String> {
+    match name.split_once(SCOPE_INFIX) {
+        None => validate_app_name(name),
+        Some((app, id)) => {
+            validate_app_name(app)?;
+            if id.len() == SCOPE_ID_HEX && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                Ok(())
+            } else {
+                Err(format!("membership name `{name}`: a scope's id is {SCOPE_ID_HEX} lowercase hex digits"))
+            }
+        }
+    }
+}
+
 impl ScopeMatcher {
     pub fn keeps(&self, item: &super::Item) -> bool {
         let class = self.classes.is_empty() || self.classes.contains(&item.class);
@@ -78,15 +117,22 @@ impl Fingerprint {
         Fingerprint::new(self.app().to_string(), self.profile_id(), items)
     }
 
-    /// The cluster this machine is staged in for a release of `scope` (its full
-    /// cluster when the release names none). Projected keys are derived apart from
-    /// full ones and carry the scope, so the two never collide.
-    pub fn cluster_key_for(&self, scope: Option<&Scope>) -> Result<ClusterKey, String> {
-        let Some(scope) = scope else { return Ok(self.cluster_key()) };
+    /// What this machine's membership for `scope` announces: the projection, under the
+    /// scope's [`membership_name`]. Its cluster key is the projected cluster's.
+    pub fn scoped(&self, scope: &Scope) -> Result<Fingerprint, String> {
         let projected = self.project(&scope.matcher()?);
-        let mut canonical = scope.id().0.to_vec();
-        canonical.extend(crate::wire::encode(&projected).unwrap_or_default());
-        Ok(ClusterKey(Digest(blake3::derive_key("mirage 2026-12 projected cluster key v1", &canonical))))
+        Ok(Fingerprint::new(membership_name(self.app(), scope), self.profile_id(), projected.items().to_vec()))
+    }
+
+    /// The cluster this machine is staged in for a release of `scope` (its full
+    /// cluster when the release names none). The scope's id is in the projected
+    /// fingerprint's name, so projected keys never collide with full ones or with
+    /// another scope's.
+    pub fn cluster_key_for(&self, scope: Option<&Scope>) -> Result<ClusterKey, String> {
+        match scope {
+            None => Ok(self.cluster_key()),
+            Some(scope) => Ok(self.scoped(scope)?.cluster_key()),
+        }
     }
 }
 
@@ -128,6 +174,24 @@ mod tests {
         // Another scope over the same items is another cluster.
         let wider = Scope { classes: vec![], paths: vec!["/usr/lib/**".into()] };
         assert_ne!(key(&a), a.cluster_key_for(Some(&wider)).unwrap());
+    }
+
+    #[test]
+    fn a_scoped_membership_is_named_apart_from_every_app() {
+        let name = membership_name("web", &php_scope());
+        assert!(validate_membership_name(&name).is_ok());
+        assert!(crate::manifest::validate_app_name(&name).is_err(), "no app can take a scoped name");
+        assert_eq!(app_of_membership(&name), "web");
+        assert_eq!(app_of_membership("web"), "web");
+        assert!(validate_membership_name("web").is_ok());
+        for bad in ["web.scope-", "web.scope-0123", "web.scope-0123456789ABCDEF", "Web.scope-0123456789abcdef"] {
+            assert!(validate_membership_name(bad).is_err(), "{bad}");
+        }
+        let scoped = machine("8.2.36", "1G").scoped(&php_scope()).unwrap();
+        assert_eq!(scoped.app(), name);
+        assert!(scoped.validate().is_ok());
+        // The PHP driver, and TZ (items without a path are kept by class); not my.cnf.
+        assert_eq!(scoped.items().len(), 2);
     }
 
     #[test]

@@ -212,6 +212,32 @@ impl Campaign {
         changed
     }
 
+    /// Whether [`Campaign::start_release`] would take `manifest`.
+    pub fn check_release(&self, manifest: &Verified<UpgradeManifest>) -> Result<(), ReleaseIgnored> {
+        let Some(a) = &self.active else { return Ok(()) };
+        let (current, offered) = (&a.release.manifest, manifest.payload());
+        if a.release.id == offered.id() {
+            return Err(ReleaseIgnored::AlreadyKnown);
+        }
+        if current.app != offered.app {
+            return Err(ReleaseIgnored::OtherApp);
+        }
+        if offered.version <= current.version {
+            return Err(ReleaseIgnored::NotNewer {
+                offered: offered.version.clone(),
+                current: current.version.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets every cluster's members and size: the next release is staged over other
+    /// clusters (another scope's projection), whose membership comes in afresh.
+    pub fn regroup(&mut self) {
+        self.members.clear();
+        self.estimates.clear();
+    }
+
     /// Starts rolling out a newer release. A release that comes while the campaign is
     /// unfinished (some cluster never held, or stages are still closed) continues it:
     /// that is how a vendor's fix restarts exactly the halted clusters, in stages that
@@ -221,22 +247,8 @@ impl Campaign {
         manifest: &Verified<UpgradeManifest>,
         now: UnixMillis,
     ) -> Result<Vec<ClusterKey>, ReleaseIgnored> {
+        self.check_release(manifest)?;
         let release = Release::from_verified(manifest);
-        if let Some(a) = &self.active {
-            let current = &a.release.manifest;
-            if a.release.id == release.id {
-                return Err(ReleaseIgnored::AlreadyKnown);
-            }
-            if current.app != release.manifest.app {
-                return Err(ReleaseIgnored::OtherApp);
-            }
-            if release.manifest.version <= current.version {
-                return Err(ReleaseIgnored::NotNewer {
-                    offered: release.manifest.version.clone(),
-                    current: current.version.clone(),
-                });
-            }
-        }
         let policy = &release.manifest.policy;
         let plan = StagePlan::new(policy, &sizes(&self.members, &self.estimates));
         let timeout = Duration::from_secs(policy.stage_timeout_secs as u64);

@@ -300,9 +300,12 @@ impl ClusterGate {
             if old.id == record.id {
                 return Err(ReportRejected::Replay);
             }
-            // One voice per signer. The earliest statement stands (ties by id), so every
-            // node keeps the same one whatever the arrival order.
-            if (old.issued_at, old.id) <= (record.issued_at, record.id) {
+            // One voice per signer, the same on every node whatever the arrival order:
+            // a failure stands over anything else the signer said (a node that counted
+            // it has halted, and only the vendor's retest restarts the cluster);
+            // otherwise (and among failures) the earliest statement stands, ties by id.
+            let standing = |r: &ReportRecord| (r.outcome != Outcome::Fail, r.issued_at, r.id);
+            if standing(old) <= standing(&record) {
                 return Err(ReportRejected::Duplicate);
             }
         } else if !self.is_member(&signer) && !self.is_tester(&signer) {

@@ -37,6 +37,7 @@ use super::campaign::{Campaign, ReleaseIgnored, RetestIgnored, View};
 use super::gate::{ReportRejected, Verdict};
 use super::member::{Fault, Member, Phase, Step, Work};
 use crate::envelope::Verified;
+use crate::fingerprint::scope::Scope;
 use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
@@ -57,6 +58,40 @@ pub struct NodeConfig {
     pub me: PublicKey,
     /// The node's fingerprint for the app; its cluster key is the node's cluster.
     pub fingerprint: Fingerprint,
+    /// The scopes the node keeps a membership for (its profile's): a release naming
+    /// one of them is staged over that scope's clusters, any other over full clusters.
+    pub scopes: Vec<Scope>,
+}
+
+/// Which clusters a release is staged over, from this node's side: the membership
+/// whose roster the shell feeds (the app's, or a scope's) and this node's cluster in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grouping {
+    /// The membership's name: the app, or a scope's
+    /// [`membership_name`](crate::fingerprint::scope::membership_name).
+    pub membership: String,
+    pub cluster: ClusterKey,
+}
+
+impl NodeConfig {
+    fn full_grouping(&self) -> Grouping {
+        Grouping { membership: self.app.clone(), cluster: self.fingerprint.cluster_key() }
+    }
+
+    /// The grouping a release is staged over. A scope this node keeps no membership
+    /// for falls back to full clusters: every member of a full cluster runs the same
+    /// profile (its id is in the fingerprint), so a whole cluster falls back together,
+    /// and full clusters are never coarser than a scope's.
+    pub fn grouping_for(&self, manifest: &UpgradeManifest) -> Grouping {
+        let Some(scope) = manifest.policy.scope.as_deref() else { return self.full_grouping() };
+        if !self.scopes.iter().any(|s| s.id() == scope.id()) {
+            return self.full_grouping();
+        }
+        match self.fingerprint.scoped(scope) {
+            Ok(fp) => Grouping { membership: fp.app().to_string(), cluster: fp.cluster_key() },
+            Err(_) => self.full_grouping(),
+        }
+    }
 }
 
 /// What a finished test run produced.
@@ -311,7 +346,8 @@ pub struct Status {
 
 pub struct Rollout {
     config: NodeConfig,
-    cluster: ClusterKey,
+    /// The current release's grouping (full clusters until a release names a scope).
+    grouping: Grouping,
     campaign: Campaign,
     member: Member,
     running: Option<semver::Version>,
@@ -333,10 +369,9 @@ enum Detail {
 
 impl Rollout {
     pub fn new(config: NodeConfig) -> Self {
-        let cluster = config.fingerprint.cluster_key();
         Rollout {
+            grouping: config.full_grouping(),
             config,
-            cluster,
             campaign: Campaign::new(),
             member: Member::new(),
             running: None,
@@ -388,8 +423,15 @@ impl Rollout {
         (r, actions)
     }
 
+    /// This node's cluster for the current release.
     pub fn cluster(&self) -> ClusterKey {
-        self.cluster
+        self.grouping.cluster
+    }
+
+    /// Which membership's roster to feed as [`Event::Members`] and [`Event::Sizes`],
+    /// and this node's cluster in it: it changes with a release that names a scope.
+    pub fn grouping(&self) -> &Grouping {
+        &self.grouping
     }
 
     pub fn campaign(&self) -> &Campaign {
@@ -441,7 +483,7 @@ impl Rollout {
             running: self.running.clone(),
             target: self.work_version(),
             phase: self.phase(),
-            stage: plan.map(|p| p.stage_of(&self.cluster)),
+            stage: plan.map(|p| p.stage_of(&self.grouping.cluster)),
             open_stages: self.campaign.schedule().map_or(0, |s| s.open_stages()),
             stage_count: plan.map_or(0, |p| p.stage_count()),
             verdict: view.map(|v| v.verdict),
@@ -490,7 +532,7 @@ impl Rollout {
         if self.pin.is_some() {
             return None;
         }
-        self.campaign.view(&self.cluster, &self.config.me)
+        self.campaign.view(&self.grouping.cluster, &self.config.me)
     }
 
     fn work_version(&self) -> Option<semver::Version> {
@@ -517,9 +559,17 @@ impl Rollout {
                         });
                     }
                 }
+                self.campaign.check_release(&m)?;
                 // The next release lifts an operator's pin: it is what the pin waited for.
                 if self.pin.as_ref().is_some_and(|p| p.through.as_ref().is_none_or(|t| &manifest.version > t)) {
                     self.pin = None;
+                }
+                // Another grouping: what was known of the old clusters says nothing of
+                // the new ones, which the shell feeds from the other membership.
+                let grouping = self.config.grouping_for(manifest);
+                if grouping != self.grouping {
+                    self.campaign.regroup();
+                    self.grouping = grouping;
                 }
                 self.campaign.start_release(&m, now)?;
                 if self.local_fault.as_ref().is_some_and(|f| f.manifest != manifest.id()) {
@@ -538,7 +588,7 @@ impl Rollout {
                 // shows it there.
                 // (Since when is the shell's to say: without it, the node is not
                 // eligible to represent the cluster.)
-                if cluster == self.cluster && !members.iter().any(|m| m.peer == self.config.me) {
+                if cluster == self.grouping.cluster && !members.iter().any(|m| m.peer == self.config.me) {
                     members.push(Presence { peer: self.config.me, since: UnixMillis::MAX });
                 }
                 self.campaign.set_members(cluster, members, now);
@@ -628,7 +678,7 @@ impl Rollout {
                 let r = request.payload();
                 let at = request.issued_at();
                 let acted = self.retested.is_some_and(|(m, t)| m == r.manifest_id && t >= at);
-                if !r.covers(&self.cluster) || acted {
+                if !r.covers(&self.grouping.cluster) || acted {
                     return Ok((None, None));
                 }
                 self.retested = Some((r.manifest_id, at));
@@ -720,7 +770,7 @@ impl Rollout {
                     manifest_id: id,
                     app: manifest.app.clone(),
                     version: manifest.version.clone(),
-                    cluster_key: self.cluster,
+                    cluster_key: self.grouping.cluster,
                     outcome,
                     summary: excerpt_tail(&run.summary, MAX_SUMMARY_BYTES),
                     logs_digest: run.logs_digest,
@@ -759,7 +809,7 @@ impl Rollout {
             manifest_id: id,
             app: self.config.app.clone(),
             version: release.map_or_else(|| semver::Version::new(0, 0, 0), |m| m.version.clone()),
-            cluster_key: self.cluster,
+            cluster_key: self.grouping.cluster,
             fingerprint: self.config.fingerprint.clone(),
             failed_tests,
             logs_digest,

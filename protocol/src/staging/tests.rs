@@ -549,7 +549,7 @@ fn node(size: u8, rank: usize, m: &UpgradeManifest) -> Node {
     let fleet = Fleet::new(&[size]);
     let ranking = rank_members(&m.id(), &cluster_key(0), &fleet.keys(0));
     let me = fleet.keys[0].iter().find(|k| k.public() == ranking[rank]).unwrap().clone();
-    let config = NodeConfig { app: APP.into(), me: me.public(), fingerprint: fingerprint(0) };
+    let config = NodeConfig { app: APP.into(), me: me.public(), fingerprint: fingerprint(0), scopes: Vec::new() };
     let mut rollout = Rollout::new(config);
     rollout.handle(Event::Members { cluster: cluster_key(0), members: fleet.members(0) }, UnixMillis(0));
     Node { rollout, fleet, me }
@@ -892,7 +892,7 @@ fn manifests_for_other_apps_or_not_newer_than_running_are_ignored() {
 
 impl Node {
     fn rollout_config(&self) -> NodeConfig {
-        NodeConfig { app: APP.into(), me: self.me.public(), fingerprint: fingerprint(0) }
+        NodeConfig { app: APP.into(), me: self.me.public(), fingerprint: fingerprint(0), scopes: Vec::new() }
     }
 }
 
@@ -1254,4 +1254,127 @@ fn a_critical_cluster_holds_only_once_the_vendors_testers_pass_too() {
     let fail = report_for(&tester, &fix, cluster_key(0), Outcome::Fail, 101 * SEC);
     campaign.admit(&fail, UnixMillis(101 * SEC)).unwrap();
     assert_eq!(verdict(&campaign, 0), Verdict::Halted { at: UnixMillis(101 * SEC), by: tester.public() });
+}
+
+/// Found by `never_applies_without_the_gate_or_after_a_counted_failure`: a one-member
+/// cluster's representative said fail, then pass at the same millisecond, and the pass
+/// (the lower id of a tie) replaced the counted failure, so the node applied.
+#[test]
+fn a_representatives_failure_stands_over_anything_else_it_signs() {
+    let fleet = Fleet::new(&[3]);
+    let m = manifest("1.0.0", policy(PolicyKind::FrontLoading));
+    let c = cluster_key(0);
+    for (fail_at, pass_at) in [(20, 20), (20, 30), (30, 20)] {
+        for fail_first in [true, false] {
+            let mut campaign = fleet.campaign();
+            campaign.start_release(&signed_manifest(&m, 0), UnixMillis(0)).unwrap();
+            let rep = fleet.ranked(&campaign, 0, 0).clone();
+            let fail = report_for(&rep, &m, c, Outcome::Fail, fail_at * SEC);
+            let pass = report_for(&rep, &m, c, Outcome::Pass, pass_at * SEC);
+            let (a, b) = if fail_first { (&fail, &pass) } else { (&pass, &fail) };
+            let _ = campaign.admit(a, UnixMillis(40 * SEC));
+            let _ = campaign.admit(b, UnixMillis(40 * SEC));
+            let second = report_for(fleet.ranked(&campaign, 0, 1), &m, c, Outcome::Pass, 35 * SEC);
+            let _ = campaign.admit(&second, UnixMillis(40 * SEC));
+            assert!(
+                matches!(verdict(&campaign, 0), Verdict::Halted { .. }),
+                "fail at {fail_at}, pass at {pass_at}, fail first {fail_first}: {:?}",
+                verdict(&campaign, 0)
+            );
+        }
+    }
+}
+
+// ---- Releases scoped to what they touch ----
+
+fn scoped_node(scopes: Vec<crate::fingerprint::scope::Scope>, buffer_pool: &str) -> (Rollout, Keypair) {
+    use crate::fingerprint::{Item, ItemValue, ResourceClass};
+    let item = |class, path: &str, key: &str, value: &str| Item {
+        class,
+        path: path.into(),
+        key: key.into(),
+        value: ItemValue::Text(value.into()),
+    };
+    let fingerprint = Fingerprint::new(
+        APP.into(),
+        Digest([9; 32]),
+        vec![
+            item(ResourceClass::Library, "/usr/lib/libmysqlclient.so.21", "", "build 1"),
+            item(ResourceClass::Config, "/etc/mysql/my.cnf", "mysqld.innodb_buffer_pool_size", buffer_pool),
+        ],
+    );
+    let me = keypair(0, 0);
+    (Rollout::new(NodeConfig { app: APP.into(), me: me.public(), fingerprint, scopes }), me)
+}
+
+fn library_scope() -> crate::fingerprint::scope::Scope {
+    crate::fingerprint::scope::Scope { classes: vec![crate::fingerprint::ResourceClass::Library], paths: Vec::new() }
+}
+
+#[test]
+fn a_release_scoped_to_the_library_is_staged_over_the_scopes_clusters_and_the_next_over_full_ones() {
+    use crate::fingerprint::scope::membership_name;
+    let (mut n, me) = scoped_node(vec![library_scope()], "1G");
+    let full = n.cluster();
+    assert_eq!(n.grouping().membership, APP);
+    n.handle(Event::Members { cluster: full, members: present(&[me.public()]) }, UnixMillis(0));
+
+    let mut scoped_policy = policy(PolicyKind::FrontLoading);
+    scoped_policy.scope = Some(Box::new(library_scope()));
+    let m = manifest("1.0.0", scoped_policy);
+    n.handle(Event::Manifest(signed_manifest(&m, SEC)), UnixMillis(SEC));
+    let scoped = n.cluster();
+    assert_eq!(n.grouping().membership, membership_name(APP, &library_scope()));
+    assert_ne!(scoped, full);
+    // A machine that differs only in MySQL's tuning is in the same scoped cluster.
+    let (mut tuned, _) = scoped_node(vec![library_scope()], "4G");
+    assert_ne!(tuned.cluster(), full);
+    tuned.handle(Event::Manifest(signed_manifest(&m, SEC)), UnixMillis(SEC));
+    assert_eq!(tuned.cluster(), scoped);
+    assert!(n.campaign().members(&full).is_empty(), "the full clusters' membership is forgotten");
+
+    // Fed the scope's roster, the node is a representative of the scoped cluster, and
+    // its report names that cluster.
+    let mate = keypair(0, 1);
+    n.handle(Event::Members { cluster: scoped, members: present(&[me.public(), mate.public()]) }, UnixMillis(SEC));
+    n.handle(Event::ContentReady { manifest: m.id() }, UnixMillis(2 * SEC));
+    assert!(n.status().representative);
+    let a = n.handle(Event::TestFinished { manifest: m.id(), run: run(Outcome::Pass) }, UnixMillis(3 * SEC));
+    let Some(Action::PublishTestReport(report)) = a.iter().find(|a| matches!(a, Action::PublishTestReport(_))) else {
+        panic!("no report in {a:?}");
+    };
+    assert_eq!(report.cluster_key, scoped);
+
+    // The next release names no scope: full clusters again.
+    let next = manifest("1.1.0", policy(PolicyKind::FrontLoading));
+    n.handle(Event::Manifest(signed_manifest(&next, 4 * SEC)), UnixMillis(4 * SEC));
+    assert_eq!(n.grouping().membership, APP);
+    assert_eq!(n.cluster(), full);
+    assert!(n.campaign().members(&scoped).is_empty());
+}
+
+#[test]
+fn a_scope_the_node_keeps_no_membership_for_is_staged_over_full_clusters() {
+    let (mut n, _) = scoped_node(Vec::new(), "1G");
+    let full = n.cluster();
+    let mut scoped_policy = policy(PolicyKind::FrontLoading);
+    scoped_policy.scope = Some(Box::new(library_scope()));
+    n.handle(Event::Manifest(signed_manifest(&manifest("1.0.0", scoped_policy), SEC)), UnixMillis(SEC));
+    assert_eq!(n.grouping().membership, APP);
+    assert_eq!(n.cluster(), full);
+}
+
+#[test]
+fn a_refused_release_does_not_regroup() {
+    let (mut n, me) = scoped_node(vec![library_scope()], "1G");
+    let full = n.cluster();
+    let m = manifest("2.0.0", policy(PolicyKind::FrontLoading));
+    n.handle(Event::Manifest(signed_manifest(&m, SEC)), UnixMillis(SEC));
+    n.handle(Event::Members { cluster: full, members: present(&[me.public()]) }, UnixMillis(SEC));
+    let mut older = policy(PolicyKind::FrontLoading);
+    older.scope = Some(Box::new(library_scope()));
+    n.handle(Event::Manifest(signed_manifest(&manifest("1.0.0", older), 2 * SEC)), UnixMillis(2 * SEC));
+    assert!(n.last_ignored().is_some());
+    assert_eq!(n.cluster(), full);
+    assert_eq!(n.campaign().members(&full).len(), 1);
 }

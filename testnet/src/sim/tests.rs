@@ -115,6 +115,7 @@ fn the_node_core_fed_a_machines_inputs_takes_the_same_steps() {
                 app: vendor::APP.into(),
                 me: world.public_keys[m as usize],
                 fingerprint: world.fingerprint(c),
+                scopes: Vec::new(),
             };
             let mut node = Rollout::new(config);
             for (c, machines) in world.members.iter().enumerate() {
