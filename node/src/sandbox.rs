@@ -7,6 +7,7 @@
 //! replay tests run each recorded input through the old and the new version and
 //! compare the outputs (see [`replay`]).
 
+pub mod confine;
 pub mod exec;
 pub mod replay;
 mod run;
@@ -15,6 +16,7 @@ mod status;
 mod tests;
 pub mod view;
 
+use confine::{Confinement, ResourceLimits};
 use exec::Limits;
 use mirage_protocol::manifest::{validate_app_name, CommandSpec, TestSpec};
 use mirage_protocol::Digest;
@@ -23,6 +25,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
 use view::{Mounts, ResourceCopies, SANDBOX_PATH, TESTS_MOUNT};
+
+/// Most files a test's copies may hold before it is stopped (walking them is how its
+/// writes are counted).
+const MAX_COPY_ENTRIES: usize = 100_000;
 
 #[derive(Debug, Error)]
 pub enum SandboxError {
@@ -60,6 +66,8 @@ pub struct TestRun {
     /// The machine's root as the node fingerprints it (`/` in production, a generated
     /// root in testnets); tests find the app's files under it (`MIRAGE_ROOT`).
     pub machine_root: PathBuf,
+    /// Paths this test must not see besides the sandbox's own list: other apps' files.
+    pub hidden: Vec<PathBuf>,
 }
 
 impl TestRun {
@@ -137,11 +145,15 @@ pub struct TestResults {
     pub failure_excerpt: String,
 }
 
-/// A located, working bubblewrap and the directory where resource copies go.
+/// A located, working bubblewrap, the directory where resource copies go, how tests
+/// are confined, and what of the host they never see.
 #[derive(Clone, Debug)]
 pub struct Sandbox {
     bwrap: PathBuf,
     scratch: PathBuf,
+    confinement: Confinement,
+    /// Hidden from every test: the node's data directory and key, for one.
+    hidden: Vec<PathBuf>,
 }
 
 impl Sandbox {
@@ -161,7 +173,24 @@ impl Sandbox {
     pub fn locate_in(path_list: &std::ffi::OsStr) -> Result<Sandbox, SandboxError> {
         let bwrap = std::env::split_paths(path_list).map(|d| d.join("bwrap")).find(|p| p.is_file());
         let bwrap = bwrap.ok_or(SandboxError::NotInstalled)?;
-        Ok(Sandbox { bwrap, scratch: std::env::temp_dir() })
+        Ok(Sandbox { bwrap, scratch: std::env::temp_dir(), confinement: Confinement::detect(), hidden: Vec::new() })
+    }
+
+    /// Paths no test sees (directories become empty, files empty): the node's data
+    /// directory, its key.
+    pub fn hiding(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.hidden.extend(paths);
+        self
+    }
+
+    /// Other limits than the defaults (tests of the limits themselves).
+    pub fn with_limits(mut self, limits: ResourceLimits) -> Self {
+        self.confinement.limits = limits;
+        self
+    }
+
+    pub fn confinement(&self) -> &Confinement {
+        &self.confinement
     }
 
     /// Copies of resources go under `dir`; on the resources' file system, copies can
@@ -171,15 +200,17 @@ impl Sandbox {
         self
     }
 
-    /// Runs `true` in a sandbox with the options tests get.
+    /// Runs `true` in a sandbox with the options and the confinement tests get (as the
+    /// sandbox's uid, which needs unprivileged user namespaces).
     pub fn check(&self) -> Result<(), SandboxError> {
         let mut cmd = Command::new(&self.bwrap);
-        cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/"]);
+        cmd.args(["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--ro-bind", "/", "/"]);
         cmd.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", "--", "true"]);
         cmd.env_clear().env("PATH", SANDBOX_PATH);
         let limits = Limits { timeout: std::time::Duration::from_secs(30), max_output_bytes: 4096 };
-        let run = exec::run_bounded(cmd, Stdio::null(), &limits)
-            .map_err(|source| SandboxError::Io { path: self.bwrap.clone(), source })?;
+        let io_err = |source| SandboxError::Io { path: self.bwrap.clone(), source };
+        let _group = self.confinement.apply(&mut cmd, 30).map_err(io_err)?;
+        let run = exec::run_bounded(cmd, Stdio::null(), &limits).map_err(io_err)?;
         if run.succeeded() {
             Ok(())
         } else {
@@ -222,9 +253,28 @@ impl Sandbox {
         if spec.argv.is_empty() {
             return Err(SandboxError::Invalid("empty command".into()));
         }
-        let copies = ResourceCopies::make(&self.scratch, &run.resources)?;
+        let copies = ResourceCopies::make(&self.scratch, &run.resources, &self.confinement)?;
+        // bwrap runs as the sandbox's uid and must reach what it binds, and where.
         let app_dir = run.app_dir();
-        let mounts = Mounts { copies: &copies, app_dir: &app_dir, version_dir, bundle_dir: run.bundle_dir.as_deref() };
+        let reached = [copies.dir(), version_dir, &app_dir].into_iter().chain(run.bundle_dir.as_deref());
+        for path in reached.chain(run.resources.iter().map(PathBuf::as_path)) {
+            self.confinement.can_reach(path).map_err(|blocked| {
+                SandboxError::Setup(format!(
+                    "the sandbox's user cannot reach {}: {} is not searchable by others (chmod o+x it)",
+                    path.display(),
+                    blocked.display()
+                ))
+            })?;
+        }
+        let hidden: Vec<&Path> = self.hidden.iter().chain(&run.hidden).map(PathBuf::as_path).collect();
+        let mounts = Mounts {
+            copies: &copies,
+            app_dir: &app_dir,
+            version_dir,
+            bundle_dir: run.bundle_dir.as_deref(),
+            hidden: &hidden,
+            tmpfs_bytes: self.confinement.limits.tmpfs_bytes,
+        };
         let bwrap_err = |source| SandboxError::Io { path: self.bwrap.clone(), source };
         let marker = StartMarker::new().map_err(bwrap_err)?;
         let mut cmd = Command::new(&self.bwrap);
@@ -235,7 +285,27 @@ impl Sandbox {
             .env("MIRAGE_APP_DIR", run.app_current())
             .env("MIRAGE_TESTS_DIR", TESTS_MOUNT)
             .env("MIRAGE_ROOT", &run.machine_root);
-        let finished = exec::run_bounded(cmd, stdin, &Limits::of(spec)).map_err(bwrap_err)?;
+        let group = self.confinement.apply(&mut cmd, spec.timeout_secs as u64).map_err(bwrap_err)?;
+        let write_limit = self.confinement.limits.write_bytes;
+        let baseline = confine::disk_usage(copies.dir(), MAX_COPY_ENTRIES).0;
+        let mut watch = || {
+            if let Some(breach) = group.as_ref().and_then(|g| g.breach()) {
+                return Some(breach.to_string());
+            }
+            let (used, too_many) = confine::disk_usage(copies.dir(), MAX_COPY_ENTRIES);
+            if too_many {
+                return Some(format!("killed: it made more than {MAX_COPY_ENTRIES} files in its copies"));
+            }
+            (used.saturating_sub(baseline) > write_limit)
+                .then(|| confine::Breach::Writes { limit: write_limit }.to_string())
+        };
+        let mut finished = exec::run_watched(cmd, stdin, &Limits::of(spec), &mut watch).map_err(bwrap_err)?;
+        // The kernel may have held the test to a limit without our watcher stopping it
+        // (an out-of-memory kill it survived as a failure): say so.
+        if !finished.succeeded() && finished.stopped.is_none() {
+            finished.stopped = group.as_ref().and_then(|g| g.breach()).map(|b| b.to_string());
+        }
+        drop(group);
         if !finished.timed_out && !marker.started().map_err(bwrap_err)? {
             // bwrap's own complaint (a mount it could not make, say) is the output.
             return Err(SandboxError::Setup(String::from_utf8_lossy(&finished.output).trim().to_string()));

@@ -110,6 +110,10 @@ impl StagedFleet {
     /// it; it is at [`StagedFleet::profile_path`]).
     pub fn start_with_profile(o: &StagedOptions, profile_text: &str) -> Result<StagedFleet, FleetError> {
         std::fs::create_dir_all(&o.dir).map_err(io(&o.dir))?;
+        // The nodes' sandboxes run tests as an unprivileged user, which must reach the
+        // machine roots and install prefixes inside (a temporary directory is 0700).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&o.dir, std::fs::Permissions::from_mode(0o755)).map_err(io(&o.dir))?;
         let profile = o.dir.join("mysql.toml");
         std::fs::write(&profile, profile_text).map_err(io(&profile))?;
         let vendor_key = o.dir.join("vendor.key");

@@ -837,16 +837,28 @@ fn test(args: TestArgs) -> Result<()> {
         }
         None => None,
     };
+    // The sandbox's user must reach its copies, the versions and the tests: a copy of
+    // the tests in a scratch directory it may search, never the vendor's own files.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711))
+        .with_context(|| format!("opening {} to the sandbox", scratch.path().display()))?;
+    let tests_copy = scratch.path().join("tests");
     let sandbox = Sandbox::new()?.with_scratch_dir(scratch.path());
+    mirage_node::sandbox::view::copy_preserving(&tests_dir, &tests_copy)?;
+    sandbox
+        .confinement()
+        .give(&tests_copy)
+        .with_context(|| format!("handing {} to the sandbox", tests_copy.display()))?;
     let run = TestRun {
         app: app.clone(),
         install_prefix: prefix,
         old_version_dir: old_dir,
         new_version_dir: new_dir,
         resources,
-        bundle_dir: Some(tests_dir),
+        bundle_dir: Some(tests_copy),
         tests,
         machine_root: args.root.clone(),
+        hidden: Vec::new(),
     };
     let results = sandbox.run_tests(&run).context("the sandbox")?;
     if args.json {

@@ -421,7 +421,11 @@ fn staging_for(
     for (app, version) in installer.recover_all().map_err(install_err)? {
         info!(app, version = ?version.map(|v| v.to_string()), "installed version after recovery");
     }
-    let sandbox = crate::sandbox::Sandbox::new()?.with_scratch_dir(&work_dir);
+    // Tests never see the node's database, content, key or other runs' copies.
+    let sandbox = crate::sandbox::Sandbox::new()?
+        .with_scratch_dir(&work_dir)
+        .hiding([options.data_dir.clone(), options.key.clone()]);
+    info!(confinement = %sandbox.confinement().describe(), "tests run sandboxed");
     std::fs::create_dir_all(&work_dir).map_err(|e| DaemonError::DataDir { path: work_dir.clone(), source: e })?;
     Ok(Staging::new(Some(installer), Some(sandbox), options.root.clone(), work_dir, apps))
 }

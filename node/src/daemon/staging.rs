@@ -546,14 +546,23 @@ impl Node {
         };
         let Some((artifact, bundle)) = self.content_for(app, Action::RunTests { manifest }) else { return };
         let resources = self.resources(app);
+        // Other apps' files are none of this release's business.
+        let hidden = self
+            .apps
+            .keys()
+            .filter(|a| a.as_str() != app)
+            .filter_map(|a| self.membership.local_fingerprint(a))
+            .flat_map(|fp| crate::sandbox::resources_of(fp, &self.staging.root))
+            .filter(|p| !resources.contains(p))
+            .collect();
         let root = self.staging.root.clone();
         let work = self.staging.work_dir.join(manifest.to_hex());
         let tx = self.staging.completions.clone();
         let app = app.to_string();
         info!(app, version = %release.version, tests = release.tests.len(), "testing in the sandbox");
         tokio::task::spawn_blocking(move || {
-            let run =
-                run_tests(&installer, &sandbox, &app, &release, &artifact, bundle.as_deref(), resources, &root, &work);
+            let files = Files { resources, hidden, root: &root, work: &work };
+            let run = run_tests(&installer, &sandbox, &app, &release, &artifact, bundle.as_deref(), files);
             let _ = tx.send(Completion::Tested { app, manifest, run });
         });
     }
@@ -760,10 +769,20 @@ fn broken_content(what: &str, e: &crate::install::InstallError) -> TestRun {
     }
 }
 
+/// The files a test run involves on this machine.
+struct Files<'a> {
+    /// The app's, which tests get copies of.
+    resources: Vec<PathBuf>,
+    /// Other apps', which tests do not see.
+    hidden: Vec<PathBuf>,
+    root: &'a Path,
+    /// Where the release's test bundle is unpacked.
+    work: &'a Path,
+}
+
 /// Runs the release's tests. `Ok` is a verdict on the release (including an artifact
 /// or bundle that does not unpack); `Err` is why this node could not test it (its disk,
 /// its sandbox): never signed, retried by the core.
-#[allow(clippy::too_many_arguments)]
 fn run_tests(
     installer: &Installer,
     sandbox: &Sandbox,
@@ -771,10 +790,9 @@ fn run_tests(
     release: &mirage_protocol::manifest::UpgradeManifest,
     artifact: &Path,
     bundle: Option<&Path>,
-    resources: Vec<PathBuf>,
-    root: &Path,
-    work: &Path,
+    files: Files<'_>,
 ) -> Result<TestRun, String> {
+    let Files { resources, hidden, root, work } = files;
     let new_version_dir = match installer.prepare(app, &release.version, artifact) {
         Ok(dir) => dir,
         Err(e) if e.fault() == Fault::Release => return Ok(broken_content("the artifact does not unpack", &e)),
@@ -804,6 +822,7 @@ fn run_tests(
         bundle_dir,
         tests: release.tests.clone(),
         machine_root: root.to_path_buf(),
+        hidden,
     };
     // Every sandbox error is a setup error of this node's: a test that ran and failed
     // comes back as results, not as an error.

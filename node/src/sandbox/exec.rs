@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 /// How often the child is polled for exit, timeout and overflow.
 const POLL: Duration = Duration::from_millis(10);
+/// How often a run's watcher is asked whether to stop it.
+const WATCH: Duration = Duration::from_millis(250);
 /// How long to wait for the output pipe to close after the child exited; longer means a
 /// process that escaped the wait still holds it, and the group is killed.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -42,6 +44,8 @@ pub struct Finished {
     pub timed_out: bool,
     /// The child wrote more than the limit and was killed.
     pub output_overflow: bool,
+    /// Why the run's watcher stopped it (a limit the sandbox holds it to).
+    pub stopped: Option<String>,
     /// Combined stdout and stderr, at most `max_output_bytes`.
     pub output: Vec<u8>,
     pub duration: Duration,
@@ -50,12 +54,14 @@ pub struct Finished {
 impl Finished {
     /// Exit status 0 within both limits.
     pub fn succeeded(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out && !self.output_overflow
+        self.exit_code == Some(0) && !self.timed_out && !self.output_overflow && self.stopped.is_none()
     }
 
     /// Why the run did not succeed, in a few words.
     pub fn failure_reason(&self, limits: &Limits) -> Option<String> {
-        if self.timed_out {
+        if let Some(why) = &self.stopped {
+            Some(why.clone())
+        } else if self.timed_out {
             Some(format!("timed out after {} s", limits.timeout.as_secs()))
         } else if self.output_overflow {
             Some(format!("output over the {}-byte limit", limits.max_output_bytes))
@@ -71,7 +77,18 @@ impl Finished {
 
 /// Spawns `cmd` (stdout and stderr are replaced by one capped pipe) and waits for it,
 /// killing its process group when the time or output limit is exceeded.
-pub fn run_bounded(mut cmd: Command, stdin: Stdio, limits: &Limits) -> io::Result<Finished> {
+pub fn run_bounded(cmd: Command, stdin: Stdio, limits: &Limits) -> io::Result<Finished> {
+    run_watched(cmd, stdin, limits, &mut || None)
+}
+
+/// [`run_bounded`], also asking `watch` every [`WATCH`] whether to stop the child, and
+/// why (a limit the sandbox watches rather than the kernel).
+pub fn run_watched(
+    mut cmd: Command,
+    stdin: Stdio,
+    limits: &Limits,
+    watch: &mut dyn FnMut() -> Option<String>,
+) -> io::Result<Finished> {
     let (reader, writer) = io::pipe()?;
     cmd.stdin(stdin).stdout(writer.try_clone()?).stderr(writer).process_group(0);
     let start = Instant::now();
@@ -83,12 +100,21 @@ pub fn run_bounded(mut cmd: Command, stdin: Stdio, limits: &Limits) -> io::Resul
     let capture = Capture::start(reader, limits.max_output_bytes);
     let deadline = start + limits.timeout;
     let mut timed_out = false;
+    let mut stopped = None;
+    let mut next_watch = start + WATCH;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
         }
         if capture.overflowed() {
             break kill_and_reap(&mut child)?;
+        }
+        if Instant::now() >= next_watch {
+            next_watch += WATCH;
+            stopped = watch();
+            if stopped.is_some() {
+                break kill_and_reap(&mut child)?;
+            }
         }
         if Instant::now() >= deadline {
             timed_out = true;
@@ -98,7 +124,7 @@ pub fn run_bounded(mut cmd: Command, stdin: Stdio, limits: &Limits) -> io::Resul
     };
     let duration = start.elapsed();
     let (output, output_overflow) = capture.finish(child.id());
-    Ok(Finished { exit_code: status.code(), timed_out, output_overflow, output, duration })
+    Ok(Finished { exit_code: status.code(), timed_out, output_overflow, stopped, output, duration })
 }
 
 fn kill_group(pgid: u32) {
@@ -196,6 +222,20 @@ mod tests {
         let f = run_bounded(sh("sleep 30 & sleep 30; echo never"), Stdio::null(), &limits(1, 1000)).unwrap();
         assert!(f.timed_out && !f.succeeded());
         assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_watcher_stops_the_run_and_says_why() {
+        let mut asked = 0;
+        let f = run_watched(sh("sleep 30"), Stdio::null(), &limits(60, 1000), &mut || {
+            asked += 1;
+            (asked == 2).then(|| "over a limit".to_string())
+        })
+        .unwrap();
+        assert_eq!(f.stopped.as_deref(), Some("over a limit"));
+        assert!(!f.succeeded() && !f.timed_out);
+        assert_eq!(f.failure_reason(&limits(60, 1000)).unwrap(), "over a limit");
+        assert!(f.duration < Duration::from_secs(5));
     }
 
     #[test]

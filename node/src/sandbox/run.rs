@@ -130,7 +130,7 @@ fn stdin_from(file: &Path) -> Result<Stdio, SandboxError> {
 fn compare_runs(old: &Finished, new: &Finished, limits: &Limits, ignore_fields: &[String]) -> Option<String> {
     // A run cut short by a limit has no complete output to compare.
     for (side, f) in [("old", old), ("new", new)] {
-        if f.timed_out || f.output_overflow {
+        if f.timed_out || f.output_overflow || f.stopped.is_some() {
             return Some(format!("{side} version: {}", f.failure_reason(limits).unwrap_or_default()));
         }
     }
@@ -214,6 +214,7 @@ mod tests {
             exit_code: code,
             timed_out,
             output_overflow: false,
+            stopped: None,
             output: output.as_bytes().to_vec(),
             duration: std::time::Duration::ZERO,
         }

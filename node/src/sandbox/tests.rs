@@ -36,6 +36,8 @@ impl Machine {
     /// as a real install prefix like /opt/mirage would be.
     fn new() -> Machine {
         let tmp = tempfile::Builder::new().prefix("mirage-sandbox-test-").tempdir_in("/var/tmp").unwrap();
+        // Searchable by the sandbox's user, as /opt and /var are on a real machine.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let root = tmp.path();
         let conf = root.join("etc/demo.conf");
         fs::create_dir_all(conf.parent().unwrap()).unwrap();
@@ -57,6 +59,7 @@ impl Machine {
             bundle_dir: Some(root.join("bundle")),
             tests: Vec::new(),
             machine_root: root.to_path_buf(),
+            hidden: Vec::new(),
         };
         Machine { tmp, run }
     }
@@ -293,4 +296,138 @@ fn a_test_holds_no_capabilities_and_cannot_remount_the_host_writable() {
     assert!(!t.passed, "the last touch must fail: {t:?}");
     assert!(t.output.contains("CapEff:\t0000000000000000"), "{}", t.output);
     assert!(!Path::new(probe).exists(), "the host was written to");
+}
+
+// ---- Containment: what a hostile or broken vendor test cannot do ----
+
+/// Processes alive whose command line holds `token` (none of a test's must outlive it).
+fn processes_with(token: &str) -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(token))
+        .count()
+}
+
+#[test]
+fn a_test_runs_unprivileged_and_sees_neither_the_nodes_key_nor_other_apps_files() {
+    let mut m = Machine::new();
+    // The node's data directory with its key, a root-only file elsewhere, and another
+    // app's configuration.
+    let data = m.path("node-data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("node.key"), "secret key").unwrap();
+    fs::set_permissions(data.join("node.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let private = m.path("etc/private.conf");
+    fs::write(&private, "root only").unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o600)).unwrap();
+    let other_app = m.path("etc/other-app.conf");
+    fs::write(&other_app, "password=hunter2").unwrap();
+    m.run.hidden = vec![other_app.clone()];
+    let script = format!(
+        "id -u; cat {key} 2>&1; echo entries $(ls -A {data} | wc -l); cat {private} 2>&1; cat {other} 2>&1; echo end",
+        key = data.join("node.key").display(),
+        data = data.display(),
+        private = private.display(),
+        other = other_app.display()
+    );
+    m.run.tests = vec![command_test("snoop", &script)];
+    let sandbox = sandbox().hiding([data.clone()]);
+    let r = sandbox.run_tests(&m.run).unwrap();
+    let out = &r.tests[0].output;
+    assert!(r.passed && out.ends_with("end\n"), "{r:?}");
+    assert!(out.contains("entries 0\n"), "the node's data directory shows:\n{out}");
+    for secret in ["secret key", "root only", "hunter2"] {
+        assert!(!out.contains(secret), "the test saw `{secret}`:\n{out}");
+    }
+    if let Some((uid, _)) = sandbox.confinement().user {
+        assert!(out.starts_with(&format!("{uid}\n")), "{out}");
+    }
+}
+
+#[test]
+fn a_fork_bomb_is_stopped_and_the_node_is_told_why() {
+    let mut m = Machine::new();
+    let limits = ResourceLimits { processes: 64, ..ResourceLimits::default() };
+    m.run.tests = vec![TestSpec::Command {
+        name: "bomb".into(),
+        command: cmd(&["sh", "-c", "b() { b | b & }; b; sleep 30", "mirage-fork-bomb"], 20, 64 * 1024),
+    }];
+    let start = Instant::now();
+    let sandbox = sandbox().with_limits(limits);
+    let r = sandbox.run_tests(&m.run).unwrap();
+    let t = &r.tests[0];
+    assert!(!t.passed, "{t:?}");
+    if sandbox.confinement().enforcement != confine::Enforcement::Rlimits {
+        assert_eq!(t.reason.as_deref(), Some("killed: it reached its limit of 64 processes"), "{t:?}");
+        assert!(start.elapsed() < Duration::from_secs(15), "{:?}", start.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(processes_with("mirage-fork-bomb"), 0, "processes outlived the test");
+}
+
+#[test]
+fn allocating_8_gib_is_stopped_and_the_node_is_told_why() {
+    let mut m = Machine::new();
+    let limits = ResourceLimits { memory_bytes: 256 << 20, ..ResourceLimits::default() };
+    // 128 blocks of 64 MiB, each written (not only reserved).
+    let script = "x = []\nfor i in range(128):\n    x.append(b'\\x01' * (64 << 20))\nprint('allocated 8 GiB')";
+    m.run.tests =
+        vec![TestSpec::Command { name: "hog".into(), command: cmd(&["python3", "-c", script], 60, 64 * 1024) }];
+    let sandbox = sandbox().with_limits(limits);
+    let r = sandbox.run_tests(&m.run).unwrap();
+    let t = &r.tests[0];
+    assert!(!t.passed && !t.output.contains("allocated"), "{t:?}");
+    if sandbox.confinement().enforcement != confine::Enforcement::Rlimits {
+        assert_eq!(t.reason.as_deref(), Some("killed: it used all of its 256 MiB of memory"), "{t:?}");
+    } else {
+        assert!(t.output.contains("MemoryError"), "{t:?}");
+    }
+}
+
+#[test]
+fn filling_the_disk_is_stopped_and_the_host_keeps_its_files() {
+    let mut m = Machine::new();
+    let limits = ResourceLimits { write_bytes: 64 << 20, tmpfs_bytes: 16 << 20, ..ResourceLimits::default() };
+    let data = m.path("var/lib/demo");
+    // Into /tmp (a bounded tmpfs), then into the copy of the app's data directory, file
+    // after file, each under the file size limit, towards 4 GiB.
+    let script = format!(
+        "dd if=/dev/zero of=/tmp/fill bs=1M count=64 status=none 2>&1 || echo tmp-full; \
+         i=0; while [ $i -lt 128 ]; do dd if=/dev/zero of={d}/fill$i bs=1M count=32 status=none || exit 1; \
+         i=$((i+1)); done; echo wrote-4-gib",
+        d = data.display()
+    );
+    m.run.tests = vec![TestSpec::Command { name: "fill".into(), command: cmd(&["sh", "-c", &script], 120, 64 * 1024) }];
+    let scratch = tempfile::Builder::new().prefix("mirage-scratch-").tempdir_in("/var/tmp").unwrap();
+    fs::set_permissions(scratch.path(), fs::Permissions::from_mode(0o711)).unwrap();
+    let sandbox = sandbox().with_limits(limits).with_scratch_dir(scratch.path());
+    let r = sandbox.run_tests(&m.run).unwrap();
+    let t = &r.tests[0];
+    assert!(!t.passed && !t.output.contains("wrote-4-gib"), "{t:?}");
+    assert!(t.output.contains("tmp-full"), "/tmp is bounded: {t:?}");
+    assert_eq!(
+        t.reason.as_deref(),
+        Some("killed: it wrote more than 64 MiB to its copies of the app's files"),
+        "{t:?}"
+    );
+    assert!(!data.join("fill0").exists(), "the host's data directory was written to");
+    assert_eq!(fs::read_dir(scratch.path()).unwrap().count(), 0, "the run's copies were left behind");
+}
+
+#[test]
+fn a_test_cannot_reach_a_listener_on_the_hosts_loopback() {
+    let mut m = Machine::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!(
+        "import socket\ns = socket.socket()\ns.settimeout(3)\ntry:\n    s.connect(('127.0.0.1', {port}))\n    print('connected')\nexcept OSError as e:\n    print('refused', e)"
+    );
+    m.run.tests = vec![TestSpec::Command { name: "net".into(), command: cmd(&["python3", "-c", &script], 30, 4096) }];
+    let r = sandbox().run_tests(&m.run).unwrap();
+    assert!(r.tests[0].output.starts_with("refused"), "{:?}", r.tests[0]);
+    assert!(listener.accept().is_err(), "the host's listener saw a connection");
 }

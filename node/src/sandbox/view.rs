@@ -3,6 +3,7 @@
 //! writable over the originals, the version under test at the app's `current` path, and
 //! the test bundle read-only as the working directory.
 
+use super::confine::Confinement;
 use super::SandboxError;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ pub const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 
 /// Copies of the resources for one run; dropping it removes them.
 pub struct ResourceCopies {
-    _scratch: tempfile::TempDir,
+    scratch: tempfile::TempDir,
     /// (copy, original), parents before children so nested binds layer correctly.
     binds: Vec<(PathBuf, PathBuf)>,
 }
@@ -24,7 +25,12 @@ impl ResourceCopies {
     /// Copies every resource into a fresh directory under `scratch`. Each run gets its
     /// own copies so tests cannot see each other's writes, and the old and new version
     /// of a replay start from the same state.
-    pub fn make(scratch: &Path, resources: &[PathBuf]) -> Result<ResourceCopies, SandboxError> {
+    /// They belong to the sandbox's uid, in a directory only it may enter.
+    pub fn make(
+        scratch: &Path,
+        resources: &[PathBuf],
+        confinement: &Confinement,
+    ) -> Result<ResourceCopies, SandboxError> {
         let dir = tempfile::Builder::new()
             .prefix("mirage-sandbox-")
             .tempdir_in(scratch)
@@ -38,13 +44,19 @@ impl ResourceCopies {
             copy_preserving(original, &copy)?;
             binds.push((copy, original.clone()));
         }
-        Ok(ResourceCopies { _scratch: dir, binds })
+        confinement.give(dir.path()).map_err(|source| SandboxError::Io { path: dir.path().to_path_buf(), source })?;
+        Ok(ResourceCopies { scratch: dir, binds })
+    }
+
+    /// The directory holding this run's copies.
+    pub fn dir(&self) -> &Path {
+        self.scratch.path()
     }
 }
 
 /// `cp -a --reflink=auto`: shares blocks where the file system can (btrfs, XFS), a
 /// plain copy elsewhere; keeps modes, owners, times, links and xattrs.
-fn copy_preserving(from: &Path, to: &Path) -> Result<(), SandboxError> {
+pub fn copy_preserving(from: &Path, to: &Path) -> Result<(), SandboxError> {
     let out = Command::new("cp")
         .arg("-a")
         .arg("--reflink=auto")
@@ -72,6 +84,10 @@ pub struct Mounts<'a> {
     /// The version under test, bound at `<app_dir>/current`.
     pub version_dir: &'a Path,
     pub bundle_dir: Option<&'a Path>,
+    /// Hidden: directories behind an empty tmpfs, files behind `/dev/null`.
+    pub hidden: &'a [&'a Path],
+    /// Size of the fresh `/tmp` and `/run`.
+    pub tmpfs_bytes: u64,
 }
 
 /// bubblewrap's arguments up to (not including) the command.
@@ -82,12 +98,25 @@ pub fn bwrap_args(m: &Mounts<'_>) -> Vec<OsString> {
     // and cannot reach our terminal (TIOCSTI) thanks to its own session.
     push(&[&"--unshare-all", &"--die-with-parent", &"--new-session"]);
     // No capabilities: run as root, bubblewrap otherwise leaves the test root's full
-    // set, and a test could `mount -o remount,rw,bind /` and write to the host.
-    push(&[&"--cap-drop", &"ALL"]);
+    // set, and a test could `mount -o remount,rw,bind /` and write to the host. (As
+    // the sandbox's uid it would hold them inside its user namespace.) And no user
+    // namespaces of its own, from which it could get them back.
+    push(&[&"--unshare-user", &"--cap-drop", &"ALL", &"--disable-userns"]);
     // The host read-only; fresh /dev, /proc, /tmp, and /run (which also hides the
-    // host's sockets in /run).
+    // host's sockets in /run), the tmpfs ones bounded.
+    let size = m.tmpfs_bytes.to_string();
     push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc"]);
-    push(&[&"--tmpfs", &"/tmp", &"--tmpfs", &"/run", &"--tmpfs", &m.app_dir]);
+    push(&[&"--size", &size, &"--tmpfs", &"/tmp", &"--size", &size, &"--tmpfs", &"/run"]);
+    push(&[&"--tmpfs", &m.app_dir]);
+    // What no test may see; before the copies, so resources under a hidden directory
+    // still show.
+    for path in m.hidden {
+        if path.is_dir() {
+            push(&[&"--tmpfs", path]);
+        } else if path.exists() {
+            push(&[&"--ro-bind", &"/dev/null", path]);
+        }
+    }
     // Bound after the tmpfs mounts so resources under /tmp, /run or the app's
     // directory still show.
     for (copy, original) in &m.copies.binds {
