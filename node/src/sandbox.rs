@@ -45,6 +45,11 @@ pub enum SandboxError {
     /// bwrap could not build the sandbox, so the test never started.
     #[error("sandbox setup failed: {0}")]
     Setup(String),
+    #[error(
+        "tests run as uid {uid}, which cannot reach {path}: {blocked} is not searchable by others \
+         (`chmod o+x {blocked}`, or keep the machine root, install prefix and data directory elsewhere)"
+    )]
+    Unreachable { uid: u32, path: PathBuf, blocked: PathBuf },
 }
 
 /// Everything needed to test one candidate version of one app.
@@ -193,6 +198,15 @@ impl Sandbox {
         &self.confinement
     }
 
+    /// Whether tests' user can reach `path` (see [`Confinement::can_reach`]).
+    pub fn reaches(&self, path: &Path) -> Result<(), SandboxError> {
+        self.confinement.can_reach(path).map_err(|blocked| SandboxError::Unreachable {
+            uid: self.confinement.user.map_or(0, |(u, _)| u),
+            path: path.to_path_buf(),
+            blocked,
+        })
+    }
+
     /// Copies of resources go under `dir`; on the resources' file system, copies can
     /// share blocks (reflinks) instead of duplicating them.
     pub fn with_scratch_dir(mut self, dir: &Path) -> Self {
@@ -258,13 +272,7 @@ impl Sandbox {
         let app_dir = run.app_dir();
         let reached = [copies.dir(), version_dir, &app_dir].into_iter().chain(run.bundle_dir.as_deref());
         for path in reached.chain(run.resources.iter().map(PathBuf::as_path)) {
-            self.confinement.can_reach(path).map_err(|blocked| {
-                SandboxError::Setup(format!(
-                    "the sandbox's user cannot reach {}: {} is not searchable by others (chmod o+x it)",
-                    path.display(),
-                    blocked.display()
-                ))
-            })?;
+            self.reaches(path)?;
         }
         let hidden: Vec<&Path> = self.hidden.iter().chain(&run.hidden).map(PathBuf::as_path).collect();
         let mounts = Mounts {

@@ -153,11 +153,11 @@ impl Drop for Process {
     }
 }
 
-/// One request to a node's control API (line-delimited JSON over TCP on loopback).
-pub fn api_call(addr: &str, request: &Value) -> Option<Value> {
-    let addr: std::net::SocketAddr = addr.parse().ok()?;
-    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+/// One request to a node's control API (line-delimited JSON on its Unix socket).
+pub fn api_call(socket: &str, request: &Value) -> Option<Value> {
+    let stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream.set_write_timeout(Some(Duration::from_secs(5))).ok()?;
     let mut line = serde_json::to_vec(request).ok()?;
     line.push(b'\n');
     (&stream).write_all(&line).ok()?;
@@ -223,8 +223,8 @@ impl BootstrapPeer {
     }
 }
 
-/// The arguments of `mirage node run` for a fleet node: loopback listen and API on
-/// ephemeral ports (the API address lands in `DATA/api.addr`), then `extra`.
+/// The arguments of `mirage node run` for a fleet node: loopback listen on an ephemeral
+/// port, the API on `DATA/api.sock`, then `extra`.
 /// How much faster than production loopback fleets run the roster: a 3 s heartbeat
 /// period in small clusters and 3.75 s summary epochs, so a node is ready to stage 4 s
 /// after it starts; sizes outlive 11 s of silence, which a loaded CI machine's hiccups
@@ -245,8 +245,6 @@ pub fn node_run_args(data: &Path, root: &Path, profile: &Path, bootstrap: &str, 
         &profile.display().to_string(),
         "--root",
         &root.display().to_string(),
-        "--api",
-        "127.0.0.1:0",
         // Heartbeats, summaries and settling in seconds rather than minutes.
         "--roster-time-scale",
         LOOPBACK_ROSTER_TIME_SCALE,
@@ -326,7 +324,7 @@ impl FleetNode {
     /// key, database and root), plus `env`. Each run logs to its own file.
     pub fn restart(&mut self, mirage: &Path, env: &[(&str, &str)]) -> Result<(), FleetError> {
         self.process.kill();
-        let _ = std::fs::remove_file(self.dir.join("data/api.addr"));
+        let _ = std::fs::remove_file(self.dir.join("data/api.sock"));
         self.restarts += 1;
         let log = self.dir.join(format!("node.run{}.log", self.restarts));
         self.process = Process::spawn_with_env(mirage, &format!("node{}", self.index), &self.args, &log, env)?;
@@ -342,9 +340,10 @@ impl FleetNode {
         out
     }
 
-    /// The control API address, once the node has written it.
+    /// The control API's socket, once the node has made it.
     pub fn api(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("data/api.addr")).ok().map(|s| s.trim().to_string())
+        let socket = self.dir.join("data/api.sock");
+        socket.exists().then(|| socket.display().to_string())
     }
 
     /// The node's status (what `mirage status --json` prints), if it answers.

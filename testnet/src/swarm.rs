@@ -44,7 +44,8 @@ fn timeout(name: &str, what: &str, after: Duration, log: String) -> FleetError {
 }
 
 fn api_of(dir: &Path) -> Option<String> {
-    std::fs::read_to_string(dir.join("api.addr")).ok().map(|s| s.trim().to_string())
+    let socket = dir.join("api.sock");
+    socket.exists().then(|| socket.display().to_string())
 }
 
 /// The artifact entry of the node's release of `app`, if it has one.
@@ -72,8 +73,6 @@ pub fn run(o: &SwarmOptions) -> Result<SwarmResult, FleetError> {
             "/ip4/127.0.0.1/tcp/0",
             "--bootstrap",
             &bootstrap.addr,
-            "--api",
-            "127.0.0.1:0",
             "--trust",
             &format!("{APP}={public}"),
             // Receivers run no app: the benchmark times distribution alone.

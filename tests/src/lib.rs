@@ -209,7 +209,7 @@ impl Node {
     /// Starts the node again with the same arguments (same key, same database).
     pub fn restart(&mut self) {
         self.proc.kill();
-        let _ = std::fs::remove_file(self.data_dir().join("api.addr"));
+        let _ = std::fs::remove_file(self.data_dir().join("api.sock"));
         self.restarts += 1;
         self.proc = Proc::spawn(
             &format!("node{}", self.index),
@@ -218,9 +218,10 @@ impl Node {
         );
     }
 
-    /// The API address, once the node has written it.
+    /// The API's socket, once the node has made it.
     pub fn api(&self) -> Option<String> {
-        std::fs::read_to_string(self.data_dir().join("api.addr")).ok().map(|s| s.trim().to_string())
+        let socket = self.data_dir().join("api.sock");
+        socket.exists().then(|| socket.display().to_string())
     }
 
     /// `mirage status --json` for this node.

@@ -120,6 +120,6 @@ fn nodes_find_exactly_their_cluster_and_rejoin_after_restart() {
     // Graceful shutdown on SIGTERM.
     let status = nodes[1].proc.terminate(Duration::from_secs(20)).expect("node exits on SIGTERM");
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    assert!(!nodes[1].data_dir().join("api.addr").exists(), "api.addr removed on shutdown");
+    assert!(!nodes[1].data_dir().join("api.sock").exists(), "the API socket removed on shutdown");
     drop(bootstrap);
 }

@@ -42,6 +42,10 @@ fn the_tutorial_runs_as_written() {
     for (i, b) in blocks.iter().enumerate() {
         script.push_str(&format!("echo '--- tutorial block {}' >&2\n{b}", i + 1));
     }
+    // As /tmp/mirage-tutorial would be: searchable by the user the nodes' sandboxes run
+    // tests as (a temporary directory is 0700).
+    std::fs::set_permissions(dir.path(), <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+        .unwrap();
     let path = std::env::var("PATH").unwrap_or_default();
     let mut child = Command::new("bash")
         .arg("-c")

@@ -54,9 +54,9 @@ fn progress(status: &serde_json::Value, app: &str) -> Option<Progress> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let addr = args.target.addr()?;
+    let endpoint = args.target.endpoint()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let call = |req: Request| runtime.block_on(api::call(&addr, &req, Duration::from_secs(10)));
+    let call = |req: Request| runtime.block_on(api::call(&endpoint, &req, Duration::from_secs(10)));
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let request = Request::Fetch { app: args.app.clone(), version: args.version.clone() };
     // The release may not have reached the node yet: keep asking until the deadline.

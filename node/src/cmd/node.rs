@@ -43,9 +43,19 @@ pub struct RunArgs {
     /// Default: /.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Local control API address. Default: 127.0.0.1:4700.
+    /// Serve the control API on this TCP address too (e.g. 127.0.0.1:4700); callers
+    /// present the token in --api-token-file. Without it the API is only on the socket.
     #[arg(long)]
     api: Option<SocketAddr>,
+    /// The control API's Unix socket. Default: DATA/api.sock (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
+    /// Let this group use the socket too (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    api_group: Option<String>,
+    /// The token TCP callers present. Default: DATA/api.token, made (0600) if missing.
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
     /// Seconds between re-announcements of our fingerprints.
     #[arg(long, hide = true)]
     announce_interval_secs: Option<u64>,
@@ -113,6 +123,9 @@ struct ConfigFile {
     profiles: Vec<PathBuf>,
     root: Option<PathBuf>,
     api: Option<SocketAddr>,
+    api_socket: Option<PathBuf>,
+    api_group: Option<String>,
+    api_token_file: Option<PathBuf>,
     announce_interval_secs: Option<u64>,
     lookup_interval_secs: Option<u64>,
     roster_time_scale: Option<u32>,
@@ -169,7 +182,12 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         bootstrap,
         apps: super::pick(args.profiles, file.profiles),
         root: args.root.or(file.root).unwrap_or_else(|| PathBuf::from("/")),
-        api: args.api.or(file.api).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 4700))),
+        api: mirage_node::daemon::ApiOptions {
+            socket: args.api_socket.or(file.api_socket),
+            group: args.api_group.or(file.api_group),
+            tcp: args.api.or(file.api),
+            token_file: args.api_token_file.or(file.api_token_file),
+        },
         membership,
         gossip,
         kad: KadTuning::default(),
@@ -284,7 +302,7 @@ auto_fetch = false
         assert_eq!(o.bootstrap.len(), 1);
         assert_eq!(o.apps, vec![PathBuf::from("/etc/mirage/mysql.toml")]);
         assert_eq!(o.root, PathBuf::from("/srv/root"));
-        assert_eq!(o.api.port(), 4999);
+        assert_eq!(o.api.tcp.map(|a| a.port()), Some(4999));
         assert_eq!(o.membership.announce_interval, Duration::from_secs(120));
         assert!(o.membership.member_ttl >= Duration::from_secs(360));
         assert!(o.membership.max_age >= o.membership.member_ttl);
@@ -296,14 +314,14 @@ auto_fetch = false
                 .unwrap();
         assert_eq!(o.data_dir, PathBuf::from("/tmp/d"));
         assert_eq!(o.root, PathBuf::from("/r"));
-        assert_eq!(o.api.port(), 1);
+        assert_eq!(o.api.tcp.map(|a| a.port()), Some(1));
     }
 
     #[test]
     fn defaults_and_errors() {
         let o = parse(&["--data-dir", "/d"]).unwrap();
         assert_eq!(o.root, PathBuf::from("/"));
-        assert!(o.api.ip().is_loopback(), "the control API is local by default");
+        assert!(o.api.tcp.is_none() && o.api.socket.is_none(), "the control API is the data dir's socket by default");
         assert_eq!(o.listen.len(), 2, "tcp and quic by default");
         assert!(parse(&[]).is_err(), "a data dir is required");
         assert!(

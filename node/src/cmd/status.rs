@@ -1,33 +1,42 @@
 //! `mirage status`: ask a running node how it is doing; `mirage debug`: test-fleet tools.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use mirage_node::daemon::api::{self, InjectKind, Request};
+use mirage_node::daemon::api::{self, ApiToken, Endpoint, InjectKind, Request};
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Target {
-    /// The node's control API address.
-    #[arg(long, default_value = "127.0.0.1:4700")]
+    /// The node's control API: its Unix socket (a path), or a TCP endpoint (HOST:PORT,
+    /// with --api-token-file).
+    #[arg(long, default_value = "/var/lib/mirage/api.sock")]
     api: String,
-    /// Read the API address from a node's data directory instead.
+    /// The token a TCP endpoint asks for: the node's `DATA/api.token`.
+    #[arg(long, value_name = "PATH")]
+    api_token_file: Option<PathBuf>,
+    /// The node whose data directory this is (its `api.sock`).
     #[arg(long, conflicts_with = "api")]
     data_dir: Option<PathBuf>,
 }
 
 impl Target {
-    pub fn addr(&self) -> Result<String> {
-        match &self.data_dir {
-            Some(dir) => {
-                let path = dir.join(mirage_node::daemon::API_ADDR_FILE);
-                Ok(std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {} (is the node running?)", path.display()))?
-                    .trim()
-                    .to_string())
-            }
-            None => Ok(self.api.clone()),
+    pub fn endpoint(&self) -> Result<Endpoint> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(Endpoint::of_data_dir(dir));
         }
+        if self.api.contains('/') {
+            return Ok(Endpoint::Unix(PathBuf::from(&self.api)));
+        }
+        let Some(file) = &self.api_token_file else {
+            bail!(
+                "--api {} is a TCP endpoint, which asks for a token: add --api-token-file (the node's DATA/api.token), \
+                 or use the node's socket (--data-dir DATA)",
+                self.api
+            );
+        };
+        let token = ApiToken::read(file).with_context(|| format!("reading the API token {}", file.display()))?;
+        Ok(Endpoint::Tcp { addr: self.api.clone(), token })
     }
 }
 
@@ -41,9 +50,9 @@ pub struct Args {
 }
 
 fn call(target: &Target, request: Request) -> Result<serde_json::Value> {
-    let addr = target.addr()?;
+    let endpoint = target.endpoint()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(runtime.block_on(api::call(&addr, &request, Duration::from_secs(10)))?)
+    Ok(runtime.block_on(api::call(&endpoint, &request, Duration::from_secs(10)))?)
 }
 
 pub fn run(args: Args) -> Result<()> {

@@ -10,7 +10,6 @@ use mirage_protocol::fingerprint::scope::Scope;
 use mirage_protocol::fingerprint::Profile;
 use mirage_protocol::manifest::{PolicyKind, StagingPolicy};
 use mirage_protocol::{ClusterKey, Digest, Envelope, PublicKey};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -181,9 +180,6 @@ pub struct PublishArgs {
     /// Where the seed keeps its copy and database. Default: a temporary directory.
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Local control API of the seed.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    api: SocketAddr,
     /// Stop seeding once this many other peers hold a full copy; 0 seeds until stopped.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
@@ -318,7 +314,6 @@ fn publish(args: PublishArgs) -> Result<()> {
     } else {
         super::multiaddrs(&args.listen, "listen")?
     };
-    options.api = args.api;
     options.seed = vec![SeedRelease { envelope, artifact: built.artifact_path.clone(), bundle: built.bundle_path }];
     options.stop_after_replicas = (args.replicas > 0).then_some(args.replicas);
     let goal = if args.replicas > 0 {
@@ -606,8 +601,8 @@ fn admitted(status: &serde_json::Value) -> u64 {
 
 /// A short-lived peer's status (a seed's, a sender's), once its API is up.
 async fn peer_status(data_dir: &std::path::Path) -> Option<serde_json::Value> {
-    let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).ok()?;
-    daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(5)).await.ok()
+    let at = daemon::api::Endpoint::of_data_dir(data_dir);
+    daemon::api::call(&at, &daemon::api::Request::Status, Duration::from_secs(5)).await.ok()
 }
 
 /// Runs a short-lived peer (a collector, a sender) while `work` runs, then stops it.
@@ -646,9 +641,9 @@ fn collect_reports(key: &std::path::Path, app: &str, bootstrap: &[String], wait:
     let request = daemon::api::Request::ProblemReports { app: app.to_string() };
     let (collected, status) = runtime.block_on(while_peer_runs(options, async move {
         tokio::time::sleep(wait).await;
-        let addr = std::fs::read_to_string(data_dir.join(daemon::API_ADDR_FILE)).unwrap_or_default();
-        let reply = daemon::api::call(addr.trim(), &request, Duration::from_secs(10)).await;
-        let status = daemon::api::call(addr.trim(), &daemon::api::Request::Status, Duration::from_secs(10)).await;
+        let at = daemon::api::Endpoint::of_data_dir(&data_dir);
+        let reply = daemon::api::call(&at, &request, Duration::from_secs(10)).await;
+        let status = daemon::api::call(&at, &daemon::api::Request::Status, Duration::from_secs(10)).await;
         (reply, status)
     }));
     let collected = collected.context("asking the collector for reports")?;

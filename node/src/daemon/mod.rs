@@ -66,6 +66,25 @@ pub enum DaemonError {
     Lanes { addr: SocketAddr, source: std::io::Error },
     #[error("control API on {addr}: {source}")]
     Api { addr: SocketAddr, source: std::io::Error },
+    #[error("control API socket {path}: {source}")]
+    ApiSocket { path: PathBuf, source: std::io::Error },
+    #[error("control API token {path}: {source}")]
+    ApiToken { path: PathBuf, source: std::io::Error },
+    #[error("control API group `{0}`: no such group on this machine")]
+    ApiGroup(String),
+}
+
+/// Where the control API listens (see [`api`]).
+#[derive(Clone, Debug, Default)]
+pub struct ApiOptions {
+    /// The Unix socket; default `DATA/api.sock`.
+    pub socket: Option<PathBuf>,
+    /// A group whose members may use the socket too (mode 0660 instead of 0600).
+    pub group: Option<String>,
+    /// A TCP endpoint as well, for callers that present the token.
+    pub tcp: Option<SocketAddr>,
+    /// The token TCP callers present; default `DATA/api.token`, made if missing.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Everything `mirage node run` needs; the binary fills it from flags and the config file.
@@ -77,7 +96,7 @@ pub struct NodeOptions {
     pub bootstrap: Vec<Multiaddr>,
     pub apps: Vec<PathBuf>,
     pub root: PathBuf,
-    pub api: SocketAddr,
+    pub api: ApiOptions,
     pub membership: MembershipConfig,
     pub gossip: GossipTuning,
     pub kad: KadTuning,
@@ -123,7 +142,7 @@ impl NodeOptions {
             bootstrap: Vec::new(),
             apps: Vec::new(),
             root: PathBuf::from("/"),
-            api: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api: ApiOptions::default(),
             membership: MembershipConfig::default(),
             gossip: GossipTuning::default(),
             kad: KadTuning::default(),
@@ -144,8 +163,12 @@ impl NodeOptions {
     }
 }
 
-/// The file in the data directory holding the API's bound address (the port may be 0).
+/// The file in the data directory holding the TCP API's bound address (the port may be 0).
 pub const API_ADDR_FILE: &str = "api.addr";
+/// The control API's Unix socket in the data directory (by default).
+pub const API_SOCKET_FILE: &str = "api.sock";
+/// The TCP API's token in the data directory (by default).
+pub const API_TOKEN_FILE: &str = "api.token";
 const DB_FILE: &str = "node.redb";
 /// The folder in the data directory holding artifacts, by content hash.
 const CONTENT_DIR: &str = "content";
@@ -332,15 +355,30 @@ async fn run_inner(
         options.rescan_interval.max(Duration::from_secs(1)),
     );
 
-    if !options.api.ip().is_loopback() {
-        warn!(api = %options.api, "the control API is reachable from other machines; it has no authentication");
-    }
-    let (listener, api_addr) =
-        api::bind(options.api).await.map_err(|e| DaemonError::Api { addr: options.api, source: e })?;
     let (api_tx, mut api_rx) = mpsc::channel::<api::Incoming>(64);
-    let api_task = tokio::spawn(api::serve(listener, api_tx));
-    write_api_addr(&options.data_dir, api_addr).map_err(|e| DaemonError::Api { addr: api_addr, source: e })?;
-    info!(api = %api_addr, apps = ?app_names, "node running");
+    let api_socket = options.api.socket.clone().unwrap_or_else(|| options.data_dir.join(API_SOCKET_FILE));
+    let gid = match &options.api.group {
+        Some(name) => Some(api::group_id(name).ok_or_else(|| DaemonError::ApiGroup(name.clone()))?),
+        None => None,
+    };
+    let unix = api::bind_unix(&api_socket, gid)
+        .await
+        .map_err(|e| DaemonError::ApiSocket { path: api_socket.clone(), source: e })?;
+    let mut api_tasks = vec![tokio::spawn(api::serve_unix(unix, api_tx.clone()))];
+    if let Some(addr) = options.api.tcp {
+        let token_file = options.api.token_file.clone().unwrap_or_else(|| options.data_dir.join(API_TOKEN_FILE));
+        let token = api::ApiToken::load_or_create(&token_file)
+            .map_err(|e| DaemonError::ApiToken { path: token_file.clone(), source: e })?;
+        if !addr.ip().is_loopback() {
+            warn!(api = %addr, "the control API's TCP endpoint is reachable from other machines (callers need its token)");
+        }
+        let (listener, bound) = api::bind(addr).await.map_err(|e| DaemonError::Api { addr, source: e })?;
+        api_tasks.push(tokio::spawn(api::serve(listener, token, api_tx.clone())));
+        write_api_addr(&options.data_dir, bound).map_err(|e| DaemonError::Api { addr: bound, source: e })?;
+        info!(api = %bound, token = %token_file.display(), "control API on TCP too");
+    }
+    drop(api_tx);
+    info!(api = %api_socket.display(), apps = ?app_names, "node running");
 
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -376,8 +414,11 @@ async fn run_inner(
         }
     }
     info!("shutting down");
-    api_task.abort();
+    for task in api_tasks {
+        task.abort();
+    }
     let _ = std::fs::remove_file(options.data_dir.join(API_ADDR_FILE));
+    let _ = std::fs::remove_file(&api_socket);
     Ok(())
 }
 
@@ -425,8 +466,12 @@ fn staging_for(
     let sandbox = crate::sandbox::Sandbox::new()?
         .with_scratch_dir(&work_dir)
         .hiding([options.data_dir.clone(), options.key.clone()]);
-    info!(confinement = %sandbox.confinement().describe(), "tests run sandboxed");
     std::fs::create_dir_all(&work_dir).map_err(|e| DaemonError::DataDir { path: work_dir.clone(), source: e })?;
+    // Said now, at start, rather than as a failed test when the first release comes.
+    for path in [prefix, &options.root, &work_dir] {
+        sandbox.reaches(path)?;
+    }
+    info!(confinement = %sandbox.confinement().describe(), "tests run sandboxed");
     Ok(Staging::new(Some(installer), Some(sandbox), options.root.clone(), work_dir, apps))
 }
 

@@ -363,16 +363,17 @@ impl Confinement {
         Ok(())
     }
 
-    /// Whether the sandbox's uid can reach `path` (every directory above it searchable
-    /// by others), which bubblewrap needs to bind it.
+    /// Whether the sandbox's uid can reach `path` (it and every directory above it
+    /// searchable by others), which bubblewrap needs to bind it; if not, the first
+    /// directory in the way.
     pub fn can_reach(&self, path: &Path) -> Result<(), PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         if self.user.is_none() {
             return Ok(());
         }
-        for dir in path.ancestors().skip(1) {
+        for dir in path.ancestors() {
             let Ok(meta) = std::fs::metadata(dir) else { continue };
-            if meta.permissions().mode() & 0o001 == 0 {
+            if meta.is_dir() && meta.permissions().mode() & 0o001 == 0 {
                 return Err(dir.to_path_buf());
             }
         }
