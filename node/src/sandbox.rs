@@ -183,8 +183,11 @@ impl Sandbox {
 
     /// Paths no test sees (directories become empty, files empty): the node's data
     /// directory, its key.
+    /// Relative paths are taken from the current directory (a node started with
+    /// `--data-dir node-a`): bubblewrap would read them inside the sandbox.
     pub fn hiding(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
-        self.hidden.extend(paths);
+        let resolved = |p: PathBuf| std::fs::canonicalize(&p).or_else(|_| std::path::absolute(&p)).unwrap_or(p);
+        self.hidden.extend(paths.into_iter().map(resolved));
         self
     }
 

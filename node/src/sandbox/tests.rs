@@ -431,3 +431,19 @@ fn a_test_cannot_reach_a_listener_on_the_hosts_loopback() {
     assert!(r.tests[0].output.starts_with("refused"), "{:?}", r.tests[0]);
     assert!(listener.accept().is_err(), "the host's listener saw a connection");
 }
+
+/// Found by the tutorial: a node started with `--data-dir node-a` hid `node-a`, which
+/// bubblewrap took inside the sandbox, and no test could start.
+#[test]
+fn a_relative_data_directory_is_hidden_where_it_is() {
+    let mut m = Machine::new();
+    let data = m.path("rel-data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("node.key"), "secret key").unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let relative: PathBuf =
+        std::iter::repeat_n("..", cwd.components().count()).collect::<PathBuf>().join(data.strip_prefix("/").unwrap());
+    m.run.tests = vec![command_test("snoop", &format!("cat {}/node.key 2>&1; echo end", data.display()))];
+    let r = sandbox().hiding([relative]).run_tests(&m.run).unwrap();
+    assert!(r.passed && !r.tests[0].output.contains("secret key"), "{r:?}");
+}

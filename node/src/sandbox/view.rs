@@ -110,7 +110,7 @@ pub fn bwrap_args(m: &Mounts<'_>) -> Vec<OsString> {
     push(&[&"--tmpfs", &m.app_dir]);
     // What no test may see; before the copies, so resources under a hidden directory
     // still show.
-    for path in m.hidden {
+    for path in m.hidden.iter().filter(|p| p.is_absolute()) {
         if path.is_dir() {
             push(&[&"--tmpfs", path]);
         } else if path.exists() {
