@@ -242,6 +242,31 @@ impl Store {
         Ok(())
     }
 
+    /// Removes stored reports of `app` whose id (hex) `keep` says no to; returns how many.
+    pub fn retain_reports(&self, app: &str, keep: impl Fn(&str) -> bool) -> Result<usize, StoreError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(redb::Durability::Eventual);
+        let mut gone = Vec::new();
+        {
+            let mut t = tx.open_table(REPORTS)?;
+            for row in t.range((app, "")..)? {
+                let (k, _) = row?;
+                let (a, id) = k.value();
+                if a != app {
+                    break;
+                }
+                if !keep(id) {
+                    gone.push(id.to_string());
+                }
+            }
+            for id in &gone {
+                t.remove((app, id.as_str()))?;
+            }
+        }
+        tx.commit()?;
+        Ok(gone.len())
+    }
+
     /// Stored report envelopes for `app` (re-verified by the caller on load).
     pub fn reports(&self, app: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let tx = self.db.begin_read()?;

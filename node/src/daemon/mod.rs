@@ -1089,7 +1089,7 @@ impl Node {
             Request::Rollback { app } => self.operator_rollback(&app).map_err(Into::into),
             Request::Unpin { app } => self.operator_unpin(&app).map_err(Into::into),
             Request::ProblemReports { app } => {
-                let reports: Vec<String> = self.problem_reports(&app).iter().map(hex::encode).collect();
+                let reports: Vec<String> = self.problem_reports(&app, usize::MAX).iter().map(hex::encode).collect();
                 Ok(serde_json::json!({ "app": app, "reports": reports }))
             }
             Request::Misbehave { mode } => {

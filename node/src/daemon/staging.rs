@@ -16,7 +16,7 @@ use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
 use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use mirage_protocol::staging::{
-    self, Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Phase, Rollout, Snapshot, TestRun,
+    self, Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Phase, ProblemBook, Rollout, Snapshot, TestRun,
 };
 use mirage_protocol::{wire, ClusterKey, Digest, Envelope, Fingerprint, SignedPayload, UnixMillis, Verified};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,8 +28,28 @@ use tracing::{error, info, info_span, warn};
 /// How often the roster's view is fed to the staging core at most.
 const ROSTER_FEED: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Most problem reports a node keeps per app for the vendor.
-const MAX_PROBLEMS: usize = 256;
+/// Most test reports for a release not known yet kept per app, to replay when it
+/// comes (a report can outrun its manifest).
+const MAX_EARLY_REPORTS: usize = 64;
+/// What a vendor's request for problem reports may take: one wire message.
+const VENDOR_ANSWER_BYTES: usize = mirage_protocol::wire::MAX_MESSAGE_BYTES - 1024;
+
+/// The problem reports kept for the vendor for one app: which (the core's book) and
+/// their bytes.
+#[derive(Default)]
+struct Problems {
+    book: ProblemBook,
+    bytes: BTreeMap<Digest, Vec<u8>>,
+}
+
+/// What became of a test report.
+enum ReportFate {
+    /// It counts in a gate: stored and relayed.
+    Admitted,
+    /// For a release not known yet: held (bounded) until it comes.
+    Early,
+    Refused,
+}
 
 /// What a long-running staging action reports back to the event loop.
 pub enum Completion {
@@ -56,8 +76,13 @@ struct AppRollout {
     fed_sizes: BTreeMap<ClusterKey, u64>,
     next_feed: UnixMillis,
     timer: Option<UnixMillis>,
-    /// Verified test reports seen for this app: (manifest id, signer) → report.
-    reports: BTreeMap<(Digest, mirage_protocol::PublicKey), Verified<TestReport>>,
+    /// Test reports the core admitted for the current release in our own cluster, by
+    /// signer, for `mirage status` (the core holds every cluster's).
+    reports: BTreeMap<mirage_protocol::PublicKey, Verified<TestReport>>,
+    /// Reports for a release the core does not know yet, oldest first.
+    early: std::collections::VecDeque<(Verified<TestReport>, Vec<u8>)>,
+    /// The release the stored reports belong to (older ones are pruned).
+    release: Option<Digest>,
     /// An action that needs the release's content, held until the download is done
     /// (after a restart the core re-issues work whose content must be opened again).
     waiting: Option<Action>,
@@ -70,8 +95,10 @@ pub struct Staging {
     work_dir: PathBuf,
     apps: BTreeSet<String>,
     rollouts: BTreeMap<String, AppRollout>,
-    /// Problem reports seen per app, as signed envelopes, for the vendor.
-    problems: BTreeMap<String, BTreeMap<Digest, Vec<u8>>>,
+    /// Problem reports kept per app for the vendor.
+    problems: BTreeMap<String, Problems>,
+    /// Problem reports not kept, per app and reason.
+    problem_drops: BTreeMap<String, BTreeMap<&'static str, u64>>,
     completions: mpsc::UnboundedSender<Completion>,
     /// Reports to publish once the release topic has peers.
     pending: Vec<(String, Vec<u8>)>,
@@ -97,6 +124,7 @@ impl Staging {
             apps,
             rollouts: BTreeMap::new(),
             problems: BTreeMap::new(),
+            problem_drops: BTreeMap::new(),
             completions: tx,
             pending: Vec::new(),
             ignored: BTreeMap::new(),
@@ -162,6 +190,7 @@ impl Node {
         };
         let mut reports = Vec::new();
         let mut retests = Vec::new();
+        let mut problems = Vec::new();
         for bytes in self.store.reports(&app).unwrap_or_default() {
             let Ok(env) = Envelope::from_bytes(&bytes) else { continue };
             if let Ok(r) = env.verify::<RetestRequest>() {
@@ -169,9 +198,9 @@ impl Node {
                     retests.push(r);
                 }
             } else if let Ok(r) = env.verify::<TestReport>() {
-                reports.push(r);
+                reports.push((r, bytes));
             } else if let Ok(p) = env.verify::<ProblemReport>() {
-                self.staging.problems.entry(app.clone()).or_default().insert(p.id(), bytes);
+                problems.push((p, bytes));
             }
         }
         self.staging.rollouts.insert(
@@ -185,6 +214,8 @@ impl Node {
                 next_feed: UnixMillis(0),
                 timer: None,
                 reports: BTreeMap::new(),
+                early: std::collections::VecDeque::new(),
+                release: None,
                 waiting: None,
             },
         );
@@ -196,12 +227,23 @@ impl Node {
         // The release, the roster's view, then the stored messages in the core's order.
         self.staging_manifest(&app);
         self.staging_roster(&app);
+        let stored: BTreeMap<Digest, Vec<u8>> = reports.iter().map(|(r, b)| (r.id(), b.clone())).collect();
+        let reports = reports.into_iter().map(|(r, _)| r).collect();
         for event in staging::replay::replay(retests, reports, overlay::now()) {
             match event {
-                Event::Report(r) => self.staging_feed_report(&app, r),
+                Event::Report(r) => {
+                    let bytes = stored.get(&r.id()).cloned().unwrap_or_default();
+                    self.staging_feed_report(&app, r, &bytes);
+                }
                 other => self.staging_handle(&app, other),
             }
         }
+        // After the reports: what backs a problem report is known by now.
+        for (p, bytes) in problems {
+            // One the book no longer takes (stale by now, say) is pruned just below.
+            let _ = self.keep_problem(&app, &p, &bytes);
+        }
+        self.prune_stored_reports(&app);
     }
 
     fn staging_handle(&mut self, app: &str, event: Event) {
@@ -234,6 +276,7 @@ impl Node {
         }
         info!(app, version = %manifest.payload().version, policy = %manifest.payload().policy.kind, "release enters staging");
         self.staging_handle(app, Event::Manifest(manifest));
+        self.staging_new_release(app);
     }
 
     /// Feeds `app`'s core what its roster shows, once the roster is ready (its view
@@ -286,7 +329,9 @@ impl Node {
         }
     }
 
-    /// A test report from the release topic.
+    /// A test report from the release topic. Kept (stored, relayed, shown) only when the
+    /// core admits it: a stranger's report that counts nowhere costs nothing but its
+    /// check, and nobody else is sent it.
     pub(super) fn on_test_report(
         &mut self,
         app: &str,
@@ -301,20 +346,96 @@ impl Node {
         if !self.staging.manages(app) {
             return gossipsub::MessageAcceptance::Accept;
         }
-        if let Err(e) = self.store.put_report(app, &report.id().to_hex(), bytes) {
-            warn!(error = %e, "cannot store test report");
+        match self.staging_feed_report(app, report, bytes) {
+            ReportFate::Admitted => gossipsub::MessageAcceptance::Accept,
+            // Not judged yet, or judged worthless by the rules every node applies: not
+            // forwarded, and no fault of the peer that relayed it.
+            ReportFate::Early | ReportFate::Refused => gossipsub::MessageAcceptance::Ignore,
         }
-        self.staging_feed_report(app, report);
-        gossipsub::MessageAcceptance::Accept
     }
 
-    fn staging_feed_report(&mut self, app: &str, report: Verified<TestReport>) {
-        let Some(r) = self.staging.rollouts.get_mut(app) else { return };
-        r.reports.insert((report.payload().manifest_id, *report.signer()), report.clone());
+    fn staging_feed_report(&mut self, app: &str, report: Verified<TestReport>, bytes: &[u8]) -> ReportFate {
         let p = report.payload();
-        info!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
-            outcome = p.outcome.name(), "test report");
-        self.staging_handle(app, Event::Report(report));
+        let (id, manifest, signer, cluster, outcome) =
+            (report.id(), p.manifest_id, *report.signer(), p.cluster_key, p.outcome);
+        tracing::debug!(app, signer = %signer.peer_id(), version = %p.version, %cluster, outcome = outcome.name(), "test report");
+        self.staging_handle(app, Event::Report(report.clone()));
+        let Some(r) = self.staging.rollouts.get_mut(app) else { return ReportFate::Refused };
+        match r.rollout.last_ignored() {
+            None => {}
+            Some(staging::Ignored::Report(mirage_protocol::staging::ReportRejected::OtherUpgrade))
+                if r.rollout.campaign().release().is_none_or(|rel| rel.manifest.version < report.payload().version) =>
+            {
+                if r.early.len() >= MAX_EARLY_REPORTS {
+                    r.early.pop_front();
+                }
+                r.early.push_back((report, bytes.to_vec()));
+                return ReportFate::Early;
+            }
+            Some(_) => return ReportFate::Refused,
+        }
+        if cluster == r.rollout.cluster() {
+            r.reports.insert(signer, report);
+        }
+        if let Err(e) = self.store.put_report(app, &id.to_hex(), bytes) {
+            warn!(error = %e, "cannot store test report");
+        }
+        info!(app, signer = %signer.peer_id(), %cluster, outcome = outcome.name(), "test report counts");
+        if outcome == Outcome::Fail {
+            let problems = self.staging.problems.entry(app.to_string()).or_default();
+            let evicted = problems.book.vouch(&manifest, &signer);
+            self.forget_problems(app, &evicted);
+        }
+        ReportFate::Admitted
+    }
+
+    /// A new release came: what was kept for the old one goes, and reports that waited
+    /// for it are judged.
+    fn staging_new_release(&mut self, app: &str) {
+        let Some(r) = self.staging.rollouts.get_mut(app) else { return };
+        let current = r.rollout.campaign().release().map(|rel| rel.id);
+        if r.release == current {
+            return;
+        }
+        r.release = current;
+        r.reports.clear();
+        let early: Vec<_> = std::mem::take(&mut r.early).into();
+        self.prune_stored_reports(app);
+        for (report, bytes) in early {
+            self.staging_feed_report(app, report, &bytes);
+        }
+    }
+
+    /// Drops stored test reports and retest requests of releases other than the
+    /// current one, and problem reports the book no longer keeps.
+    fn prune_stored_reports(&mut self, app: &str) {
+        let Some(r) = self.staging.rollouts.get(app) else { return };
+        let Some(current) = r.rollout.campaign().release().map(|rel| rel.id) else { return };
+        let keep: std::collections::BTreeSet<String> = self
+            .store
+            .reports(app)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|bytes| {
+                let env = Envelope::from_bytes(bytes).ok()?;
+                if let Ok(t) = env.verify::<TestReport>() {
+                    (t.payload().manifest_id == current).then(|| t.id().to_hex())
+                } else if let Ok(q) = env.verify::<RetestRequest>() {
+                    (q.payload().manifest_id == current).then(|| q.id().to_hex())
+                } else if let Ok(p) = env.verify::<ProblemReport>() {
+                    let kept = self.staging.problems.get(app).is_some_and(|k| k.book.contains(&p.id()));
+                    kept.then(|| p.id().to_hex())
+                } else {
+                    None
+                }
+            })
+            .collect();
+        // Stored under their signed statements' ids.
+        match self.store.retain_reports(app, |id| keep.contains(id)) {
+            Ok(0) => {}
+            Ok(n) => info!(app, removed = n, "pruned reports of older releases"),
+            Err(e) => warn!(app, error = %e, "cannot prune stored reports"),
+        }
     }
 
     /// The vendor's request to test a release again: only from a key trusted for the
@@ -345,7 +466,8 @@ impl Node {
         gossipsub::MessageAcceptance::Accept
     }
 
-    /// A problem report from the release topic: kept for the vendor.
+    /// A problem report from the release topic (or a peer's answer to our collector):
+    /// kept for the vendor if the book has room for it, relayed only then.
     pub(super) fn on_problem_report(
         &mut self,
         app: &str,
@@ -353,21 +475,70 @@ impl Node {
         bytes: &[u8],
     ) -> gossipsub::MessageAcceptance {
         let p = report.payload();
-        let kept = self.staging.problems.entry(app.to_string()).or_default();
-        if kept.len() < MAX_PROBLEMS && !kept.contains_key(&report.id()) {
-            kept.insert(report.id(), bytes.to_vec());
-            info!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
-                failed = ?p.failed_tests, "problem report, kept for the vendor");
-            if let Err(e) = self.store.put_report(app, &report.id().to_hex(), bytes) {
-                warn!(error = %e, "cannot store problem report");
+        match self.keep_problem(app, &report, bytes) {
+            Ok(()) => {
+                info!(app, signer = %report.signer().peer_id(), version = %p.version, cluster = %p.cluster_key,
+                    failed = ?p.failed_tests, "problem report, kept for the vendor");
+                gossipsub::MessageAcceptance::Accept
+            }
+            Err(why) => {
+                tracing::debug!(app, reason = why.name(), "problem report not kept");
+                *self.staging.problem_drops.entry(app.to_string()).or_default().entry(why.name()).or_default() += 1;
+                gossipsub::MessageAcceptance::Ignore
             }
         }
-        gossipsub::MessageAcceptance::Accept
     }
 
-    /// The problem reports this node holds for `app` (signed envelopes).
-    pub(super) fn problem_reports(&self, app: &str) -> Vec<Vec<u8>> {
-        self.staging.problems.get(app).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    /// Offers a problem report to the app's book, vouched for when our core counts its
+    /// signer's failure, or the signer is in our cluster; stores what the book keeps.
+    fn keep_problem(
+        &mut self,
+        app: &str,
+        report: &Verified<ProblemReport>,
+        bytes: &[u8],
+    ) -> Result<(), mirage_protocol::staging::ProblemDrop> {
+        let (p, signer) = (report.payload(), report.signer());
+        let vouched = self.dist.collect_reports
+            || self.staging.rollouts.get(app).is_some_and(|r| {
+                let campaign = r.rollout.campaign();
+                campaign.failure_stands(&p.manifest_id, &p.cluster_key, signer)
+                    || campaign.members(&r.rollout.cluster()).iter().any(|m| &m.peer == signer)
+            });
+        let problems = self.staging.problems.entry(app.to_string()).or_default();
+        let evicted = problems.book.offer(report, bytes.len(), vouched, overlay::now())?;
+        problems.bytes.insert(report.id(), bytes.to_vec());
+        self.forget_problems(app, &evicted);
+        if let Err(e) = self.store.put_report(app, &report.id().to_hex(), bytes) {
+            warn!(error = %e, "cannot store problem report");
+        }
+        Ok(())
+    }
+
+    fn forget_problems(&mut self, app: &str, ids: &[Digest]) {
+        let Some(problems) = self.staging.problems.get_mut(app) else { return };
+        let mut gone = std::collections::BTreeSet::new();
+        for id in ids {
+            if problems.bytes.remove(id).is_some() {
+                gone.insert(id.to_hex());
+            }
+        }
+        if !gone.is_empty() {
+            if let Err(e) = self.store.retain_reports(app, |id| !gone.contains(id)) {
+                warn!(error = %e, "cannot forget problem reports");
+            }
+        }
+    }
+
+    /// The problem reports this node holds for `app` (signed envelopes), vouched ones
+    /// first and newest first, as many as fit in `budget` bytes.
+    pub(super) fn problem_reports(&self, app: &str, budget: usize) -> Vec<Vec<u8>> {
+        let Some(problems) = self.staging.problems.get(app) else { return Vec::new() };
+        problems.book.for_vendor(budget, 10).iter().filter_map(|id| problems.bytes.get(id).cloned()).collect()
+    }
+
+    /// What a vendor's collector is sent: one wire message's worth.
+    pub(super) fn problem_reports_for_vendor(&self, app: &str) -> Vec<Vec<u8>> {
+        self.problem_reports(app, VENDOR_ANSWER_BYTES)
     }
 
     /// Whether the release's content is all here; if so, tells the core, and carries out
@@ -515,10 +686,7 @@ impl Node {
         info!(app, outcome = report.outcome.name(), version = %report.version, "published test report");
         let verified = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<TestReport>().ok());
         if let Some(v) = verified {
-            if let Err(e) = self.store.put_report(app, &v.id().to_hex(), &bytes) {
-                warn!(error = %e, "cannot store own report");
-            }
-            self.staging_feed_report(app, v);
+            self.staging_feed_report(app, v, &bytes);
         }
     }
 
@@ -697,6 +865,10 @@ impl Node {
                     "verdict": s.verdict.map(verdict_name),
                     "pinned": s.pin.as_ref().map(|p| p.version.to_string()),
                     "ignored": self.staging.ignored.get(app).cloned().unwrap_or_default(),
+                    "problem_reports": {
+                        "kept": self.staging.problems.get(app).map_or(0, |p| p.book.len()),
+                        "dropped": self.staging.problem_drops.get(app).cloned().unwrap_or_default(),
+                    },
                     "local_fault": s.local_fault.as_ref().map(|f| serde_json::json!({
                         "during": f.during.name(),
                         "attempts": f.attempts,

@@ -131,6 +131,13 @@ impl Campaign {
         self.active.as_ref().and_then(|a| a.evaluations.get(cluster))
     }
 
+    /// Whether `signer`'s failure of `manifest` stands in `cluster`'s gate: what backs its
+    /// problem report.
+    pub fn failure_stands(&self, manifest: &Digest, cluster: &ClusterKey, signer: &PublicKey) -> bool {
+        self.active.as_ref().is_some_and(|a| &a.release.id == manifest)
+            && self.gate(cluster).and_then(|g| g.outcome_of(signer)) == Some(crate::report::Outcome::Fail)
+    }
+
     pub fn members(&self, cluster: &ClusterKey) -> &[Presence] {
         self.members.get(cluster).map_or(&[], |m| m.as_slice())
     }

@@ -277,6 +277,11 @@ impl ClusterGate {
 
     /// Stores a verified report if it concerns this gate. Whether it counts is decided
     /// at evaluation, since seats move with time.
+    /// What `signer`'s report that stands here says, if it has one.
+    pub fn outcome_of(&self, signer: &PublicKey) -> Option<Outcome> {
+        self.reports.get(signer).map(|r| r.outcome)
+    }
+
     pub fn admit(&mut self, report: &Verified<TestReport>) -> Result<(), ReportRejected> {
         let r = report.payload();
         if r.manifest_id != self.manifest {

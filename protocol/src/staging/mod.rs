@@ -9,6 +9,7 @@
 //! - [`campaign`]: what every node of an app knows in common (release, membership,
 //!   plan, schedule, gates). The simulator keeps one for the whole fleet.
 //! - [`member`]: one node's own progress; tiny, so the simulator keeps one per machine.
+//! - [`problems`]: which problem reports a node keeps for the vendor, bounded.
 //! - [`replay`]: what a restarted node feeds its rollout from its store, in order.
 //! - [`rollout`]: the per-(node, app) core the node drives: events in, actions out.
 
@@ -17,6 +18,7 @@ pub mod election;
 pub mod gate;
 pub mod member;
 pub mod plan;
+pub mod problems;
 pub mod replay;
 pub mod rollout;
 pub mod schedule;
@@ -29,6 +31,7 @@ pub use election::{rank_members, Quorum, Seat};
 pub use gate::{ClusterGate, Evaluation, ReportRejected, Verdict};
 pub use member::{Fault, Member, Phase, Step, Work};
 pub use plan::StagePlan;
+pub use problems::{ProblemBook, ProblemDrop};
 pub use rollout::{
     is_fresh, Action, ApplyResult, ApplyStep, Event, Ignored, LocalFault, NodeConfig, Pin, Rollout, Snapshot, Status,
     TestRun, LOCAL_RETRY_BASE, LOCAL_RETRY_MAX, MAX_TEST_ATTEMPTS, MESSAGE_MAX_AGE, MESSAGE_MAX_SKEW,

@@ -8,7 +8,7 @@ impl Node {
             // Tickets are per peer: issued where the peer is known (`on_content`).
             ContentRequest::Lane => ContentResponse::NotFound,
             ContentRequest::Reports { app } => {
-                let reports = self.problem_reports(&app);
+                let reports = self.problem_reports_for_vendor(&app);
                 if reports.is_empty() {
                     ContentResponse::NotFound
                 } else {
