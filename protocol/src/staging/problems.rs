@@ -175,7 +175,11 @@ impl ProblemBook {
         let mut versions: Vec<semver::Version> = self.kept.values().map(|e| e.version.clone()).collect();
         versions.sort_unstable();
         versions.dedup();
-        let Some(oldest_kept) = versions.iter().rev().take(MAX_RELEASES).last().cloned() else { return Vec::new() };
+        let Some(oldest_kept) =
+            versions.len().checked_sub(MAX_RELEASES).map_or(versions.first(), |i| versions.get(i)).cloned()
+        else {
+            return Vec::new();
+        };
         let gone: Vec<Digest> = self.kept.iter().filter(|(_, e)| e.version < oldest_kept).map(|(id, _)| *id).collect();
         for id in &gone {
             self.kept.remove(id);
