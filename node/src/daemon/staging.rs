@@ -15,6 +15,7 @@ use crate::sandbox::{Sandbox, TestRun as SandboxRun};
 use libp2p::gossipsub;
 use mirage_bootstrap::overlay;
 use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
+use mirage_protocol::staging::problems::Caps;
 use mirage_protocol::staging::{
     self, Action, ApplyResult, ApplyStep, Event, Fault, NodeConfig, Phase, ProblemBook, Rollout, Snapshot, TestRun,
 };
@@ -504,9 +505,18 @@ impl Node {
                 campaign.failure_stands(&p.manifest_id, &p.cluster_key, signer)
                     || campaign.members(&r.rollout.cluster()).iter().any(|m| &m.peer == signer)
             });
-        let problems = self.staging.problems.entry(app.to_string()).or_default();
+        let caps = if self.dist.collect_reports { Caps::COLLECTOR } else { Caps::NODE };
+        let problems = self
+            .staging
+            .problems
+            .entry(app.to_string())
+            .or_insert_with(|| Problems { book: ProblemBook::with_caps(caps), bytes: BTreeMap::new() });
         let evicted = problems.book.offer(report, bytes.len(), vouched, overlay::now())?;
         problems.bytes.insert(report.id(), bytes.to_vec());
+        if !evicted.is_empty() {
+            let drops = self.staging.problem_drops.entry(app.to_string()).or_default();
+            *drops.entry("evicted").or_default() += evicted.len() as u64;
+        }
         self.forget_problems(app, &evicted);
         if let Err(e) = self.store.put_report(app, &report.id().to_hex(), bytes) {
             warn!(error = %e, "cannot store problem report");

@@ -26,6 +26,35 @@ pub const MAX_UNVOUCHED_BYTES: usize = 2 << 20;
 /// Reports of this many of the newest releases (by version) are kept.
 pub const MAX_RELEASES: usize = 4;
 
+/// How much a book keeps: a node's defaults, or a vendor's collector's, which gathers
+/// what many nodes kept and takes every report as vouched (the vendor judges them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caps {
+    pub vouched: usize,
+    pub vouched_bytes: usize,
+    pub unvouched: usize,
+    pub unvouched_bytes: usize,
+}
+
+impl Caps {
+    pub const NODE: Caps = Caps {
+        vouched: MAX_VOUCHED,
+        vouched_bytes: MAX_VOUCHED_BYTES,
+        unvouched: MAX_UNVOUCHED,
+        unvouched_bytes: MAX_UNVOUCHED_BYTES,
+    };
+    /// A collector asks each peer for at most one message's worth (1 MiB, at most a
+    /// node's 160 reports): room for about 30 peers' answers.
+    pub const COLLECTOR: Caps =
+        Caps { vouched: 4096, vouched_bytes: 64 << 20, unvouched: MAX_UNVOUCHED, unvouched_bytes: MAX_UNVOUCHED_BYTES };
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps::NODE
+    }
+}
+
 /// Why a problem report was not kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -68,11 +97,16 @@ struct Entry {
 #[derive(Clone, Debug, Default)]
 pub struct ProblemBook {
     kept: BTreeMap<Digest, Entry>,
+    caps: Caps,
 }
 
 impl ProblemBook {
     pub fn new() -> Self {
         ProblemBook::default()
+    }
+
+    pub fn with_caps(caps: Caps) -> Self {
+        ProblemBook { kept: BTreeMap::new(), caps }
     }
 
     pub fn len(&self) -> usize {
@@ -112,7 +146,7 @@ impl ProblemBook {
             bytes,
             vouched,
         };
-        if bytes > if vouched { MAX_VOUCHED_BYTES } else { MAX_UNVOUCHED_BYTES } {
+        if bytes > if vouched { self.caps.vouched_bytes } else { self.caps.unvouched_bytes } {
             return Err(ProblemDrop::TooLarge);
         }
         if !self.among_newest_releases(&entry.version) {
@@ -189,8 +223,8 @@ impl ProblemBook {
 
     /// Evicts the oldest of one pool until it is within its caps.
     fn fit(&mut self, vouched: bool) -> Vec<Digest> {
-        let (max, max_bytes) =
-            if vouched { (MAX_VOUCHED, MAX_VOUCHED_BYTES) } else { (MAX_UNVOUCHED, MAX_UNVOUCHED_BYTES) };
+        let c = self.caps;
+        let (max, max_bytes) = if vouched { (c.vouched, c.vouched_bytes) } else { (c.unvouched, c.unvouched_bytes) };
         let mut pool: Vec<(UnixMillis, Digest, usize)> =
             self.kept.iter().filter(|(_, e)| e.vouched == vouched).map(|(id, e)| (e.issued_at, *id, e.bytes)).collect();
         pool.sort_unstable();
