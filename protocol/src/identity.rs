@@ -55,6 +55,12 @@ impl Keypair {
         Signature(self.signing.sign(message).to_bytes())
     }
 
+    /// The X25519 secret of the same key (libsodium's ed25519-to-curve25519): what
+    /// opens a box sealed to [`PublicKey::x25519`].
+    pub fn x25519_secret(&self) -> [u8; 32] {
+        self.signing.to_scalar_bytes()
+    }
+
     /// The text stored in a key file: one tagged line of hex.
     pub fn to_key_file(&self) -> String {
         format!("{KEY_FILE_TAG} {}\n", hex::encode(self.secret_bytes()))
@@ -91,6 +97,11 @@ impl std::hash::Hash for PublicKey {
 }
 
 impl PublicKey {
+    /// The X25519 public key of the same key (its Montgomery form), to seal to.
+    pub fn x25519(&self) -> Option<[u8; 32]> {
+        VerifyingKey::from_bytes(&self.0).ok().map(|k| k.to_montgomery().to_bytes())
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

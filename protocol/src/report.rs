@@ -3,6 +3,7 @@
 
 use crate::envelope::{MessageKind, SignedPayload};
 use crate::fingerprint::{ClusterKey, Fingerprint};
+use crate::identity::PublicKey;
 use crate::manifest::validate_app_name;
 use crate::Digest;
 use serde::{Deserialize, Serialize};
@@ -65,18 +66,111 @@ impl SignedPayload for TestReport {
     }
 }
 
-/// Sent to the vendor when a representative's tests fail: enough to reproduce the
-/// environment (the fingerprint) and see what went wrong (an output excerpt).
+/// Most bytes a problem report's sealed part may take: its fingerprint and excerpt.
+pub const MAX_SEALED_BYTES: usize = 512 * 1024;
+
+/// Sent to the vendor when a representative's tests fail (or an apply fails its health
+/// check). What identifies the failure is public: the release, the cluster, the
+/// failing tests. What could tell a stranger about this machine (its fingerprint) or
+/// what its tests printed is sealed to the key that signed the release, so it is never
+/// readable on gossip, where every peer of the app relays it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProblemReport {
     pub manifest_id: Digest,
     pub app: String,
     pub version: semver::Version,
     pub cluster_key: ClusterKey,
-    pub fingerprint: Fingerprint,
     pub failed_tests: Vec<String>,
     pub logs_digest: Digest,
+    /// The release's signer, whom [`ProblemReport::sealed`] is for.
+    pub vendor: PublicKey,
+    /// [`ProblemDetails`], sealed (libsodium's sealed box) to `vendor`'s X25519 key.
+    pub sealed: Vec<u8>,
+}
+
+/// The part of a problem report only the vendor reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemDetails {
+    /// Enough to reproduce the environment.
+    pub fingerprint: Fingerprint,
+    /// The tail of what the failing tests (or the apply) printed.
     pub output_excerpt: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    #[error("the vendor's key has no X25519 form")]
+    BadKey,
+    #[error("the details do not encode: {0}")]
+    Encode(String),
+    #[error("sealed part over {MAX_SEALED_BYTES} bytes")]
+    TooLarge,
+    #[error("cannot open: not sealed to this key, or altered")]
+    Open,
+    #[error("opened details break the rules: {0}")]
+    Invalid(String),
+}
+
+impl ProblemDetails {
+    /// Seals the details to `vendor`: only its secret key opens them.
+    pub fn seal(
+        &self,
+        vendor: &PublicKey,
+        rng: &mut impl crypto_box::aead::rand_core::CryptoRngCore,
+    ) -> Result<Vec<u8>, SealError> {
+        let key = crypto_box::PublicKey::from_bytes(vendor.x25519().ok_or(SealError::BadKey)?);
+        let plain = crate::wire::encode(self).map_err(|e| SealError::Encode(e.to_string()))?;
+        let sealed = key.seal(rng, &plain).map_err(|_| SealError::Encode("sealing failed".into()))?;
+        if sealed.len() > MAX_SEALED_BYTES {
+            return Err(SealError::TooLarge);
+        }
+        Ok(sealed)
+    }
+}
+
+/// A problem report as the core writes it, before the shell seals its details (the
+/// core holds no randomness): what persists until it is published.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProblemDraft {
+    pub manifest_id: Digest,
+    pub app: String,
+    pub version: semver::Version,
+    pub cluster_key: ClusterKey,
+    pub failed_tests: Vec<String>,
+    pub logs_digest: Digest,
+    pub vendor: PublicKey,
+    pub details: ProblemDetails,
+}
+
+impl ProblemDraft {
+    pub fn seal(&self, rng: &mut impl crypto_box::aead::rand_core::CryptoRngCore) -> Result<ProblemReport, SealError> {
+        Ok(ProblemReport {
+            manifest_id: self.manifest_id,
+            app: self.app.clone(),
+            version: self.version.clone(),
+            cluster_key: self.cluster_key,
+            failed_tests: self.failed_tests.clone(),
+            logs_digest: self.logs_digest,
+            vendor: self.vendor,
+            sealed: self.details.seal(&self.vendor, rng)?,
+        })
+    }
+}
+
+impl ProblemReport {
+    /// Opens the sealed details with the vendor's key and checks them.
+    pub fn open(&self, vendor: &crate::identity::Keypair) -> Result<ProblemDetails, SealError> {
+        let secret = crypto_box::SecretKey::from_bytes(vendor.x25519_secret());
+        let plain = secret.unseal(&self.sealed).map_err(|_| SealError::Open)?;
+        let details: ProblemDetails = crate::wire::decode(&plain).map_err(|e| SealError::Invalid(e.to_string()))?;
+        if details.output_excerpt.len() > MAX_EXCERPT_BYTES {
+            return Err(SealError::Invalid(format!("output excerpt over {MAX_EXCERPT_BYTES} bytes")));
+        }
+        // The full fingerprint: for a release staged over a scope, the reported cluster
+        // is its projection's, so the two keys need not agree.
+        details.fingerprint.validate().map_err(SealError::Invalid)?;
+        Ok(details)
+    }
 }
 
 impl SignedPayload for ProblemReport {
@@ -84,13 +178,13 @@ impl SignedPayload for ProblemReport {
 
     fn validate(&self) -> Result<(), String> {
         validate_app_name(&self.app)?;
-        if self.output_excerpt.len() > MAX_EXCERPT_BYTES {
-            return Err(format!("output excerpt over {MAX_EXCERPT_BYTES} bytes"));
+        if self.sealed.len() > MAX_SEALED_BYTES {
+            return Err(format!("sealed part over {MAX_SEALED_BYTES} bytes"));
         }
-        if self.fingerprint.cluster_key() != self.cluster_key {
-            return Err("fingerprint does not hash to the reported cluster key".into());
+        if self.failed_tests.len() > 256 || self.failed_tests.iter().any(|t| t.len() > 256) {
+            return Err("too many failed tests, or a name over 256 bytes".into());
         }
-        self.fingerprint.validate()
+        Ok(())
     }
 }
 
@@ -151,5 +245,53 @@ mod tests {
         let s = "ééé";
         let e = excerpt_tail(s, 3);
         assert!(e.len() <= 3 && s.ends_with(&e));
+    }
+}
+
+#[cfg(test)]
+mod sealing_tests {
+    use super::*;
+    use crate::identity::Keypair;
+    use crate::{Envelope, UnixMillis};
+
+    fn draft(vendor: &Keypair) -> ProblemDraft {
+        let fingerprint = Fingerprint::new("mysql".into(), Digest([1; 32]), Vec::new());
+        ProblemDraft {
+            manifest_id: Digest([2; 32]),
+            app: "mysql".into(),
+            version: "8.4.0".parse().unwrap(),
+            cluster_key: fingerprint.cluster_key(),
+            failed_tests: vec!["config-validates".into()],
+            logs_digest: Digest([3; 32]),
+            vendor: vendor.public(),
+            details: ProblemDetails { fingerprint, output_excerpt: "password=hunter2 in my.cnf line 3".into() },
+        }
+    }
+
+    #[test]
+    fn only_the_vendor_reads_what_a_problem_report_seals() {
+        let vendor = Keypair::generate(&mut rand::rngs::OsRng);
+        let draft = draft(&vendor);
+        let report = draft.seal(&mut rand::rngs::OsRng).unwrap();
+        // What every peer relays: the public part, and no trace of the output.
+        let reporter = Keypair::generate(&mut rand::rngs::OsRng);
+        let wire = Envelope::sign(&reporter, &report, UnixMillis(1)).unwrap().to_bytes().unwrap();
+        assert!(!wire.windows(7).any(|w| w == b"hunter2"), "the excerpt travels in the clear");
+        let relayed = Envelope::from_bytes(&wire).unwrap().verify::<ProblemReport>().unwrap();
+        assert_eq!(relayed.payload().failed_tests, draft.failed_tests);
+        assert_eq!(relayed.payload().open(&vendor).unwrap(), draft.details);
+        // Another key, even the reporter's own, opens nothing; an altered box neither.
+        assert_eq!(report.open(&reporter), Err(SealError::Open));
+        let mut altered = report.clone();
+        altered.sealed[40] ^= 1;
+        assert_eq!(altered.open(&vendor), Err(SealError::Open));
+    }
+
+    #[test]
+    fn oversized_sealed_parts_are_refused() {
+        let vendor = Keypair::generate(&mut rand::rngs::OsRng);
+        let mut report = draft(&vendor).seal(&mut rand::rngs::OsRng).unwrap();
+        report.sealed = vec![0; MAX_SEALED_BYTES + 1];
+        assert!(report.validate().unwrap_err().contains("sealed part"));
     }
 }

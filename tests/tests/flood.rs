@@ -4,8 +4,8 @@
 //! and completes with the fix, and the vendor still gets the real failure.
 
 use mirage_protocol::fingerprint::Fingerprint;
-use mirage_protocol::report::{Outcome, ProblemReport, TestReport};
-use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair};
+use mirage_protocol::report::{Outcome, ProblemDetails, ProblemDraft, TestReport};
+use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, PublicKey};
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
 use mirage_testnet::staged::{all_installed, broken_release_settled, StagedFleet, StagedOptions};
@@ -104,18 +104,22 @@ fn a_flood_of_strangers_reports_leaves_memory_and_disk_bounded_and_the_rollout_i
         let key = Keypair::generate(&mut rand::rngs::OsRng);
         inject(Envelope::sign(&key, &report, now()).unwrap().to_bytes().unwrap());
     }
+    // Sealed to the vendor as real ones are: its key is public.
+    let vendor = PublicKey(hex::decode(&fleet.vendor_public).unwrap().try_into().unwrap());
     for _ in 0..PROBLEMS {
         let fingerprint = Fingerprint::new(APP.into(), random_digest(), Vec::new());
-        let problem = ProblemReport {
+        let problem = ProblemDraft {
             manifest_id,
             app: APP.into(),
             version: BROKEN_VERSION.parse().unwrap(),
             cluster_key: fingerprint.cluster_key(),
-            fingerprint,
             failed_tests: vec!["flood".into()],
             logs_digest: Digest([0; 32]),
-            output_excerpt: "x".repeat(4000),
-        };
+            vendor,
+            details: ProblemDetails { fingerprint, output_excerpt: "x".repeat(4000) },
+        }
+        .seal(&mut rand::rngs::OsRng)
+        .unwrap();
         let key = Keypair::generate(&mut rand::rngs::OsRng);
         inject(Envelope::sign(&key, &problem, now()).unwrap().to_bytes().unwrap());
     }

@@ -106,6 +106,16 @@ fn staged_rollout_halts_the_breaking_cluster_until_the_fix() {
         assert!(r["output_excerpt"].as_str().unwrap().contains("unknown variable 'query_cache_size'"), "{r}");
     }
 
+    // What the nodes hold and relay shows the failing test's name, never its output:
+    // that is sealed to the vendor.
+    let held = fleet.api(bad_nodes[0], &json!({"cmd": "problem-reports", "app": APP})).unwrap();
+    let held = held["reports"].as_array().unwrap();
+    assert!(!held.is_empty());
+    for envelope in held {
+        let bytes = hex::decode(envelope.as_str().unwrap()).unwrap();
+        assert!(!bytes.windows(16).any(|w| w == b"query_cache_size"), "test output travels in the clear");
+    }
+
     // Injected reports that must not open the bad cluster's gate.
     let status = fleet.status(bad_nodes[0]).unwrap();
     let manifest_id = status["releases"][0]["manifest_id"].as_str().unwrap().to_string();

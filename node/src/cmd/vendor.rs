@@ -678,8 +678,20 @@ fn collect_reports(key: &std::path::Path, app: &str, bootstrap: &[String], wait:
 
 fn reports(args: ReportsArgs) -> Result<()> {
     let collected = collect_reports(&args.key, &args.app, &args.bootstrap, Duration::from_secs(args.wait_secs))?;
+    let keypair = mirage_node::keyfile::load(&args.key)?;
+    let mut unreadable = 0;
     for report in &collected.ours {
         let p = report.payload();
+        // Sealed to our key; one that does not open (sealed to another, altered) says
+        // nothing we can check.
+        let details = match p.open(&keypair) {
+            Ok(d) => d,
+            Err(e) => {
+                unreadable += 1;
+                tracing::debug!(signer = %report.signer().peer_id(), error = %e, "problem report does not open");
+                continue;
+            }
+        };
         if args.json {
             println!(
                 "{}",
@@ -691,8 +703,8 @@ fn reports(args: ReportsArgs) -> Result<()> {
                     "signer": report.signer().peer_id(),
                     "failed_tests": p.failed_tests,
                     "logs_digest": p.logs_digest.to_hex(),
-                    "output_excerpt": p.output_excerpt,
-                    "fingerprint_items": p.fingerprint.items().len(),
+                    "output_excerpt": details.output_excerpt,
+                    "fingerprint_items": details.fingerprint.items().len(),
                 })
             );
         } else {
@@ -705,13 +717,16 @@ fn reports(args: ReportsArgs) -> Result<()> {
                 report.signer().peer_id(),
                 p.failed_tests.join(", ")
             );
-            for line in p.output_excerpt.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
+            for line in details.output_excerpt.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev() {
                 println!("    {line}");
             }
         }
     }
     if !args.json {
-        println!("{} problem report(s) for {}", collected.ours.len(), args.app);
+        println!("{} problem report(s) for {}", collected.ours.len() - unreadable, args.app);
+        if unreadable > 0 {
+            println!("({unreadable} report(s) that do not open with this key were left out)");
+        }
         if collected.others > 0 {
             println!("({} report(s) about releases not published with this key were left out)", collected.others);
         }

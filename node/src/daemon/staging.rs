@@ -700,7 +700,15 @@ impl Node {
         }
     }
 
-    fn publish_problem_report(&mut self, app: &str, report: ProblemReport) {
+    /// Seals the draft's details to the release's vendor, signs and publishes it.
+    fn publish_problem_report(&mut self, app: &str, draft: mirage_protocol::report::ProblemDraft) {
+        let report = match draft.seal(&mut rand::rngs::OsRng) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(app, error = %e, "cannot seal the problem report to the vendor");
+                return;
+            }
+        };
         let Some(bytes) = self.sign_and_publish(app, &report) else { return };
         warn!(app, version = %report.version, failed = ?report.failed_tests, "sent problem report to the vendor");
         if let Some(v) = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<ProblemReport>().ok()) {

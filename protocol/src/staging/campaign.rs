@@ -39,11 +39,13 @@ pub struct Release {
     pub id: Digest,
     /// The vendor's signed issue time: the campaign clock starts here.
     pub issued_at: UnixMillis,
+    /// Who signed it: problem reports are sealed to this key.
+    pub vendor: PublicKey,
 }
 
 impl Release {
     pub fn from_verified(m: &Verified<UpgradeManifest>) -> Self {
-        Release { manifest: m.payload().clone(), id: m.payload().id(), issued_at: m.issued_at() }
+        Release { manifest: m.payload().clone(), id: m.payload().id(), issued_at: m.issued_at(), vendor: *m.signer() }
     }
 }
 

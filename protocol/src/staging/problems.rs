@@ -257,10 +257,10 @@ mod tests {
             app: "mysql".into(),
             version: version.parse().unwrap(),
             cluster_key: fingerprint.cluster_key(),
-            fingerprint,
             failed_tests: vec!["config-validates".into()],
             logs_digest: Digest([0; 32]),
-            output_excerpt: "unknown variable".into(),
+            vendor: key(7777).public(),
+            sealed: vec![0; 64],
         };
         Envelope::sign(signer, &p, UnixMillis(at)).unwrap().verify().unwrap()
     }

@@ -43,7 +43,8 @@ use crate::identity::PublicKey;
 use crate::manifest::UpgradeManifest;
 use crate::presence::Presence;
 use crate::report::{
-    excerpt_tail, Outcome, ProblemReport, RetestRequest, TestReport, MAX_EXCERPT_BYTES, MAX_SUMMARY_BYTES,
+    excerpt_tail, Outcome, ProblemDetails, ProblemDraft, RetestRequest, TestReport, MAX_EXCERPT_BYTES,
+    MAX_SUMMARY_BYTES,
 };
 use crate::time::UnixMillis;
 use crate::Digest;
@@ -214,7 +215,8 @@ pub enum Action {
     /// Sign, gossip on the app topic, and feed back as [`Event::Report`].
     PublishTestReport(TestReport),
     /// Sign and send to the vendor.
-    PublishProblemReport(ProblemReport),
+    /// Seal (the details, to the vendor), sign and publish.
+    PublishProblemReport(ProblemDraft),
     /// Apply atomically, run the health check, then send [`Event::ApplyFinished`].
     /// On any failure the version that ran before must be in place when it is sent.
     Apply { manifest: Digest, version: semver::Version },
@@ -236,7 +238,7 @@ pub struct Snapshot {
     /// This node's report on the current release, re-published after a restart.
     pub own_report: Option<TestReport>,
     /// This node's problem report on the current release, re-sent after a restart.
-    pub own_problem: Option<ProblemReport>,
+    pub own_problem: Option<ProblemDraft>,
     /// A test or apply that failed for a fault of this node, and when to retry it.
     pub local_fault: Option<LocalFault>,
     /// Set by the operator's rollback: no release is applied while it stands.
@@ -353,7 +355,7 @@ pub struct Rollout {
     running: Option<semver::Version>,
     applying: Option<semver::Version>,
     own_report: Option<TestReport>,
-    own_problem: Option<ProblemReport>,
+    own_problem: Option<ProblemDraft>,
     local_fault: Option<LocalFault>,
     pin: Option<Pin>,
     retested: Option<(Digest, UnixMillis)>,
@@ -797,23 +799,20 @@ impl Rollout {
         }
     }
 
-    fn problem_report(
-        &self,
-        id: Digest,
-        failed_tests: Vec<String>,
-        logs_digest: Digest,
-        output: &str,
-    ) -> ProblemReport {
-        let release = self.campaign.release().map(|r| &r.manifest);
-        ProblemReport {
+    fn problem_report(&self, id: Digest, failed_tests: Vec<String>, logs_digest: Digest, output: &str) -> ProblemDraft {
+        let release = self.campaign.release();
+        ProblemDraft {
             manifest_id: id,
             app: self.config.app.clone(),
-            version: release.map_or_else(|| semver::Version::new(0, 0, 0), |m| m.version.clone()),
+            version: release.map_or_else(|| semver::Version::new(0, 0, 0), |r| r.manifest.version.clone()),
             cluster_key: self.grouping.cluster,
-            fingerprint: self.config.fingerprint.clone(),
             failed_tests,
             logs_digest,
-            output_excerpt: excerpt_tail(output, MAX_EXCERPT_BYTES),
+            vendor: release.map_or(PublicKey([0; 32]), |r| r.vendor),
+            details: ProblemDetails {
+                fingerprint: self.config.fingerprint.clone(),
+                output_excerpt: excerpt_tail(output, MAX_EXCERPT_BYTES),
+            },
         }
     }
 }

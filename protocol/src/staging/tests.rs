@@ -6,7 +6,7 @@ use crate::fingerprint::{ClusterKey, Fingerprint};
 use crate::identity::{Keypair, PublicKey};
 use crate::manifest::{ArtifactInfo, PolicyKind, StagingPolicy, UpgradeManifest, MIN_CHUNK_SIZE};
 use crate::presence::Presence;
-use crate::report::{Outcome, ProblemReport, RetestRequest, TestReport};
+use crate::report::{Outcome, ProblemDraft, RetestRequest, TestReport};
 use crate::time::UnixMillis;
 use crate::{Digest, Envelope, Verified};
 use proptest::prelude::*;
@@ -656,7 +656,8 @@ fn a_failing_test_reports_to_the_vendor_and_halts_the_cluster() {
         _ => None,
     });
     let problem = problem.expect("problem report");
-    assert_eq!(problem.fingerprint, fingerprint(0));
+    assert_eq!(problem.details.fingerprint, fingerprint(0));
+    assert_eq!(problem.vendor, vendor().public(), "sealed to whoever signed the release");
     assert_eq!(problem.failed_tests, vec!["smoke".to_string()]);
     assert_eq!(phase(&rep), Some(Phase::Failed));
 
@@ -697,7 +698,7 @@ fn failed(fault: Fault, step: ApplyStep) -> ApplyResult {
     ApplyResult::Failed { fault, step, logs_digest: Digest([1; 32]), output: "crash".into() }
 }
 
-fn problem_of(actions: &[Action]) -> Option<&ProblemReport> {
+fn problem_of(actions: &[Action]) -> Option<&ProblemDraft> {
     actions.iter().find_map(|a| match a {
         Action::PublishProblemReport(p) => Some(p),
         _ => None,
