@@ -12,7 +12,7 @@
 use super::Node;
 use crate::install::{ApplyOutcome, Installer};
 use crate::sandbox::{Sandbox, TestRun as SandboxRun};
-use libp2p::gossipsub;
+use libp2p::{gossipsub, PeerId};
 use mirage_bootstrap::overlay;
 use mirage_protocol::report::{Outcome, ProblemReport, RetestRequest, TestReport};
 use mirage_protocol::staging::problems::Caps;
@@ -32,6 +32,11 @@ const ROSTER_FEED: std::time::Duration = std::time::Duration::from_secs(1);
 /// Most test reports for a release not known yet kept per app, to replay when it
 /// comes (a report can outrun its manifest).
 const MAX_EARLY_REPORTS: usize = 64;
+/// Most test reports sent, and taken, in answer to a verdict request.
+pub const MAX_VERDICTS: usize = 64;
+/// Peers asked for a release's verdict when it comes or when they connect.
+const VERDICT_ASKS: usize = 4;
+
 /// What a vendor's request for problem reports may take: one wire message.
 const VENDOR_ANSWER_BYTES: usize = mirage_protocol::wire::MAX_MESSAGE_BYTES - 1024;
 
@@ -405,6 +410,92 @@ impl Node {
         for (report, bytes) in early {
             self.staging_feed_report(app, report, &bytes);
         }
+        self.staging_ask_verdicts(app);
+    }
+
+    /// The verdict this node's cluster reached while it was away (or before it heard
+    /// the release) was gossiped without it: ask a few connected cluster-mates (else
+    /// any peers) for the reports that count in our gate. The answers go through the
+    /// same checks as gossip.
+    fn staging_ask_verdicts(&mut self, app: &str) {
+        let now = overlay::now();
+        let Some(r) = self.staging.rollouts.get(app) else { return };
+        let Some(manifest) = r.rollout.campaign().release().map(|rel| rel.id) else { return };
+        let membership = r.rollout.grouping().membership.clone();
+        let mates: Vec<PeerId> = self
+            .membership
+            .roster(&membership)
+            .map(|roster| roster.members(now))
+            .unwrap_or_default()
+            .iter()
+            .map(|m| overlay::peer_id_of(&m.peer))
+            .filter(|p| *p != self.local_peer && self.swarm.is_connected(p))
+            .collect();
+        let others: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| !mates.contains(p)).collect();
+        let asked = self.dist.verdicts_asked.iter().filter(|(_, m)| *m == manifest).count();
+        for peer in mates.into_iter().chain(others).take(VERDICT_ASKS.saturating_sub(asked)) {
+            self.ask_verdicts(app, peer, manifest);
+        }
+    }
+
+    /// Asks a peer that just connected, if a release of ours still waits on its gate.
+    pub(super) fn staging_ask_verdicts_of(&mut self, peer: PeerId) {
+        let waiting: Vec<(String, Digest)> = self
+            .staging
+            .rollouts
+            .iter()
+            .filter(|(_, r)| {
+                let cluster = r.rollout.cluster();
+                r.rollout
+                    .campaign()
+                    .evaluation(&cluster)
+                    .is_none_or(|e| matches!(e.verdict, staging::Verdict::Pending | staging::Verdict::NotOpen))
+            })
+            .filter_map(|(app, r)| r.rollout.campaign().release().map(|rel| (app.clone(), rel.id)))
+            .collect();
+        for (app, manifest) in waiting {
+            self.ask_verdicts(&app, peer, manifest);
+        }
+    }
+
+    fn ask_verdicts(&mut self, app: &str, peer: PeerId, manifest: Digest) {
+        let Some(cluster) = self.staging.rollouts.get(app).map(|r| r.rollout.cluster()) else { return };
+        if !self.dist.verdicts_asked.insert((peer, manifest)) {
+            return;
+        }
+        // Old releases' entries go: one per (peer, release) at most, releases are few.
+        if self.dist.verdicts_asked.len() > 4096 {
+            self.dist.verdicts_asked.retain(|(_, m)| *m == manifest);
+        }
+        let request = crate::net::ContentRequest::Verdicts { app: app.to_string(), manifest, cluster };
+        let id = self.swarm.behaviour_mut().content.send_request(&peer, request);
+        self.dist.verdict_requests.insert(id, app.to_string());
+    }
+
+    /// The test reports that count in `cluster`'s gate for `manifest`, as stored here
+    /// (only admitted reports are stored), within one message.
+    pub(super) fn verdicts(&self, app: &str, manifest: &Digest, cluster: &ClusterKey) -> Vec<Vec<u8>> {
+        let Some(r) = self.staging.rollouts.get(app) else { return Vec::new() };
+        if r.rollout.campaign().release().is_none_or(|rel| &rel.id != manifest) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut used = 0;
+        for bytes in self.store.reports(app).unwrap_or_default() {
+            let Some(t) = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<TestReport>().ok()) else {
+                continue;
+            };
+            let p = t.payload();
+            if &p.manifest_id == manifest && &p.cluster_key == cluster && used + bytes.len() + 10 <= VENDOR_ANSWER_BYTES
+            {
+                used += bytes.len() + 10;
+                out.push(bytes);
+                if out.len() == MAX_VERDICTS {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Drops stored test reports and retest requests of releases other than the

@@ -36,6 +36,10 @@ pub enum ContentRequest {
     Reports { app: String },
     /// A ticket for a content lane to the peer ([`crate::lane`]).
     Lane,
+    /// The test reports for `manifest` that count in `cluster`'s gate at the peer: how
+    /// a node that was away learns its cluster's verdict, which was gossiped while it
+    /// was off. Answered as [`ContentResponse::Reports`], each checked as if gossiped.
+    Verdicts { app: String, manifest: Digest, cluster: mirage_protocol::ClusterKey },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -261,6 +265,11 @@ mod tests {
                 ContentRequest::Chunk { content: Digest([4; 32]), index: 7 },
                 ContentRequest::Reports { app: "mysql".into() },
                 ContentRequest::Lane,
+                ContentRequest::Verdicts {
+                    app: "mysql".into(),
+                    manifest: Digest([5; 32]),
+                    cluster: mirage_protocol::ClusterKey(Digest([6; 32])),
+                },
             ] {
                 let mut buf = Vec::new();
                 ContentCodec.write_request(&CONTENT_PROTOCOL, &mut Cursor::new(&mut buf), req.clone()).await.unwrap();

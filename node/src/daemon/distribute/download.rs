@@ -232,6 +232,7 @@ impl Node {
     }
 
     pub(in crate::daemon) fn on_peer_connected(&mut self, peer: PeerId) {
+        self.staging_ask_verdicts_of(peer);
         for app in self.dist.trusted_apps() {
             let id =
                 self.swarm.behaviour_mut().content.send_request(&peer, ContentRequest::Manifest { app: app.clone() });
@@ -291,6 +292,7 @@ impl Node {
                 self.dist.have_requests.remove(&request_id);
                 self.dist.manifest_requests.remove(&request_id);
                 self.dist.report_requests.remove(&request_id);
+                self.dist.verdict_requests.remove(&request_id);
             }
             _ => {}
         }
@@ -320,6 +322,20 @@ impl Node {
                 let _span = info_span!("release", from = %peer, app).entered();
                 if self.admit_manifest(&bytes, &app, false) == gossipsub::MessageAcceptance::Reject {
                     self.penalize(peer, "a bad manifest");
+                }
+            }
+            return;
+        }
+        if let Some(app) = self.dist.verdict_requests.remove(&id) {
+            if let ContentResponse::Reports(reports) = response {
+                let now = overlay::now();
+                for bytes in reports.iter().take(crate::daemon::staging::MAX_VERDICTS) {
+                    match check_release_message(bytes, &app, now) {
+                        Ok(ReleaseMessage::TestReport(r)) => {
+                            self.on_test_report(&app, r, bytes);
+                        }
+                        _ => debug!(%peer, "peer answered a verdict request with something else"),
+                    }
                 }
             }
             return;

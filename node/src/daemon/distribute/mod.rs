@@ -26,7 +26,7 @@ use mirage_protocol::transfer::{ChunkVerdict, Download, Rejection};
 use mirage_protocol::trust::{ManifestRejection, TrustStore};
 use mirage_protocol::{Digest, Envelope, Verified};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
@@ -212,6 +212,10 @@ pub struct Distribution {
     have_requests: HashMap<request_response::OutboundRequestId, Digest>,
     manifest_requests: HashMap<request_response::OutboundRequestId, String>,
     report_requests: HashMap<request_response::OutboundRequestId, String>,
+    /// Verdict requests in flight, by app; and who was asked for which release, so each
+    /// peer is asked once per release.
+    pub(in crate::daemon) verdict_requests: HashMap<request_response::OutboundRequestId, String>,
+    pub(in crate::daemon) verdicts_asked: HashSet<(PeerId, Digest)>,
     /// Ask every new peer for the problem reports it holds (a vendor collecting them).
     pub collect_reports: bool,
     provider_lookups: HashMap<kad::QueryId, Digest>,
@@ -289,6 +293,8 @@ impl Distribution {
             have_requests: HashMap::new(),
             manifest_requests: HashMap::new(),
             report_requests: HashMap::new(),
+            verdict_requests: HashMap::new(),
+            verdicts_asked: HashSet::new(),
             collect_reports: false,
             provider_lookups: HashMap::new(),
             rejected_manifests: BTreeMap::new(),

@@ -7,6 +7,14 @@ impl Node {
         match request {
             // Tickets are per peer: issued where the peer is known (`on_content`).
             ContentRequest::Lane => ContentResponse::NotFound,
+            ContentRequest::Verdicts { app, manifest, cluster } => {
+                let reports = self.verdicts(&app, &manifest, &cluster);
+                if reports.is_empty() {
+                    ContentResponse::NotFound
+                } else {
+                    ContentResponse::Reports(reports)
+                }
+            }
             ContentRequest::Reports { app } => {
                 let reports = self.problem_reports_for_vendor(&app);
                 if reports.is_empty() {
