@@ -1379,3 +1379,75 @@ fn a_refused_release_does_not_regroup() {
     assert_eq!(n.cluster(), full);
     assert_eq!(n.campaign().members(&full).len(), 1);
 }
+
+/// Writes the fuzz targets' seed corpus (`fuzz/corpus/<target>/`) from real signed
+/// messages: `MIRAGE_FUZZ_CORPUS=fuzz/corpus cargo test -p mirage-protocol --lib -- --ignored fuzz_corpus`.
+#[test]
+#[ignore]
+fn fuzz_corpus() {
+    use crate::fingerprint::{Item, ItemValue, ResourceClass};
+    use crate::report::{ProblemDetails, ProblemDraft};
+    use crate::roster::{ClusterSummary, Heartbeat};
+    let Some(dir) = std::env::var_os("MIRAGE_FUZZ_CORPUS") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    let write = |target: &str, name: &str, bytes: &[u8]| {
+        let d = dir.join(target);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), bytes).unwrap();
+    };
+    let at = 1_800_000_000_000 - 1000;
+    let m = manifest("8.4.0", policy(PolicyKind::Balanced));
+    let fp = Fingerprint::new(
+        APP.into(),
+        Digest([1; 32]),
+        vec![Item {
+            class: ResourceClass::Config,
+            path: "/etc/mysql/my.cnf".into(),
+            key: "mysqld.port".into(),
+            value: ItemValue::Text("3306".into()),
+        }],
+    );
+    let report = report_for(&keypair(0, 0), &m, fp.cluster_key(), Outcome::Fail, at);
+    let problem = ProblemDraft {
+        manifest_id: m.id(),
+        app: APP.into(),
+        version: m.version.clone(),
+        cluster_key: fp.cluster_key(),
+        failed_tests: vec!["config-validates".into()],
+        logs_digest: Digest([2; 32]),
+        vendor: vendor().public(),
+        details: ProblemDetails { fingerprint: fp.clone(), output_excerpt: "unknown variable".into() },
+    }
+    .seal(&mut rand::rngs::OsRng)
+    .unwrap();
+    let retest = RetestRequest { manifest_id: m.id(), app: APP.into(), version: m.version.clone(), clusters: Vec::new() };
+    let to_bytes = |e: Envelope| e.to_bytes().unwrap();
+    let k = keypair(0, 1);
+    write("release_message", "manifest", &to_bytes(Envelope::sign(&vendor(), &m, UnixMillis(at)).unwrap()));
+    write("release_message", "test-report", &to_bytes(Envelope::sign(&keypair(0, 0), report.payload(), UnixMillis(at)).unwrap()));
+    write("release_message", "problem-report", &to_bytes(Envelope::sign(&k, &problem, UnixMillis(at)).unwrap()));
+    write("release_message", "retest", &to_bytes(Envelope::sign(&vendor(), &retest, UnixMillis(at)).unwrap()));
+    write("app_message", "fingerprint", &to_bytes(Envelope::sign(&k, &fp, UnixMillis(at)).unwrap()));
+    let summary = ClusterSummary { app: APP.into(), cluster_key: fp.cluster_key(), size: 4, epoch: 7 };
+    write("app_message", "summary", &to_bytes(Envelope::sign(&k, &summary, UnixMillis(at)).unwrap()));
+    let typed = |which: u8, bytes: Vec<u8>| [vec![which], bytes].concat();
+    write("wire_types", "manifest", &typed(0, crate::wire::encode(&m).unwrap()));
+    write("wire_types", "test-report", &typed(1, crate::wire::encode(report.payload()).unwrap()));
+    write("wire_types", "problem-report", &typed(2, crate::wire::encode(&problem).unwrap()));
+    write("wire_types", "retest", &typed(3, crate::wire::encode(&retest).unwrap()));
+    write("wire_types", "fingerprint", &typed(4, crate::wire::encode(&fp).unwrap()));
+    let heartbeat = Heartbeat { app: APP.into(), cluster_key: fp.cluster_key() };
+    write("wire_types", "heartbeat", &typed(5, crate::wire::encode(&heartbeat).unwrap()));
+    write("wire_types", "summary", &typed(6, crate::wire::encode(&summary).unwrap()));
+    let configs: [(u8, &str); 4] = [
+        (0, "[mysqld]\nport = 3306\n!include /etc/app/other.conf\n!includedir /etc/app/conf.d/\nskip-name-resolve\n"),
+        (1, "Port 22\nInclude /etc/app/conf.d/*.conf\nPermitRootLogin no\n"),
+        (2, "ServerRoot /etc/app\n<VirtualHost *:80>\n  DocumentRoot /var/www\n  IncludeOptional conf.d/*.conf\n</VirtualHost>\n"),
+        (3, "[PHP]\nextension=mysqli\nmemory_limit = 128M\n[PATH=/var/www]\ndisplay_errors = Off\n"),
+    ];
+    for (which, text) in configs {
+        write("config", &format!("format-{which}"), &typed(which, text.as_bytes().to_vec()));
+        let chain = format!("{text}\0[client]\nport = 3307\nInclude /etc/app/app.conf\n\0x = 1\n");
+        write("config_chain", &format!("format-{which}"), &typed(which, chain.into_bytes()));
+    }
+}

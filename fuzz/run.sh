@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every fuzz target (or those named) for SECONDS each, starting from the seed
+# corpus in fuzz/corpus/<target> without changing it. CI runs it for a few seconds per
+# target (`./dev test` does, after the tests); a fuzzing session for minutes.
+#   fuzz/run.sh SECONDS [TARGET...]
+# Needs cargo-fuzz and a nightly toolchain (installed by `./dev deps` where missing). A
+# crash stops the run with the input under fuzz/artifacts/<target>/ and status 1.
+set -euo pipefail
+cd "$(dirname "$0")"
+secs="${1:?usage: fuzz/run.sh SECONDS [TARGET...]}"; shift
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo +nightly fuzz list)
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+for t in "${targets[@]}"; do
+  mkdir -p "$work/$t"
+  # New inputs go to the first directory (a scratch one); the seeds are only read.
+  out="$(cargo +nightly fuzz run "$t" "$work/$t" "corpus/$t" -- -max_total_time="$secs" 2>&1)" || {
+    echo "$out" | tail -40 >&2
+    echo "fuzz target $t failed; its input is in fuzz/artifacts/$t/" >&2
+    exit 1
+  }
+  echo "fuzz $t: $(echo "$out" | grep -E '^Done' | tail -1)"
+done
