@@ -1420,11 +1420,16 @@ fn fuzz_corpus() {
     }
     .seal(&mut rand::rngs::OsRng)
     .unwrap();
-    let retest = RetestRequest { manifest_id: m.id(), app: APP.into(), version: m.version.clone(), clusters: Vec::new() };
+    let retest =
+        RetestRequest { manifest_id: m.id(), app: APP.into(), version: m.version.clone(), clusters: Vec::new() };
     let to_bytes = |e: Envelope| e.to_bytes().unwrap();
     let k = keypair(0, 1);
     write("release_message", "manifest", &to_bytes(Envelope::sign(&vendor(), &m, UnixMillis(at)).unwrap()));
-    write("release_message", "test-report", &to_bytes(Envelope::sign(&keypair(0, 0), report.payload(), UnixMillis(at)).unwrap()));
+    write(
+        "release_message",
+        "test-report",
+        &to_bytes(Envelope::sign(&keypair(0, 0), report.payload(), UnixMillis(at)).unwrap()),
+    );
     write("release_message", "problem-report", &to_bytes(Envelope::sign(&k, &problem, UnixMillis(at)).unwrap()));
     write("release_message", "retest", &to_bytes(Envelope::sign(&vendor(), &retest, UnixMillis(at)).unwrap()));
     write("app_message", "fingerprint", &to_bytes(Envelope::sign(&k, &fp, UnixMillis(at)).unwrap()));
