@@ -45,7 +45,13 @@ pub enum StoreError {
     Missing { index: usize },
     #[error("{path} is not the artifact: its content hash differs from the manifest's")]
     WrongContent { path: PathBuf },
+    #[error("{path} has {free} bytes free, and the download needs {need} (with a reserve)")]
+    NoSpace { path: PathBuf, need: u64, free: u64 },
 }
+
+/// Room a download leaves on the disk beyond its own bytes, so a full download does not
+/// fill the disk the node's database and the apps share.
+pub const SPACE_RESERVE: u64 = 64 << 20;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_path_buf(), source }
@@ -65,6 +71,36 @@ impl ChunkStore {
 
     fn folder(&self, info: &ArtifactInfo) -> PathBuf {
         self.dir.join(info.content_hash.to_hex())
+    }
+
+    /// Bytes of the artifact already on disk (its data file's allocated blocks).
+    pub fn bytes_present(&self, info: &ArtifactInfo) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.folder(info).join("data")).map_or(0, |m| (m.blocks() * 512).min(info.size))
+    }
+
+    /// Bytes free for this store's files (for an unprivileged writer).
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.dir.as_os_str().as_bytes())
+            .map_err(|e| StoreError::Io { path: self.dir.clone(), source: std::io::Error::other(e) })?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: statvfs(3) reads a NUL-terminated path and fills the struct we own.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(io(&self.dir)(std::io::Error::last_os_error()));
+        }
+        Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Whether `bytes` more fit, with [`SPACE_RESERVE`] to spare: checked before a
+    /// download starts, so a full disk is found out before any peer's chunk arrives.
+    pub fn check_room(&self, bytes: u64) -> Result<(), StoreError> {
+        let free = self.free_bytes()?;
+        let need = bytes.saturating_add(SPACE_RESERVE);
+        if free < need {
+            return Err(StoreError::NoSpace { path: self.dir.clone(), need, free });
+        }
+        Ok(())
     }
 
     /// Opens the artifact for downloading or serving, resuming whatever verified
@@ -322,6 +358,18 @@ impl Finisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_download_that_cannot_fit_is_refused_before_it_starts_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let free = store.free_bytes().unwrap();
+        assert!(free > 0);
+        store.check_room(0).unwrap();
+        let e = store.check_room(free).unwrap_err();
+        assert!(matches!(e, StoreError::NoSpace { need, .. } if need == free + SPACE_RESERVE), "{e}");
+        assert!(e.to_string().contains("bytes free"), "{e}");
+    }
     use mirage_protocol::manifest::MIN_CHUNK_SIZE;
 
     fn artifact() -> (Vec<u8>, ArtifactInfo) {

@@ -662,7 +662,21 @@ impl Node {
         if let Some(content) = self.release_content(app) {
             return Some(content);
         }
-        self.fetch_release(app);
+        if let Err(e) = self.try_fetch_release(app) {
+            // Our disk cannot hold the release: a local fault, retried by the core,
+            // never a verdict on the release.
+            let reason = format!("cannot download the release: {e}");
+            let event = match action {
+                Action::RunTests { manifest } => Event::TestsCouldNotRun { manifest, reason },
+                Action::Apply { manifest, .. } => Event::ApplyFinished {
+                    manifest,
+                    result: ApplyResult::failed(Fault::Local, ApplyStep::Unpack, reason),
+                },
+                _ => return None,
+            };
+            self.staging_handle(app, event);
+            return None;
+        }
         if let Some(content) = self.release_content(app) {
             return Some(content);
         }

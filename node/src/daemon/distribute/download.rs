@@ -7,16 +7,26 @@ impl Node {
     /// Starts (or resumes) downloading the admitted release of `app`: its artifact and
     /// test bundle. Returns the version, or why not.
     pub(in crate::daemon) fn fetch_release(&mut self, app: &str) -> Option<semver::Version> {
-        let a = self.dist.releases.get(app)?;
+        self.try_fetch_release(app).ok().flatten()
+    }
+
+    /// Starts the release's downloads; `Ok(None)` when no release is admitted, `Err` when
+    /// this node cannot hold it (its disk): a fault of its own, never a peer's.
+    pub(in crate::daemon) fn try_fetch_release(
+        &mut self,
+        app: &str,
+    ) -> Result<Option<semver::Version>, crate::chunk_store::StoreError> {
+        let Some(a) = self.dist.releases.get(app) else { return Ok(None) };
         let m = a.manifest.payload().clone();
         let parts = std::iter::once(("artifact", &m.artifact)).chain(m.test_bundle.as_ref().map(|b| ("tests", b)));
         for (what, info) in parts {
             if let Err(e) = self.start_download(&m, what, info) {
                 warn!(app, version = %m.version, error = %e, "cannot start download");
-                return None;
+                *self.dist.local_faults.entry(store_fault_name(&e)).or_default() += 1;
+                return Err(e);
             }
         }
-        Some(m.version)
+        Ok(Some(m.version))
     }
 
     pub(super) fn start_download(
@@ -30,6 +40,10 @@ impl Node {
             return Ok(());
         }
         if !self.dist.held.contains_key(&content) {
+            // What is still missing must fit (sparse files take their room as chunks
+            // come, so the room is checked, not reserved).
+            let present = self.dist.chunks.bytes_present(info);
+            self.dist.chunks.check_room(info.size.saturating_sub(present))?;
             let stored = self.dist.chunks.open_artifact(info)?;
             self.dist.held.insert(content, stored);
         }
@@ -502,5 +516,13 @@ impl Node {
         if self.staging.manages(&app) {
             self.staging_content_check(&app);
         }
+    }
+}
+
+/// A stable word for a local storage fault, for status counters.
+fn store_fault_name(e: &crate::chunk_store::StoreError) -> &'static str {
+    match e {
+        crate::chunk_store::StoreError::NoSpace { .. } => "no_space",
+        _ => "store",
     }
 }

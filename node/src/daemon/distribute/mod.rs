@@ -221,6 +221,8 @@ pub struct Distribution {
     provider_lookups: HashMap<kad::QueryId, Digest>,
     rejected_manifests: BTreeMap<&'static str, u64>,
     rejected_chunks: BTreeMap<&'static str, u64>,
+    /// Downloads this node could not start for a fault of its own (a full disk).
+    pub(in crate::daemon) local_faults: BTreeMap<&'static str, u64>,
     /// Chunks served to peers, by where they came from: "memory" (the LRU) or "disk".
     served_chunks: BTreeMap<&'static str, u64>,
     /// Releases to publish on their topic once the topic has peers.
@@ -294,6 +296,7 @@ impl Distribution {
             manifest_requests: HashMap::new(),
             report_requests: HashMap::new(),
             verdict_requests: HashMap::new(),
+            local_faults: BTreeMap::new(),
             verdicts_asked: HashSet::new(),
             collect_reports: false,
             provider_lookups: HashMap::new(),
