@@ -28,6 +28,8 @@ mod client;
 mod server;
 pub mod wire;
 
+pub use server::ServeTimeouts;
+
 use libp2p::PeerId;
 use mirage_protocol::Digest;
 use std::collections::HashMap;
@@ -102,6 +104,8 @@ pub struct Lanes {
     addrs: HashMap<PeerId, IpAddr>,
     events: mpsc::UnboundedSender<LaneEvent>,
     answer_timeout: Duration,
+    /// Lanes this node serves, by peer.
+    serving: server::Serving,
 }
 
 impl Lanes {
@@ -120,6 +124,7 @@ impl Lanes {
             addrs: HashMap::new(),
             events,
             answer_timeout,
+            serving: Arc::default(),
         };
         (lanes, rx)
     }
@@ -131,6 +136,16 @@ impl Lanes {
         max_open: usize,
         answer_timeout: Duration,
     ) -> std::io::Result<(Lanes, mpsc::UnboundedReceiver<LaneEvent>)> {
+        Lanes::listen_with(addr, max_open, answer_timeout, server::ServeTimeouts::default()).await
+    }
+
+    /// [`Lanes::listen`] with other serving timeouts.
+    pub async fn listen_with(
+        addr: SocketAddr,
+        max_open: usize,
+        answer_timeout: Duration,
+        timeouts: server::ServeTimeouts,
+    ) -> std::io::Result<(Lanes, mpsc::UnboundedReceiver<LaneEvent>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let (lanes, rx) = Lanes::with(Some(listener.local_addr()?.port()), answer_timeout);
         tokio::spawn(server::accept_loop(
@@ -138,6 +153,8 @@ impl Lanes {
             lanes.tickets.clone(),
             lanes.events.clone(),
             Arc::new(Semaphore::new(max_open)),
+            lanes.serving.clone(),
+            timeouts,
         ));
         Ok((lanes, rx))
     }
@@ -169,6 +186,8 @@ impl Lanes {
         self.tickets.lock().expect("ticket lock").retain(|_, p| p != peer);
         self.outbound.remove(peer);
         self.addrs.remove(peer);
+        // And the lanes we serve it: dropping their senders closes them.
+        self.serving.lock().expect("serving lock").remove(peer);
     }
 
     /// Whether to ask `peer` for a lane now; if so, it counts as asked from here on.
@@ -238,10 +257,17 @@ impl Lanes {
         }
     }
 
-    /// Our lane to `peer` ended.
-    pub fn on_closed(&mut self, peer: PeerId) {
+    /// Our lane to `peer` ended. One the peer closed (it went quiet past the peer's
+    /// idle limit, say) may be asked for again; one that broke its protocol may not.
+    pub fn on_closed(&mut self, peer: PeerId, error: Option<&LaneError>) {
         if matches!(self.outbound.get(&peer), Some(Outbound::Open(tx)) if tx.is_closed()) {
-            self.outbound.insert(peer, Outbound::Unavailable);
+            let broke = matches!(error, Some(LaneError::Frame(_) | LaneError::Unsolicited))
+                || matches!(error, Some(LaneError::Peer { source, .. }) if matches!(**source, LaneError::Frame(_) | LaneError::Unsolicited));
+            if broke {
+                self.outbound.insert(peer, Outbound::Unavailable);
+            } else {
+                self.outbound.remove(&peer);
+            }
         }
     }
 }
@@ -315,6 +341,48 @@ mod tests {
         assert!(matches!(client.route(server_peer, content, 2), Route::Libp2p));
     }
 
+    /// A lane opened by hand with `ticket`, as a client would.
+    async fn open_raw(port: u16, ticket: &Ticket) -> tokio::net::TcpStream {
+        let mut stream = tokio::net::TcpStream::connect((LOOPBACK, port)).await.unwrap();
+        stream.write_all(&wire::encode_hello(ticket)).await.unwrap();
+        stream
+    }
+
+    /// Whether the server closes the lane within `within`.
+    async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(within, stream.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_goes_quiet_is_closed_and_its_slot_given_back() {
+        let timeouts = ServeTimeouts { idle: Duration::from_millis(300), write: Duration::from_millis(300) };
+        let (mut server, _served) =
+            Lanes::listen_with(SocketAddr::new(LOOPBACK, 0), 1, PATIENCE, timeouts).await.unwrap();
+        let client = PeerId::random();
+        let (port, ticket) = server.issue_ticket(client).unwrap();
+        let mut quiet = open_raw(port, &ticket).await;
+        assert!(closed_within(&mut quiet, Duration::from_secs(5)).await, "a silent lane stayed open");
+        // Its one slot is free again: a new ticket opens a lane that stays up meanwhile.
+        let (_, ticket) = server.issue_ticket(client).unwrap();
+        let mut next = open_raw(port, &ticket).await;
+        assert!(!closed_within(&mut next, Duration::from_millis(100)).await);
+    }
+
+    #[tokio::test]
+    async fn lanes_served_to_a_peer_close_with_its_libp2p_connection() {
+        let (mut server, _served) = Lanes::listen(SocketAddr::new(LOOPBACK, 0), 4, PATIENCE).await.unwrap();
+        let (gone, staying) = (PeerId::random(), PeerId::random());
+        let (port, ticket) = server.issue_ticket(gone).unwrap();
+        let mut lane = open_raw(port, &ticket).await;
+        let (_, other_ticket) = server.issue_ticket(staying).unwrap();
+        let mut other = open_raw(port, &other_ticket).await;
+        assert!(!closed_within(&mut lane, Duration::from_millis(200)).await, "open while the peer is connected");
+        server.peer_gone(&gone);
+        assert!(closed_within(&mut lane, Duration::from_secs(5)).await, "the lane outlived its libp2p connection");
+        assert!(!closed_within(&mut other, Duration::from_millis(200)).await, "another peer's lane was closed");
+    }
+
     #[tokio::test]
     async fn requests_waiting_for_a_lane_that_never_opens_are_handed_back() {
         // A port nobody listens on: bind one, note it, let it go.
@@ -346,10 +414,14 @@ mod tests {
         assert!(client.should_ask(server_peer));
         client.on_offer(server_peer, port, [3; 16]);
         assert!(matches!(client.route(server_peer, Digest([2; 32]), 7), Route::Taken));
-        let LaneEvent::Closed { error: Some(_), lost, .. } = next(&mut events).await else { panic!("a broken lane") };
+        let LaneEvent::Closed { error: Some(error), lost, .. } = next(&mut events).await else {
+            panic!("a broken lane")
+        };
         assert_eq!(lost, vec![(Digest([2; 32]), 7)]);
-        client.on_closed(server_peer);
-        assert!(matches!(client.route(server_peer, Digest([2; 32]), 8), Route::Libp2p), "libp2p from now on");
+        client.on_closed(server_peer, Some(&error));
+        assert!(matches!(client.route(server_peer, Digest([2; 32]), 8), Route::Libp2p), "libp2p meanwhile");
+        // A hang-up is no breach of the protocol: a new lane may be asked for later.
+        assert!(client.should_ask(server_peer));
     }
 
     #[test]

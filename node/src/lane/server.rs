@@ -19,11 +19,31 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Past it the server stops reading requests until an answer is out.
 const PIPELINE: usize = 4;
 
+/// How long a served lane may stay silent, and how long one answer may take to leave:
+/// a client that stops asking or stops reading gives its slot back.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeTimeouts {
+    pub idle: Duration,
+    pub write: Duration,
+}
+
+impl Default for ServeTimeouts {
+    fn default() -> Self {
+        ServeTimeouts { idle: Duration::from_secs(60), write: Duration::from_secs(30) }
+    }
+}
+
+/// The lanes served to each peer, closed when its libp2p connection closes: dropping
+/// a sender ends its lane.
+pub(super) type Serving = Arc<Mutex<HashMap<PeerId, Vec<oneshot::Sender<()>>>>>;
+
 pub(super) async fn accept_loop(
     listener: TcpListener,
     tickets: Arc<Mutex<HashMap<Ticket, PeerId>>>,
     events: mpsc::UnboundedSender<LaneEvent>,
     limit: Arc<Semaphore>,
+    serving: Serving,
+    timeouts: ServeTimeouts,
 ) {
     loop {
         let (stream, from) = match listener.accept().await {
@@ -39,9 +59,9 @@ pub(super) async fn accept_loop(
             debug!(%from, "content lane refused: too many open");
             continue;
         };
-        let (tickets, events) = (tickets.clone(), events.clone());
+        let (tickets, events, serving) = (tickets.clone(), events.clone(), serving.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, tickets, events, permit).await {
+            if let Err(e) = serve_connection(stream, tickets, events, permit, serving, timeouts).await {
                 debug!(%from, error = %e, "content lane closed");
             }
         });
@@ -53,6 +73,8 @@ async fn serve_connection(
     tickets: Arc<Mutex<HashMap<Ticket, PeerId>>>,
     events: mpsc::UnboundedSender<LaneEvent>,
     _permit: OwnedSemaphorePermit,
+    serving: Serving,
+    timeouts: ServeTimeouts,
 ) -> Result<(), LaneError> {
     stream.set_nodelay(true)?;
     let mut hello = [0u8; wire::HELLO_LEN];
@@ -60,16 +82,25 @@ async fn serve_connection(
     let ticket = wire::decode_hello(&hello)?;
     // Tickets are single-use: a client that reconnects asks for a new one over libp2p.
     let peer = tickets.lock().expect("ticket lock").remove(&ticket).ok_or(LaneError::UnknownTicket)?;
+    let (close_tx, closed) = oneshot::channel();
+    {
+        let mut serving = serving.lock().expect("serving lock");
+        let lanes = serving.entry(peer).or_default();
+        lanes.retain(|l| !l.is_closed());
+        lanes.push(close_tx);
+    }
     let (mut rd, mut wr) = stream.into_split();
     let (queue_tx, mut queue_rx) = mpsc::channel::<(u32, oneshot::Receiver<Option<Served>>)>(PIPELINE);
     let reader = async {
         loop {
             let mut request = [0u8; wire::REQUEST_LEN];
-            match rd.read_exact(&mut request).await {
-                Ok(_) => {}
-                // The client closed its lane: done.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(LaneError::Io(e)),
+            match tokio::time::timeout(timeouts.idle, rd.read_exact(&mut request)).await {
+                Ok(Ok(_)) => {}
+                // The client closed its lane, or went quiet: done (it asks for a new
+                // ticket when it wants chunks again).
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(_) => return Ok(()),
+                Ok(Err(e)) => return Err(LaneError::Io(e)),
             }
             let (content, index) = wire::decode_request(&request);
             let (reply, answer) = oneshot::channel();
@@ -79,22 +110,29 @@ async fn serve_connection(
     };
     let writer = async {
         while let Some((index, answer)) = queue_rx.recv().await {
-            match answer.await.ok().flatten() {
-                None => wr.write_all(&AnswerHead::NotFound { index }.encode()).await?,
-                Some(served) => {
-                    let head = AnswerHead::Chunk { index, bitmap_len: served.have.len(), data_len: served.data.len() };
-                    let mut first = head.encode().to_vec();
-                    first.extend_from_slice(&served.have);
-                    wr.write_all(&first).await?;
-                    wr.write_all(&served.data).await?;
+            let write = async {
+                match answer.await.ok().flatten() {
+                    None => wr.write_all(&AnswerHead::NotFound { index }.encode()).await,
+                    Some(served) => {
+                        let head =
+                            AnswerHead::Chunk { index, bitmap_len: served.have.len(), data_len: served.data.len() };
+                        let mut first = head.encode().to_vec();
+                        first.extend_from_slice(&served.have);
+                        wr.write_all(&first).await?;
+                        wr.write_all(&served.data).await
+                    }
                 }
-            }
+            };
+            // A client that stops reading holds a slot no longer than this.
+            tokio::time::timeout(timeouts.write, write).await.map_err(|_| LaneError::Timeout)??;
         }
         Ok(())
     };
     let ended = tokio::select! {
         r = reader => r,
         r = writer => r,
+        // The peer's libp2p connection closed: what the lane serves was decided there.
+        _ = closed => Ok(()),
     };
     ended.map_err(|e| LaneError::Peer { peer, source: Box::new(e) })
 }

@@ -24,7 +24,7 @@ impl Node {
                     Some(e) => info!(%peer, error = %e, lost = lost.len(), "content lane broke; libp2p from now on"),
                     None => debug!(%peer, "content lane closed"),
                 }
-                self.dist.lanes.on_closed(peer);
+                self.dist.lanes.on_closed(peer, error.as_ref());
                 let mut touched = BTreeSet::new();
                 for (content, index) in lost {
                     if let Some(d) = self.dist.downloads.get_mut(&content) {
