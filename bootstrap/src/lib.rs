@@ -142,9 +142,20 @@ pub async fn run(options: BootstrapOptions, shutdown: impl Future<Output = ()>) 
                     let _ = writeln!(out, "listening {address}/p2p/{local}");
                     let _ = out.flush();
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     debug!(peer = %peer_id, "connected");
-                    connections.on_established(peer_id, overlay::now());
+                    let ip = endpoint.get_remote_address().iter().find_map(|p| match p {
+                        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+                        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+                        _ => None,
+                    });
+                    let origin = mirage_protocol::connections::Origin { ip, outbound: endpoint.is_dialer() };
+                    if connections.admit(peer_id, origin, overlay::now()).is_err() {
+                        // One address may not take a bootstrap peer's slots from everyone
+                        // else (an eclipse starts by owning the newcomers' first peers).
+                        debug!(peer = %peer_id, ?ip, "refused: too many peers from its address");
+                        swarm.close_connection(connection_id);
+                    }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     debug!(peer = %peer_id, "disconnected");

@@ -15,10 +15,17 @@
 //! The shell reports connections opening and closing and useful exchanges; each
 //! maintenance tick it passes in what gossipsub knows of each peer and carries out
 //! the closes [`Connections::to_close`] returns.
+//!
+//! Against eclipse: peers that dialed us from one IP address may hold at most
+//! `per_ip` connections (loopback excepted: local peers are the machine's own, and
+//! loopback testnets run every node there), and the oldest `kept_outbound` peers we
+//! dialed ourselves are never trimmed, so strangers that crowd in cannot push out the
+//! peers this node chose.
 
 use crate::UnixMillis;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// The two marks and the grace period.
@@ -30,18 +37,22 @@ pub struct Budget {
     pub high: usize,
     /// A connection younger than this, or with useful traffic this recent, stays.
     pub grace: Duration,
+    /// Most peers connected to us from one (non-loopback) IP address.
+    pub per_ip: usize,
+    /// Peers we dialed that trimming never closes (the oldest this many).
+    pub kept_outbound: usize,
 }
 
 impl Budget {
     /// An overlay node: two gossip meshes of up to 12 peers each (gossipsub's
     /// `mesh_n_high`) fit under `low`, with room for DHT queries and fetches.
-    pub const NODE: Budget = Budget { low: 24, high: 40, grace: Duration::from_secs(30) };
+    pub const NODE: Budget = Budget { low: 24, high: 40, grace: Duration::from_secs(30), per_ip: 4, kept_outbound: 8 };
 
     /// A peer that accepts up to `max` connections (a bootstrap peer): trims to half,
     /// from three quarters, so that newcomers always find a free slot.
     pub fn for_capacity(max: usize) -> Budget {
         let max = max.max(4);
-        Budget { low: max / 2, high: max * 3 / 4, grace: Duration::from_secs(30) }
+        Budget { low: max / 2, high: max * 3 / 4, grace: Duration::from_secs(30), per_ip: 8, kept_outbound: 4 }
     }
 }
 
@@ -68,6 +79,27 @@ pub struct PeerFacts {
 struct Connected {
     since: UnixMillis,
     last_exchange: Option<UnixMillis>,
+    origin: Origin,
+}
+
+/// Where a peer's first connection came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The remote address, if the transport has one.
+    pub ip: Option<IpAddr>,
+    /// We dialed it (rather than it us).
+    pub outbound: bool,
+}
+
+impl Origin {
+    pub const UNKNOWN: Origin = Origin { ip: None, outbound: false };
+}
+
+/// Why a new peer's connection is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its IP address already holds `per_ip` peers' connections to us.
+    TooManyFromIp,
 }
 
 /// The connections a peer holds, as far as the budget needs to know them.
@@ -97,7 +129,23 @@ impl<K: Copy + Ord + Hash> Connections<K> {
     /// The first connection to `peer` opened (later ones to the same peer change
     /// nothing: the budget counts peers).
     pub fn on_established(&mut self, peer: K, now: UnixMillis) {
-        self.peers.entry(peer).or_insert(Connected { since: now, last_exchange: None });
+        let _ = self.admit(peer, Origin::UNKNOWN, now);
+    }
+
+    /// A first connection to `peer` from `origin`: counted, or refused (the shell
+    /// closes it) when its IP address is over its share.
+    pub fn admit(&mut self, peer: K, origin: Origin, now: UnixMillis) -> Result<(), Refused> {
+        if self.peers.contains_key(&peer) {
+            return Ok(());
+        }
+        if let Some(ip) = origin.ip.filter(|ip| !origin.outbound && !ip.is_loopback()) {
+            let same = self.peers.values().filter(|c| !c.origin.outbound && c.origin.ip == Some(ip)).count();
+            if same >= self.budget.per_ip {
+                return Err(Refused::TooManyFromIp);
+            }
+        }
+        self.peers.insert(peer, Connected { since: now, last_exchange: None, origin });
+        Ok(())
     }
 
     /// The last connection to `peer` closed.
@@ -119,15 +167,21 @@ impl<K: Copy + Ord + Hash> Connections<K> {
     /// Empty unless more than `high` peers are connected; otherwise as many of the
     /// least useful closable peers as bring the count down to `low`.
     pub fn to_close(&self, now: UnixMillis, facts: impl Fn(&K) -> Option<PeerFacts>) -> Vec<K> {
-        let Budget { low, high, grace } = self.budget;
+        let Budget { low, high, grace, kept_outbound, .. } = self.budget;
         if self.peers.len() <= high {
             return Vec::new();
         }
         let excess = self.peers.len() - low;
         let recent = |t: UnixMillis| now.since(t) < grace;
+        // The peers we chose, oldest first: the first few stay whatever else comes.
+        let mut chosen: Vec<(UnixMillis, K)> =
+            self.peers.iter().filter(|(_, c)| c.origin.outbound).map(|(k, c)| (c.since, *k)).collect();
+        chosen.sort_unstable();
+        let kept: Vec<K> = chosen.into_iter().take(kept_outbound).map(|(_, k)| k).collect();
         let mut closable: Vec<(Standing, std::cmp::Reverse<UnixMillis>, K)> = self
             .peers
             .iter()
+            .filter(|(k, _)| !kept.contains(k))
             .filter(|(_, c)| !recent(c.since) && !c.last_exchange.is_some_and(recent))
             .filter_map(|(k, c)| {
                 let f = facts(k).unwrap_or(PeerFacts { standing: Standing::Stranger, in_mesh: false });
@@ -147,7 +201,27 @@ mod tests {
     const S: u64 = 1000;
 
     fn budget() -> Budget {
-        Budget { low: 4, high: 6, grace: Duration::from_secs(30) }
+        Budget { low: 4, high: 6, grace: Duration::from_secs(30), per_ip: 2, kept_outbound: 1 }
+    }
+
+    #[test]
+    fn strangers_from_one_address_get_a_few_slots_and_crowd_out_no_peer_we_chose() {
+        let mut c = Connections::new(budget());
+        let ip = |n: u8| Some(IpAddr::from([203, 0, 113, n]));
+        let inbound = |n| Origin { ip: ip(n), outbound: false };
+        // Our own choice, dialed first.
+        c.admit(100u32, Origin { ip: ip(9), outbound: true }, UnixMillis(0)).unwrap();
+        assert_eq!(c.admit(1, inbound(1), UnixMillis(S)), Ok(()));
+        assert_eq!(c.admit(2, inbound(1), UnixMillis(S)), Ok(()));
+        assert_eq!(c.admit(3, inbound(1), UnixMillis(S)), Err(Refused::TooManyFromIp));
+        // Loopback peers are the machine's own (and every node of a loopback testnet).
+        for p in 10..14 {
+            c.admit(p, Origin { ip: Some(IpAddr::from([127, 0, 0, 1])), outbound: false }, UnixMillis(S)).unwrap();
+        }
+        // Over the high mark, the oldest peer of all is ours and stays.
+        let closed = c.to_close(UnixMillis(600 * S), |_| stranger());
+        assert_eq!(closed.len(), 3);
+        assert!(!closed.contains(&100));
     }
 
     fn stranger() -> Option<PeerFacts> {
@@ -231,7 +305,7 @@ mod tests {
             low in 0usize..20,
             extra in 0usize..20,
         ) {
-            let budget = Budget { low, high: low + extra, grace: Duration::from_secs(30) };
+            let budget = Budget { low, high: low + extra, grace: Duration::from_secs(30), per_ip: 4, kept_outbound: 0 };
             let mut c = Connections::new(budget);
             let now = UnixMillis(100 * S);
             let mut facts = HashMap::new();

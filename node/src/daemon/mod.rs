@@ -217,6 +217,8 @@ struct Node {
     connections: Connections<PeerId>,
     /// Connections the budget closed since start.
     trimmed: u64,
+    /// Connections refused because their address held too many peers already.
+    refused_by_ip: u64,
     /// The bootstrap peers given at start, to tell whether the overlay is reachable.
     bootstrap_peers: Vec<PeerId>,
     dist: Distribution,
@@ -305,6 +307,7 @@ async fn run_inner(
         target_peers: options.target_peers,
         connections: Connections::new(Budget::NODE),
         trimmed: 0,
+        refused_by_ip: 0,
         bootstrap_peers: options.bootstrap.iter().filter_map(overlay::split_peer_addr).map(|(p, _)| p).collect(),
         dist: Distribution::new(
             options.trust.clone(),
@@ -706,9 +709,18 @@ impl Node {
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, connection_id, .. } => {
                 debug!(peer = %peer_id, "connected");
-                self.connections.on_established(peer_id, overlay::now());
+                let origin = mirage_protocol::connections::Origin {
+                    ip: ip_of(endpoint.get_remote_address()),
+                    outbound: endpoint.is_dialer(),
+                };
+                if self.connections.admit(peer_id, origin, overlay::now()).is_err() {
+                    debug!(peer = %peer_id, ip = ?origin.ip, "refused: too many peers from its address");
+                    self.refused_by_ip += 1;
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 self.dist.lanes.peer_connected(peer_id, ip_of(endpoint.get_remote_address()));
                 if num_established.get() == 1 {
                     self.on_peer_connected(peer_id);
@@ -1225,6 +1237,7 @@ impl Node {
                 "connected": connected.len(),
                 "budget": { "low": self.connections.budget().low, "high": self.connections.budget().high },
                 "closed_by_budget": self.trimmed,
+                "refused_per_ip": self.refused_by_ip,
             },
             "bootstrap_peers": { "configured": self.bootstrap_peers.len(), "connected": bootstrap_connected },
             "seeding": self.dist.seed_goal.as_ref().map(|g| g.status()),
