@@ -40,8 +40,14 @@ fn verify_error(e: VerifyError) -> DropReason {
     }
 }
 
-/// Decodes and verifies a release-channel message for `app`. Expired manifests are
-/// [`DropReason::Stale`]: relaying them would only help a replay.
+/// Decodes and verifies a release-channel message for `app`. Expired manifests, and
+/// reports and retest requests older than [`crate::staging::MESSAGE_MAX_AGE`] (or from
+/// the future), are [`DropReason::Stale`]: relaying them would only help a replay.
+///
+/// These are the rules every node and every relay applies alike, and the only ones
+/// whose breach costs the peer that relayed a message: what a node refuses for reasons
+/// of its own (whom it trusts, what its gates count) it ignores, so an honest relay
+/// that cannot know them loses nothing.
 pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result<ReleaseMessage, DropReason> {
     let envelope = decode_envelope(bytes)?;
     let message = match envelope.kind {
@@ -63,6 +69,15 @@ pub fn check_release_message(bytes: &[u8], app: &str, now: UnixMillis) -> Result
     };
     if message.app() != app {
         return Err(DropReason::WrongApp);
+    }
+    let fresh = match &message {
+        ReleaseMessage::Manifest(_) => true,
+        ReleaseMessage::TestReport(r) => crate::staging::is_fresh(r, now),
+        ReleaseMessage::ProblemReport(r) => crate::staging::is_fresh(r, now),
+        ReleaseMessage::Retest(r) => crate::staging::is_fresh(r, now),
+    };
+    if !fresh {
+        return Err(DropReason::Stale);
     }
     Ok(message)
 }
@@ -86,6 +101,31 @@ mod tests {
             expires_at: UnixMillis(expires_at),
             notes: String::new(),
         }
+    }
+
+    #[test]
+    fn reports_older_than_a_week_are_stale_for_relays_and_nodes_alike() {
+        use crate::report::{Outcome, TestReport};
+        let signer = Keypair::from_secret_bytes(&[2; 32]);
+        let report = TestReport {
+            manifest_id: crate::Digest([1; 32]),
+            app: "mysql".into(),
+            version: semver::Version::new(1, 0, 0),
+            cluster_key: crate::ClusterKey(crate::Digest([2; 32])),
+            outcome: Outcome::Pass,
+            summary: String::new(),
+            logs_digest: crate::Digest([0; 32]),
+            tests_run: 1,
+            duration_ms: 1,
+        };
+        let now = UnixMillis(30 * 24 * 3600 * 1000);
+        let at = |t: u64| Envelope::sign(&signer, &report, UnixMillis(t)).unwrap().to_bytes().unwrap();
+        assert!(check_release_message(&at(now.0 - 1000), "mysql", now).is_ok());
+        assert_eq!(
+            check_release_message(&at(now.0 - 8 * 24 * 3600 * 1000), "mysql", now).unwrap_err(),
+            DropReason::Stale
+        );
+        assert_eq!(check_release_message(&at(now.0 + 3600 * 1000), "mysql", now).unwrap_err(), DropReason::Stale);
     }
 
     #[test]

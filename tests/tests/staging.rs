@@ -155,12 +155,15 @@ fn staged_rollout_halts_the_breaking_cluster_until_the_fix() {
         || {
             let logs: Vec<String> =
                 bad_nodes.iter().filter(|&&i| i != non_rep).map(|&i| fleet.nodes[i].logs()).collect();
-            let signatures: u64 = bad_nodes
-                .iter()
-                .filter_map(|&i| fleet.status(i))
-                .map(|s| s["rejected_manifests"]["signature"].as_u64().unwrap_or(0))
-                .sum();
-            let stale = logs.iter().any(|l| l.contains("stale test report dropped"));
+            let refused = |reason: &str| -> u64 {
+                bad_nodes
+                    .iter()
+                    .filter_map(|&i| fleet.status(i))
+                    .map(|s| s["rejected_manifests"][reason].as_u64().unwrap_or(0))
+                    .sum()
+            };
+            // Refused by the release channel's rules, which relays apply too.
+            let (signatures, stale) = (refused("signature"), refused("stale") > 0);
             let heard = logs.iter().all(|l| l.contains(&format!("signer={non_rep_peer}")));
             (signatures > 0 && stale && heard).then_some(())
         },

@@ -344,11 +344,7 @@ impl Node {
         report: Verified<TestReport>,
         bytes: &[u8],
     ) -> gossipsub::MessageAcceptance {
-        // Gossip's verdict needs the core's age rule before the report reaches the core.
-        if !staging::is_fresh(&report, overlay::now()) {
-            warn!(signer = %report.signer().peer_id(), "stale test report dropped");
-            return gossipsub::MessageAcceptance::Reject;
-        }
+        // (Stale reports were refused by the channel's rules, as every relay refuses them.)
         if !self.staging.manages(app) {
             return gossipsub::MessageAcceptance::Accept;
         }
@@ -541,10 +537,8 @@ impl Node {
         if !self.dist.trusts(app, request.signer()) {
             self.dist.count_rejection("untrusted_retest");
             warn!(app, signer = %request.signer().peer_id(), "refused a retest request from a key not trusted for the app");
-            return gossipsub::MessageAcceptance::Reject;
-        }
-        if !staging::is_fresh(&request, overlay::now()) {
-            return gossipsub::MessageAcceptance::Reject;
+            // Trust is ours to judge, not the relay's.
+            return gossipsub::MessageAcceptance::Ignore;
         }
         if !self.staging.manages(app) {
             return gossipsub::MessageAcceptance::Accept;

@@ -110,13 +110,12 @@ impl Node {
                 *self.dist.rejected_manifests.entry(rejection_name(&rejection)).or_default() += 1;
                 warn!(%rejection, "refused manifest");
             }
-            return match rejection {
-                ManifestRejection::NoTrustForApp(_) => gossipsub::MessageAcceptance::Ignore,
-                // A peer that answers our request with an older release has simply not
-                // heard of the newer one yet: no fault of its own.
-                ManifestRejection::NotNewer { .. } if same || !counted => gossipsub::MessageAcceptance::Ignore,
-                _ => gossipsub::MessageAcceptance::Reject,
-            };
+            // Whom to trust and which version is newest are this node's own judgements,
+            // which a relay (a bootstrap peer, another node trusting other keys) cannot
+            // make: refused, counted, not forwarded, but no fault of the peer it came
+            // through. What every relay checks too (form, signature, expiry) is
+            // rejected above.
+            return gossipsub::MessageAcceptance::Ignore;
         }
         let m = manifest.payload();
         info!(version = %m.version, signer = %manifest.signer().peer_id(), content = %m.artifact.content_hash,
