@@ -403,3 +403,57 @@ fn gzip_and_zstd_compressed_artifacts_are_detected_by_content_and_unpacked() {
     assert!(reason.contains("gzip-compressed tar"), "{reason}");
     assert_eq!(e.running().as_deref(), Some("three"));
 }
+
+/// Unmounts a test's tmpfs when dropped.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// 1.0.0, 2.0.0, then a 3.0.0 that does not fit on the install prefix's disk (a 4 MiB
+/// tmpfs): the apply fails at unpacking as the node's own fault, nothing of 3.0.0 is
+/// left, 2.0.0 runs and the journal says so, before and after a restart.
+#[test]
+fn a_full_disk_during_apply_leaves_the_running_version_and_blames_no_release() {
+    // SAFETY: geteuid(2) has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test mounts a tmpfs: run it as root");
+    let tmp = tempfile::tempdir().unwrap();
+    let prefix = tmp.path().join("opt/mirage");
+    fs::create_dir_all(&prefix).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "mirage-test", prefix.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot mount a tmpfs");
+    let _mounted = Mounted(prefix.clone());
+    let db = Arc::new(Database::create(tmp.path().join("node.redb")).unwrap());
+    let mut inst = Installer::open(&prefix, db.clone()).unwrap();
+    let one = make_tar(tmp.path(), "one.tar", &[("bin/app", "one")]);
+    let two = make_tar(tmp.path(), "two.tar", &[("bin/app", "two")]);
+    let big = "x".repeat(6 << 20);
+    let three = make_tar(tmp.path(), "three.tar", &[("bin/app", "three"), ("share/data", &big)]);
+    inst.apply(APP, &v("1.0.0"), &one, None).unwrap();
+    inst.apply(APP, &v("2.0.0"), &two, None).unwrap();
+    match inst.apply(APP, &v("3.0.0"), &three, Some(&sh("true", 10))).unwrap() {
+        ApplyOutcome::NotApplied { fault, step, .. } => {
+            assert_eq!((fault, step), (Fault::Local, ApplyStep::Unpack), "a full disk is the node's fault");
+        }
+        other => panic!("3.0.0 applied on a full disk: {other:?}"),
+    }
+    for _ in 0..2 {
+        assert_eq!(inst.current(APP).unwrap(), Some(v("2.0.0")));
+        assert_eq!(fs::read_to_string(inst.current_link(APP).join("bin/app")).unwrap(), "two");
+        assert!(!inst.version_dir(APP, &v("3.0.0")).exists());
+        let partial: Vec<_> = fs::read_dir(inst.versions_dir(APP))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(partial.is_empty(), "partial unpack left behind: {partial:?}");
+        inst = Installer::open(&prefix, db.clone()).unwrap();
+        assert_eq!(inst.recover(APP).unwrap(), Some(v("2.0.0")));
+    }
+}
