@@ -78,6 +78,12 @@ pub enum Request {
     ProblemReports {
         app: String,
     },
+    /// Cut this node off from these peers (`--allow-debug` only): it disconnects them
+    /// and refuses their connections until the list is replaced (empty: heals). How
+    /// tests make a partition on loopback.
+    Block {
+        peers: Vec<String>,
+    },
     /// Serve content wrongly from now on (`--allow-debug` only), for attack tests.
     Misbehave {
         mode: super::Misbehaviour,

@@ -219,6 +219,8 @@ struct Node {
     trimmed: u64,
     /// Connections refused because their address held too many peers already.
     refused_by_ip: u64,
+    /// Peers a test cut this node off from (`Request::Block`, debug only).
+    blocked: HashSet<PeerId>,
     /// The bootstrap peers given at start, to tell whether the overlay is reachable.
     bootstrap_peers: Vec<PeerId>,
     dist: Distribution,
@@ -308,6 +310,7 @@ async fn run_inner(
         connections: Connections::new(Budget::NODE),
         trimmed: 0,
         refused_by_ip: 0,
+        blocked: HashSet::new(),
         bootstrap_peers: options.bootstrap.iter().filter_map(overlay::split_peer_addr).map(|(p, _)| p).collect(),
         dist: Distribution::new(
             options.trust.clone(),
@@ -715,6 +718,10 @@ impl Node {
                     ip: ip_of(endpoint.get_remote_address()),
                     outbound: endpoint.is_dialer(),
                 };
+                if self.blocked.contains(&peer_id) {
+                    self.swarm.close_connection(connection_id);
+                    return;
+                }
                 if self.connections.admit(peer_id, origin, overlay::now()).is_err() {
                     debug!(peer = %peer_id, ip = ?origin.ip, "refused: too many peers from its address");
                     self.refused_by_ip += 1;
@@ -1103,6 +1110,21 @@ impl Node {
             Request::ProblemReports { app } => {
                 let reports: Vec<String> = self.problem_reports(&app, usize::MAX).iter().map(hex::encode).collect();
                 Ok(serde_json::json!({ "app": app, "reports": reports }))
+            }
+            Request::Block { peers } => {
+                if !self.allow_debug {
+                    return Err("blocking peers is disabled (start the node with --allow-debug)".into());
+                }
+                let peers: HashSet<PeerId> = peers
+                    .iter()
+                    .map(|p| p.parse::<PeerId>().map_err(|e| format!("peer id `{p}`: {e}")))
+                    .collect::<Result<_, _>>()?;
+                for p in &peers {
+                    let _ = self.swarm.disconnect_peer_id(*p);
+                }
+                warn!(blocked = peers.len(), "peers blocked on request");
+                self.blocked = peers;
+                Ok(serde_json::json!({ "blocked": self.blocked.len() }))
             }
             Request::Misbehave { mode } => {
                 if !self.allow_debug {
