@@ -244,6 +244,22 @@ impl StagedFleet {
         }
     }
 
+    /// Waits until every node counts `size` members in its cluster.
+    pub fn wait_for_clusters(&mut self, size: usize, timeout: Duration) -> Result<(), FleetError> {
+        let done = |views: &[Option<NodeView>]| views.iter().all(|v| v.as_ref().is_some_and(|v| v.members == size));
+        self.wait_until("clusters", timeout, |_| {}, done).map(|_| ())
+    }
+
+    /// Publishes `version` without staging, waits until every node runs it, and stops
+    /// the vendor's seed: the installed version a test's rollout starts from.
+    pub fn install_everywhere(&mut self, version: &str, timeout: Duration) -> Result<(), FleetError> {
+        let mut seed = self.publish(version, &["--policy", "no-staging"])?;
+        let what = format!("{version} everywhere");
+        let installed = self.wait_until(&what, timeout, |_| {}, |v| all_installed(v, version));
+        seed.terminate(Duration::from_secs(10));
+        installed.map(|_| ())
+    }
+
     /// The problem reports the fleet holds for the app, as `mirage vendor reports --json`
     /// prints them.
     pub fn problem_reports(&self) -> Result<Vec<Value>, FleetError> {

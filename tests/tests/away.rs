@@ -5,7 +5,7 @@
 
 use mirage_testnet::sample_app::{BROKEN_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, NodeView, StagedFleet, StagedOptions};
+use mirage_testnet::staged::{NodeView, StagedFleet, StagedOptions};
 use mirage_tests::mirage_bin;
 use std::time::Duration;
 
@@ -36,17 +36,8 @@ fn a_node_back_after_its_clusters_verdict_follows_it() {
     })
     .unwrap();
     let n = fleet.nodes.len();
-    fleet
-        .wait_until(
-            "clusters",
-            TIMEOUT,
-            |_| {},
-            |views| views.iter().all(|v| v.as_ref().is_some_and(|v| v.members == 3)),
-        )
-        .unwrap();
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until("the old version everywhere", TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    fleet.wait_for_clusters(3, TIMEOUT).unwrap();
+    fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
 
     // One node of the breaking cluster and one of a good cluster go away.
     let away_bad = (0..n).find(|&i| bad(i)).unwrap();

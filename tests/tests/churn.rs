@@ -40,17 +40,8 @@ fn a_rollout_through_churn_and_a_healed_partition_installs_nothing_faulty_and_co
     })
     .unwrap();
     let n = fleet.nodes.len();
-    fleet
-        .wait_until(
-            "clusters",
-            TIMEOUT,
-            |_| {},
-            |views| views.iter().all(|v| v.as_ref().is_some_and(|v| v.members == PER_ENV as usize)),
-        )
-        .unwrap();
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until("the old version everywhere", TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    fleet.wait_for_clusters(PER_ENV as usize, TIMEOUT).unwrap();
+    fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
     let ids: Vec<String> = (0..n).map(|i| fleet.status(i).unwrap()["peer_id"].as_str().unwrap().to_string()).collect();
 
     let flags = ["--policy", "balanced", "--stages", "3", "--stage-timeout-secs", "10", "--report-deadline-secs", "10"];

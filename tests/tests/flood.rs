@@ -57,17 +57,8 @@ fn a_flood_of_strangers_reports_leaves_memory_and_disk_bounded_and_the_rollout_i
     })
     .unwrap();
     let n = fleet.nodes.len();
-    fleet
-        .wait_until(
-            "clusters",
-            TIMEOUT,
-            |_| {},
-            |views| views.iter().all(|v| v.as_ref().is_some_and(|v| v.members == 2)),
-        )
-        .unwrap();
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until("the old version everywhere", TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    fleet.wait_for_clusters(2, TIMEOUT).unwrap();
+    fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
 
     // The victim is in a good cluster; the flood goes through its own gossip path.
     let victim = (0..n).find(|&i| !bad(i)).unwrap();

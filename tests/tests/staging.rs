@@ -58,18 +58,9 @@ fn staged_rollout_halts_the_breaking_cluster_until_the_fix() {
         node_flags: vec!["--allow-debug".into()],
     })
     .unwrap();
-    fleet
-        .wait_until(
-            "clusters",
-            TIMEOUT,
-            |_| {},
-            |views| views.iter().all(|v| v.as_ref().is_some_and(|v| v.members == 4)),
-        )
-        .unwrap();
+    fleet.wait_for_clusters(4, TIMEOUT).unwrap();
 
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until("the old version everywhere", TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
 
     let staged = ["--policy", "balanced", "--stages", "3", "--stage-timeout-secs", "10"];
     let mut seed = fleet.publish(BROKEN_VERSION, &staged).unwrap();

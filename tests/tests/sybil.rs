@@ -10,7 +10,7 @@ use mirage_protocol::staging::election::rank_score;
 use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, PublicKey};
 use mirage_testnet::sample_app::{self, APP, BROKEN_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, NodeView, StagedFleet, StagedOptions};
+use mirage_testnet::staged::{NodeView, StagedFleet, StagedOptions};
 use mirage_tests::{mirage_bin, now_millis as now};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -74,17 +74,8 @@ fn identities_minted_after_a_release_take_no_seat_in_the_clusters_they_copy() {
     })
     .unwrap();
     let honest = fleet.nodes.len();
-    fleet
-        .wait_until(
-            "clusters",
-            TIMEOUT,
-            |_| {},
-            |views| views.iter().all(|v| v.as_ref().is_some_and(|v| v.members == PER_ENV as usize)),
-        )
-        .unwrap();
-    let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
-    fleet.wait_until("the old version everywhere", TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
-    seed.terminate(Duration::from_secs(10));
+    fleet.wait_for_clusters(PER_ENV as usize, TIMEOUT).unwrap();
+    fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
 
     // The release's tests take a while, so the attackers speak before the honest
     // representatives do.
