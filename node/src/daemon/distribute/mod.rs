@@ -221,6 +221,8 @@ pub struct Distribution {
     provider_lookups: HashMap<kad::QueryId, Digest>,
     rejected_manifests: BTreeMap<&'static str, u64>,
     rejected_chunks: BTreeMap<&'static str, u64>,
+    /// Reports and requests on a release topic that broke the channel's rules, by reason.
+    pub(in crate::daemon) rejected_messages: BTreeMap<&'static str, u64>,
     /// Downloads this node could not start for a fault of its own (a full disk).
     pub(in crate::daemon) local_faults: BTreeMap<&'static str, u64>,
     /// Chunks served to peers, by where they came from: "memory" (the LRU) or "disk".
@@ -297,6 +299,7 @@ impl Distribution {
             report_requests: HashMap::new(),
             verdict_requests: HashMap::new(),
             local_faults: BTreeMap::new(),
+            rejected_messages: BTreeMap::new(),
             verdicts_asked: HashSet::new(),
             collect_reports: false,
             provider_lookups: HashMap::new(),

@@ -81,7 +81,20 @@ impl Node {
             Ok(ReleaseMessage::TestReport(report)) => self.on_test_report(app, report, bytes),
             Ok(ReleaseMessage::ProblemReport(report)) => self.on_problem_report(app, report, bytes),
             Ok(ReleaseMessage::Retest(request)) => self.on_retest(app, request, bytes),
-            _ => self.admit_manifest(bytes, app, true),
+            Ok(ReleaseMessage::Manifest(_)) => self.admit_manifest(bytes, app, true),
+            // A manifest that breaks the channel's rules is counted as one; anything
+            // else (a report, or what does not even decode) among the other messages.
+            Err(_)
+                if mirage_protocol::membership::decode_envelope(bytes)
+                    .is_ok_and(|e| e.kind == mirage_protocol::MessageKind::Manifest) =>
+            {
+                self.admit_manifest(bytes, app, true)
+            }
+            Err(reason) => {
+                *self.dist.rejected_messages.entry(reason.name()).or_default() += 1;
+                warn!(reason = reason.name(), "refused release message");
+                gossipsub::MessageAcceptance::Reject
+            }
         }
     }
 

@@ -29,6 +29,7 @@ impl Node {
             "releases": releases,
             "rejected_manifests": self.dist.rejected_manifests,
             "rejected_chunks": self.dist.rejected_chunks,
+            "rejected_release_messages": self.dist.rejected_messages,
             "local_faults": self.dist.local_faults,
             "served_chunks": self.dist.served_chunks,
             "lane_port": self.dist.lanes.port(),
