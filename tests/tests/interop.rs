@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const NODES: usize = 4;
 /// How long the js peer stays: many summary epochs at loopback timing.
-const JS_SECONDS: u64 = 40;
+const JS_SECONDS: u64 = 25;
 
 #[test]
 fn a_js_libp2p_peer_that_echoes_messages_keeps_a_non_negative_score() {
