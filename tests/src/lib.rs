@@ -38,7 +38,17 @@ pub fn mirage_bin() -> PathBuf {
         let release = dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace()).args(["build", "--quiet", "-p", "mirage-node", "--bin", "mirage"]);
+        // With the test hooks (crash points), which the shipped binary does not have.
+        cmd.current_dir(workspace()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "mirage-node",
+            "--bin",
+            "mirage",
+            "--features",
+            "test-hooks",
+        ]);
         if release {
             cmd.arg("--release");
         }
