@@ -92,6 +92,29 @@ impl Enforcement {
     }
 
     fn detect_under(root: &Path) -> Enforcement {
+        let enforcement = Enforcement::probe(root);
+        // A node killed mid-run leaves its run's groups behind (`run-<pid>-<n>`): those
+        // of processes that are gone, and empty, go now. A live process's are its own
+        // (another node on this machine may be about to use one it just made).
+        let parents: Vec<&PathBuf> = match &enforcement {
+            Enforcement::CgroupV2 { parent } => vec![parent],
+            Enforcement::CgroupV1 { memory, pids } => vec![memory, pids],
+            Enforcement::Rlimits => Vec::new(),
+        };
+        for parent in parents {
+            for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let owner =
+                    name.strip_prefix("run-").and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok());
+                if owner.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
+        enforcement
+    }
+
+    fn probe(root: &Path) -> Enforcement {
         if let Some(parent) = v2_parent(root) {
             return Enforcement::CgroupV2 { parent };
         }
@@ -412,6 +435,23 @@ mod tests {
     fn a_machine_without_cgroups_falls_back_to_rlimits() {
         let empty = tempfile::tempdir().unwrap();
         assert_eq!(Enforcement::detect_under(empty.path()), Enforcement::Rlimits);
+    }
+
+    #[test]
+    fn groups_left_by_processes_that_are_gone_are_removed_and_a_live_ones_kept() {
+        // A cgroup v1 layout on a plain directory: what detection looks for.
+        let root = tempfile::tempdir().unwrap();
+        for (dir, file) in [("memory", "memory.limit_in_bytes"), ("pids", "cgroup.procs")] {
+            std::fs::create_dir_all(root.path().join(dir).join(GROUP_NAME)).unwrap();
+            std::fs::write(root.path().join(dir).join(file), "").unwrap();
+        }
+        let memory = root.path().join("memory").join(GROUP_NAME);
+        let (gone, live) = (memory.join("run-999999999-1"), memory.join(format!("run-{}-7", std::process::id())));
+        std::fs::create_dir(&gone).unwrap();
+        std::fs::create_dir(&live).unwrap();
+        assert!(matches!(Enforcement::detect_under(root.path()), Enforcement::CgroupV1 { .. }));
+        assert!(!gone.exists(), "a dead process's group stayed");
+        assert!(live.exists(), "a live process's group was taken");
     }
 
     #[test]
