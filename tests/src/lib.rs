@@ -38,17 +38,7 @@ pub fn mirage_bin() -> PathBuf {
         let release = dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        // With the test hooks (crash points), which the shipped binary does not have.
-        cmd.current_dir(workspace()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "mirage-node",
-            "--bin",
-            "mirage",
-            "--features",
-            "test-hooks",
-        ]);
+        cmd.current_dir(workspace()).args(["build", "--quiet", "-p", "mirage-node", "--bin", "mirage"]);
         if release {
             cmd.arg("--release");
         }
