@@ -111,6 +111,17 @@ impl Envelope {
         Ok(Verified { signer: self.signer, issued_at: self.issued_at, payload, id: Digest::of(&input) })
     }
 
+    /// The id and payload of an envelope this node verified before and kept in its own
+    /// store, read back without checking the signature again. Only for the node's own
+    /// store: what a peer sends goes through [`Envelope::verify`].
+    pub fn stored<T: SignedPayload>(&self) -> Option<(Digest, T)> {
+        if self.kind != T::KIND {
+            return None;
+        }
+        let payload: T = wire::decode(&self.payload).ok()?;
+        Some((Digest::of(&signing_input(self.kind, &self.signer, self.issued_at, &self.payload)), payload))
+    }
+
     /// Encodes the whole envelope for the wire.
     pub fn to_bytes(&self) -> Result<Vec<u8>, WireError> {
         wire::encode(self)

@@ -244,12 +244,18 @@ impl Node {
                 other => self.staging_handle(&app, other),
             }
         }
-        // After the reports: what backs a problem report is known by now.
-        for (p, bytes) in problems {
-            // One the book no longer takes (stale by now, say) is pruned just below.
-            let _ = self.keep_problem(&app, &p, &bytes);
+        // After the reports: what backs a problem report is known by now. One the book
+        // no longer takes (stale by now, say) leaves the store.
+        let refused: BTreeSet<String> = problems
+            .into_iter()
+            .filter(|(p, bytes)| self.keep_problem(&app, p, bytes).is_err())
+            .map(|(p, _)| p.id().to_hex())
+            .collect();
+        if !refused.is_empty() {
+            if let Err(e) = self.store.retain_reports(&app, |id| !refused.contains(id)) {
+                warn!(app, error = %e, "cannot forget problem reports");
+            }
         }
-        self.prune_stored_reports(&app);
     }
 
     fn staging_handle(&mut self, app: &str, event: Event) {
@@ -478,10 +484,9 @@ impl Node {
         let mut out = Vec::new();
         let mut used = 0;
         for bytes in self.store.reports(app).unwrap_or_default() {
-            let Some(t) = Envelope::from_bytes(&bytes).ok().and_then(|e| e.verify::<TestReport>().ok()) else {
+            let Some((_, p)) = Envelope::from_bytes(&bytes).ok().and_then(|e| e.stored::<TestReport>()) else {
                 continue;
             };
-            let p = t.payload();
             if &p.manifest_id == manifest && &p.cluster_key == cluster && used + bytes.len() + 10 <= VENDOR_ANSWER_BYTES
             {
                 used += bytes.len() + 10;
@@ -495,31 +500,29 @@ impl Node {
     }
 
     /// Drops stored test reports and retest requests of releases other than the
-    /// current one, and problem reports the book no longer keeps.
+    /// current one (problem reports leave the store as the book lets them go).
     fn prune_stored_reports(&mut self, app: &str) {
         let Some(r) = self.staging.rollouts.get(app) else { return };
         let Some(current) = r.rollout.campaign().release().map(|rel| rel.id) else { return };
-        let keep: std::collections::BTreeSet<String> = self
+        let gone: BTreeSet<String> = self
             .store
             .reports(app)
             .unwrap_or_default()
             .iter()
             .filter_map(|bytes| {
                 let env = Envelope::from_bytes(bytes).ok()?;
-                if let Ok(t) = env.verify::<TestReport>() {
-                    (t.payload().manifest_id == current).then(|| t.id().to_hex())
-                } else if let Ok(q) = env.verify::<RetestRequest>() {
-                    (q.payload().manifest_id == current).then(|| q.id().to_hex())
-                } else if let Ok(p) = env.verify::<ProblemReport>() {
-                    let kept = self.staging.problems.get(app).is_some_and(|k| k.book.contains(&p.id()));
-                    kept.then(|| p.id().to_hex())
-                } else {
-                    None
-                }
+                let (id, manifest) = match (env.stored::<TestReport>(), env.stored::<RetestRequest>()) {
+                    (Some((id, t)), _) => (id, t.manifest_id),
+                    (_, Some((id, q))) => (id, q.manifest_id),
+                    _ => return None,
+                };
+                (manifest != current).then(|| id.to_hex())
             })
             .collect();
-        // Stored under their signed statements' ids.
-        match self.store.retain_reports(app, |id| keep.contains(id)) {
+        if gone.is_empty() {
+            return;
+        }
+        match self.store.retain_reports(app, |id| !gone.contains(id)) {
             Ok(0) => {}
             Ok(n) => info!(app, removed = n, "pruned reports of older releases"),
             Err(e) => warn!(app, error = %e, "cannot prune stored reports"),
