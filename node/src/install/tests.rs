@@ -438,8 +438,9 @@ fn a_full_disk_during_apply_leaves_the_running_version_and_blames_no_release() {
     inst.apply(APP, &v("1.0.0"), &one, None).unwrap();
     inst.apply(APP, &v("2.0.0"), &two, None).unwrap();
     match inst.apply(APP, &v("3.0.0"), &three, Some(&sh("true", 10))).unwrap() {
-        ApplyOutcome::NotApplied { fault, step, .. } => {
+        ApplyOutcome::NotApplied { fault, step, reason, .. } => {
             assert_eq!((fault, step), (Fault::Local, ApplyStep::Unpack), "a full disk is the node's fault");
+            assert!(reason.contains("No space left on device"), "the reason names the full disk: {reason}");
         }
         other => panic!("3.0.0 applied on a full disk: {other:?}"),
     }

@@ -70,8 +70,28 @@ pub fn open_tar_stream(path: &Path) -> Result<(Box<dyn std::io::Read>, Packing),
 /// read-only or failing disk) rather than the archive's.
 fn is_local(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
+    // tar keeps the kind of an error it wraps, not its errno.
+    let mut errno = e.raw_os_error();
+    let mut cause = e.get_ref().and_then(|inner| inner.source());
+    while let Some(c) = cause {
+        errno = errno.or_else(|| c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()));
+        cause = c.source();
+    }
     matches!(e.kind(), StorageFull | QuotaExceeded | PermissionDenied | ReadOnlyFilesystem | OutOfMemory)
-        || e.raw_os_error() == Some(libc::EIO)
+        || errno == Some(libc::EIO)
+}
+
+/// `e` with its causes in its message: tar wraps an error as "failed to unpack `x`",
+/// keeping the kind but showing the reason (a full disk) only as a source.
+fn with_causes(e: std::io::Error) -> std::io::Error {
+    let mut message = e.to_string();
+    let mut cause = e.get_ref().and_then(|inner| inner.source());
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    std::io::Error::new(e.kind(), message)
 }
 
 /// Unpacks the archive at `tar_path` (a tar, or a gzip- or zstd-compressed tar) into
@@ -88,7 +108,9 @@ pub fn unpack_safely(tar_path: &Path, dest: &Path) -> Result<(), InstallError> {
     archive.set_overwrite(false);
     let mut entries_seen = 0usize;
     let bad = |e: std::io::Error| {
-        if is_local(&e) {
+        let local = is_local(&e);
+        let e = with_causes(e);
+        if local {
             return InstallError::Io { path: dest.to_path_buf(), source: e };
         }
         unsafe_archive(tar_path, format!("{e} (read as a {})", packing.name()))
