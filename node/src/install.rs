@@ -24,7 +24,7 @@ mod tests;
 pub mod unpack;
 
 use crate::sandbox::exec::{self, Limits};
-use crash::{CrashMode, CrashPlan, CrashPoint, CRASH_ENV};
+use crash::{CrashMode, CrashPlan, CrashPoint};
 use journal::{AppState, Applying, Transition};
 use mirage_protocol::manifest::{validate_app_name, CommandSpec};
 use mirage_protocol::report::{excerpt_tail, MAX_EXCERPT_BYTES};
@@ -276,12 +276,20 @@ impl Installer {
         Ok(self.op.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Arms the cross-process crash hook when `MIRAGE_TEST_CRASH_AT` is set.
+    /// Arms the cross-process crash hook when `MIRAGE_TEST_CRASH_AT` is set; in builds
+    /// with the test hooks only.
+    #[cfg(any(test, feature = "test-hooks"))]
     fn arm_from_env(&self) -> Result<(), InstallError> {
-        if let Some(value) = std::env::var_os(CRASH_ENV) {
-            let plan = CrashPlan::parse_env(&value.to_string_lossy()).map_err(InstallError::Invalid)?;
+        if let Some(value) = std::env::var_os(crash::CRASH_ENV) {
+            let plan =
+                CrashPlan::parse_env(&value.to_string_lossy()).map_err(|e| InstallError::Invalid(e.to_string()))?;
             *self.crash.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
         }
+        Ok(())
+    }
+
+    #[cfg(not(any(test, feature = "test-hooks")))]
+    fn arm_from_env(&self) -> Result<(), InstallError> {
         Ok(())
     }
 

@@ -5,10 +5,16 @@ mod cmd;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// What `--version` prints: a binary with the test hooks says so (see node/Cargo.toml).
+#[cfg(not(feature = "test-hooks"))]
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+#[cfg(feature = "test-hooks")]
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (with test hooks)");
+
 #[derive(Parser)]
 #[command(
     name = "mirage",
-    version,
+    version = VERSION,
     about = "Staged, environment-aware software upgrades over a peer-to-peer fleet",
     after_help = "Logs go to standard error. MIRAGE_LOG sets what is logged, as a tracing filter \
                   (default: info from mirage for `node run` and `bootstrap`, warnings only for the other \

@@ -22,7 +22,9 @@ pub fn mysql_profile() -> PathBuf {
 }
 
 /// The `mirage` binary next to the running test or benchmark, built first if needed
-/// (a package's tests do not build another package's binaries).
+/// (a package's tests do not build another package's binaries). The suite needs the
+/// test hooks (node/Cargo.toml), so a binary without them, as a plain
+/// `cargo build -p mirage-node` leaves, is rebuilt with them.
 pub fn mirage_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -32,21 +34,39 @@ pub fn mirage_bin() -> PathBuf {
             dir.pop();
         }
         let bin = dir.join("mirage");
-        if is_fresh(&bin) {
+        if is_fresh(&bin) && has_test_hooks(&bin) {
             return bin;
         }
         let release = dir.ends_with("release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace()).args(["build", "--quiet", "-p", "mirage-node", "--bin", "mirage"]);
+        cmd.current_dir(workspace()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "mirage-node",
+            "--bin",
+            "mirage",
+            "--features",
+            "test-hooks",
+        ]);
         if release {
             cmd.arg("--release");
         }
         let built = cmd.status().map(|s| s.success()).unwrap_or(false);
-        assert!(built || bin.exists(), "cannot build the mirage binary");
+        assert!(built, "cannot build the mirage binary with its test hooks");
+        assert!(has_test_hooks(&bin), "{} was built without the test hooks", bin.display());
         bin
     })
     .clone()
+}
+
+/// Whether `bin --version` says it was built with the test hooks.
+fn has_test_hooks(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("with test hooks"))
 }
 
 /// Whether `bin` is newer than every source and manifest it is built from. Saves a

@@ -105,9 +105,20 @@ pub struct RunArgs {
     /// trusts, as a content peer. Without it, a node with no profile refuses to start.
     #[arg(long, conflicts_with = "profiles")]
     content_only: bool,
-    /// Allow `mirage debug inject` (test fleets only).
+    /// Allow the debug requests (`mirage debug inject`, peer blocks, misbehaving): test
+    /// fleets only, and only in builds with the `test-hooks` feature.
+    #[cfg(feature = "test-hooks")]
     #[arg(long, hide = true)]
     allow_debug: bool,
+}
+
+impl RunArgs {
+    fn allow_debug(&self) -> bool {
+        #[cfg(feature = "test-hooks")]
+        return self.allow_debug;
+        #[cfg(not(feature = "test-hooks"))]
+        false
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -142,6 +153,7 @@ struct ConfigFile {
 }
 
 fn options(args: RunArgs) -> Result<NodeOptions> {
+    let allow_debug = args.allow_debug();
     let file: ConfigFile = super::read_config(args.config.as_deref())?;
     let Some(data_dir) = args.data_dir.or(file.data_dir) else {
         bail!("--data-dir (or data_dir in --config) is required");
@@ -196,7 +208,7 @@ fn options(args: RunArgs) -> Result<NodeOptions> {
         ),
         max_connections: args.max_connections.or(file.max_connections).unwrap_or(256),
         target_peers: args.target_peers.or(file.target_peers).unwrap_or(8),
-        allow_debug: args.allow_debug,
+        allow_debug,
         trust,
         auto_fetch: !args.no_auto_fetch && file.auto_fetch.unwrap_or(true),
         seed: Vec::new(),

@@ -437,6 +437,16 @@ fn exchange_peer<Q, A>(event: &request_response::Event<Q, A>) -> Option<PeerId> 
 }
 
 /// The IP content lanes listen on: that of the first listen address that names one.
+/// Why a debug request is refused: the node was not started for it, or (the shipped
+/// binary) it was built without the test hooks.
+fn debug_refused(what: &str) -> String {
+    if cfg!(feature = "test-hooks") {
+        format!("{what} is disabled (start the node with --allow-debug)")
+    } else {
+        format!("{what} is not in this build (debug requests need the test-hooks feature)")
+    }
+}
+
 fn lane_ip(listen: &[Multiaddr]) -> Option<std::net::IpAddr> {
     listen.iter().find_map(ip_of)
 }
@@ -1113,7 +1123,7 @@ impl Node {
             }
             Request::Block { peers } => {
                 if !self.allow_debug {
-                    return Err("blocking peers is disabled (start the node with --allow-debug)".into());
+                    return Err(debug_refused("blocking peers").into());
                 }
                 let peers: HashSet<PeerId> = peers
                     .iter()
@@ -1128,14 +1138,14 @@ impl Node {
             }
             Request::Misbehave { mode } => {
                 if !self.allow_debug {
-                    return Err("misbehaving is disabled (start the node with --allow-debug)".into());
+                    return Err(debug_refused("misbehaving").into());
                 }
                 self.set_misbehaviour(mode);
                 Ok(serde_json::json!({ "mode": mode }))
             }
             Request::PublishRelease { app, hex } => {
                 if !self.allow_debug {
-                    return Err("raw publishing is disabled (start the node with --allow-debug)".into());
+                    return Err(debug_refused("raw publishing").into());
                 }
                 let bytes = hex::decode(hex).map_err(|e| format!("hex: {e}"))?;
                 let id = self
@@ -1154,7 +1164,7 @@ impl Node {
             }
             Request::Inject { kind, app } => {
                 if !self.allow_debug {
-                    return Err("injection is disabled (start the node with --allow-debug)".into());
+                    return Err(debug_refused("injection").into());
                 }
                 let app = match app {
                     Some(a) => a,

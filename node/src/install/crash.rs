@@ -6,10 +6,11 @@
 //!   `InstallError::Crashed` at the point, leaving disk and journal as a crash would;
 //! - across processes, the environment variable `MIRAGE_TEST_CRASH_AT=<point>` (or
 //!   `<point>:<n>` for the n-th time the point is reached): read when `apply` starts,
-//!   and the process calls `std::process::abort()` at the point. Only honoured when
-//!   set; meant for kill -9 style tests, never for production use.
+//!   and the process calls `std::process::abort()` at the point. Only read by builds
+//!   with the `test-hooks` feature (and unit tests); the shipped binary ignores it.
 
 use std::fmt;
+use thiserror::Error;
 
 pub const CRASH_ENV: &str = "MIRAGE_TEST_CRASH_AT";
 
@@ -77,6 +78,15 @@ pub enum CrashMode {
     Abort,
 }
 
+/// A [`CRASH_ENV`] value that names no plan.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CrashPlanError {
+    #[error("{CRASH_ENV}: bad count in `{0}` (expected <point>:<n>)")]
+    BadCount(String),
+    #[error("{CRASH_ENV}: unknown point `{name}` (one of {known})")]
+    UnknownPoint { name: String, known: String },
+}
+
 /// An armed point: fire the `nth` time (1-based) the point is reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CrashPlan {
@@ -88,14 +98,14 @@ pub struct CrashPlan {
 
 impl CrashPlan {
     /// Parses `<point>` or `<point>:<n>`.
-    pub fn parse_env(value: &str) -> Result<CrashPlan, String> {
+    pub fn parse_env(value: &str) -> Result<CrashPlan, CrashPlanError> {
         let (name, nth) = match value.split_once(':') {
-            Some((name, n)) => (name, n.parse::<u32>().map_err(|_| format!("bad count in `{value}`"))?),
+            Some((name, n)) => (name, n.parse::<u32>().map_err(|_| CrashPlanError::BadCount(value.into()))?),
             None => (value, 1),
         };
         let point = CrashPoint::ALL.into_iter().find(|p| p.name() == name).ok_or_else(|| {
             let names: Vec<_> = CrashPoint::ALL.iter().map(|p| p.name()).collect();
-            format!("{CRASH_ENV}: unknown point `{name}` (one of {})", names.join(", "))
+            CrashPlanError::UnknownPoint { name: name.into(), known: names.join(", ") }
         })?;
         Ok(CrashPlan { point, nth, mode: CrashMode::Abort, hits: 0 })
     }
@@ -119,7 +129,8 @@ mod tests {
         let p = CrashPlan::parse_env("renamed:2").unwrap();
         assert_eq!((p.point, p.nth, p.mode), (CrashPoint::Renamed, 2, CrashMode::Abort));
         assert_eq!(CrashPlan::parse_env("tmp-link").unwrap().nth, 1);
-        assert!(CrashPlan::parse_env("nowhere").unwrap_err().contains("switch-intent"));
+        assert!(CrashPlan::parse_env("nowhere").unwrap_err().to_string().contains("switch-intent"));
+        assert_eq!(CrashPlan::parse_env("renamed:x"), Err(CrashPlanError::BadCount("renamed:x".into())));
         let mut p = CrashPlan::parse_env("renamed:2").unwrap();
         assert!(!p.hit(CrashPoint::Renamed) && !p.hit(CrashPoint::TmpLink) && p.hit(CrashPoint::Renamed));
     }
