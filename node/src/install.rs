@@ -21,7 +21,6 @@ mod journal;
 mod link;
 #[cfg(test)]
 mod tests;
-pub mod unpack;
 
 use crate::sandbox::exec::{self, Limits};
 use crash::{CrashMode, CrashPlan, CrashPoint};
@@ -55,6 +54,15 @@ pub enum InstallError {
     /// A test's injected crash fired (see [`crash`]).
     #[error("injected crash at {0}")]
     Crashed(CrashPoint),
+}
+
+impl From<mirage_artifact::ArtifactError> for InstallError {
+    fn from(e: mirage_artifact::ArtifactError) -> Self {
+        match e {
+            mirage_artifact::ArtifactError::Io { path, source } => InstallError::Io { path, source },
+            mirage_artifact::ArtifactError::Unsafe { path, reason } => InstallError::UnsafeArchive { path, reason },
+        }
+    }
 }
 
 pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {

@@ -27,8 +27,10 @@
 
 pub mod channel;
 pub mod connections;
+pub mod control;
 pub mod digest;
 pub mod envelope;
+pub mod exchange;
 pub mod fingerprint;
 pub mod identity;
 pub mod manifest;

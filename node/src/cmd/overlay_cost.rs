@@ -24,7 +24,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::{gossipsub, identify, kad, noise, request_response, tcp, yamux, Multiaddr, PeerId, Swarm};
 use mirage_bootstrap::overlay::{self, GossipTuning, KadTuning};
 use mirage_bootstrap::BehaviourEvent as OverlayEvent;
-use mirage_node::net::{self, BehaviourEvent, FetchRequest, FetchResponse, Introduction};
+use mirage_node::net::{self, BehaviourEvent, FetchRequest, FetchResponse};
 use mirage_protocol::connections::{Budget, Connections};
 use mirage_protocol::fingerprint::{Item, ItemValue, ResourceClass};
 use mirage_protocol::membership::{decode_envelope, Action, Membership, MembershipConfig};
@@ -397,7 +397,7 @@ impl OverlayNode {
                         .membership
                         .introductions(&request.app, &requester, |p| addrs_of(p).is_some(), now)
                         .into_iter()
-                        .filter_map(|p| addrs_of(&p).map(|a| Introduction::new(p, a)))
+                        .filter_map(|p| addrs_of(&p).map(|a| net::codec::introduce(p, a)))
                         .collect(),
                     None => Vec::new(),
                 };
@@ -416,7 +416,8 @@ impl OverlayNode {
                 let actions = self.membership.on_introductions(APP, &signer, &named, on_topic, is_connected, now);
                 for action in &actions {
                     if let Action::Fetch { peer, .. } = action {
-                        let addrs = response.introductions.iter().find(|i| i.peer == *peer).map(Introduction::addrs);
+                        let addrs =
+                            response.introductions.iter().find(|i| i.peer == *peer).map(net::codec::introduced_addrs);
                         if let Some(addrs) = addrs.filter(|a| !a.is_empty()) {
                             self.introduced.put(overlay::peer_id_of(peer), addrs);
                         }

@@ -359,8 +359,8 @@ fn publish(args: PublishArgs) -> Result<()> {
 fn check_artifact(artifact: &std::path::Path, work: &std::path::Path) -> Result<&'static str> {
     let scratch = tempfile::tempdir_in(work).context("creating a scratch directory")?;
     let dest = scratch.path().join("unpacked");
-    let (_, packing) = mirage_node::install::unpack::open_tar_stream(artifact)?;
-    mirage_node::install::unpack::unpack_safely(artifact, &dest)
+    let (_, packing) = mirage_artifact::open_tar_stream(artifact)?;
+    mirage_artifact::unpack_safely(artifact, &dest)
         .with_context(|| format!("{} would not install on any node", artifact.display()))?;
     Ok(packing.name())
 }
@@ -818,7 +818,7 @@ fn retest(args: RetestArgs) -> Result<()> {
 }
 
 fn test(args: TestArgs) -> Result<()> {
-    use mirage_node::install::unpack::unpack_safely;
+    use mirage_artifact::unpack_safely;
     use mirage_node::sandbox::{resources_of, Sandbox, TestRun};
     if !args.root.is_absolute() || !args.root.is_dir() {
         bail!("--root {} must be an absolute path to a directory", args.root.display());

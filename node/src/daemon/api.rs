@@ -7,7 +7,6 @@
 //! bytes to a loopback port, but it cannot read the token, and a line that looks like
 //! HTTP closes the connection unanswered.
 
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,95 +16,8 @@ use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-/// Longest request line accepted.
-const MAX_REQUEST_LINE: u64 = 64 * 1024;
-
-/// A bad announcement a node can be told to publish (only with `--allow-debug`), so
-/// tests exercise the real receiving path of its peers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InjectKind {
-    Malformed,
-    Oversized,
-    Unsigned,
-    WrongSignature,
-    Stale,
-    WrongApp,
-}
-
-impl std::str::FromStr for InjectKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
-            format!("unknown kind `{s}` (malformed, oversized, unsigned, wrong-signature, stale, wrong-app)")
-        })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "kebab-case")]
-pub enum Request {
-    Status,
-    /// Re-sign and publish our fingerprint for `app` (all apps if none) now.
-    Announce {
-        app: Option<String>,
-    },
-    /// What we hold from `peer` for `app`: issue and receive times of its newest announcement.
-    Seen {
-        app: String,
-        peer: String,
-    },
-    /// Publish a bad announcement on `app`'s topic (debug builds of a fleet only).
-    Inject {
-        kind: InjectKind,
-        app: Option<String>,
-    },
-    /// Download the newest admitted release of `app` (which must be `version`, if given).
-    Fetch {
-        app: String,
-        version: Option<String>,
-    },
-    /// Switch `app` back to the version that ran before the current one, and pin it
-    /// there until the next release or [`Request::Unpin`].
-    Rollback {
-        app: String,
-    },
-    /// Lift the pin a rollback set: `app` follows its cluster's releases again.
-    Unpin {
-        app: String,
-    },
-    /// The signed problem reports this node holds for `app` (hex envelopes).
-    ProblemReports {
-        app: String,
-    },
-    /// Cut this node off from these peers (`--allow-debug` only): it disconnects them
-    /// and refuses their connections until the list is replaced (empty: heals). How
-    /// tests make a partition on loopback.
-    Block {
-        peers: Vec<String>,
-    },
-    /// Serve content wrongly from now on (`--allow-debug` only), for attack tests.
-    Misbehave {
-        mode: super::Misbehaviour,
-    },
-    /// Publish these bytes (hex) on `app`'s release topic (`--allow-debug` only), so tests
-    /// can send forged, replayed or rolled-back manifests through a real peer. The node
-    /// also judges the bytes itself, as it would had a peer sent them.
-    PublishRelease {
-        app: String,
-        hex: String,
-    },
-}
-
-/// Whether a refused request may succeed if asked again later.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// It will not: the app is unknown, the version is gone, the feature is off.
-    Refused,
-    /// Not yet: the release has not reached the node, say. Worth asking again.
-    NotYet,
-}
+use mirage_protocol::control::looks_like_http;
+pub use mirage_protocol::control::{ErrorKind, Hello, InjectKind, Misbehaviour, Request, MAX_REQUEST_LINE};
 
 /// A request the node did not carry out, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,13 +95,6 @@ impl ApiToken {
         let (a, b) = (self.0.as_bytes(), offered.as_bytes());
         a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
     }
-}
-
-/// What a TCP connection's first line must be.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Hello {
-    token: String,
 }
 
 /// Binds the TCP endpoint. Returns the bound address (the port may have been 0).
@@ -273,13 +178,6 @@ pub async fn serve(listener: TcpListener, token: ApiToken, tx: mpsc::Sender<Inco
     }
 }
 
-/// Whether a line is the start of an HTTP request (a browser's, most likely).
-fn looks_like_http(line: &str) -> bool {
-    const METHODS: [&str; 9] =
-        ["GET ", "POST ", "PUT ", "DELETE ", "HEAD ", "OPTIONS ", "PATCH ", "CONNECT ", "TRACE "];
-    METHODS.iter().any(|m| line.starts_with(m))
-}
-
 async fn handle(
     read: impl AsyncRead + Unpin,
     mut write: impl AsyncWrite + Unpin,
@@ -293,7 +191,7 @@ async fn handle(
             warn!("refused an HTTP request on the control API (a web page?)");
             return Ok(());
         }
-        let authenticated = serde_json::from_str::<Hello>(&first).is_ok_and(|h| token.matches(&h.token));
+        let authenticated = Hello::parse(&first).is_some_and(|h| token.matches(&h.token));
         let body = if authenticated {
             serde_json::json!({ "ok": "authenticated" })
         } else {
@@ -306,8 +204,8 @@ async fn handle(
         }
     }
     while let Some(line) = lines.next_line().await? {
-        let reply: Reply = match serde_json::from_str::<Request>(&line) {
-            Err(e) => Err(format!("bad request: {e}").into()),
+        let reply: Reply = match Request::parse(&line) {
+            Err(e) => Err(e.to_string().into()),
             Ok(req) => {
                 let (otx, orx) = oneshot::channel();
                 if tx.send((req, otx)).await.is_err() {
@@ -426,7 +324,7 @@ mod tests {
         assert_eq!("stale".parse::<InjectKind>().unwrap(), InjectKind::Stale);
         assert!("nope".parse::<InjectKind>().is_err());
         let r: Request = serde_json::from_str(r#"{"cmd":"misbehave","mode":"mix"}"#).unwrap();
-        assert_eq!(r, Request::Misbehave { mode: super::super::Misbehaviour::Mix });
+        assert_eq!(r, Request::Misbehave { mode: Misbehaviour::Mix });
         let r: Request = serde_json::from_str(r#"{"cmd":"fetch","app":"web","version":"1.0.0"}"#).unwrap();
         assert_eq!(r, Request::Fetch { app: "web".into(), version: Some("1.0.0".into()) });
     }

@@ -985,7 +985,7 @@ impl Node {
             self.stored_addrs.get(&id).filter(|a| !a.is_empty() && self.swarm.is_connected(&id))
         };
         let named = self.membership.introductions(app, requester, |p| addrs_of(p).is_some(), overlay::now());
-        named.into_iter().filter_map(|p| addrs_of(&p).map(|a| Introduction::new(p, a))).collect()
+        named.into_iter().filter_map(|p| addrs_of(&p).map(|a| net::codec::introduce(p, a))).collect()
     }
 
     /// `from` named these cluster-mates in its answer: the core decides whom to fetch
@@ -1001,7 +1001,8 @@ impl Node {
         let actions = self.membership.on_introductions(app, from, &keys, on_topic, is_connected, overlay::now());
         for action in &actions {
             if let Action::Fetch { peer, .. } = action {
-                let addrs = named.iter().find(|i| i.peer == *peer).map(Introduction::addrs).unwrap_or_default();
+                let addrs =
+                    named.iter().find(|i| i.peer == *peer).map(net::codec::introduced_addrs).unwrap_or_default();
                 if !addrs.is_empty() {
                     self.introduced.put(overlay::peer_id_of(peer), addrs);
                 }

@@ -1030,7 +1030,7 @@ fn unpack_once(tar: &Path, dir: &Path) -> Result<(), crate::install::InstallErro
             .map_err(|source| crate::install::InstallError::Io { path: parent.to_path_buf(), source })?;
     }
     let _ = std::fs::remove_dir_all(&partial);
-    crate::install::unpack::unpack_safely(tar, &partial)?;
+    mirage_artifact::unpack_safely(tar, &partial)?;
     match std::fs::rename(&partial, dir) {
         Ok(()) => Ok(()),
         Err(_) if dir.is_dir() => {

@@ -3,8 +3,8 @@
 
 use super::crash::CrashPoint;
 use super::journal::{self, AppState, Transition};
-use super::unpack::{sync_dir, sync_tree, unpack_safely};
 use super::{io, InstallError, Installer};
+use mirage_artifact::{sync_dir, sync_tree, unpack_safely};
 use semver::Version;
 use std::path::{Path, PathBuf};
 
@@ -44,7 +44,7 @@ impl Installer {
         if let Err(e) = unpack_safely(tar, &partial).and_then(|()| sync_tree(&partial)) {
             // Best effort: a leftover is removed by the next prepare or recover anyway.
             let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
+            return Err(e.into());
         }
         self.checkpoint(CrashPoint::Unpacked)?;
         std::fs::rename(&partial, &target).map_err(io(&target))?;

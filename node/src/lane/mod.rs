@@ -26,7 +26,8 @@
 
 mod client;
 mod server;
-pub mod wire;
+/// The lane's frames (in the protocol crate, where the fuzzer reaches them).
+pub use mirage_protocol::exchange::lane as wire;
 
 pub use server::ServeTimeouts;
 

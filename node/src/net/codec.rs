@@ -5,73 +5,31 @@
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{Multiaddr, StreamProtocol};
-use mirage_protocol::membership::MAX_INTRODUCTIONS;
+use mirage_protocol::exchange::fetch::check_frame_len;
 use mirage_protocol::roster::{CatchUp, CatchUpRequest};
-use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
+use mirage_protocol::wire;
 use mirage_protocol::PublicKey;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+
+pub use mirage_protocol::exchange::fetch::{
+    FetchRequest, FetchResponse, Introduction, INTRODUCTIONS_ROOM, MAX_ADDR_BYTES, MAX_INTRODUCED_ADDRS,
+    MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES,
+};
 use std::io;
 use std::marker::PhantomData;
 
 /// 1.1: answers name a few cluster-mates ([`Introduction`]).
 pub const FETCH_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/fingerprint/1.1.0");
-/// Requests carry an app name and possibly the requester's own announcement.
-pub const MAX_REQUEST_BYTES: usize = MAX_MESSAGE_BYTES + 1024;
-/// A fingerprint and [`MAX_INTRODUCTIONS`] introductions.
-pub const MAX_RESPONSE_BYTES: usize = MAX_MESSAGE_BYTES + 64 + INTRODUCTIONS_ROOM;
-/// Bytes an answer's introductions may take: a fingerprint bigger than the wire's
-/// limit less this is answered without them.
-pub const INTRODUCTIONS_ROOM: usize = MAX_INTRODUCTIONS * (48 + MAX_INTRODUCED_ADDRS * 72);
-/// Addresses per introduced peer a receiver reads, at most.
-pub const MAX_INTRODUCED_ADDRS: usize = 4;
-/// Bytes of one introduced address, at most (a DNS name, a port and a peer id fit).
-pub const MAX_ADDR_BYTES: usize = 64;
 
-/// "Send me your signed fingerprint for `app`", optionally with ours, so that two
-/// members who found each other learn about each other in one round trip.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FetchRequest {
-    pub app: String,
-    pub announcement: Option<Vec<u8>>,
+/// Names `peer` with a few of its listen addresses.
+pub fn introduce(peer: PublicKey, addrs: &[Multiaddr]) -> Introduction {
+    Introduction::new(peer, addrs.iter().map(|a| a.to_vec()))
 }
 
-/// The peer's newest signed fingerprint envelope for the app, if it has one. Checked by
-/// the receiver like any announcement. To a requester in its cluster, it also names a
-/// few cluster-mates it is connected to, with where they listen: gossipsub meshes only
-/// connected peers, and a peer heard of only through relayed heartbeats has no
-/// address the DHT reliably finds.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FetchResponse {
-    pub announcement: Option<Vec<u8>>,
-    pub introductions: Vec<Introduction>,
-}
-
-/// A cluster-mate named in a fetch's answer: its key and its listen addresses (the
-/// answering peer's word for them; only used to dial, never put in the DHT).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Introduction {
-    pub peer: PublicKey,
-    pub addrs: Vec<Vec<u8>>,
-}
-
-impl Introduction {
-    /// Names `peer` with at most [`MAX_INTRODUCED_ADDRS`] of its addresses.
-    pub fn new(peer: PublicKey, addrs: &[Multiaddr]) -> Self {
-        let addrs =
-            addrs.iter().map(|a| a.to_vec()).filter(|a| a.len() <= MAX_ADDR_BYTES).take(MAX_INTRODUCED_ADDRS).collect();
-        Introduction { peer, addrs }
-    }
-
-    /// The addresses that parse, at most [`MAX_INTRODUCED_ADDRS`] of them.
-    pub fn addrs(&self) -> Vec<Multiaddr> {
-        self.addrs
-            .iter()
-            .take(MAX_INTRODUCED_ADDRS)
-            .filter(|a| a.len() <= MAX_ADDR_BYTES)
-            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
-            .collect()
-    }
+/// The addresses an introduction names that parse, at most [`MAX_INTRODUCED_ADDRS`].
+pub fn introduced_addrs(introduction: &Introduction) -> Vec<Multiaddr> {
+    introduction.addr_bytes().filter_map(|a| Multiaddr::try_from(a.to_vec()).ok()).collect()
 }
 
 /// A request-response codec of length-prefixed [`wire`] frames, each side checked
@@ -98,13 +56,8 @@ pub type FetchCodec = FrameCodec<FetchRequest, FetchResponse, MAX_REQUEST_BYTES,
 async fn read_frame<T: AsyncRead + Unpin + Send, M: DeserializeOwned>(io: &mut T, limit: usize) -> io::Result<M> {
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes over the {limit}-byte limit"),
-        ));
-    }
+    let len = check_frame_len(u32::from_be_bytes(len) as usize, limit)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
     wire::decode(&buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
@@ -173,6 +126,8 @@ mod tests {
     use super::*;
     use futures::io::Cursor;
     use libp2p::request_response::Codec;
+    use mirage_protocol::membership::MAX_INTRODUCTIONS;
+    use mirage_protocol::wire::MAX_MESSAGE_BYTES;
 
     #[test]
     fn roundtrip_and_limits() {
@@ -186,7 +141,7 @@ mod tests {
             let named = (0..MAX_INTRODUCTIONS as u8)
                 .map(|i| {
                     let key = mirage_protocol::Keypair::from_secret_bytes(&[i; 32]).public();
-                    Introduction::new(key, &vec![addr.clone(); 9])
+                    introduce(key, &vec![addr.clone(); 9])
                 })
                 .collect();
             let room = MAX_MESSAGE_BYTES - INTRODUCTIONS_ROOM;
@@ -213,10 +168,10 @@ mod tests {
         let key = mirage_protocol::Keypair::from_secret_bytes(&[1; 32]).public();
         let good: Multiaddr = "/ip4/127.0.0.1/tcp/4701".parse().unwrap();
         let long: Multiaddr = format!("/dns4/{}/tcp/1", "a".repeat(80)).parse().unwrap();
-        let i = Introduction::new(key, &[long, good.clone(), good.clone(), good.clone(), good.clone(), good.clone()]);
+        let i = introduce(key, &[long, good.clone(), good.clone(), good.clone(), good.clone(), good.clone()]);
         assert_eq!(i.addrs.len(), MAX_INTRODUCED_ADDRS, "the long one is left out, then four kept");
         let forged = Introduction { peer: key, addrs: vec![vec![0xff; 8], good.to_vec(), vec![0; MAX_ADDR_BYTES + 1]] };
-        assert_eq!(forged.addrs(), vec![good], "garbage and oversized addresses are skipped");
+        assert_eq!(introduced_addrs(&forged), vec![good], "garbage and oversized addresses are skipped");
     }
 
     #[test]

@@ -11,36 +11,16 @@
 use bytes::Bytes;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
-use mirage_protocol::manifest::{MAX_CHUNKS, MAX_CHUNK_SIZE};
-use mirage_protocol::wire::{self, MAX_MESSAGE_BYTES};
-use mirage_protocol::Digest;
-use serde::{Deserialize, Serialize};
+use mirage_protocol::exchange::content::{
+    chunk_bitmap_len, decode_answer, decode_request, frame_body_len, Answer, ContentError, Tag, MAX_BITMAP_BYTES,
+    MAX_REQUEST_BYTES,
+};
+use mirage_protocol::wire;
 use std::io;
 
-pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/content/1.0.0");
-const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// The largest have-bitmap: one bit per chunk of the largest artifact.
-const MAX_BITMAP_BYTES: usize = MAX_CHUNKS.div_ceil(8);
-/// A full-size chunk plus the sender's bitmap and room for the tag.
-pub const MAX_RESPONSE_BYTES: usize = MAX_CHUNK_SIZE as usize + MAX_BITMAP_BYTES + 64;
+pub use mirage_protocol::exchange::content::{pack_bitmap, unpack_bitmap, ContentRequest, MAX_RESPONSE_BYTES};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ContentRequest {
-    /// The newest signed manifest the peer accepted for `app`.
-    Manifest { app: String },
-    /// Which chunks of the artifact with this content hash the peer holds.
-    Have { content: Digest },
-    /// One chunk of that artifact.
-    Chunk { content: Digest, index: u32 },
-    /// The signed problem reports the peer holds for `app` (what a vendor collects).
-    Reports { app: String },
-    /// A ticket for a content lane to the peer ([`crate::lane`]).
-    Lane,
-    /// The test reports for `manifest` that count in `cluster`'s gate at the peer: how
-    /// a node that was away learns its cluster's verdict, which was gossiped while it
-    /// was off. Answered as [`ContentResponse::Reports`], each checked as if gossiped.
-    Verdicts { app: String, manifest: Digest, cluster: mirage_protocol::ClusterKey },
-}
+pub const CONTENT_PROTOCOL: StreamProtocol = StreamProtocol::new("/mirage/content/1.0.0");
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ContentResponse {
@@ -81,36 +61,11 @@ impl ContentResponse {
     }
 }
 
-const TAG_MANIFEST: u8 = 1;
-const TAG_HAVE: u8 = 2;
-const TAG_CHUNK: u8 = 3;
-const TAG_NOT_FOUND: u8 = 4;
-const TAG_REPORTS: u8 = 5;
-const TAG_LANE: u8 = 6;
-
-/// Packs a have-list into bits.
-pub fn pack_bitmap(have: &[bool]) -> Vec<u8> {
-    let mut bits = vec![0u8; have.len().div_ceil(8)];
-    for (i, _) in have.iter().enumerate().filter(|(_, h)| **h) {
-        bits[i / 8] |= 1 << (i % 8);
-    }
-    bits
-}
-
-/// The chunk indices a bitmap marks, for an artifact of `chunks` chunks; `None` if the
-/// bitmap has the wrong length for it.
-pub fn unpack_bitmap(bits: &[u8], chunks: usize) -> Option<Vec<usize>> {
-    if bits.len() != chunks.div_ceil(8) {
-        return None;
-    }
-    Some((0..chunks).filter(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect())
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ContentCodec;
 
-fn invalid(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+fn invalid(e: ContentError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 async fn read_u32<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
@@ -127,13 +82,10 @@ async fn read_bytes<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::
 
 /// Reads a frame's length and tag; the body (`len - 1` bytes) is the caller's to read.
 async fn read_head<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<(u8, usize)> {
-    let len = read_u32(io).await?;
-    if len == 0 || len > limit {
-        return Err(invalid(format!("frame of {len} bytes outside 1..={limit}")));
-    }
+    let len = frame_body_len(read_u32(io).await?, limit).map_err(invalid)?;
     let mut tag = [0u8; 1];
     io.read_exact(&mut tag).await?;
-    Ok((tag[0], len - 1))
+    Ok((tag[0], len))
 }
 
 async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T, limit: usize) -> io::Result<(u8, Vec<u8>)> {
@@ -171,7 +123,7 @@ impl libp2p::request_response::Codec for ContentCodec {
         io: &mut T,
     ) -> io::Result<ContentRequest> {
         let (_, body) = read_frame(io, MAX_REQUEST_BYTES).await?;
-        wire::decode(&body).map_err(|e| invalid(e.to_string()))
+        decode_request(&body).map_err(invalid)
     }
 
     async fn read_response<T: AsyncRead + Unpin + Send>(
@@ -180,28 +132,21 @@ impl libp2p::request_response::Codec for ContentCodec {
         io: &mut T,
     ) -> io::Result<ContentResponse> {
         let (tag, len) = read_head(io, MAX_RESPONSE_BYTES).await?;
-        if tag == TAG_CHUNK {
+        if tag == Tag::Chunk as u8 {
             // [bitmap length][bitmap][chunk], the chunk read straight into its own buffer.
-            let bits = read_u32(io).await?;
-            if bits > MAX_BITMAP_BYTES || 4 + bits > len {
-                return Err(invalid(format!("chunk frame with a {bits}-byte bitmap in {len} bytes")));
-            }
+            let bits = chunk_bitmap_len(read_u32(io).await?, len).map_err(invalid)?;
             let have = read_bytes(io, bits).await?;
             let data = read_bytes(io, len - 4 - bits).await?;
             return Ok(ContentResponse::Chunk { data: Bytes::from(data), have });
         }
         let body = read_bytes(io, len).await?;
-        match tag {
-            TAG_MANIFEST if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Manifest(body)),
-            TAG_HAVE if body.len() <= MAX_MESSAGE_BYTES => Ok(ContentResponse::Have(body)),
-            TAG_NOT_FOUND if body.is_empty() => Ok(ContentResponse::NotFound),
-            TAG_REPORTS => wire::decode(&body).map(ContentResponse::Reports).map_err(|e| invalid(e.to_string())),
-            TAG_LANE if body.len() == 18 => Ok(ContentResponse::Lane {
-                port: u16::from_be_bytes([body[0], body[1]]),
-                ticket: body[2..].try_into().expect("16 bytes"),
-            }),
-            _ => Err(invalid(format!("bad response (tag {tag}, {} bytes)", body.len()))),
-        }
+        Ok(match decode_answer(tag, body).map_err(invalid)? {
+            Answer::Manifest(b) => ContentResponse::Manifest(b),
+            Answer::Have(b) => ContentResponse::Have(b),
+            Answer::Reports(r) => ContentResponse::Reports(r),
+            Answer::NotFound => ContentResponse::NotFound,
+            Answer::Lane { port, ticket } => ContentResponse::Lane { port, ticket },
+        })
     }
 
     async fn write_request<T: AsyncWrite + Unpin + Send>(
@@ -221,22 +166,22 @@ impl libp2p::request_response::Codec for ContentCodec {
         res: ContentResponse,
     ) -> io::Result<()> {
         match res {
-            ContentResponse::Manifest(b) => write_frame(io, TAG_MANIFEST, &[&b], MAX_RESPONSE_BYTES).await,
-            ContentResponse::Have(b) => write_frame(io, TAG_HAVE, &[&b], MAX_RESPONSE_BYTES).await,
+            ContentResponse::Manifest(b) => write_frame(io, Tag::Manifest as u8, &[&b], MAX_RESPONSE_BYTES).await,
+            ContentResponse::Have(b) => write_frame(io, Tag::Have as u8, &[&b], MAX_RESPONSE_BYTES).await,
             ContentResponse::Chunk { data, have } => {
                 if have.len() > MAX_BITMAP_BYTES {
                     return Err(io::Error::new(io::ErrorKind::InvalidInput, "bitmap over the limit"));
                 }
                 let bits = (have.len() as u32).to_be_bytes();
-                write_frame(io, TAG_CHUNK, &[&bits, &have, &data], MAX_RESPONSE_BYTES).await
+                write_frame(io, Tag::Chunk as u8, &[&bits, &have, &data], MAX_RESPONSE_BYTES).await
             }
-            ContentResponse::NotFound => write_frame(io, TAG_NOT_FOUND, &[], MAX_RESPONSE_BYTES).await,
+            ContentResponse::NotFound => write_frame(io, Tag::NotFound as u8, &[], MAX_RESPONSE_BYTES).await,
             ContentResponse::Lane { port, ticket } => {
-                write_frame(io, TAG_LANE, &[&port.to_be_bytes(), &ticket], MAX_RESPONSE_BYTES).await
+                write_frame(io, Tag::Lane as u8, &[&port.to_be_bytes(), &ticket], MAX_RESPONSE_BYTES).await
             }
             ContentResponse::Reports(reports) => {
                 let body = wire::encode(&reports).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                write_frame(io, TAG_REPORTS, &[&body], MAX_RESPONSE_BYTES).await
+                write_frame(io, Tag::Reports as u8, &[&body], MAX_RESPONSE_BYTES).await
             }
         }
     }
@@ -247,6 +192,7 @@ mod tests {
     use super::*;
     use futures::io::Cursor;
     use libp2p::request_response::Codec;
+    use mirage_protocol::Digest;
 
     fn roundtrip_response(res: ContentResponse) -> io::Result<ContentResponse> {
         futures::executor::block_on(async {
@@ -293,7 +239,7 @@ mod tests {
     fn endless_and_malformed_responses_fail_without_allocating() {
         futures::executor::block_on(async {
             let mut huge = u32::MAX.to_be_bytes().to_vec();
-            huge.extend_from_slice(&[TAG_CHUNK; 16]);
+            huge.extend_from_slice(&[Tag::Chunk as u8; 16]);
             assert!(ContentCodec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(&huge)).await.is_err());
             let mut bad_tag = 3u32.to_be_bytes().to_vec();
             bad_tag.extend_from_slice(&[99, 1, 2]);
@@ -308,7 +254,7 @@ mod tests {
         // A bitmap length that claims more than the frame holds.
         futures::executor::block_on(async {
             let mut lying = 10u32.to_be_bytes().to_vec();
-            lying.push(TAG_CHUNK);
+            lying.push(Tag::Chunk as u8);
             lying.extend_from_slice(&1000u32.to_be_bytes());
             lying.extend_from_slice(&[0; 5]);
             assert!(ContentCodec.read_response(&CONTENT_PROTOCOL, &mut Cursor::new(&lying)).await.is_err());

@@ -1455,4 +1455,33 @@ fn fuzz_corpus() {
         let chain = format!("{text}\0[client]\nport = 3307\nInclude /etc/app/app.conf\n\0x = 1\n");
         write("config_chain", &format!("format-{which}"), &typed(which, chain.into_bytes()));
     }
+    use crate::exchange::{content, fetch, lane};
+    let requests = [
+        content::ContentRequest::Manifest { app: APP.into() },
+        content::ContentRequest::Chunk { content: Digest([3; 32]), index: 7 },
+        content::ContentRequest::Verdicts { app: APP.into(), manifest: m.id(), cluster: fp.cluster_key() },
+    ];
+    for (i, request) in requests.iter().enumerate() {
+        write("exchange", &format!("content-request-{i}"), &typed(0, crate::wire::encode(request).unwrap()));
+    }
+    let reports = vec![to_bytes(Envelope::sign(&k, &problem, UnixMillis(at)).unwrap())];
+    let answer = [vec![content::Tag::Reports as u8], crate::wire::encode(&reports).unwrap()].concat();
+    write("exchange", "content-answer-reports", &typed(1, answer));
+    let lane_offer = [vec![content::Tag::Lane as u8, 0x12, 0x34], vec![9; 16]].concat();
+    write("exchange", "content-answer-lane", &typed(1, lane_offer));
+    let chunk_head = [(1u32 << 20).to_be_bytes(), 16u32.to_be_bytes()].concat();
+    write("exchange", "chunk-head", &typed(2, chunk_head));
+    write("exchange", "bitmap", &typed(3, [vec![3], content::pack_bitmap(&[true, false, true, true, false])].concat()));
+    let request = fetch::FetchRequest {
+        app: APP.into(),
+        announcement: Some(to_bytes(Envelope::sign(&k, &fp, UnixMillis(at)).unwrap())),
+    };
+    write("exchange", "fetch-request", &typed(4, crate::wire::encode(&request).unwrap()));
+    let introduction = fetch::Introduction::new(k.public(), [vec![4, 127, 0, 0, 1, 6, 0x12, 0x5d]]);
+    let response =
+        fetch::FetchResponse { announcement: request.announcement.clone(), introductions: vec![introduction] };
+    write("exchange", "fetch-response", &typed(5, crate::wire::encode(&response).unwrap()));
+    write("exchange", "lane-hello", &typed(6, lane::encode_hello(&[5; 16]).to_vec()));
+    let head = lane::AnswerHead::Chunk { index: 3, bitmap_len: 2, data_len: 1 << 16 };
+    write("exchange", "lane-answer", &typed(7, [head.encode().to_vec(), vec![3]].concat()));
 }

@@ -25,7 +25,6 @@ use mirage_protocol::membership::DropReason;
 use mirage_protocol::transfer::{ChunkVerdict, Download, Rejection};
 use mirage_protocol::trust::{ManifestRejection, TrustStore};
 use mirage_protocol::{Digest, Envelope, Verified};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -48,31 +47,7 @@ pub struct Admitted {
     pub bytes: Vec<u8>,
 }
 
-/// What a peer run with `--allow-debug` can be told to do wrong when serving, so tests
-/// attack honest nodes through the real network path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Misbehaviour {
-    Honest,
-    /// Claim every chunk of every known artifact and serve chunks with a flipped byte
-    /// (or noise, for chunks not held).
-    Corrupt,
-    /// Claim every chunk and serve more bytes than the manifest's chunk length.
-    Endless,
-    /// Claim every chunk and serve the same chunk index of another artifact held
-    /// (another version): mix-and-match.
-    Mix,
-    /// Serve honestly, but every chunk a tenth of a second late: a slow peer, so tests can
-    /// interrupt a download half-way.
-    Slow,
-}
-
-impl Misbehaviour {
-    /// Whether the peer lies about what it holds.
-    fn lies(self) -> bool {
-        matches!(self, Misbehaviour::Corrupt | Misbehaviour::Endless | Misbehaviour::Mix)
-    }
-}
+pub use mirage_protocol::control::Misbehaviour;
 
 /// How late a [`Misbehaviour::Slow`] peer answers chunk requests.
 const SLOW_SERVE_DELAY: Duration = Duration::from_millis(100);

@@ -7,8 +7,8 @@
 //!
 //! Integers are big-endian.
 
-use mirage_protocol::manifest::{MAX_CHUNKS, MAX_CHUNK_SIZE};
-use mirage_protocol::Digest;
+use crate::manifest::{MAX_CHUNKS, MAX_CHUNK_SIZE};
+use crate::Digest;
 use thiserror::Error;
 
 /// The first bytes a lane client sends: protocol name and version.
