@@ -81,7 +81,7 @@ fn is_fresh(bin: &Path) -> bool {
     }
     let Some(built) = std::fs::metadata(bin).and_then(|m| m.modified()).ok() else { return false };
     let ws = workspace();
-    ["Cargo.toml", "Cargo.lock", "protocol", "node/src", "node/Cargo.toml", "bootstrap", "testnet/src"]
+    ["Cargo.toml", "Cargo.lock", "protocol", "artifact", "node/src", "node/Cargo.toml", "bootstrap", "testnet/src"]
         .iter()
         .filter_map(|p| newest(&ws.join(p)))
         .all(|t| t <= built)
