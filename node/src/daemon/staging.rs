@@ -34,9 +34,6 @@ const ROSTER_FEED: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_EARLY_REPORTS: usize = 64;
 /// Most test reports sent, and taken, in answer to a verdict request.
 pub const MAX_VERDICTS: usize = 64;
-/// Peers asked for a release's verdict when it comes or when they connect.
-const VERDICT_ASKS: usize = 4;
-
 /// What a vendor's request for problem reports may take: one wire message.
 const VENDOR_ANSWER_BYTES: usize = mirage_protocol::wire::MAX_MESSAGE_BYTES - 1024;
 
@@ -434,9 +431,33 @@ impl Node {
             .filter(|p| *p != self.local_peer && self.swarm.is_connected(p))
             .collect();
         let others: Vec<PeerId> = self.swarm.connected_peers().copied().filter(|p| !mates.contains(p)).collect();
-        let asked = self.dist.verdicts_asked.iter().filter(|(_, m)| *m == manifest).count();
-        for peer in mates.into_iter().chain(others).take(VERDICT_ASKS.saturating_sub(asked)) {
-            self.ask_verdicts(app, peer, manifest);
+        for peer in self.dist.verdict_asks.choose(manifest, mates.into_iter().chain(others), now) {
+            self.send_verdicts_request(app, peer, manifest);
+        }
+    }
+
+    /// Every period of the core's rules, asks again for the verdicts of releases whose
+    /// gate here is still undecided.
+    fn staging_reask_verdicts(&mut self) {
+        if !self.dist.verdict_asks.round_due(overlay::now()) {
+            return;
+        }
+        let undecided: Vec<String> = self
+            .staging
+            .rollouts
+            .iter()
+            .filter(|(_, r)| {
+                let cluster = r.rollout.cluster();
+                r.rollout.campaign().release().is_some()
+                    && r.rollout
+                        .campaign()
+                        .evaluation(&cluster)
+                        .is_some_and(|e| matches!(e.verdict, staging::Verdict::Pending))
+            })
+            .map(|(app, _)| app.clone())
+            .collect();
+        for app in undecided {
+            self.staging_ask_verdicts(&app);
         }
     }
 
@@ -455,20 +476,16 @@ impl Node {
             })
             .filter_map(|(app, r)| r.rollout.campaign().release().map(|rel| (app.clone(), rel.id)))
             .collect();
+        let now = overlay::now();
         for (app, manifest) in waiting {
-            self.ask_verdicts(&app, peer, manifest);
+            if self.dist.verdict_asks.ask_new_peer(peer, manifest, now) {
+                self.send_verdicts_request(&app, peer, manifest);
+            }
         }
     }
 
-    fn ask_verdicts(&mut self, app: &str, peer: PeerId, manifest: Digest) {
+    fn send_verdicts_request(&mut self, app: &str, peer: PeerId, manifest: Digest) {
         let Some(cluster) = self.staging.rollouts.get(app).map(|r| r.rollout.cluster()) else { return };
-        if !self.dist.verdicts_asked.insert((peer, manifest)) {
-            return;
-        }
-        // Old releases' entries go: one per (peer, release) at most, releases are few.
-        if self.dist.verdicts_asked.len() > 4096 {
-            self.dist.verdicts_asked.retain(|(_, m)| *m == manifest);
-        }
         let request = crate::net::ContentRequest::Verdicts { app: app.to_string(), manifest, cluster };
         let id = self.swarm.behaviour_mut().content.send_request(&peer, request);
         self.dist.verdict_requests.insert(id, app.to_string());
@@ -700,6 +717,7 @@ impl Node {
         for app in due {
             self.staging_handle(&app, Event::Timer);
         }
+        self.staging_reask_verdicts();
         let pending = std::mem::take(&mut self.staging.pending);
         for (app, bytes) in pending {
             if let Err(e) =

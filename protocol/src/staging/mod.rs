@@ -12,6 +12,7 @@
 //! - [`problems`]: which problem reports a node keeps for the vendor, bounded.
 //! - [`replay`]: what a restarted node feeds its rollout from its store, in order.
 //! - [`rollout`]: the per-(node, app) core the node drives: events in, actions out.
+//! - [`verdicts`]: whom a node asks for its cluster's verdict, and when again.
 
 pub mod campaign;
 pub mod election;
@@ -22,6 +23,7 @@ pub mod problems;
 pub mod replay;
 pub mod rollout;
 pub mod schedule;
+pub mod verdicts;
 
 #[cfg(test)]
 mod tests;

@@ -25,7 +25,7 @@ use mirage_protocol::membership::DropReason;
 use mirage_protocol::transfer::{ChunkVerdict, Download, Rejection};
 use mirage_protocol::trust::{ManifestRejection, TrustStore};
 use mirage_protocol::{Digest, Envelope, Verified};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, info_span, warn};
@@ -187,10 +187,9 @@ pub struct Distribution {
     have_requests: HashMap<request_response::OutboundRequestId, Digest>,
     manifest_requests: HashMap<request_response::OutboundRequestId, String>,
     report_requests: HashMap<request_response::OutboundRequestId, String>,
-    /// Verdict requests in flight, by app; and who was asked for which release, so each
-    /// peer is asked once per release.
+    /// Verdict requests in flight, by app; and whom the core's rules say to ask when.
     pub(in crate::daemon) verdict_requests: HashMap<request_response::OutboundRequestId, String>,
-    pub(in crate::daemon) verdicts_asked: HashSet<(PeerId, Digest)>,
+    pub(in crate::daemon) verdict_asks: mirage_protocol::staging::verdicts::VerdictAsks<PeerId>,
     /// Ask every new peer for the problem reports it holds (a vendor collecting them).
     pub collect_reports: bool,
     provider_lookups: HashMap<kad::QueryId, Digest>,
@@ -275,7 +274,7 @@ impl Distribution {
             verdict_requests: HashMap::new(),
             local_faults: BTreeMap::new(),
             rejected_messages: BTreeMap::new(),
-            verdicts_asked: HashSet::new(),
+            verdict_asks: Default::default(),
             collect_reports: false,
             provider_lookups: HashMap::new(),
             rejected_manifests: BTreeMap::new(),
