@@ -40,8 +40,8 @@ if need python3; then JSON=python3; elif need jq; then JSON=jq; else
   JSON=jq
 fi
 if [ ! -x "$MIRAGE_BIN" ] && [ "$MIRAGE_BIN" = "$ROOT/target/release/mirage" ]; then
-  echo "building mirage (cargo build --release --bin mirage)" >&2
-  (cd "$ROOT" && timeout 3600 cargo build --release --bin mirage >&2) || echo "WARN mirage build failed" >&2
+  echo "building mirage (cargo build --release -p mirage-node --bin mirage)" >&2
+  (cd "$ROOT" && timeout 3600 cargo build --release -p mirage-node --bin mirage >&2) || echo "WARN mirage build failed" >&2
 fi
 
 W=$(mktemp -d /tmp/swarm-bench.XXXXXX); chmod 755 "$W"
