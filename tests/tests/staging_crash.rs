@@ -195,34 +195,51 @@ fn a_node_killed_at_every_step_of_a_failing_apply_and_its_rollback_or_out_of_dis
     assert!(fault.contains("No space left on device"), "the log names the full disk: {fault}");
     seed.terminate(Duration::from_secs(10));
 
-    // 8.6.0 fits but fails its health check. The node dies at each step of the apply
-    // and of the switch back in turn; each restart picks the apply up again.
-    let (tar, tests) =
-        custom_release(&dir.path().join("release-8.6.0"), FIXED_VERSION, 0, "echo the server does not answer; exit 3");
-    let mut seed = None;
-    for step in UNHEALTHY_APPLY_STEPS {
-        fleet.nodes[0].restart(&mirage, &[("MIRAGE_TEST_CRASH_AT", step)]).unwrap();
-        if seed.is_none() {
-            wait_for("node0 back", TIMEOUT, Duration::from_millis(200), || fleet.nodes[0].status());
-            seed = Some(fleet.publish_files("8.6.0", &tar, &tests, &["--policy", "no-staging"]).unwrap());
+    // Releases that fit but fail their health check. The node dies at each step of the
+    // apply and of the switch back in turn; each restart picks the apply up again.
+    // Three deaths per release: after three in a row, the core waits before applying
+    // again (staging::rollout::MAX_INTERRUPTED_APPLIES), which is not what this tests.
+    let mut last = String::new();
+    for (n, steps) in UNHEALTHY_APPLY_STEPS.chunks(3).enumerate() {
+        let version = format!("8.6.{n}");
+        let (tar, tests) = custom_release(
+            &dir.path().join(format!("release-{version}")),
+            FIXED_VERSION,
+            0,
+            "echo the server does not answer; exit 3",
+        );
+        let mut seed = None;
+        for step in steps {
+            let point = step.split(':').next().unwrap();
+            let crash = format!("injected crash at {point}");
+            let before = fleet.nodes[0].logs().matches(&crash).count();
+            fleet.nodes[0].restart(&mirage, &[("MIRAGE_TEST_CRASH_AT", step)]).unwrap();
+            if seed.is_none() {
+                wait_for("node0 back", TIMEOUT, Duration::from_millis(200), || fleet.nodes[0].status());
+                seed = Some(fleet.publish_files(&version, &tar, &tests, &["--policy", "no-staging"]).unwrap());
+            }
+            wait_for(&format!("node0 to die at {step}"), TIMEOUT, Duration::from_millis(50), || {
+                fleet.nodes[0].process.try_wait()
+            });
+            assert!(fleet.nodes[0].logs().matches(&crash).count() > before, "node0 did not die at {step}");
+            let current = fleet.nodes[0].dir.join(format!("root/opt/mirage/{APP}/current"));
+            let named = std::fs::read_link(&current).expect("current is a symlink after the crash");
+            let named = named.file_name().unwrap().to_str().unwrap().to_string();
+            assert!(named == FIXED_VERSION || named == version, "current names {named} after a crash at {step}");
+            assert!(current.join("bin/mysqld").is_file(), "current ({named}) is not a whole version after {step}");
         }
-        wait_for(&format!("node0 to die at {step}"), TIMEOUT, Duration::from_millis(50), || {
-            fleet.nodes[0].process.try_wait()
+        fleet.nodes[0].restart(&mirage, &[]).unwrap();
+        let status = wait_for(&format!("{version} rolled back"), TIMEOUT, Duration::from_millis(200), || {
+            let status = fleet.status(0)?;
+            (status["staging"][0]["target"] == version.as_str() && status["staging"][0]["phase"] == "rolled back")
+                .then_some(status)
         });
-        let point = step.split(':').next().unwrap();
-        assert!(fleet.nodes[0].logs().contains(&format!("injected crash at {point}")), "node0 did not die at {step}");
-        let current = fleet.nodes[0].dir.join(format!("root/opt/mirage/{APP}/current"));
-        let named = std::fs::read_link(&current).expect("current is a symlink after the crash");
-        let named = named.file_name().unwrap().to_str().unwrap().to_string();
-        assert!(named == FIXED_VERSION || named == "8.6.0", "current names {named} after a crash at {step}");
-        assert!(current.join("bin/mysqld").is_file(), "current ({named}) is not a whole version after {step}");
+        assert!(on_last_good(&status), "{status}");
+        if let Some(mut seed) = seed {
+            seed.terminate(Duration::from_secs(10));
+        }
+        last = version;
     }
-    fleet.nodes[0].restart(&mirage, &[]).unwrap();
-    let status = wait_for("8.6.0 rolled back", TIMEOUT, Duration::from_millis(200), || {
-        let status = fleet.status(0)?;
-        (status["staging"][0]["target"] == "8.6.0" && status["staging"][0]["phase"] == "rolled back").then_some(status)
-    });
-    assert!(on_last_good(&status), "{status}");
     let current = std::fs::read_link(fleet.nodes[0].dir.join(format!("root/opt/mirage/{APP}/current"))).unwrap();
     assert!(current.ends_with(FIXED_VERSION), "{current:?}");
     // And it stays there after one more restart: journal, link and core agree.
@@ -230,5 +247,5 @@ fn a_node_killed_at_every_step_of_a_failing_apply_and_its_rollback_or_out_of_dis
     let status = wait_for("node0 back", TIMEOUT, Duration::from_millis(200), || fleet.status(0));
     assert!(on_last_good(&status), "{status}");
     assert_eq!(status["staging"][0]["phase"], "rolled back", "{status}");
-    drop(seed);
+    assert_eq!(status["staging"][0]["target"], last.as_str(), "{status}");
 }

@@ -179,7 +179,7 @@ impl Node {
             }
         };
         let (rollout, mut actions) = match snapshot {
-            Some(s) => Rollout::restore(config, s),
+            Some(s) => Rollout::restore(config, s, overlay::now()),
             None => (Rollout::new(config), Vec::new()),
         };
         // What the installer has in place after its recovery is what runs: the core

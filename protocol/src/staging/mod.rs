@@ -36,6 +36,7 @@ pub use plan::StagePlan;
 pub use problems::{ProblemBook, ProblemDrop};
 pub use rollout::{
     is_fresh, Action, ApplyResult, ApplyStep, Event, Ignored, LocalFault, NodeConfig, Pin, Rollout, Snapshot, Status,
-    TestRun, LOCAL_RETRY_BASE, LOCAL_RETRY_MAX, MAX_TEST_ATTEMPTS, MESSAGE_MAX_AGE, MESSAGE_MAX_SKEW,
+    TestRun, LOCAL_RETRY_BASE, LOCAL_RETRY_MAX, MAX_INTERRUPTED_APPLIES, MAX_TEST_ATTEMPTS, MESSAGE_MAX_AGE,
+    MESSAGE_MAX_SKEW,
 };
 pub use schedule::StageSchedule;

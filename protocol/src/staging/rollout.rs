@@ -283,6 +283,9 @@ pub fn is_fresh<T>(message: &Verified<T>, now: UnixMillis) -> bool {
 
 /// A representative whose tests could not run this many times hands its seat on.
 pub const MAX_TEST_ATTEMPTS: u32 = 2;
+/// Applies re-issued at once after the node stopped in the middle of them, in a row;
+/// the next waits like a retry after a local fault ([`Rollout::restore`]).
+pub const MAX_INTERRUPTED_APPLIES: u32 = 3;
 /// The first retry after a local fault; each further one waits twice as long.
 pub const LOCAL_RETRY_BASE: std::time::Duration = std::time::Duration::from_secs(15);
 /// The longest wait between retries of a locally failed apply.
@@ -391,7 +394,12 @@ impl Rollout {
     /// Rebuilds a node's core from its snapshot. The returned actions re-issue whatever
     /// was in flight; the node then feeds its stored manifests, memberships and reports
     /// back as events.
-    pub fn restore(config: NodeConfig, snapshot: Snapshot) -> (Self, Vec<Action>) {
+    ///
+    /// An apply the node was in the middle of is re-issued, and counted as a local
+    /// fault of its own: after [`MAX_INTERRUPTED_APPLIES`] in a row (a release whose
+    /// apply takes the node down with it, say) the next waits as retries after local
+    /// faults do, so the node cannot crash-loop. `now` times that wait.
+    pub fn restore(config: NodeConfig, snapshot: Snapshot, now: UnixMillis) -> (Self, Vec<Action>) {
         let mut r = Rollout::new(config);
         r.member = Member::restore(snapshot.work);
         r.running = snapshot.running;
@@ -408,7 +416,7 @@ impl Rollout {
                 Phase::Testing => actions.push(Action::RunTests { manifest: w.manifest }),
                 Phase::Applying => {
                     if let Some(version) = snapshot.work_version {
-                        actions.push(Action::Apply { manifest: w.manifest, version });
+                        actions.extend(r.apply_interrupted(w.manifest, version, now));
                     }
                 }
                 _ => {}
@@ -423,6 +431,36 @@ impl Rollout {
             actions.push(Action::PublishProblemReport(problem.clone()));
         }
         (r, actions)
+    }
+
+    /// The node stopped while applying `version`: counted, persisted, then applied
+    /// again at once or, after too many interruptions in a row, later.
+    fn apply_interrupted(&mut self, manifest: Digest, version: semver::Version, now: UnixMillis) -> Vec<Action> {
+        let attempts = self.local_attempts(manifest, Phase::Applying) + 1;
+        let back_off = attempts > MAX_INTERRUPTED_APPLIES;
+        let retry_at = back_off.then(|| UnixMillis(now.0.saturating_add(retry_delay(attempts))));
+        self.local_fault = Some(LocalFault {
+            manifest,
+            during: Phase::Applying,
+            attempts,
+            retry_at,
+            reason: format!("the node stopped while applying {version} ({attempts} times in a row)"),
+        });
+        let mut actions = Vec::new();
+        if back_off {
+            self.member.apply_finished(manifest, Err(Fault::Local), None);
+            self.applying = None;
+        }
+        // Counted durably before the apply starts again, or a crash in it would not be.
+        actions.push(Action::Persist(Box::new(self.snapshot())));
+        match retry_at {
+            Some(at) => {
+                self.timer = Some(at);
+                actions.push(Action::SetTimer(at));
+            }
+            None => actions.push(Action::Apply { manifest, version }),
+        }
+        actions
     }
 
     /// This node's cluster for the current release.

@@ -729,9 +729,54 @@ fn an_unhealthy_release_is_reported_and_the_node_stays_on_what_it_ran() {
     assert_eq!(n.rollout.status().running, None);
     // A crash right after persisting loses not the vendor's report.
     let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
-    let (r, again) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
+    let (r, again) = Rollout::restore(n.rollout_config(), (**snapshot).clone(), UnixMillis(0));
     assert!(again.iter().any(|a| matches!(a, Action::PublishProblemReport(_))), "{again:?}");
     assert_eq!(r.status().phase, Some(Phase::RolledBack));
+}
+
+#[test]
+fn an_apply_the_node_keeps_dying_in_is_retried_later_not_in_a_loop() {
+    let v1 = manifest("1.0.0", policy(PolicyKind::NoStaging));
+    let v2 = manifest("2.0.0", policy(PolicyKind::NoStaging));
+    let mut n = node(3, 0, &v1);
+    apply_no_staging(&mut n, &v1, 0, ApplyResult::Healthy);
+    let id = v2.id();
+    n.rollout.handle(Event::Manifest(signed_manifest(&v2, 10 * SEC)), UnixMillis(10 * SEC));
+    let a = n.rollout.handle(Event::ContentReady { manifest: id }, UnixMillis(10 * SEC + 1));
+    let Some(Action::Persist(mut snapshot)) = a.first().cloned() else { panic!("{a:?}") };
+    // The node dies in the apply, again and again: each restart counts the interruption
+    // durably before it applies again.
+    let mut now = 11 * SEC;
+    for interrupted in 1..=rollout::MAX_INTERRUPTED_APPLIES {
+        let (r, a) = Rollout::restore(n.rollout_config(), (*snapshot).clone(), UnixMillis(now));
+        persist_precedes_every_action(&a);
+        assert!(a.contains(&Action::Apply { manifest: id, version: v2.version.clone() }), "{interrupted}: {a:?}");
+        assert_eq!(r.status().phase, Some(Phase::Applying));
+        let Some(Action::Persist(next)) = a.first().cloned() else { panic!("{a:?}") };
+        assert_eq!(next.local_fault.as_ref().map(|f| f.attempts), Some(interrupted));
+        snapshot = next;
+        now += SEC;
+    }
+    // One more: no apply at once, a retry as after a local fault, and the reason said.
+    let (mut r, a) = Rollout::restore(n.rollout_config(), (*snapshot).clone(), UnixMillis(now));
+    persist_precedes_every_action(&a);
+    assert!(!a.iter().any(|a| matches!(a, Action::Apply { .. })), "{a:?}");
+    let Some(Action::SetTimer(at)) = a.last().cloned() else { panic!("{a:?}") };
+    assert!(at.0 >= now + rollout::LOCAL_RETRY_BASE.as_millis() as u64, "{at:?}");
+    assert_eq!(r.status().phase, Some(Phase::LocalFault));
+    let Some(Action::Persist(stored)) = a.first() else { panic!("{a:?}") };
+    assert!(stored.local_fault.as_ref().is_some_and(|f| f.reason.contains("stopped while applying 2.0.0")));
+    // The stored snapshot restores to the same wait, not to an apply.
+    let (_, again) = Rollout::restore(n.rollout_config(), (**stored).clone(), UnixMillis(now + 1));
+    assert!(!again.iter().any(|a| matches!(a, Action::Apply { .. })), "{again:?}");
+    // When the time comes, the apply is tried again.
+    r.handle(Event::Members { cluster: cluster_key(0), members: n.fleet.members(0) }, UnixMillis(at.0));
+    r.handle(Event::Manifest(signed_manifest(&v2, 10 * SEC)), UnixMillis(at.0));
+    let a = r.handle(Event::Timer, UnixMillis(at.0));
+    assert!(a.contains(&Action::Apply { manifest: id, version: v2.version.clone() }), "{a:?}");
+    // And an apply that ends, healthy, clears the count.
+    r.handle(Event::ApplyFinished { manifest: id, result: ApplyResult::Healthy }, UnixMillis(at.0 + 1));
+    assert!(r.snapshot().local_fault.is_none());
 }
 
 #[test]
@@ -847,7 +892,7 @@ fn an_operator_rollback_pins_the_node_until_the_next_release_or_unpin() {
     assert_eq!(status.running, Some(v1.version.clone()));
     assert_eq!(status.pin.as_ref().map(|p| &p.version), Some(&v1.version));
     // The same release heard again (a restart's replay) does not undo the operator.
-    let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot());
+    let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot(), UnixMillis(0));
     restored.handle(Event::Members { cluster: cluster_key(0), members: n.fleet.members(0) }, UnixMillis(21 * SEC));
     for r in [&mut n.rollout, &mut restored] {
         let a = r.handle(Event::Manifest(signed_manifest(&v2, 10 * SEC)), UnixMillis(21 * SEC));
@@ -885,7 +930,7 @@ fn manifests_for_other_apps_or_not_newer_than_running_are_ignored() {
     n.rollout.handle(Event::Manifest(signed_manifest(&m, 0)), UnixMillis(0));
     n.rollout.handle(Event::ContentReady { manifest: m.id() }, UnixMillis(1));
     n.rollout.handle(Event::ApplyFinished { manifest: m.id(), result: ApplyResult::Healthy }, UnixMillis(2));
-    let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot());
+    let (mut restored, _) = Rollout::restore(n.rollout_config(), n.rollout.snapshot(), UnixMillis(0));
     let older = manifest("0.5.0", policy(PolicyKind::NoStaging));
     assert!(restored.handle(Event::Manifest(signed_manifest(&older, 3)), UnixMillis(3)).is_empty());
     assert!(matches!(restored.last_ignored(), Some(Ignored::NotNewerThanRunning { .. })));
@@ -908,7 +953,7 @@ fn restore_reissues_what_was_in_flight() {
     // The snapshot survives the node's database encoding.
     let bytes = crate::wire::encode(snapshot).unwrap();
     let snapshot: Snapshot = crate::wire::decode(&bytes).unwrap();
-    let (mut r, actions) = Rollout::restore(n.rollout_config(), snapshot);
+    let (mut r, actions) = Rollout::restore(n.rollout_config(), snapshot, UnixMillis(0));
     assert_eq!(actions, vec![Action::RunTests { manifest: id }]);
     // Fed its stored manifest and membership again, it carries on from where it was.
     r.handle(Event::Members { cluster: cluster_key(0), members: n.fleet.members(0) }, UnixMillis(2 * SEC));
@@ -917,7 +962,7 @@ fn restore_reissues_what_was_in_flight() {
     let a = r.handle(Event::TestFinished { manifest: id, run: run(Outcome::Pass) }, UnixMillis(3 * SEC));
     let Some(Action::Persist(snapshot)) = a.first() else { panic!("{a:?}") };
     // Crash between persist and publish: the report goes out again after restore.
-    let (_, actions) = Rollout::restore(n.rollout_config(), (**snapshot).clone());
+    let (_, actions) = Rollout::restore(n.rollout_config(), (**snapshot).clone(), UnixMillis(0));
     assert!(matches!(actions.as_slice(), [Action::PublishTestReport(r)] if r.manifest_id == id));
 }
 
