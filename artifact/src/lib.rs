@@ -86,25 +86,26 @@ pub fn open_tar_stream(path: &Path) -> Result<(Box<dyn std::io::Read>, Packing),
 fn is_local(e: &std::io::Error) -> bool {
     use std::io::ErrorKind::*;
     // tar keeps the kind of an error it wraps, not its errno.
-    let mut errno = e.raw_os_error();
-    let mut cause = e.get_ref().and_then(|inner| inner.source());
-    while let Some(c) = cause {
-        errno = errno.or_else(|| c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()));
-        cause = c.source();
-    }
+    let errno = e
+        .raw_os_error()
+        .or_else(|| causes(e).find_map(|c| c.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error())));
     matches!(e.kind(), StorageFull | QuotaExceeded | PermissionDenied | ReadOnlyFilesystem | OutOfMemory)
         || errno == Some(libc::EIO)
+}
+
+/// What `e` wraps, outermost first (not `e` itself).
+fn causes(e: &std::io::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    let first = e.get_ref().and_then(|inner| inner.source());
+    std::iter::successors(first, |c| c.source())
 }
 
 /// `e` with its causes in its message: tar wraps an error as "failed to unpack `x`",
 /// keeping the kind but showing the reason (a full disk) only as a source.
 fn with_causes(e: std::io::Error) -> std::io::Error {
     let mut message = e.to_string();
-    let mut cause = e.get_ref().and_then(|inner| inner.source());
-    while let Some(c) = cause {
+    for c in causes(&e) {
         message.push_str(": ");
         message.push_str(&c.to_string());
-        cause = c.source();
     }
     std::io::Error::new(e.kind(), message)
 }

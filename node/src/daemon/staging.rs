@@ -442,46 +442,34 @@ impl Node {
         if !self.dist.verdict_asks.round_due(overlay::now()) {
             return;
         }
-        let undecided: Vec<String> = self
-            .staging
-            .rollouts
-            .iter()
-            .filter(|(_, r)| {
-                let cluster = r.rollout.cluster();
-                r.rollout.campaign().release().is_some()
-                    && r.rollout
-                        .campaign()
-                        .evaluation(&cluster)
-                        .is_some_and(|e| matches!(e.verdict, staging::Verdict::Pending))
-            })
-            .map(|(app, _)| app.clone())
-            .collect();
-        for app in undecided {
+        let undecided = self.releases_awaiting_verdict(|v| v == Some(staging::Verdict::Pending));
+        for (app, _) in undecided {
             self.staging_ask_verdicts(&app);
         }
     }
 
     /// Asks a peer that just connected, if a release of ours still waits on its gate.
     pub(super) fn staging_ask_verdicts_of(&mut self, peer: PeerId) {
-        let waiting: Vec<(String, Digest)> = self
-            .staging
-            .rollouts
-            .iter()
-            .filter(|(_, r)| {
-                let cluster = r.rollout.cluster();
-                r.rollout
-                    .campaign()
-                    .evaluation(&cluster)
-                    .is_none_or(|e| matches!(e.verdict, staging::Verdict::Pending | staging::Verdict::NotOpen))
-            })
-            .filter_map(|(app, r)| r.rollout.campaign().release().map(|rel| (app.clone(), rel.id)))
-            .collect();
+        let waiting = self.releases_awaiting_verdict(|v| {
+            v.is_none_or(|v| matches!(v, staging::Verdict::Pending | staging::Verdict::NotOpen))
+        });
         let now = overlay::now();
         for (app, manifest) in waiting {
             if self.dist.verdict_asks.ask_new_peer(peer, manifest, now) {
                 self.send_verdicts_request(&app, peer, manifest);
             }
         }
+    }
+
+    /// Each app's current release whose gate here is in a state `waiting` counts as
+    /// undecided (`None`: the gate has no evaluation yet).
+    fn releases_awaiting_verdict(&self, waiting: impl Fn(Option<staging::Verdict>) -> bool) -> Vec<(String, Digest)> {
+        self.staging
+            .rollouts
+            .iter()
+            .filter(|(_, r)| waiting(r.rollout.campaign().evaluation(&r.rollout.cluster()).map(|e| e.verdict)))
+            .filter_map(|(app, r)| r.rollout.campaign().release().map(|rel| (app.clone(), rel.id)))
+            .collect()
     }
 
     fn send_verdicts_request(&mut self, app: &str, peer: PeerId, manifest: Digest) {

@@ -1428,7 +1428,7 @@ fn a_refused_release_does_not_regroup() {
 /// Writes the fuzz targets' seed corpus (`fuzz/corpus/<target>/`) from real signed
 /// messages: `MIRAGE_FUZZ_CORPUS=fuzz/corpus cargo test -p mirage-protocol --lib -- --ignored fuzz_corpus`.
 #[test]
-#[ignore]
+#[ignore = "a tool, not a check: writes the fuzz seed corpus where MIRAGE_FUZZ_CORPUS says"]
 fn fuzz_corpus() {
     use crate::fingerprint::{Item, ItemValue, ResourceClass};
     use crate::report::{ProblemDetails, ProblemDraft};
