@@ -61,6 +61,25 @@ pub fn mirage_bin() -> PathBuf {
     .clone()
 }
 
+/// A staged-deployment fleet of the sample app under `dir`, on the `mirage` under test:
+/// `environments` generated environments of `nodes_per_environment` nodes each, every
+/// node started with `node_flags`. Panics if it cannot start.
+pub fn staged_fleet(
+    dir: &Path,
+    environments: u32,
+    nodes_per_environment: u32,
+    node_flags: &[&str],
+) -> mirage_testnet::staged::StagedFleet {
+    mirage_testnet::staged::StagedFleet::start(&mirage_testnet::staged::StagedOptions {
+        mirage: mirage_bin(),
+        dir: dir.to_path_buf(),
+        environments,
+        nodes_per_environment,
+        node_flags: node_flags.iter().map(|f| f.to_string()).collect(),
+    })
+    .expect("the fleet starts")
+}
+
 /// Whether `bin --version` says it was built with the test hooks.
 fn has_test_hooks(bin: &Path) -> bool {
     Command::new(bin)

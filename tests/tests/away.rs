@@ -5,8 +5,7 @@
 
 use mirage_testnet::sample_app::{BROKEN_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{NodeView, StagedFleet, StagedOptions};
-use mirage_tests::mirage_bin;
+use mirage_testnet::staged::NodeView;
 use std::time::Duration;
 
 const ENVS: u32 = 3;
@@ -27,14 +26,7 @@ fn settled(v: &NodeView, i: usize) -> bool {
 #[test]
 fn a_node_back_after_its_clusters_verdict_follows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: ENVS,
-        nodes_per_environment: 3,
-        node_flags: Vec::new(),
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), ENVS, 3, &[]);
     let n = fleet.nodes.len();
     fleet.wait_for_clusters(3, TIMEOUT).unwrap();
     fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();

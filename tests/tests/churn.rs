@@ -7,8 +7,7 @@
 use mirage_testnet::fleet::api_call;
 use mirage_testnet::sample_app::{BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, broken_release_settled, NodeView, StagedFleet, StagedOptions};
-use mirage_tests::mirage_bin;
+use mirage_testnet::staged::{all_installed, broken_release_settled, NodeView, StagedFleet};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -31,14 +30,7 @@ fn no_faulty_install(views: &[Option<NodeView>]) -> bool {
 #[test]
 fn a_rollout_through_churn_and_a_healed_partition_installs_nothing_faulty_and_converges() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: ENVS,
-        nodes_per_environment: PER_ENV,
-        node_flags: vec!["--allow-debug".into()],
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), ENVS, PER_ENV, &["--allow-debug"]);
     let n = fleet.nodes.len();
     fleet.wait_for_clusters(PER_ENV as usize, TIMEOUT).unwrap();
     fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();

@@ -4,7 +4,7 @@
 
 use mirage_testnet::fleet::Process;
 use mirage_testnet::sample_app::{self, APP, FIXED_VERSION, OLD_VERSION};
-use mirage_testnet::staged::{all_installed, NodeView, StagedFleet, StagedOptions};
+use mirage_testnet::staged::{all_installed, NodeView, StagedFleet};
 use mirage_tests::{mirage, mirage_bin, wait_for, Bootstrap, Node, Proc, SampleMachine, Vendor};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,14 +12,7 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn fleet(dir: &Path, nodes: u32) -> StagedFleet {
-    StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.to_path_buf(),
-        environments: 1,
-        nodes_per_environment: nodes,
-        node_flags: Vec::new(),
-    })
-    .unwrap()
+    mirage_tests::staged_fleet(dir, 1, nodes, &[])
 }
 
 /// A fleet of `nodes` in one environment, all running the sample app's old version.

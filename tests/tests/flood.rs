@@ -8,8 +8,8 @@ use mirage_protocol::report::{Outcome, ProblemDetails, ProblemDraft, TestReport}
 use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, PublicKey};
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, broken_release_settled, StagedFleet, StagedOptions};
-use mirage_tests::{mirage_bin, now_millis as now};
+use mirage_testnet::staged::{all_installed, broken_release_settled};
+use mirage_tests::now_millis as now;
 use rand::RngCore;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -48,14 +48,7 @@ fn random_digest() -> Digest {
 #[test]
 fn a_flood_of_strangers_reports_leaves_memory_and_disk_bounded_and_the_rollout_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: ENVS,
-        nodes_per_environment: 2,
-        node_flags: vec!["--allow-debug".into()],
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), ENVS, 2, &["--allow-debug"]);
     let n = fleet.nodes.len();
     fleet.wait_for_clusters(2, TIMEOUT).unwrap();
     fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();

@@ -8,8 +8,8 @@ use mirage_protocol::report::{Outcome, TestReport};
 use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, UnixMillis};
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{all_installed, broken_release_settled, NodeView, StagedFleet, StagedOptions};
-use mirage_tests::{mirage_bin, now_millis as now};
+use mirage_testnet::staged::{all_installed, broken_release_settled, NodeView};
+use mirage_tests::now_millis as now;
 use serde_json::json;
 use std::time::Duration;
 
@@ -50,14 +50,7 @@ fn cluster_key(hex: &str) -> ClusterKey {
 #[test]
 fn staged_rollout_halts_the_breaking_cluster_until_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: ENVS,
-        nodes_per_environment: 4,
-        node_flags: vec!["--allow-debug".into()],
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), ENVS, 4, &["--allow-debug"]);
     fleet.wait_for_clusters(4, TIMEOUT).unwrap();
 
     fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();

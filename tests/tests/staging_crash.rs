@@ -3,8 +3,8 @@
 //! never a missing one, and after the restart the node finishes the upgrade.
 
 use mirage_testnet::sample_app::{APP, BROKEN_VERSION, FIXED_VERSION, OLD_VERSION};
-use mirage_testnet::staged::{all_installed, StagedFleet, StagedOptions};
-use mirage_tests::{mirage_bin, wait_for};
+use mirage_testnet::staged::{all_installed, StagedFleet};
+use mirage_tests::wait_for;
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -12,14 +12,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 #[test]
 fn a_node_killed_during_apply_recovers_to_a_consistent_version() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: 1,
-        nodes_per_environment: 2,
-        node_flags: Vec::new(),
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), 1, 2, &[]);
     let mut seed = fleet.publish(OLD_VERSION, &["--policy", "no-staging"]).unwrap();
     fleet.wait_until("the old version", TIMEOUT, |_| {}, |v| all_installed(v, OLD_VERSION)).unwrap();
     seed.terminate(Duration::from_secs(10));
@@ -162,14 +155,7 @@ const UNHEALTHY_APPLY_STEPS: [&str; 13] = [
 #[test]
 fn a_node_killed_at_every_step_of_a_failing_apply_and_its_rollback_or_out_of_disk_ends_on_the_last_good_version() {
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: 1,
-        nodes_per_environment: 1,
-        node_flags: Vec::new(),
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), 1, 1, &[]);
     // "1.0.0" and "2.0.0" of the must-hold: the sample's old and fixed versions.
     fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
     fleet.install_everywhere(FIXED_VERSION, TIMEOUT).unwrap();

@@ -10,8 +10,8 @@ use mirage_protocol::staging::election::rank_score;
 use mirage_protocol::{ClusterKey, Digest, Envelope, Keypair, PublicKey};
 use mirage_testnet::sample_app::{self, APP, BROKEN_VERSION, OLD_VERSION};
 use mirage_testnet::sample_root::sets_query_cache;
-use mirage_testnet::staged::{NodeView, StagedFleet, StagedOptions};
-use mirage_tests::{mirage_bin, now_millis as now};
+use mirage_testnet::staged::NodeView;
+use mirage_tests::now_millis as now;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -65,14 +65,7 @@ fn ignored(status: &Value, reason: &str) -> u64 {
 fn identities_minted_after_a_release_take_no_seat_in_the_clusters_they_copy() {
     assert!(!sets_query_cache(GOOD_ENV) && sets_query_cache(BAD_ENV));
     let dir = tempfile::tempdir().unwrap();
-    let mut fleet = StagedFleet::start(&StagedOptions {
-        mirage: mirage_bin(),
-        dir: dir.path().to_path_buf(),
-        environments: ENVS,
-        nodes_per_environment: PER_ENV,
-        node_flags: Vec::new(),
-    })
-    .unwrap();
+    let mut fleet = mirage_tests::staged_fleet(dir.path(), ENVS, PER_ENV, &[]);
     let honest = fleet.nodes.len();
     fleet.wait_for_clusters(PER_ENV as usize, TIMEOUT).unwrap();
     fleet.install_everywhere(OLD_VERSION, TIMEOUT).unwrap();
